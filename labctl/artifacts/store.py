@@ -1,0 +1,228 @@
+"""The content-addressed artifact store on disk: `_objects/`, `.meta.json`, alias symlinks.
+
+Filesystem only; recording artifacts and aliases as events is the caller's job.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from labctl.artifacts.atomic import atomic_write_bytes
+from labctl.artifacts.hashing import check_hash, dir_content_hash
+
+OBJECTS_DIRNAME = "_objects"
+ALIASES_DIRNAME = "aliases"
+META_FILENAME = ".meta.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+
+
+class ArtifactMeta(msgspec.Struct, kw_only=True):
+    """`.meta.json`, written inside the object directory beside the bytes."""
+
+    id: str
+    hash: str
+    kind: str
+    producer_run_id: str | None = None
+    created_by: str
+    created_at: str  # ISO 8601
+    alias: str | None = None
+    metadata: dict[str, Any] = {}  # e.g. {"step": 9000} or {"result": {...}}
+    source_path: str
+
+
+def object_dir(root: str | os.PathLike[str], content_hash: str) -> Path:
+    """`<root>/_objects/<hash[:2]>/<hash>`."""
+    check_hash(content_hash)
+    return Path(root) / OBJECTS_DIRNAME / content_hash[:2] / content_hash
+
+
+def alias_link_path(root: str | os.PathLike[str], user: str, alias: str) -> Path:
+    """`<root>/aliases/<user>/<alias>`."""
+    _check_name("user", user)
+    _check_name("alias", alias)
+    return Path(root) / ALIASES_DIRNAME / user / alias
+
+
+def store_output(
+    root: str | os.PathLike[str],
+    src_dir: str | os.PathLike[str],
+    content_hash: str,
+    meta: ArtifactMeta,
+) -> Path:
+    """Move `src_dir` into the store as the object `content_hash`; returns the object dir.
+
+    - The bytes move once: os.rename on the same file system, else copy then
+      remove the source. They first land under a temp name inside `_objects/`
+      with `.meta.json` already written, then one rename puts the complete
+      object in place, so a visible object always has its metadata.
+    - If the object already exists (the same kind and hash again, or a
+      concurrent store winning the race), the new copy is dropped and the
+      existing object, with its `.meta.json`, is kept.
+    - `src_dir` is left behind as a relative symlink to the object, so paths
+      into the run's output location keep resolving.
+    - The caller vouches for `content_hash` (see dir_content_hash); it is not
+      recomputed here. A top-level `.meta.json` in `src_dir` is refused,
+      because the store owns that name.
+    """
+    src = Path(src_dir)
+    dest = object_dir(root, content_hash)
+    if src.is_symlink() and src.resolve() == dest.resolve():
+        return dest  # stored already, by an earlier call
+    if not src.is_dir() or src.is_symlink():
+        raise NotADirectoryError(f"{src}: an output to store must be a directory")
+    if os.path.lexists(src / META_FILENAME):
+        raise ValueError(f"{src}: contains {META_FILENAME}, a name the artifact store reserves")
+    objects = Path(root) / OBJECTS_DIRNAME
+    objects.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        _replace_with_link(src, dest)
+        return dest
+    tmp = objects / f".tmp-{content_hash[:16]}-{uuid.uuid4().hex}"
+    copied = _move_or_copy(src, tmp)
+    try:
+        _write_meta_file(tmp, meta)
+        dest.parent.mkdir(exist_ok=True)
+        os.rename(tmp, dest)
+    except OSError as e:
+        _undo_move(tmp, src, copied)
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and dest.is_dir():
+            _replace_with_link(src, dest)  # lost a race to an identical object
+            return dest
+        raise
+    if copied:
+        shutil.rmtree(src)
+    _link(src, dest)
+    return dest
+
+
+def read_meta(root: str | os.PathLike[str], content_hash: str) -> ArtifactMeta:
+    path = object_dir(root, content_hash) / META_FILENAME
+    return msgspec.json.decode(path.read_bytes(), type=ArtifactMeta)
+
+
+def write_meta(root: str | os.PathLike[str], content_hash: str, meta: ArtifactMeta) -> None:
+    """Rewrite an existing object's `.meta.json` atomically."""
+    _write_meta_file(object_dir(root, content_hash), meta)
+
+
+def verify_object(root: str | os.PathLike[str], content_hash: str) -> bool:
+    """True when the object exists and its bytes (without `.meta.json`) still hash to its name."""
+    directory = object_dir(root, content_hash)
+    if not directory.is_dir() or directory.is_symlink():
+        return False
+    return dir_content_hash(directory, exclude_top=(META_FILENAME,)) == content_hash
+
+
+def remove_object(root: str | os.PathLike[str], content_hash: str) -> bool:
+    """Delete an object (gc); False if it was not there.
+
+    It is renamed to a trash name first, so a half-deleted object is never
+    found under its hash.
+    """
+    directory = object_dir(root, content_hash)
+    trash = Path(root) / OBJECTS_DIRNAME / f".trash-{content_hash[:16]}-{uuid.uuid4().hex}"
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(trash)
+    return True
+
+
+def set_alias_link(
+    root: str | os.PathLike[str],
+    user: str,
+    alias: str,
+    target_object_dir: str | os.PathLike[str],
+) -> Path:
+    """Point `<root>/aliases/<user>/<alias>` at an object with a relative symlink.
+
+    An existing link is replaced atomically (new link under a temp name, then
+    os.replace), so readers always find the old or the new target. User and
+    alias are single path components: letters, digits, `.`, `_`, `-`, not
+    starting with `.` or `-` (rendered aliases such as `train_run_x` fit).
+    """
+    link = alias_link_path(root, user, alias)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{alias}.tmp-{uuid.uuid4().hex}")
+    os.symlink(_relative_target(target_object_dir, link.parent), tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return link
+
+
+def remove_alias_link(root: str | os.PathLike[str], user: str, alias: str) -> bool:
+    """Remove the alias symlink; False if there was none. Never touches the object."""
+    link = alias_link_path(root, user, alias)
+    if not link.is_symlink():
+        if os.path.lexists(link):
+            raise ValueError(f"{link}: not a symlink, refusing to remove")
+        return False
+    link.unlink()
+    return True
+
+
+def _check_name(what: str, name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"{what} {name!r}: expected letters, digits, '.', '_' or '-', "
+            "not starting with '.' or '-', at most 255 characters"
+        )
+
+
+def _move_or_copy(src: Path, dest: Path) -> bool:
+    """Rename `src` to `dest`; across file systems copy instead. True if it copied."""
+    try:
+        os.rename(src, dest)
+        return False
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    try:
+        shutil.copytree(src, dest, symlinks=True)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return True
+
+
+def _undo_move(tmp: Path, src: Path, copied: bool) -> None:
+    """Put the source back as it was after a failed store."""
+    if copied:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    (tmp / META_FILENAME).unlink(missing_ok=True)
+    os.rename(tmp, src)
+
+
+def _write_meta_file(directory: Path, meta: ArtifactMeta) -> None:
+    data = msgspec.json.format(msgspec.json.encode(meta), indent=2)
+    atomic_write_bytes(directory / META_FILENAME, data)
+
+
+def _replace_with_link(src: Path, dest: Path) -> None:
+    """Drop the duplicate at `src` and leave a link to `dest` in its place."""
+    trash = src.with_name(f".{src.name}.dropped-{uuid.uuid4().hex}")
+    os.rename(src, trash)  # keeps the window without anything at `src` short
+    _link(src, dest)
+    shutil.rmtree(trash)
+
+
+def _link(src: Path, dest: Path) -> None:
+    os.symlink(_relative_target(dest, src.parent), src)
+
+
+def _relative_target(target: str | os.PathLike[str], link_dir: Path) -> str:
+    # Physical paths: the kernel resolves `..` in a link from the real directory it sits in.
+    return os.path.relpath(os.path.realpath(target), os.path.realpath(link_dir))
