@@ -40,9 +40,7 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         line = int(match.group(1)) if match else None
         if match:
             message = message[: match.start()]
-        raise FileFormatError(
-            path, "", f"invalid TOML: {message}", line=line
-        ) from None
+        raise FileFormatError(path, "", f"invalid TOML: {message}", line=line) from None
 
 
 def convert(raw: dict[str, Any], type_: type[T], path: Path, text: str) -> T:
@@ -90,9 +88,8 @@ def line_of(text: str, parts: list[Part]) -> int | None:
                 continue
             candidate = table + list(_split_key(assignment.group(1)))
         length = _common_prefix(candidate, target)
-        if length == len(candidate) and length > 0:
-            if best is None or length > best[0]:
-                best = (length, number)
+        if length == len(candidate) and length > 0 and (best is None or length > best[0]):
+            best = (length, number)
     return best[1] if best else None
 
 
@@ -123,9 +120,7 @@ def _parse(exc: msgspec.ValidationError) -> tuple[str, list[Part]]:
     return match.group("message"), parts
 
 
-def _locate(
-    raw: dict[str, Any], type_: type[Any], exc: msgspec.ValidationError
-) -> tuple[list[Part], str]:
+def _locate(raw: dict[str, Any], type_: type[Any], exc: msgspec.ValidationError) -> tuple[list[Part], str]:
     """Full path and a readable message for a msgspec error.
 
     msgspec reports dict keys as ``[...]``; narrowing that dict to one entry at
@@ -144,22 +139,20 @@ def _locate(
             except msgspec.ValidationError as narrowed:
                 message, new_parts = _parse(narrowed)
                 raw = trial
-                parts = parts[:at] + [key] + new_parts[at + 1 :]
+                parts = [*parts[:at], key, *new_parts[at + 1 :]]
                 break
         else:  # pragma: no cover - the whole failed, so one entry must fail
             break
     return _explain(message, parts, raw, type_)
 
 
-def _explain(
-    message: str, parts: list[Part], raw: Any, type_: type[Any]
-) -> tuple[list[Part], str]:
+def _explain(message: str, parts: list[Part], raw: Any, type_: type[Any]) -> tuple[list[Part], str]:
     if match := _MISSING.match(message):
-        return parts + [match.group(1)], "required field is missing"
+        return [*parts, match.group(1)], "required field is missing"
     if match := _UNKNOWN.match(message):
         allowed = _allowed_fields(raw, type_, parts)
         expected = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return parts + [match.group(1)], f"unknown field{expected}"
+        return [*parts, match.group(1)], f"unknown field{expected}"
     if message.startswith("Invalid value") and parts and parts[-1] == "type":
         tags = _allowed_tags(raw, type_, parts[:-1])
         if tags:
@@ -197,7 +190,7 @@ def _type_at(raw: Any, type_: type[Any], parts: list[Part]) -> msgspec.inspect.T
             fields = {f.encode_name: f.type for f in info.fields}
             if part not in fields:
                 return None
-            info = fields[part]  # type: ignore[index]
+            info = fields[part]
         elif isinstance(info, msgspec.inspect.DictType):
             info = info.value_type
         elif isinstance(info, msgspec.inspect.ListType):
@@ -236,8 +229,6 @@ def _allowed_tags(raw: Any, type_: type[Any], parts: list[Part]) -> list[str]:
     info = _type_at(raw, type_, parts)
     if isinstance(info, msgspec.inspect.UnionType):
         return [
-            str(t.tag)
-            for t in info.types
-            if isinstance(t, msgspec.inspect.StructType) and t.tag is not None
+            str(t.tag) for t in info.types if isinstance(t, msgspec.inspect.StructType) and t.tag is not None
         ]
     return []

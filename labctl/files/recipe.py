@@ -28,7 +28,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_o
 # ---- resources
 
 
-class Component(_File):
+class Component(_File, frozen=True):
     """One block of a heterogeneous SLURM job; the script body runs on component 0."""
 
     gpus: int = 0
@@ -42,7 +42,7 @@ class Component(_File):
     sbatch_extra: list[str] = []
 
 
-class Resources(_File):
+class Resources(_File, frozen=True):
     gpus: int = 0
     cpus: int = 1
     mem: str = "4GB"
@@ -62,47 +62,47 @@ class Resources(_File):
 # ---- inputs (tagged by `type`)
 
 
-class ArtifactInput(_File, tag="artifact", tag_field="type"):
+class ArtifactInput(_File, tag="artifact", tag_field="type", frozen=True):
     artifact: str  # alias of a registered artifact
 
 
-class ExternalInput(_File, tag="external", tag_field="type"):
+class ExternalInput(_File, tag="external", tag_field="type", frozen=True):
     path: str  # absolute path outside labctl's store
 
 
-class StageInput(_File, tag="stage", tag_field="type"):
+class StageInput(_File, tag="stage", tag_field="type", frozen=True):
     stage: str  # a stage of the same pipeline
     role: str  # one of that stage's output roles
 
 
-class FromInput(_File, tag="from", tag_field="type"):
+class FromInput(_File, tag="from", tag_field="type", frozen=True):
     role: str  # output role of the pipeline's pinned `from` run
 
 
-class CheckpointInput(_File, tag="checkpoint", tag_field="type"):
+class CheckpointInput(_File, tag="checkpoint", tag_field="type", frozen=True):
     """Filled in by an eval policy with the checkpoint being evaluated."""
 
 
 Input = ArtifactInput | ExternalInput | StageInput | FromInput | CheckpointInput
 
 
-class Output(_File):
+class Output(_File, frozen=True):
     type: str  # output kind: checkpoint_stream, dataset, eval_result, ...
     alias: str  # templated, e.g. "train_{run.id}"
     marker: str | None = None  # without it the output is not registered
 
 
-class Wandb(_File):
+class Wandb(_File, frozen=True):
     entity: str
     project: str
     group: str | None = None
 
 
-class Tracking(_File):
+class Tracking(_File, frozen=True):
     wandb: Wandb | None = None
 
 
-class Sweep(_File):
+class Sweep(_File, frozen=True):
     arg: str  # the [args] key varied
     start: int
     end: int  # inclusive
@@ -111,7 +111,7 @@ class Sweep(_File):
     aggregate: str | None = None
 
 
-class Recipe(_File):
+class Recipe(_File, frozen=True):
     name: str
     command: list[str]
     repo: str | None = None

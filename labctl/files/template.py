@@ -52,7 +52,11 @@ def scalar_text(value: Any) -> str:
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
-    """``flatten("params", {"optim": {"lr": 1}})`` -> ``{"params.optim": '{"lr": 1}', "params.optim.lr": "1"}``."""
+    """Nested tables addressable by dotted tokens.
+
+    ``flatten("params", {"optim": {"lr": 1}})`` ->
+    ``{"params": ..., "params.optim": '{"lr": 1}', "params.optim.lr": "1"}``.
+    """
     out = {prefix: scalar_text(value)}
     if isinstance(value, Mapping):
         for key, inner in value.items():

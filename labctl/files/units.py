@@ -18,8 +18,7 @@ def parse_mem_mb(value: str) -> int:
     match = _MEM.match(value)
     if not match:
         raise ValueError(
-            f"bad memory size {value!r}; expected a number with a unit, e.g. "
-            '"32GB", "512MB", "4G"'
+            f'bad memory size {value!r}; expected a number with a unit, e.g. "32GB", "512MB", "4G"'
         )
     amount = float(match.group(1)) * _MEM_FACTOR_MB[match.group(2).upper()]
     if amount <= 0:
@@ -35,20 +34,14 @@ def parse_time_seconds(value: str | int) -> int:
     """
     if isinstance(value, bool):
         raise ValueError(f"bad time limit {value!r}")
-    if isinstance(value, int):
-        seconds = value * 60
-    else:
-        seconds = _parse_time_string(value)
+    seconds = value * 60 if isinstance(value, int) else _parse_time_string(value)
     if seconds <= 0:
         raise ValueError(f"time limit {value!r} must be more than zero")
     return seconds
 
 
 def _parse_time_string(value: str) -> int:
-    expected = (
-        f'bad time limit {value!r}; expected "HH:MM:SS", "MM:SS", "D-HH:MM:SS" '
-        "or a number of minutes"
-    )
+    expected = f'bad time limit {value!r}; expected "HH:MM:SS", "MM:SS", "D-HH:MM:SS" or a number of minutes'
     match = _TIME.match(value.strip())
     if not match:
         raise ValueError(expected)

@@ -1,0 +1,105 @@
+"""The user-facing file formats (recipes, pipelines, eval policies, cluster.toml) as typed Structs.
+
+Pure: reads files, never writes or touches the database. Every user mistake
+raises FileFormatError, whose ``str()`` is one line for the CLI to print.
+"""
+
+from labctl.files.cluster import (
+    ARTIFACT_KINDS,
+    OUTPUT_TYPES,
+    ClusterConfig,
+    Database,
+    Dispatch,
+    Filesystem,
+    Local,
+    Scheduler,
+    SlurmSettings,
+    Throttle,
+    dump_cluster_toml,
+    find_cluster_config,
+    load_cluster_config,
+    local_profile,
+)
+from labctl.files.detect import file_kind, validate_path
+from labctl.files.errors import FileFormatError
+from labctl.files.pipeline import PipelineFile, PipelinePlan, PlannedStage, Stage, load_pipeline
+from labctl.files.policy import AppliesTo, Cadence, EvalPolicy, load_policies, load_policy, policy_recipe
+from labctl.files.recipe import (
+    ArtifactInput,
+    CheckpointInput,
+    Component,
+    ExternalInput,
+    FromInput,
+    Input,
+    Output,
+    Recipe,
+    Resources,
+    StageInput,
+    Sweep,
+    Tracking,
+    Wandb,
+    canonical_recipe_bytes,
+    load_recipe,
+    recipe_hash,
+    validate_recipe,
+)
+from labctl.files.render import InputRef, render_aliases, render_recipe, template_values
+from labctl.files.template import UnresolvedTokens, render, tokens_in
+from labctl.files.units import parse_mem_mb, parse_time_seconds
+
+__all__ = [
+    "ARTIFACT_KINDS",
+    "OUTPUT_TYPES",
+    "AppliesTo",
+    "ArtifactInput",
+    "Cadence",
+    "CheckpointInput",
+    "ClusterConfig",
+    "Component",
+    "Database",
+    "Dispatch",
+    "EvalPolicy",
+    "ExternalInput",
+    "FileFormatError",
+    "Filesystem",
+    "FromInput",
+    "Input",
+    "InputRef",
+    "Local",
+    "Output",
+    "PipelineFile",
+    "PipelinePlan",
+    "PlannedStage",
+    "Recipe",
+    "Resources",
+    "Scheduler",
+    "SlurmSettings",
+    "Stage",
+    "StageInput",
+    "Sweep",
+    "Throttle",
+    "Tracking",
+    "UnresolvedTokens",
+    "Wandb",
+    "canonical_recipe_bytes",
+    "dump_cluster_toml",
+    "file_kind",
+    "find_cluster_config",
+    "load_cluster_config",
+    "load_pipeline",
+    "load_policies",
+    "load_policy",
+    "load_recipe",
+    "local_profile",
+    "parse_mem_mb",
+    "parse_time_seconds",
+    "policy_recipe",
+    "recipe_hash",
+    "render",
+    "render_aliases",
+    "render_recipe",
+    "template_values",
+    "tokens_in",
+    "validate_path",
+    "validate_recipe",
+]
