@@ -1,0 +1,200 @@
+"""Append to and read from the event log. Knows nothing of what events mean."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import errors as pg_errors
+
+from events.codec import Event, EventMeta, StoredEvent, decode_event, decode_meta, encode
+from events.errors import ConcurrencyError, ImmutableLogError
+from events.queries import load_queries
+
+Q = load_queries("events")
+
+CHANNEL = "labctl_events"
+_CONFLICT = re.compile(r"stream (\S+) was expected at version (-?\d+) but is at version (\d+)")
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """One event to append to ``stream``; ``expected_version`` is checked if not None."""
+
+    stream: str
+    event: Event
+    expected_version: int | None = None
+
+
+def append(
+    conn: psycopg.Connection[Any],
+    stream: str,
+    events: Sequence[Event],
+    *,
+    expected_version: int | None,
+    idempotency_key: str | None = None,
+    meta: EventMeta | None = None,
+) -> list[int]:
+    """Append ``events`` to ``stream``; return their global positions.
+
+    ``expected_version`` is the version the stream is at now (0 for a new
+    stream), or None to skip the check. Re-sending an ``idempotency_key``
+    returns the first append's positions and writes nothing.
+    """
+    batch = [NewEvent(stream, e, expected_version if i == 0 else None) for i, e in enumerate(events)]
+    return [s.position for s in append_batch(conn, batch, idempotency_key=idempotency_key, meta=meta)]
+
+
+def append_batch(
+    conn: psycopg.Connection[Any],
+    batch: Sequence[NewEvent],
+    *,
+    idempotency_key: str | None = None,
+    meta: EventMeta | None = None,
+) -> list[StoredEvent]:
+    """Append events to any number of streams atomically; return them as stored.
+
+    Runs inside the caller's transaction when there is one, so projections can
+    be applied in the same transaction.
+    """
+    if not batch:
+        return []
+    meta = meta or EventMeta()
+    meta_json = encode(meta).decode()
+    params = {
+        "streams": [n.stream for n in batch],
+        "expected": [n.expected_version for n in batch],
+        "types": [n.event.type_name for n in batch],
+        "data": [encode(n.event).decode() for n in batch],
+        "meta": [meta_json] * len(batch),
+        "key": idempotency_key,
+    }
+    try:
+        rows = conn.execute(Q["append"], params).fetchall()
+    except pg_errors.UniqueViolation as exc:
+        # A backstop: the advisory lock makes this unreachable unless bypassed.
+        raise ConcurrencyError(batch[0].stream, -1, -1) from exc
+    except psycopg.Error as exc:
+        raise _translate(exc) from exc
+    if rows and rows[0][3]:
+        # The key was used before: return what was stored then.
+        return [_stored_at(conn, r[0]) for r in rows]
+    return [
+        StoredEvent(
+            position=pos,
+            stream=n.stream,
+            version=ver,
+            type=n.event.type_name,
+            data=n.event,
+            meta=meta,
+            recorded_at=at,
+        )
+        for n, (pos, ver, at, _) in zip(batch, rows, strict=True)
+    ]
+
+
+def _translate(exc: psycopg.Error) -> Exception:
+    state = exc.sqlstate
+    message = exc.diag.message_primary or str(exc)
+    if state == "LB001":
+        m = _CONFLICT.search(message)
+        if m:
+            return ConcurrencyError(m.group(1), int(m.group(2)), int(m.group(3)))
+    if state == "LB002":
+        return ImmutableLogError(message)
+    return exc
+
+
+def _stored_at(conn: psycopg.Connection[Any], position: int) -> StoredEvent:
+    rows = conn.execute(
+        Q["read_all"], {"after": position - 1, "limit": 1}
+    ).fetchall()
+    return _decode_rows(rows)[0]
+
+
+def _decode_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredEvent]:
+    return [
+        StoredEvent(
+            position=pos,
+            stream=stream,
+            version=ver,
+            type=typ,
+            data=decode_event(typ, data),
+            meta=decode_meta(meta),
+            recorded_at=at,
+        )
+        for pos, stream, ver, typ, data, meta, at in rows
+    ]
+
+
+def read_all(
+    conn: psycopg.Connection[Any],
+    after: int = 0,
+    limit: int = 1000,
+    *,
+    stream: str | None = None,
+    types: Sequence[str] | None = None,
+    until: int | None = None,
+) -> list[StoredEvent]:
+    """Events with position > ``after`` in order, at most ``limit`` of them."""
+    if stream is None and types is None and until is None:
+        rows = conn.execute(Q["read_all"], {"after": after, "limit": limit}).fetchall()
+    else:
+        rows = conn.execute(
+            Q["read_all_filtered"],
+            {
+                "after": after,
+                "limit": limit,
+                "stream": stream,
+                "types": list(types) if types is not None else None,
+                "until": until,
+            },
+        ).fetchall()
+    return _decode_rows(rows)
+
+
+def read_stream(
+    conn: psycopg.Connection[Any], stream: str, after_version: int = 0
+) -> list[StoredEvent]:
+    """One stream's events in version order."""
+    rows = conn.execute(
+        Q["read_stream"], {"stream": stream, "after_version": after_version}
+    ).fetchall()
+    return _decode_rows(rows)
+
+
+def stream_version(conn: psycopg.Connection[Any], stream: str) -> int:
+    """The version a stream is at (0 when it has no events)."""
+    row = conn.execute(Q["stream_version"], {"stream": stream}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def streams_matching(conn: psycopg.Connection[Any], prefix: str) -> list[str]:
+    """Streams whose name starts with ``prefix`` (at most 20)."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return [r[0] for r in conn.execute(Q["streams_like"], {"pattern": pattern}).fetchall()]
+
+
+def last_position(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(Q["last_position"]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def position_at(conn: psycopg.Connection[Any], at: datetime) -> int:
+    """The last position recorded at or before ``at``."""
+    row = conn.execute(Q["position_at"], {"at": at}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def event_count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(Q["event_count"]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def first_broken_link(conn: psycopg.Connection[Any], until: int | None = None) -> int | None:
+    """The first position whose hash does not chain from its predecessor, if any."""
+    row = conn.execute(Q["first_broken_link"], {"until": until}).fetchone()
+    return int(row[0]) if row else None

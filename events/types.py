@@ -1,0 +1,270 @@
+"""The facts labctl records. Names are past tense; fields are what was known then.
+
+Streams: ``run-<id>``, ``artifact-<id>``, ``alias-<user>/<name>``,
+``cache-<key>``, ``pipeline-<id>``, ``sweep-<id>``, ``eval-<key>``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from events.codec import Event
+
+# ------------------------------------------------------------------ values
+
+
+class InputRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A resolved input of a run."""
+
+    role: str
+    type: str
+    path: str
+    artifact_id: str | None = None
+    alias: str | None = None
+    hash: str | None = None
+
+
+class OutputSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An output a run promises to write."""
+
+    role: str
+    type: str
+    path: str
+    alias: str
+    marker: str | None = None
+
+
+class StageSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One stage of a pipeline as planned."""
+
+    name: str
+    run_id: str
+    parents: list[str] = []
+
+
+# -------------------------------------------------------------------- runs
+
+
+class RunSubmitted(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A run was accepted with everything needed to start it (stream ``run-<id>``)."""
+
+    run_id: str
+    name: str
+    user: str
+    executor: str
+    run_dir: str
+    recipe: dict[str, Any]
+    recipe_path: str | None = None
+    cache_key: str | None = None
+    inputs: list[InputRef] = []
+    outputs: list[OutputSpec] = []
+    repo: str | None = None
+    repo_commit: str | None = None
+    repo_dirty: bool | None = None
+    repo_diff: str | None = None
+    pipeline_id: str | None = None
+    stage_name: str | None = None
+    sweep_id: str | None = None
+    sweep_index: int | None = None
+    no_cache: bool = False
+
+
+class RunPending(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A pipeline stage was recorded, waiting for its parents (state ``created``)."""
+
+    run_id: str
+    name: str
+    user: str
+    executor: str
+    run_dir: str
+    recipe: dict[str, Any]
+    pipeline_id: str
+    stage_name: str
+    parents: list[str]
+    recipe_path: str | None = None
+    sweep_id: str | None = None
+    sweep_index: int | None = None
+
+
+class RunCacheHit(Event, frozen=True, kw_only=True):
+    """An identical run already succeeded: no job, outputs are the producer's."""
+
+    run_id: str
+    producer_run_id: str
+    cache_key: str
+
+
+class RunCoalesced(Event, frozen=True, kw_only=True):
+    """An identical run is in flight: this one waits for it (``awaiting_peer``)."""
+
+    run_id: str
+    producer_run_id: str
+    cache_key: str
+
+
+class CacheClaimed(Event, frozen=True, kw_only=True):
+    """A run became the one producer of a cache key (stream ``cache-<key>``)."""
+
+    cache_key: str
+    run_id: str
+
+
+class CacheReleased(Event, frozen=True, kw_only=True):
+    """The producer of a cache key ended; ``succeeded`` says whether the key is now cached."""
+
+    cache_key: str
+    run_id: str
+    succeeded: bool
+
+
+class RunClaimed(Event, frozen=True, kw_only=True):
+    """An agent took a queued run to execute it (one claim per run)."""
+
+    run_id: str
+    agent_id: str
+
+
+class JobSubmitted(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """The executor accepted the job; ``job_id`` is its handle (pid group or SLURM id)."""
+
+    run_id: str
+    executor: str
+    job_id: str
+    agent_id: str | None = None
+
+
+class SubmissionIntended(Event, frozen=True, kw_only=True):
+    """About to hand the run to an external scheduler (recovery looks it up by name)."""
+
+    run_id: str
+    executor: str
+    job_name: str
+    agent_id: str | None = None
+
+
+class RunStarted(Event, frozen=True, kw_only=True, omit_defaults=True):
+    run_id: str
+    started_at: datetime
+    host: str | None = None
+    job_id: str | None = None
+
+
+class RunFinished(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A run reached a terminal state (see LABCTL-FORMATS.md run states)."""
+
+    run_id: str
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class CancelRequested(Event, frozen=True, kw_only=True, omit_defaults=True):
+    run_id: str
+    actor: str
+    forced: bool = False
+    reason: str | None = None
+
+
+# --------------------------------------------------------------- artifacts
+
+
+class ArtifactRegistered(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """Bytes entered the content-addressed store (stream ``artifact-<id>``)."""
+
+    artifact_id: str
+    hash: str
+    kind: str
+    path: str
+    user: str
+    producer_run_id: str | None = None
+    size_bytes: int | None = None
+    metadata: dict[str, Any] = {}
+
+
+class OutputLinked(Event, frozen=True, kw_only=True, omit_defaults=True):
+    run_id: str
+    role: str
+    artifact_id: str
+    path: str
+    step: int | None = None
+
+
+class AliasSet(Event, frozen=True, kw_only=True):
+    user: str
+    alias: str
+    artifact_id: str
+
+
+class AliasRemoved(Event, frozen=True, kw_only=True):
+    user: str
+    alias: str
+
+
+class ArtifactsCollected(Event, frozen=True, kw_only=True):
+    """gc removed these artifacts' bytes."""
+
+    artifact_ids: list[str]
+    actor: str
+    reason: str
+
+
+# --------------------------------------------------- pipelines and sweeps
+
+
+class PipelineCreated(Event, frozen=True, kw_only=True, omit_defaults=True):
+    pipeline_id: str
+    name: str
+    user: str
+    stages: list[StageSpec]
+    file_path: str | None = None
+    from_run: str | None = None
+
+
+class PipelineFinished(Event, frozen=True, kw_only=True, omit_defaults=True):
+    pipeline_id: str
+    state: str
+    reason: str | None = None
+
+
+class SweepCreated(Event, frozen=True, kw_only=True, omit_defaults=True):
+    sweep_id: str
+    name: str
+    user: str
+    arg: str
+    start: int
+    end: int
+    run_ids: list[str]
+    throttle: int | None = None
+    aggregate_run_id: str | None = None
+    pipeline_id: str | None = None
+
+
+class SweepFinished(Event, frozen=True, kw_only=True):
+    sweep_id: str
+    state: str
+
+
+# ------------------------------------------------------------------- evals
+
+
+class EvalRequested(Event, frozen=True, kw_only=True):
+    """An eval policy asked for an eval of a checkpoint (stream ``eval-<key>``)."""
+
+    eval_key: str
+    policy: str
+    checkpoint_artifact_id: str
+    eval_recipe_hash: str
+    run_id: str
+    step: int | None
+
+
+class EvalRecorded(Event, frozen=True, kw_only=True):
+    eval_key: str
+    run_id: str
+    metrics: dict[str, Any]

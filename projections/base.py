@@ -1,0 +1,186 @@
+"""What a projection is, and the two places its rows can live while it runs.
+
+A projection owns some tables and has one handler per event type. A handler
+reads and writes rows by primary key through a ``Rows`` object, so the same
+handler serves both ways of applying events:
+
+* ``DbRows`` — inline, in the append transaction: rows are fetched by key,
+  changed in memory and upserted at the end (``labctl run`` then ``status``
+  is exact).
+* ``MemoryRows`` — rebuilds: every row lives in a dict and each table is
+  written once with COPY at the end (rebuild speed is a headline number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from events import StoredEvent
+
+R = TypeVar("R", bound=msgspec.Struct)
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Table(Generic[R]):
+    """A projection table: its row type (fields = columns, in order) and key columns."""
+
+    name: str
+    row_type: type[R]
+    key: tuple[str, ...]
+    json_columns: frozenset[str] = frozenset()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.row_type.__struct_fields__
+
+    def key_of(self, row: R) -> Key:
+        return tuple(getattr(row, k) for k in self.key)
+
+    def to_db(self, row: R) -> tuple[Any, ...]:
+        return tuple(
+            Jsonb(getattr(row, c)) if c in self.json_columns else getattr(row, c) for c in self.columns
+        )
+
+    def from_db(self, values: Iterable[Any]) -> R:
+        return self.row_type(**dict(zip(self.columns, values, strict=True)))
+
+
+class Rows(Generic[R]):
+    """Rows of one table, by primary key."""
+
+    def get(self, *key: Any) -> R | None:
+        raise NotImplementedError
+
+    def put(self, row: R) -> None:
+        raise NotImplementedError
+
+    def delete(self, *key: Any) -> None:
+        raise NotImplementedError
+
+
+class MemoryRows(Rows[R]):
+    def __init__(self, table: Table[R]) -> None:
+        self.table = table
+        self.rows: dict[Key, R] = {}
+
+    def get(self, *key: Any) -> R | None:
+        return self.rows.get(key)
+
+    def put(self, row: R) -> None:
+        self.rows[self.table.key_of(row)] = row
+
+    def delete(self, *key: Any) -> None:
+        self.rows.pop(key, None)
+
+
+_MISSING = object()
+
+
+class DbRows(Rows[R]):
+    """Rows read by key from ``schema.table`` and written back on ``flush``."""
+
+    def __init__(self, conn: psycopg.Connection[Any], schema: str, table: Table[R]) -> None:
+        self.conn = conn
+        self.table = table
+        self.ident = sql.Identifier(schema, table.name)
+        self.cache: dict[Key, R | None] = {}
+        self.dirty: set[Key] = set()
+
+    def get(self, *key: Any) -> R | None:
+        cached = self.cache.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
+        query = sql.SQL("SELECT {cols} FROM {t} WHERE {cond}").format(
+            cols=sql.SQL(", ").join(map(sql.Identifier, self.table.columns)),
+            t=self.ident,
+            cond=sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in self.table.key),
+        )
+        values = self.conn.execute(query, key).fetchone()
+        row = self.table.from_db(values) if values is not None else None
+        self.cache[key] = row
+        return row
+
+    def put(self, row: R) -> None:
+        key = self.table.key_of(row)
+        self.cache[key] = row
+        self.dirty.add(key)
+
+    def delete(self, *key: Any) -> None:
+        self.cache[key] = None
+        self.dirty.add(key)
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        upserts = [self.cache[k] for k in self.dirty if self.cache[k] is not None]
+        deletes = [k for k in self.dirty if self.cache[k] is None]
+        cols = self.table.columns
+        if upserts:
+            non_key = [c for c in cols if c not in self.table.key]
+            query = sql.SQL(
+                "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({key}) DO UPDATE SET {sets}"
+            ).format(
+                t=self.ident,
+                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                vals=sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+                key=sql.SQL(", ").join(map(sql.Identifier, self.table.key)),
+                sets=sql.SQL(", ").join(
+                    sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key
+                ),
+            )
+            with self.conn.cursor() as cur:
+                cur.executemany(query, [self.table.to_db(r) for r in upserts if r is not None])
+        if deletes:
+            query = sql.SQL("DELETE FROM {t} WHERE {cond}").format(
+                t=self.ident,
+                cond=sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in self.table.key),
+            )
+            with self.conn.cursor() as cur:
+                cur.executemany(query, deletes)
+        self.dirty.clear()
+
+
+class State:
+    """The rows of every table, handed to handlers."""
+
+    def __init__(self, make: Callable[[Table[Any]], Rows[Any]]) -> None:
+        self._make = make
+        self._rows: dict[str, Rows[Any]] = {}
+
+    def rows(self, table: Table[R]) -> Rows[R]:
+        rows = self._rows.get(table.name)
+        if rows is None:
+            rows = self._rows[table.name] = self._make(table)
+        return rows
+
+    def all_rows(self) -> dict[str, Rows[Any]]:
+        return self._rows
+
+
+Handler = Callable[[State, StoredEvent], None]
+
+
+@dataclass
+class Projection:
+    """A read model: the tables it owns and how each event type changes them."""
+
+    name: str
+    tables: list[Table[Any]]
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def on(self, event_type: type[Any]) -> Callable[[Handler], Handler]:
+        """Decorator registering a handler for ``event_type``."""
+
+        def register(fn: Handler) -> Handler:
+            self.handlers[event_type.__name__] = fn
+            return fn
+
+        return register

@@ -1,0 +1,343 @@
+"""Applying events to projections: inline, catching up, rebuilding, diffing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from events import EventMeta, NewEvent, StoredEvent, append_batch, last_position, read_all
+from events.codec import decode_event, decode_meta
+from projections.base import DbRows, MemoryRows, Projection, Rows, State, Table
+from projections.registry import PROJECTIONS
+
+LIVE = "live"
+CHECKPOINTS = "projection_checkpoints"
+APPEND_LOCK = 7146011  # the advisory lock labctl_append takes
+
+
+def _handlers() -> dict[str, list[Any]]:
+    by_type: dict[str, list[Any]] = {}
+    for p in PROJECTIONS:
+        for type_name, fn in p.handlers.items():
+            by_type.setdefault(type_name, []).append(fn)
+    return by_type
+
+
+_BY_TYPE = _handlers()
+
+
+def all_tables() -> list[Table[Any]]:
+    return [t for p in PROJECTIONS for t in p.tables]
+
+
+def apply(state: State, events: Iterable[StoredEvent]) -> int:
+    """Run every projection's handlers over ``events``; return how many were applied."""
+    n = 0
+    by_type = _BY_TYPE
+    for e in events:
+        for fn in by_type.get(e.type, ()):
+            fn(state, e)
+        n += 1
+    return n
+
+
+def _db_state(conn: psycopg.Connection[Any], schema: str) -> State:
+    return State(lambda table: DbRows(conn, schema, table))
+
+
+def _flush(state: State) -> None:
+    for rows in state.all_rows().values():
+        assert isinstance(rows, DbRows)
+        rows.flush()
+
+
+def checkpoint(conn: psycopg.Connection[Any], schema: str = LIVE) -> int:
+    """The position every projection in ``schema`` has applied (the smallest)."""
+    query = sql.SQL("SELECT name, position FROM {}").format(sql.Identifier(schema, CHECKPOINTS))
+    found = dict(conn.execute(query).fetchall())
+    return min((int(found.get(p.name, 0)) for p in PROJECTIONS), default=0)
+
+
+def checkpoints(conn: psycopg.Connection[Any], schema: str = LIVE) -> dict[str, int]:
+    query = sql.SQL("SELECT name, position FROM {}").format(sql.Identifier(schema, CHECKPOINTS))
+    found = dict(conn.execute(query).fetchall())
+    return {p.name: int(found.get(p.name, 0)) for p in PROJECTIONS}
+
+
+def _set_checkpoints(conn: psycopg.Connection[Any], schema: str, position: int) -> None:
+    query = sql.SQL(
+        "INSERT INTO {} (name, position) VALUES (%s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
+    ).format(sql.Identifier(schema, CHECKPOINTS))
+    with conn.cursor() as cur:
+        cur.executemany(query, [(p.name, position) for p in PROJECTIONS])
+
+
+def apply_inline(conn: psycopg.Connection[Any], events: Sequence[StoredEvent], schema: str = LIVE) -> None:
+    """Apply just-appended events in the same transaction (the append lock is held).
+
+    Events appended earlier without projecting (if any) are applied first, so
+    the projection never skips one.
+    """
+    if not events:
+        return
+    done = checkpoint(conn, schema)
+    if events[-1].position <= done:
+        return  # an idempotent re-send: these were applied when first appended
+    state = _db_state(conn, schema)
+    if events[0].position - 1 > done:
+        for page in _pages(conn, done, events[0].position - 1):
+            apply(state, page)
+    apply(state, (e for e in events if e.position > done))
+    _flush(state)
+    _set_checkpoints(conn, schema, events[-1].position)
+
+
+def record(
+    conn: psycopg.Connection[Any],
+    batch: Sequence[NewEvent],
+    *,
+    idempotency_key: str | None = None,
+    meta: EventMeta | None = None,
+) -> list[StoredEvent]:
+    """Append events and apply them to the projections, atomically."""
+    with conn.transaction():
+        stored = append_batch(conn, batch, idempotency_key=idempotency_key, meta=meta)
+        apply_inline(conn, stored)
+    return stored
+
+
+def _pages(conn: psycopg.Connection[Any], after: int, until: int, size: int = 5000) -> Iterator[list[StoredEvent]]:
+    while after < until:
+        page = read_all(conn, after, size, until=until)
+        if not page:
+            return
+        yield page
+        after = page[-1].position
+
+
+def catch_up(conn: psycopg.Connection[Any], schema: str = LIVE) -> int:
+    """Apply events appended without projecting (e.g. by a bare ``append``)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        done = checkpoint(conn, schema)
+        end = last_position(conn)
+        if end <= done:
+            return 0
+        state = _db_state(conn, schema)
+        n = sum(apply(state, page) for page in _pages(conn, done, end))
+        _flush(state)
+        _set_checkpoints(conn, schema, end)
+        return n
+
+
+# ------------------------------------------------------------------ rebuild
+
+
+class FoldResult(msgspec.Struct):
+    state: State
+    position: int
+    events: int
+    seconds: float
+
+
+_SCAN = (
+    "SELECT position, stream, version, type, data::text, meta::text, recorded_at "
+    "FROM events WHERE position <= %s ORDER BY position"
+)
+
+
+def scan_events(conn: psycopg.Connection[Any], until: int) -> Iterator[StoredEvent]:
+    """Every event up to ``until`` through a server-side cursor (call inside a transaction)."""
+    with conn.cursor(name="labctl_scan") as cur:
+        cur.itersize = 20000
+        cur.execute(_SCAN, (until,))
+        for pos, stream, ver, typ, data, meta, at in cur:
+            yield StoredEvent(
+                position=pos,
+                stream=stream,
+                version=ver,
+                type=typ,
+                data=decode_event(typ, data),
+                meta=decode_meta(meta),
+                recorded_at=at,
+            )
+
+
+def fold(conn: psycopg.Connection[Any], until: int | None = None) -> FoldResult:
+    """Rebuild every projection in memory from the log (up to ``until``)."""
+    started = time.perf_counter()
+    with conn.transaction():
+        end = last_position(conn) if until is None else until
+        state = State(MemoryRows)
+        n = apply(state, scan_events(conn, end))
+    return FoldResult(state, end, n, time.perf_counter() - started)
+
+
+def _clone_tables(conn: psycopg.Connection[Any], target: str, *, indexes: bool) -> None:
+    """Create empty copies of the live projection tables in ``target`` (same names)."""
+    for name in [CHECKPOINTS, *(t.name for t in all_tables())]:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+                sql.Identifier(target, name), sql.Identifier(LIVE, name)
+            )
+        )
+    if indexes:
+        _clone_indexes(conn, target)
+
+
+def _clone_indexes(conn: psycopg.Connection[Any], target: str) -> None:
+    """Recreate the live schema's keys and indexes in ``target``, with the same names."""
+    constraints = conn.execute(
+        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) "
+        "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+        "JOIN pg_class t ON t.oid = c.conrelid "
+        "WHERE n.nspname = %s AND c.contype IN ('p', 'u') ORDER BY t.relname, c.conname",
+        (LIVE,),
+    ).fetchall()
+    for table, conname, definition in constraints:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                sql.Identifier(target, table), sql.Identifier(conname), sql.SQL(definition)
+            )
+        )
+    others = conn.execute(
+        "SELECT i.relname, pg_get_indexdef(i.oid), t.relname FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+        "JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE n.nspname = %s AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+        (LIVE,),
+    ).fetchall()
+    for _name, definition, table in others:
+        on_live = f" ON {LIVE}.{table} "
+        if on_live not in definition:
+            raise RuntimeError(f"cannot clone index definition: {definition}")
+        conn.execute(definition.replace(on_live, f" ON {target}.{table} ", 1).encode())
+
+
+def _copy_rows(conn: psycopg.Connection[Any], schema: str, table: Table[Any], rows: Iterable[Any]) -> None:
+    query = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    )
+    with conn.cursor() as cur, cur.copy(query) as copy:
+        for row in rows:
+            copy.write_row(table.to_db(row))
+
+
+def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
+    """Create ``schema`` holding the folded projection tables (in the caller's transaction)."""
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    _clone_tables(conn, schema, indexes=False)
+    rows_by_table = result.state.all_rows()
+    for table in all_tables():
+        rows = rows_by_table.get(table.name)
+        if isinstance(rows, MemoryRows) and rows.rows:
+            _copy_rows(conn, schema, table, rows.rows.values())
+    _clone_indexes(conn, schema)
+    _set_checkpoints(conn, schema, result.position)
+
+
+def make_read_only(conn: psycopg.Connection[Any], schema: str, why: str) -> None:
+    for name in [CHECKPOINTS, *(t.name for t in all_tables())]:
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER read_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION public.labctl_refuse_change({})"
+            ).format(sql.Identifier(schema, name), sql.Literal(why))
+        )
+
+
+class ReplayReport(msgspec.Struct):
+    schema: str
+    position: int
+    events: int
+    fold_seconds: float
+    total_seconds: float
+
+
+def replay_live(conn: psycopg.Connection[Any]) -> ReplayReport:
+    """Rebuild every projection into a fresh schema and swap it in atomically."""
+    started = time.perf_counter()
+    staging = f"live_rebuild_{int(time.time() * 1000)}"
+    result = fold(conn)
+    with conn.transaction():
+        write_schema(conn, staging, result)
+    try:
+        with conn.transaction():
+            # Hold appends while the tail is applied and the schemas swap.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            tail_state = _db_state(conn, staging)
+            n = sum(apply(tail_state, page) for page in _pages(conn, result.position, last_position(conn)))
+            _flush(tail_state)
+            end = last_position(conn)
+            _set_checkpoints(conn, staging, end)
+            retired = f"{staging}_old"
+            conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(LIVE), sql.Identifier(retired)))
+            conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(LIVE)))
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(retired)))
+    except BaseException:
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
+        raise
+    return ReplayReport(LIVE, end, result.events + n, result.seconds, time.perf_counter() - started)
+
+
+def replay_as_of(conn: psycopg.Connection[Any], position: int) -> ReplayReport:
+    """Build the world as it was at ``position`` into a read-only schema ``asof_<position>``."""
+    started = time.perf_counter()
+    schema = f"asof_{position}"
+    result = fold(conn, until=position)
+    with conn.transaction():
+        write_schema(conn, schema, result)
+        make_read_only(conn, schema, f"{schema} is a read-only snapshot of the past")
+    return ReplayReport(schema, position, result.events, result.seconds, time.perf_counter() - started)
+
+
+# -------------------------------------------------------------------- audit
+
+
+class RowDiff(msgspec.Struct):
+    table: str
+    key: list[Any]
+    problem: str  # "missing in live" | "not in the log" | "differs"
+    columns: dict[str, list[Any]] = {}
+
+
+def diff_live(conn: psycopg.Connection[Any], limit: int = 20) -> tuple[int, list[RowDiff]]:
+    """Rebuild in memory and compare with the live tables, in one consistent snapshot."""
+    diffs: list[RowDiff] = []
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        position = checkpoint(conn)
+        result = fold(conn, until=position)
+        rebuilt = result.state.all_rows()
+        for table in all_tables():
+            mem: Rows[Any] | None = rebuilt.get(table.name)
+            expected = mem.rows if isinstance(mem, MemoryRows) else {}
+            query = sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, table.columns)), sql.Identifier(LIVE, table.name)
+            )
+            seen: set[Any] = set()
+            for values in conn.execute(query):
+                live_row = table.from_db(values)
+                key = table.key_of(live_row)
+                seen.add(key)
+                want = expected.get(key)
+                if want is None:
+                    diffs.append(RowDiff(table.name, list(key), "not in the log"))
+                elif want != live_row:
+                    cols = {
+                        c: [getattr(live_row, c), getattr(want, c)]
+                        for c in table.columns
+                        if getattr(live_row, c) != getattr(want, c)
+                    }
+                    diffs.append(RowDiff(table.name, list(key), "differs", cols))
+            for key in expected.keys() - seen:
+                diffs.append(RowDiff(table.name, list(key), "missing in live"))
+    return position, diffs[:limit] if limit else diffs

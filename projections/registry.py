@@ -1,0 +1,8 @@
+"""Every read model labctl maintains, in the order their handlers run."""
+
+from __future__ import annotations
+
+from projections import runs
+from projections.base import Projection
+
+PROJECTIONS: list[Projection] = [runs.projection]
