@@ -10,6 +10,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 _CHUNK = 1 << 20  # 1 MiB: big enough that sha256 releases the GIL, small enough to stay in cache
+# Files this small never release the GIL (hashlib keeps it below 2 KiB), so threads only
+# contend over them: the calling thread hashes them while the pool hashes the rest.
+_TINY_FILE = 16 << 10
+# Other files go to the pool in batches: one task per 20 KiB file costs about as much as hashing it.
+_BATCH_BYTES = 4 << 20
+_BATCH_FILES = 128
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _buffers = threading.local()
 
@@ -43,17 +49,21 @@ def dir_content_hash(
     - `exclude_top` names entries directly under `path` to leave out (for
       example ``.meta.json`` when re-verifying a stored object).
 
-    File contents are hashed on a thread pool of `workers` threads (default:
-    like ThreadPoolExecutor, cpu count + 4); ``workers=1`` hashes in the
-    calling thread. The result does not depend on `workers`.
+    File contents are hashed on a pool of `workers` threads (default: like
+    ThreadPoolExecutor, cpu count + 4), which hashlib lets run in parallel;
+    files under 16 KiB are hashed by the calling thread meanwhile, since they
+    would only contend for the GIL. ``workers=1`` hashes everything in the
+    calling thread. The result never depends on `workers`.
     """
     root = os.fspath(path)
     if os.path.isfile(root):
-        files = [(os.fsencode(os.path.basename(os.path.abspath(root))), root)]
+        files = [(os.fsencode(os.path.basename(os.path.abspath(root))), root, 0)]
     else:
         files = _regular_files(root, frozenset(os.fsencode(n) for n in exclude_top))
-    digests = _hash_files([abs_path for _, abs_path in files], workers)
-    lines = b"\n".join(rel + b"\t" + digest.encode() for (rel, _), digest in zip(files, digests, strict=True))
+    digests = _hash_files(files, workers)
+    lines = b"\n".join(
+        rel + b"\t" + digest.encode() for (rel, _, _), digest in zip(files, digests, strict=True)
+    )
     return hashlib.sha256(lines).hexdigest()
 
 
@@ -91,9 +101,9 @@ def check_hash(content_hash: str) -> None:
         raise ValueError(f"not a sha256 hex digest: {content_hash!r}")
 
 
-def _regular_files(root: str, exclude_top: frozenset[bytes]) -> list[tuple[bytes, str]]:
-    """(relative path as bytes, absolute path) of every regular file, in walk order."""
-    files: list[tuple[bytes, str]] = []
+def _regular_files(root: str, exclude_top: frozenset[bytes]) -> list[tuple[bytes, str, int]]:
+    """(relative path as bytes, absolute path, size) of every regular file, in walk order."""
+    files: list[tuple[bytes, str, int]] = []
     top = [e for e in _sorted_entries(root) if os.fsencode(e.name) not in exclude_top]
     # Stack of (entry, relative path) popped in name order: a pre-order walk without recursion.
     pending = [(e, os.fsencode(e.name)) for e in reversed(top)]
@@ -103,7 +113,7 @@ def _regular_files(root: str, exclude_top: frozenset[bytes]) -> list[tuple[bytes
             children = _sorted_entries(entry.path)
             pending.extend((c, rel + b"/" + os.fsencode(c.name)) for c in reversed(children))
         elif entry.is_file(follow_symlinks=False):
-            files.append((rel, entry.path))
+            files.append((rel, entry.path, entry.stat(follow_symlinks=False).st_size))
     return files
 
 
@@ -112,8 +122,30 @@ def _sorted_entries(directory: str) -> list[os.DirEntry[str]]:
         return sorted(it, key=lambda e: os.fsencode(e.name))
 
 
-def _hash_files(paths: list[str], workers: int | None) -> list[str]:
-    if workers == 1 or len(paths) < 2:
-        return [file_sha256(p) for p in paths]
+def _hash_files(files: list[tuple[bytes, str, int]], workers: int | None) -> list[str]:
+    """Digests of the files, in order."""
+    pooled = [(i, path, size) for i, (_, path, size) in enumerate(files) if size >= _TINY_FILE]
+    if workers == 1 or not pooled:
+        return [file_sha256(path) for _, path, _ in files]
+    digests = [""] * len(files)
+    batches: list[list[tuple[int, str]]] = [[]]
+    batch_bytes = 0
+    for i, path, size in pooled:
+        if batches[-1] and (batch_bytes + size > _BATCH_BYTES or len(batches[-1]) >= _BATCH_FILES):
+            batches.append([])
+            batch_bytes = 0
+        batches[-1].append((i, path))
+        batch_bytes += size
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labctl-hash") as pool:
-        return list(pool.map(file_sha256, paths))
+        results = pool.map(_hash_batch, batches)  # submits every batch now
+        for i, (_, path, size) in enumerate(files):
+            if size < _TINY_FILE:
+                digests[i] = file_sha256(path)
+        for batch in results:
+            for i, digest in batch:
+                digests[i] = digest
+    return digests
+
+
+def _hash_batch(batch: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    return [(i, file_sha256(path)) for i, path in batch]
