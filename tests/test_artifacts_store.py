@@ -52,6 +52,7 @@ def test_store_moves_the_output_into_objects_and_leaves_a_relative_link(tmp_path
     assert src.is_symlink() and not os.path.isabs(os.readlink(src))
     assert src.resolve() == stored.resolve()
     assert (src / "a.txt").read_bytes() == b"a"
+    assert dir_content_hash(src, exclude_top=(".meta.json",)) == h
     assert [p.name for p in (root / "_objects").iterdir()] == [h[:2]]  # no temp dirs left
 
 

@@ -41,8 +41,7 @@ def dir_content_hash(
     - Symlinks inside the tree are neither followed nor listed; neither are
       sockets, FIFOs or devices. Directories add no lines of their own, so
       an empty directory contributes nothing. `path` itself is followed if it
-      is a symlink (an output location left behind as a link to its object
-      hashes like the object).
+      is a symlink.
     - A tree without regular files hashes to sha256 of the empty string.
     - If `path` is a regular file it hashes like a directory holding only
       that file: one line whose relative path is the file's base name.

@@ -67,14 +67,15 @@ def store_output(
       concurrent store winning the race), the new copy is dropped and the
       existing object, with its `.meta.json`, is kept.
     - `src_dir` is left behind as a relative symlink to the object, so paths
-      into the run's output location keep resolving.
+      into the run's output location keep resolving (re-hashing through it
+      needs ``exclude_top=(".meta.json",)``, as for the object itself).
     - The caller vouches for `content_hash` (see dir_content_hash); it is not
       recomputed here. A top-level `.meta.json` in `src_dir` is refused,
       because the store owns that name.
     """
     src = Path(src_dir)
     dest = object_dir(root, content_hash)
-    if src.is_symlink() and src.resolve() == dest.resolve():
+    if src.is_symlink() and src.resolve() == dest.resolve() and dest.is_dir():
         return dest  # stored already, by an earlier call
     if not src.is_dir() or src.is_symlink():
         raise NotADirectoryError(f"{src}: an output to store must be a directory")
