@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from labctl.files.decode import convert, dotted, line_of, read_toml
+from labctl.files.decode import beside, convert, dotted, line_of, read_toml
 from labctl.files.errors import FileFormatError
 
 #: artifact kinds labctl itself registers (the local profile has a root for each)
@@ -102,7 +102,7 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
     raw, text = read_toml(path)
     config = convert(raw, ClusterConfig, path, text)
     _validate(config, path, text)
-    return _absolute_paths(config, path.parent)
+    return _absolute_paths(config, path)
 
 
 def _validate(config: ClusterConfig, path: Path, text: str) -> None:
@@ -129,9 +129,9 @@ def _validate(config: ClusterConfig, path: Path, text: str) -> None:
             fail(["env", key], "not a valid environment variable name")
 
 
-def _absolute_paths(config: ClusterConfig, base: Path) -> ClusterConfig:
+def _absolute_paths(config: ClusterConfig, path: Path) -> ClusterConfig:
     def absolute(value: str) -> str:
-        return str((base / Path(value).expanduser()).absolute())
+        return str(beside(path, value))
 
     fs = config.filesystem
     dispatch = config.dispatch

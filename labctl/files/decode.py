@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -22,6 +23,11 @@ _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`$")
 
 Part = str | int
 _ANY_KEY = "[...]"  # how msgspec names "some key of this dict"
+
+
+def beside(file: Path, value: str) -> Path:
+    """Where a path written in ``file`` points: ``~`` expanded, relative to the file's directory."""
+    return Path(os.path.normpath((file.parent / Path(value).expanduser()).absolute()))
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 
-from labctl.files.decode import convert, dotted, line_of, read_toml
+from labctl.files.decode import beside, convert, dotted, line_of, read_toml
 from labctl.files.errors import FileFormatError
 from labctl.files.recipe import NAME, FromInput, Recipe, StageInput, load_recipe
 
@@ -55,7 +55,7 @@ def load_pipeline(path: str | Path) -> PipelinePlan:
     for name, stage in pipeline.stages.items():
         if not NAME.match(name):
             raise fail(["stages", name], "bad stage name; use letters, digits, '.', '_' and '-'")
-        recipe_path = (path.parent / Path(stage.recipe).expanduser()).absolute()
+        recipe_path = beside(path, stage.recipe)
         if not recipe_path.is_file():
             raise fail(["stages", name, "recipe"], f"recipe file not found: {recipe_path}")
         recipes[name] = (recipe_path, load_recipe(recipe_path, pipeline=True))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 
-from labctl.files.decode import convert, dotted, line_of, read_toml
+from labctl.files.decode import beside, convert, dotted, line_of, read_toml
 from labctl.files.errors import FileFormatError
 from labctl.files.recipe import NAME, CheckpointInput, Recipe, load_recipe
 
@@ -45,7 +45,7 @@ def load_policy(path: str | Path) -> EvalPolicy:
         raise fail(["applies_to", "type"], "must not be empty; expected an artifact kind, e.g. checkpoint")
     if policy.cadence.every_n_steps < 1:
         raise fail(["cadence", "every_n_steps"], "must be 1 or more")
-    recipe_path = (path.parent / Path(policy.recipe).expanduser()).absolute()
+    recipe_path = beside(path, policy.recipe)
     if not recipe_path.is_file():
         raise fail(["recipe"], f"recipe file not found: {recipe_path}")
     recipe = load_recipe(recipe_path, eval_policy=True)

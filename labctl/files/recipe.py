@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from labctl.files.decode import Part, convert, dotted, line_of, read_toml
+from labctl.files.decode import Part, beside, convert, dotted, line_of, read_toml
 from labctl.files.errors import FileFormatError
 from labctl.files.template import tokens_in
 from labctl.files.units import parse_mem_mb, parse_time_seconds
@@ -139,7 +139,7 @@ def load_recipe(path: str | Path, *, pipeline: bool = False, eval_policy: bool =
     raw, text = read_toml(path)
     recipe = convert(normalize_recipe_table(raw), Recipe, path, text)
     if recipe.sweep is not None and recipe.sweep.aggregate is not None:
-        aggregate = (path.parent / Path(recipe.sweep.aggregate).expanduser()).absolute()
+        aggregate = beside(path, recipe.sweep.aggregate)
         recipe = msgspec.structs.replace(
             recipe, sweep=msgspec.structs.replace(recipe.sweep, aggregate=str(aggregate))
         )
