@@ -328,6 +328,8 @@ def _validate_tokens(recipe: Recipe, fail: Any) -> None:
         in_alias = where[0] == "outputs"
         for token in tokens_in(text):
             reason = unknown_token_reason(recipe, token, in_alias=in_alias)
+            if where[0] == "args" and token.startswith("args."):
+                reason = "an [args] value cannot use other args"
             if reason is not None:
                 fail(where, f"template token {{{token}}} cannot be resolved: {reason}")
 
