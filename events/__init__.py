@@ -1,5 +1,6 @@
 """The event log: event types, and the store that appends, reads and follows them."""
 
+from events import types
 from events.codec import Event, EventMeta, StoredEvent, UnknownEvent, event_types
 from events.errors import ConcurrencyError, EventStoreError, ImmutableLogError
 from events.store import (
@@ -38,4 +39,5 @@ __all__ = [
     "read_stream",
     "stream_version",
     "streams_matching",
+    "types",
 ]

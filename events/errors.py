@@ -14,9 +14,7 @@ class ConcurrencyError(EventStoreError):
         self.stream = stream
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"stream {stream} was expected at version {expected} but is at version {actual}"
-        )
+        super().__init__(f"stream {stream} was expected at version {expected} but is at version {actual}")
 
 
 class ImmutableLogError(EventStoreError):

@@ -109,9 +109,7 @@ def _translate(exc: psycopg.Error) -> Exception:
 
 
 def _stored_at(conn: psycopg.Connection[Any], position: int) -> StoredEvent:
-    rows = conn.execute(
-        Q["read_all"], {"after": position - 1, "limit": 1}
-    ).fetchall()
+    rows = conn.execute(Q["read_all"], {"after": position - 1, "limit": 1}).fetchall()
     return _decode_rows(rows)[0]
 
 
@@ -156,13 +154,9 @@ def read_all(
     return _decode_rows(rows)
 
 
-def read_stream(
-    conn: psycopg.Connection[Any], stream: str, after_version: int = 0
-) -> list[StoredEvent]:
+def read_stream(conn: psycopg.Connection[Any], stream: str, after_version: int = 0) -> list[StoredEvent]:
     """One stream's events in version order."""
-    rows = conn.execute(
-        Q["read_stream"], {"stream": stream, "after_version": after_version}
-    ).fetchall()
+    rows = conn.execute(Q["read_stream"], {"stream": stream, "after_version": after_version}).fetchall()
     return _decode_rows(rows)
 
 

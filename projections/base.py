@@ -45,9 +45,7 @@ class Table(Generic[R]):
         return tuple(getattr(row, k) for k in self.key)
 
     def to_db(self, row: R) -> tuple[Any, ...]:
-        return tuple(
-            Jsonb(getattr(row, c)) if c in self.json_columns else getattr(row, c) for c in self.columns
-        )
+        return tuple(Jsonb(getattr(row, c)) if c in self.json_columns else getattr(row, c) for c in self.columns)
 
     def from_db(self, values: Iterable[Any]) -> R:
         return self.row_type(**dict(zip(self.columns, values, strict=True)))
@@ -125,16 +123,12 @@ class DbRows(Rows[R]):
         cols = self.table.columns
         if upserts:
             non_key = [c for c in cols if c not in self.table.key]
-            query = sql.SQL(
-                "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({key}) DO UPDATE SET {sets}"
-            ).format(
+            query = sql.SQL("INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({key}) DO UPDATE SET {sets}").format(
                 t=self.ident,
                 cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
                 vals=sql.SQL(", ").join(sql.Placeholder() * len(cols)),
                 key=sql.SQL(", ").join(map(sql.Identifier, self.table.key)),
-                sets=sql.SQL(", ").join(
-                    sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key
-                ),
+                sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key),
             )
             with self.conn.cursor() as cur:
                 cur.executemany(query, [self.table.to_db(r) for r in upserts if r is not None])

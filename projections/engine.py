@@ -12,7 +12,7 @@ from psycopg import sql
 
 from events import EventMeta, NewEvent, StoredEvent, append_batch, last_position, read_all
 from events.codec import decode_event, decode_meta
-from projections.base import DbRows, MemoryRows, Projection, Rows, State, Table
+from projections.base import DbRows, MemoryRows, Rows, State, Table
 from projections.registry import PROJECTIONS
 
 LIVE = "live"
@@ -71,8 +71,7 @@ def checkpoints(conn: psycopg.Connection[Any], schema: str = LIVE) -> dict[str, 
 
 def _set_checkpoints(conn: psycopg.Connection[Any], schema: str, position: int) -> None:
     query = sql.SQL(
-        "INSERT INTO {} (name, position) VALUES (%s, %s) "
-        "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
+        "INSERT INTO {} (name, position) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
     ).format(sql.Identifier(schema, CHECKPOINTS))
     with conn.cursor() as cur:
         cur.executemany(query, [(p.name, position) for p in PROJECTIONS])

@@ -48,9 +48,7 @@ def test_hash_outputs_writes_the_manifest_for_finished_outputs_only(tmp_path: Pa
     ckpt = _files(tmp_path / "out" / "ckpt", "step1/done.txt")
     outputs = {
         "done": ContextOutput(type="dataset", path=str(done), marker="done.txt"),
-        "unfinished": ContextOutput(
-            type="dataset", path=str(tmp_path / "out" / "unfinished"), marker="done.txt"
-        ),
+        "unfinished": ContextOutput(type="dataset", path=str(tmp_path / "out" / "unfinished"), marker="done.txt"),
         "no_marker": ContextOutput(type="dataset", path=str(no_marker)),
         "empty": ContextOutput(type="dataset", path=str(tmp_path / "out" / "empty")),
         "missing": ContextOutput(type="dataset", path=str(tmp_path / "out" / "missing")),

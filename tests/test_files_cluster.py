@@ -104,9 +104,7 @@ def test_lookup_order_is_flag_env_xdg_home(config_dirs: Path, monkeypatch: pytes
     assert find_cluster_config(flag) == flag
 
 
-def test_xdg_dir_without_a_config_falls_back_to_home(
-    config_dirs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_xdg_dir_without_a_config_falls_back_to_home(config_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = place(config_dirs / "home" / ".config" / "labctl" / "cluster.toml")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_dirs / "empty-xdg"))
     assert find_cluster_config(None) == home
@@ -127,9 +125,7 @@ def test_local_profile_has_a_root_for_every_output_type(tmp_path: Path) -> None:
     assert cfg.scheduler.kind == "local"
     assert cfg.filesystem.runs_base == str(tmp_path / "runs")
     assert set(OUTPUT_TYPES) <= set(cfg.filesystem.output_roots)
-    assert all(
-        root.startswith(str(tmp_path / "artifacts")) for root in cfg.filesystem.artifact_roots.values()
-    )
+    assert all(root.startswith(str(tmp_path / "artifacts")) for root in cfg.filesystem.artifact_roots.values())
 
 
 def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:

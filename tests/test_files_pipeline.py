@@ -14,10 +14,7 @@ PRODUCER = 'name = "{name}"\ncommand = "go"\n[outputs.out]\ntype = "dataset"\nal
 
 
 def consumer(name: str, stage: str, role: str = "out") -> str:
-    return (
-        PRODUCER.format(name=name)
-        + f'[inputs.in_{stage}]\ntype = "stage"\nstage = "{stage}"\nrole = "{role}"\n'
-    )
+    return PRODUCER.format(name=name) + f'[inputs.in_{stage}]\ntype = "stage"\nstage = "{stage}"\nrole = "{role}"\n'
 
 
 def write_pipeline(tmp_path: Path, stages: dict[str, str], header: str = 'name = "p"\n') -> Path:

@@ -72,18 +72,12 @@ OUT = '[outputs.ckpt]\ntype = "dataset"\nalias = "a_{run.id}"\n'
 
 BAD_RECIPES = [
     pytest.param(BASE + "colour = 1\n", "colour", "unknown field", id="unknown-top-level-field"),
-    pytest.param(
-        BASE + OUT + "maker = 'x'\n", "outputs.ckpt.maker", "expected one of", id="unknown-nested-field"
-    ),
+    pytest.param(BASE + OUT + "maker = 'x'\n", "outputs.ckpt.maker", "expected one of", id="unknown-nested-field"),
     pytest.param('command = ["x"]\n', "name", "required field is missing", id="missing-name"),
-    pytest.param(
-        BASE + '[resources]\ncpus = "four"\n', "resources.cpus", "expected `int`", id="cpus-wrong-type"
-    ),
+    pytest.param(BASE + '[resources]\ncpus = "four"\n', "resources.cpus", "expected `int`", id="cpus-wrong-type"),
     pytest.param(BASE + '[resources]\nmem = "lots"\n', "resources.mem", "bad memory size", id="bad-mem"),
     pytest.param(BASE + '[resources]\ntime = "4 hours"\n', "resources.time", "bad time limit", id="bad-time"),
-    pytest.param(
-        BASE + '[resources]\ntime = "01:75:00"\n', "resources.time", "bad time limit", id="bad-minutes"
-    ),
+    pytest.param(BASE + '[resources]\ntime = "01:75:00"\n', "resources.time", "bad time limit", id="bad-minutes"),
     pytest.param(
         BASE + '[[resources.components]]\nmem = "1XB"\n',
         "resources.components[0].mem",
@@ -121,18 +115,14 @@ BAD_RECIPES = [
         id="output-without-alias",
     ),
     pytest.param('name = "my run"\ncommand = "x"\n', "name", "not a valid name", id="invalid-name"),
-    pytest.param(
-        BASE + "[sweep]\narg = 'seed'\nstart = 5\nend = 2\n", "sweep", "after end", id="sweep-backwards"
-    ),
+    pytest.param(BASE + "[sweep]\narg = 'seed'\nstart = 5\nend = 2\n", "sweep", "after end", id="sweep-backwards"),
     pytest.param(
         BASE + '[args]\nout = "{outputs.nope.path}"\n',
         "args.out",
         "no output role 'nope'",
         id="token-for-unknown-output",
     ),
-    pytest.param(
-        BASE + '[env]\nLR = "{params.lr}"\n', "env.LR", "no [params] key 'lr'", id="token-for-unknown-param"
-    ),
+    pytest.param(BASE + '[env]\nLR = "{params.lr}"\n', "env.LR", "no [params] key 'lr'", id="token-for-unknown-param"),
     pytest.param(
         BASE + '[outputs.o]\ntype = "dataset"\nalias = "{outputs.o.path}"\n',
         "outputs.o.alias",
@@ -231,9 +221,7 @@ def test_recipe_hash_changes_with_what_the_run_computes() -> None:
     base = Recipe(name="t", command=["go"], params={"lr": 1})
     assert recipe_hash(base) != recipe_hash(Recipe(name="t", command=["go"], params={"lr": 2}))
     assert recipe_hash(base) != recipe_hash(Recipe(name="t", command=["go", "on"], params={"lr": 1}))
-    assert recipe_hash(base) != recipe_hash(
-        Recipe(name="t", command=["go"], params={"lr": 1}, env={"A": "1"})
-    )
+    assert recipe_hash(base) != recipe_hash(Recipe(name="t", command=["go"], params={"lr": 1}, env={"A": "1"}))
 
 
 def test_explicit_defaults_hash_like_omitted_ones(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ def init_weights(n_features: int, n_classes: int, rng: random.Random) -> dict:
 
 def class_scores(weights: dict, x: list[float]) -> list[float]:
     return [
-        sum(w * v for w, v in zip(row, x, strict=True)) + b
-        for row, b in zip(weights["W"], weights["b"], strict=True)
+        sum(w * v for w, v in zip(row, x, strict=True)) + b for row, b in zip(weights["W"], weights["b"], strict=True)
     ]
 
 

@@ -33,9 +33,7 @@ def blob_centers(n_classes: int, rng: random.Random) -> list[list[float]]:
     return [[rng.uniform(-3.0, 3.0) for _ in FEATURE_SCALES] for _ in range(n_classes)]
 
 
-def sample_blobs(
-    rows: int, centers: list[list[float]], rng: random.Random
-) -> tuple[list[list[float]], list[int]]:
+def sample_blobs(rows: int, centers: list[list[float]], rng: random.Random) -> tuple[list[list[float]], list[int]]:
     xs: list[list[float]] = []
     ys: list[int] = []
     for i in range(rows):

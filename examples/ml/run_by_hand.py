@@ -251,9 +251,7 @@ def run_eval_policy(lab: Lab, policy_path: Path) -> list[Job]:
 def check_report_matches_evals(report_dir: Path, evals: list[Job]) -> None:
     by_checkpoint = {}
     for job in evals:
-        checkpoint = Path(
-            json.loads((job.run_dir / ".lab" / "context.json").read_text())["inputs"]["checkpoint"]
-        )
+        checkpoint = Path(json.loads((job.run_dir / ".lab" / "context.json").read_text())["inputs"]["checkpoint"])
         metrics = json.loads((job.outputs["metrics"] / "metrics.json").read_text())
         by_checkpoint[checkpoint.resolve()] = metrics["accuracy"]
     for row in json.loads((report_dir / "evaluations.json").read_text()):

@@ -60,9 +60,7 @@ def dir_content_hash(
     else:
         files = _regular_files(root, frozenset(os.fsencode(n) for n in exclude_top))
     digests = _hash_files(files, workers)
-    lines = b"\n".join(
-        rel + b"\t" + digest.encode() for (rel, _, _), digest in zip(files, digests, strict=True)
-    )
+    lines = b"\n".join(rel + b"\t" + digest.encode() for (rel, _, _), digest in zip(files, digests, strict=True))
     return hashlib.sha256(lines).hexdigest()
 
 

@@ -234,7 +234,5 @@ def _allowed_fields(raw: Any, type_: type[Any], parts: list[Part]) -> list[str]:
 def _allowed_tags(raw: Any, type_: type[Any], parts: list[Part]) -> list[str]:
     info = _type_at(raw, type_, parts)
     if isinstance(info, msgspec.inspect.UnionType):
-        return [
-            str(t.tag) for t in info.types if isinstance(t, msgspec.inspect.StructType) and t.tag is not None
-        ]
+        return [str(t.tag) for t in info.types if isinstance(t, msgspec.inspect.StructType) and t.tag is not None]
     return []

@@ -56,9 +56,7 @@ def validate_path(path: str | Path) -> str:
         return f'pipeline "{plan.name}" ok: {_count(len(plan.stages), "stage")} ({order}){pin}'
     if kind == "policy":
         policy = load_policy(path)
-        producer = (
-            f" from recipe {policy.applies_to.producer_recipe!r}" if policy.applies_to.producer_recipe else ""
-        )
+        producer = f" from recipe {policy.applies_to.producer_recipe!r}" if policy.applies_to.producer_recipe else ""
         return (
             f'policy "{policy.name}" ok: evaluates {policy.applies_to.type} artifacts{producer} '
             f"every {policy.cadence.every_n_steps} steps with {policy.recipe}"

@@ -53,8 +53,7 @@ def load_policy(path: str | Path) -> EvalPolicy:
         raise FileFormatError(
             recipe_path,
             "inputs",
-            f"eval recipe of policy {policy.name!r} has no input with "
-            'type = "checkpoint" to receive the artifact',
+            f'eval recipe of policy {policy.name!r} has no input with type = "checkpoint" to receive the artifact',
         )
     return msgspec.structs.replace(policy, recipe=str(recipe_path))
 
@@ -74,9 +73,7 @@ def load_policies(directory: str | Path) -> list[EvalPolicy]:
     for path in sorted(directory.glob("*.toml")):
         policy = load_policy(path)
         if policy.name in seen:
-            raise FileFormatError(
-                path, "name", f"policy {policy.name!r} is also defined in {seen[policy.name]}"
-            )
+            raise FileFormatError(path, "name", f"policy {policy.name!r} is also defined in {seen[policy.name]}")
         seen[policy.name] = path
         policies.append(policy)
     return policies

@@ -140,9 +140,7 @@ def load_recipe(path: str | Path, *, pipeline: bool = False, eval_policy: bool =
     recipe = convert(normalize_recipe_table(raw), Recipe, path, text)
     if recipe.sweep is not None and recipe.sweep.aggregate is not None:
         aggregate = beside(path, recipe.sweep.aggregate)
-        recipe = msgspec.structs.replace(
-            recipe, sweep=msgspec.structs.replace(recipe.sweep, aggregate=str(aggregate))
-        )
+        recipe = msgspec.structs.replace(recipe, sweep=msgspec.structs.replace(recipe.sweep, aggregate=str(aggregate)))
     validate_recipe(recipe, path, pipeline=pipeline, eval_policy=eval_policy, text=text)
     return recipe
 
@@ -160,9 +158,7 @@ def normalize_recipe_table(raw: dict[str, Any]) -> dict[str, Any]:
         resources = _normalize_exclude(resources)
         components = resources.get("components")
         if isinstance(components, list):
-            resources["components"] = [
-                _normalize_exclude(c) if isinstance(c, dict) else c for c in components
-            ]
+            resources["components"] = [_normalize_exclude(c) if isinstance(c, dict) else c for c in components]
         raw["resources"] = resources
     return raw
 

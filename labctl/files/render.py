@@ -60,9 +60,7 @@ def render_recipe(recipe: Recipe, values: Mapping[str, str], path: str | Path) -
     full = _with_params(recipe, values)
     args = {k: _render_field(v, full, path, ["args", k]) for k, v in recipe.args.items()}
     full.update({f"args.{k}": v for k, v in args.items()})
-    rendered = {
-        tuple(where): _render_field(text, full, path, where) for where, text in template_fields(recipe)
-    }
+    rendered = {tuple(where): _render_field(text, full, path, where) for where, text in template_fields(recipe)}
     return msgspec.structs.replace(
         recipe,
         command=[rendered[("command", i)] for i in range(len(recipe.command))],

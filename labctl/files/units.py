@@ -17,9 +17,7 @@ def parse_mem_mb(value: str) -> int:
     """
     match = _MEM.match(value)
     if not match:
-        raise ValueError(
-            f'bad memory size {value!r}; expected a number with a unit, e.g. "32GB", "512MB", "4G"'
-        )
+        raise ValueError(f'bad memory size {value!r}; expected a number with a unit, e.g. "32GB", "512MB", "4G"')
     amount = float(match.group(1)) * _MEM_FACTOR_MB[match.group(2).upper()]
     if amount <= 0:
         raise ValueError(f"memory size {value!r} must be more than zero")

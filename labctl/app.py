@@ -1,0 +1,79 @@
+"""What every command needs: the cluster config, the database, and who is acting."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from events import EventMeta
+from labctl import __version__
+from labctl.db import Database, database_url, labctl_home
+from labctl.errors import UserError
+from labctl.files import ClusterConfig, find_cluster_config, load_cluster_config, local_profile
+
+USER_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+RESERVED_USERS = frozenset({"runs"})
+
+
+def current_user() -> str:
+    """The OS user (``LABCTL_USER`` overrides it, for shared service accounts and tests)."""
+    user = os.environ.get("LABCTL_USER") or getpass.getuser()
+    check_user_name(user)
+    return user
+
+
+def check_user_name(user: str) -> None:
+    if not USER_NAME.match(user):
+        raise UserError(f"user name {user!r} is not allowed: use letters, digits, '.', '_' or '-'")
+    if user in RESERVED_USERS:
+        raise UserError(f"user name {user!r} is reserved")
+
+
+@dataclass
+class App:
+    config: ClusterConfig
+    config_path: Path | None
+    home: Path
+    db: Database
+    user: str
+
+    def meta(self, *, causation_id: str | None = None, correlation_id: str | None = None) -> EventMeta:
+        return EventMeta(
+            actor=self.user,
+            host=socket.gethostname(),
+            labctl_version=__version__,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
+
+    @property
+    def executor(self) -> str:
+        return self.config.scheduler.kind
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def load_config(cluster: Path | None = None) -> tuple[ClusterConfig, Path | None]:
+    """The cluster config in effect (``--cluster``, ``$LABCTL_CLUSTER``, XDG) or the local profile."""
+    path = find_cluster_config(cluster)
+    if path is None:
+        return local_profile(labctl_home()), None
+    if not path.is_file():
+        raise UserError(f"cluster config {path} does not exist")
+    return load_cluster_config(path), path
+
+
+def open_app(cluster: Path | None = None) -> App:
+    config, path = load_config(cluster)
+    return App(
+        config=config,
+        config_path=path,
+        home=labctl_home(),
+        db=Database(database_url(config.database.url)),
+        user=current_user(),
+    )

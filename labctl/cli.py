@@ -1,0 +1,238 @@
+"""The labctl command line: each command parses, calls one library function, prints.
+
+Heavy modules are imported inside the commands so ``labctl --help`` and
+``labctl --version`` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from labctl import __version__
+
+if TYPE_CHECKING:
+    from labctl.app import App
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Run and track ML experiments; every fact lives in an append-only event log in Postgres.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="The database: create/upgrade the schema, stop the embedded server.")
+audit_app = typer.Typer(no_args_is_help=True, help="Check that the log and the read models can be trusted.")
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+
+class _Global:
+    cluster: Path | None = None
+
+
+def _open() -> App:
+    from labctl.app import open_app
+
+    return open_app(_Global.cluster)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"labctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    cluster: Annotated[
+        Path | None, typer.Option("--cluster", help="cluster.toml to use (else $LABCTL_CLUSTER, XDG path, local)")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _Global.cluster = cluster
+
+
+# ------------------------------------------------------------------ database
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema (idempotent)."""
+    from labctl.db import connect, ensure_schema
+
+    a = _open()
+    with connect(a.db.url) as conn:
+        before, after = ensure_schema(conn)
+    if before == after:
+        typer.echo(f"schema is current (version {after})")
+    elif before is None:
+        typer.echo(f"created schema version {after}")
+    else:
+        typer.echo(f"upgraded schema from version {before} to {after}")
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL in use (starting the embedded server if needed)."""
+    typer.echo(_open().db.url)
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded Postgres (it starts again on the next command)."""
+    from labctl.db import stop_embedded
+
+    typer.echo("stopped the embedded Postgres" if stop_embedded() else "the embedded Postgres is not running")
+
+
+@app.command()
+def doctor() -> None:
+    """Where the database is, its versions, event count, checkpoints and lag."""
+    from labctl.maintenance import doctor as run_doctor
+
+    a = _open()
+    checks = run_doctor(a.db)
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        typer.echo(f"{c.name:<{width}}  {c.value}{'' if c.ok else '  <-- problem'}")
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        _fail(f"{bad[0].name}: {bad[0].value}", 1)
+
+
+# ----------------------------------------------------------------- event log
+
+
+@app.command("events")
+def events_cmd(
+    after: Annotated[int, typer.Option(help="Only events after this position.")] = 0,
+    stream: Annotated[str | None, typer.Option(help="Only this stream.")] = None,
+    type_: Annotated[list[str] | None, typer.Option("--type", help="Only these event types.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (without --follow).")] = 1000,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The event log, oldest first."""
+    import events
+    from events.follow import follow as follow_log
+    from labctl.eventlog import print_events
+
+    a = _open()
+    page = events.read_all(a.db.conn, after, limit, stream=stream, types=type_)
+    print_events(page, as_json=as_json)
+    if not follow:
+        return
+    position = page[-1].position if page else after
+    try:
+        for batch in follow_log(a.db.url, position):
+            print_events(
+                [e for e in batch if (stream is None or e.stream == stream) and (not type_ or e.type in type_)],
+                as_json=as_json,
+            )
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def history(ref: Annotated[str, typer.Argument(help="A run/artifact/pipeline id (or prefix) or a stream.")]) -> None:
+    """One entity's timeline."""
+    from labctl.eventlog import history as load_history
+    from labctl.eventlog import history_line
+
+    a = _open()
+    stream, found = load_history(a.db.conn, ref)
+    typer.echo(f"{stream}  ({len(found)} events)")
+    for e in found:
+        typer.echo(history_line(e))
+
+
+@app.command()
+def replay(
+    until: Annotated[
+        str | None, typer.Option(help="Rebuild the world as of a POSITION or ISO timestamp, read-only.")
+    ] = None,
+) -> None:
+    """Rebuild every read model from the log (atomically swapped in), or as of a past moment."""
+    import projections
+    from labctl.maintenance import parse_until
+
+    a = _open()
+    conn = a.db.conn
+    if until is None:
+        report = projections.replay_live(conn)
+        rate = report.events / report.fold_seconds if report.fold_seconds else 0
+        typer.echo(
+            f"rebuilt {report.events} events into the live read models in {report.total_seconds:.2f}s "
+            f"({rate:,.0f} events/s folding); now at position {report.position}"
+        )
+        return
+    position = parse_until(conn, until)
+    report = projections.replay_as_of(conn, position)
+    typer.echo(f"built the read models as of position {position} ({report.events} events) into schema {report.schema}")
+    typer.echo(f"query it with:  SET search_path = {report.schema}, public;  or  labctl status --as-of {position}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Verify the hash chain and that a shadow rebuild equals the live read models."""
+    from labctl.maintenance import audit
+
+    a = _open()
+    report = audit(a.db.conn)
+    if report.broken_at is not None:
+        typer.echo(f"hash chain broken at position {report.broken_at}: the event there was altered")
+    for d in report.differences:
+        detail = "; ".join(f"{c}: live={v[0]!r} log={v[1]!r}" for c, v in d.columns.items())
+        typer.echo(f"{d.table} {d.key}: {d.problem}{' (' + detail + ')' if detail else ''}")
+    if report.clean:
+        typer.echo(
+            f"ok: {report.events_checked} events chained, read models equal a rebuild at position {report.position}"
+        )
+        return
+    first = (
+        f"hash chain broken at position {report.broken_at}"
+        if report.broken_at is not None
+        else f"{len(report.differences)} read-model rows differ from a rebuild"
+    )
+    _fail(f"audit failed: {first}", 1)
+
+
+# --------------------------------------------------------------------- main
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"labctl: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    from labctl.errors import UserError
+
+    try:
+        from labctl.files.errors import FileFormatError
+
+        app()
+    except FileFormatError as exc:
+        typer.echo(f"labctl: error: {exc}", err=True)
+        sys.exit(2)
+    except UserError as exc:
+        typer.echo(f"labctl: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        from events import EventStoreError
+
+        if isinstance(exc, EventStoreError):
+            typer.echo(f"labctl: error: {exc}", err=True)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Projections: inline application, catch-up, rebuild, as-of snapshots and audit diffs."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+import events
+import projections
+from events import NewEvent
+from events.types import RunFinished, RunStarted, RunSubmitted
+
+
+def _submitted(run_id: str) -> RunSubmitted:
+    return RunSubmitted(
+        run_id=run_id, name="train", user="alice", executor="local", run_dir=f"/runs/{run_id}", recipe={"lr": 0.1}
+    )
+
+
+def _lifecycle(conn: psycopg.Connection[Any], run_id: str, exit_code: int) -> None:
+    stream = f"run-{run_id}"
+    projections.record(conn, [NewEvent(stream, _submitted(run_id), 0)])
+    projections.record(conn, [NewEvent(stream, RunStarted(run_id=run_id, started_at=datetime.now(UTC)))])
+    state = "succeeded" if exit_code == 0 else "failed"
+    projections.record(conn, [NewEvent(stream, RunFinished(run_id=run_id, state=state, exit_code=exit_code))])
+
+
+def _runs(conn: psycopg.Connection[Any], schema: str = "live") -> list[tuple[Any, ...]]:
+    return conn.execute(f"SELECT id, status, exit_code FROM {schema}.runs ORDER BY id").fetchall()
+
+
+def test_inline_projection_is_exact_right_after_each_append(conn: psycopg.Connection[Any]) -> None:
+    projections.record(conn, [NewEvent("run-r1", _submitted("r1"), 0)])
+    assert _runs(conn) == [("r1", "submitted", None)]
+    _lifecycle(conn, "r2", 3)
+    assert _runs(conn) == [("r1", "submitted", None), ("r2", "failed", 3)]
+    assert projections.checkpoint(conn) == events.last_position(conn)
+
+
+def test_events_appended_without_projecting_are_applied_before_the_next_inline_append(
+    conn: psycopg.Connection[Any],
+) -> None:
+    events.append(conn, "run-r1", [_submitted("r1")], expected_version=0)
+    projections.record(conn, [NewEvent("run-r2", _submitted("r2"), 0)])
+    assert [r[0] for r in _runs(conn)] == ["r1", "r2"]
+
+
+def test_catch_up_applies_bare_appends(conn: psycopg.Connection[Any]) -> None:
+    events.append(conn, "run-r1", [_submitted("r1")], expected_version=0)
+    assert projections.catch_up(conn) == 1
+    assert _runs(conn) == [("r1", "submitted", None)]
+    assert projections.catch_up(conn) == 0
+
+
+def test_replay_swaps_in_an_identical_rebuild_and_repairs_a_damaged_row(conn: psycopg.Connection[Any]) -> None:
+    for i, code in enumerate([0, 3, 0]):
+        _lifecycle(conn, f"r{i}", code)
+    before = conn.execute("SELECT * FROM live.runs ORDER BY id").fetchall()
+    conn.execute("UPDATE live.runs SET status = 'succeeded' WHERE id = 'r1'")
+    report = projections.replay_live(conn)
+    assert report.events == 9 and report.position == events.last_position(conn)
+    assert conn.execute("SELECT * FROM live.runs ORDER BY id").fetchall() == before
+    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'live'")}
+    assert {"runs_pkey", "runs_created_at_idx", "runs_user_created_idx"} <= indexes
+
+
+def test_replay_keeps_appends_made_while_it_rebuilds(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    from labctl.db import connect
+
+    for i in range(50):
+        _lifecycle(conn, f"r{i}", 0)
+    stop = threading.Event()
+    written: list[str] = []
+
+    def writer() -> None:
+        with connect(db_url) as c:
+            i = 0
+            while not stop.is_set():
+                projections.record(c, [NewEvent(f"run-w{i}", _submitted(f"w{i}"), 0)])
+                written.append(f"w{i}")
+                i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(3):
+            projections.replay_live(conn)
+    finally:
+        stop.set()
+        t.join()
+    ids = {r[0] for r in conn.execute("SELECT id FROM live.runs")}
+    assert set(written) <= ids
+    assert projections.diff_live(conn)[1] == []
+
+
+def test_as_of_snapshot_shows_the_past_and_is_read_only(conn: psycopg.Connection[Any]) -> None:
+    projections.record(conn, [NewEvent("run-r1", _submitted("r1"), 0)])
+    then = events.last_position(conn)
+    projections.record(conn, [NewEvent("run-r1", RunFinished(run_id="r1", state="failed", exit_code=1))])
+    report = projections.replay_as_of(conn, then)
+    assert report.schema == f"asof_{then}"
+    assert _runs(conn, report.schema) == [("r1", "submitted", None)]
+    assert _runs(conn) == [("r1", "failed", 1)]
+    with pytest.raises(psycopg.Error, match="read-only"):
+        conn.execute(f"DELETE FROM {report.schema}.runs")
+
+
+def test_audit_diff_names_a_tampered_projection_row(conn: psycopg.Connection[Any]) -> None:
+    _lifecycle(conn, "r1", 3)
+    assert projections.diff_live(conn)[1] == []
+    conn.execute("UPDATE live.runs SET exit_code = 0, status = 'succeeded' WHERE id = 'r1'")
+    conn.execute(
+        "INSERT INTO live.runs SELECT 'ghost', name, user_name, status, executor, job_id, exit_code, signal, reason,"
+        " run_dir, cache_key, producer_run_id, pipeline_id, stage_name, sweep_id, sweep_index, recipe_path, recipe,"
+        " repo, repo_commit, repo_dirty, agent_id, cancel_requested, created_at, started_at, finished_at,"
+        " updated_at, stream_version FROM live.runs WHERE id = 'r1'"
+    )
+    _, diffs = projections.diff_live(conn)
+    by_key = {d.key[0]: d for d in diffs}
+    assert by_key["r1"].problem == "differs"
+    assert by_key["r1"].columns["status"] == ["succeeded", "failed"]
+    assert by_key["ghost"].problem == "not in the log"
