@@ -38,11 +38,12 @@ class OutputSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class StageSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One stage of a pipeline as planned."""
+    """One stage of a pipeline as planned (a sweep stage has one run per point)."""
 
     name: str
-    run_id: str
+    run_ids: list[str]
     parents: list[str] = []
+    sweep_id: str | None = None
 
 
 # -------------------------------------------------------------------- runs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projections import runs
+from projections import artifacts, evals, pipelines, runs
 from projections.base import Projection
 
-PROJECTIONS: list[Projection] = [runs.projection]
+PROJECTIONS: list[Projection] = [runs.projection, artifacts.projection, pipelines.projection, evals.projection]

@@ -1,0 +1,1 @@
+"""Executors: where a run's job actually runs (local processes or SLURM)."""

@@ -1,0 +1,67 @@
+"""The small interface every executor implements: submit, poll many, cancel many.
+
+The agent owns the bookkeeping (events, artifacts); an executor only talks to
+the thing that runs jobs and reports what it sees in labctl's run states
+(see LABCTL-FORMATS.md): ``submitted``, ``running``, ``succeeded``,
+``failed``, ``cancelled``, ``timeout``, ``oom``, ``node_fail``,
+``unknown_terminal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+ACTIVE_STATES = frozenset({"submitted", "running"})
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything an executor needs to start one run's job."""
+
+    run_id: str
+    run_dir: Path
+    script: Path  # the rendered .lab/submit.sh (bash)
+    log_path: Path
+    time_limit_seconds: int
+    job_name: str  # derived from the run id; recovery finds a job by it
+    cpus: int = 1
+    mem_mb: int = 4096
+    gpus: int = 0
+    array: str | None = None  # SLURM: "0-9%2" for a sweep submitted as one array
+    after_ok: Sequence[str] = ()  # SLURM: job ids this one waits for (sweep aggregates)
+
+
+class JobState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the executor knows about one job now."""
+
+    job_id: str
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+class Executor(Protocol):
+    name: str
+
+    def submit(self, job: JobSpec) -> str:
+        """Start the job; return its id (recorded as ``JobSubmitted``)."""
+        ...
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The state of many jobs in one call; unknown ids are left out."""
+        ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Ask for many jobs to stop (one call)."""
+        ...

@@ -1,0 +1,60 @@
+"""Evals: which checkpoint was evaluated by which run, and the metrics it recorded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from events import StoredEvent
+from events.types import EvalRecorded, EvalRequested
+from projections.base import Projection, State, Table
+
+
+class EvalRow(msgspec.Struct, kw_only=True):
+    eval_key: str
+    policy: str
+    checkpoint_artifact_id: str
+    eval_recipe_hash: str
+    run_id: str
+    step: int | None
+    metrics: dict[str, Any] | None
+    requested_at: datetime
+    recorded_at: datetime | None
+
+
+EVALS = Table("evals", EvalRow, key=("eval_key",), json_columns=frozenset({"metrics"}))
+
+projection = Projection("evals", [EVALS])
+
+
+@projection.on(EvalRequested)
+def _requested(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, EvalRequested)
+    state.rows(EVALS).put(
+        EvalRow(
+            eval_key=d.eval_key,
+            policy=d.policy,
+            checkpoint_artifact_id=d.checkpoint_artifact_id,
+            eval_recipe_hash=d.eval_recipe_hash,
+            run_id=d.run_id,
+            step=d.step,
+            metrics=None,
+            requested_at=e.recorded_at,
+            recorded_at=None,
+        )
+    )
+
+
+@projection.on(EvalRecorded)
+def _recorded(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, EvalRecorded)
+    rows = state.rows(EVALS)
+    row = rows.get(d.eval_key)
+    if row is not None:
+        row.metrics = d.metrics
+        row.recorded_at = e.recorded_at
+        rows.put(row)

@@ -1,0 +1,132 @@
+"""Pipelines, their stages, and sweeps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from events import StoredEvent
+from events.types import PipelineCreated, PipelineFinished, SweepCreated, SweepFinished
+from projections.base import Projection, State, Table
+
+
+class PipelineRow(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    user_name: str
+    status: str
+    file_path: str | None
+    from_run: str | None
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class StageRow(msgspec.Struct, kw_only=True):
+    pipeline_id: str
+    stage_name: str
+    ordinal: int
+    run_ids: list[str]
+    parents: list[str]
+
+
+class SweepRow(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    user_name: str
+    arg: str
+    start_index: int
+    end_index: int
+    throttle: int | None
+    run_ids: list[str]
+    aggregate_run_id: str | None
+    pipeline_id: str | None
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+PIPELINES = Table("pipelines", PipelineRow, key=("id",))
+STAGES = Table("pipeline_stages", StageRow, key=("pipeline_id", "stage_name"))
+SWEEPS = Table("sweeps", SweepRow, key=("id",))
+
+projection = Projection("pipelines", [PIPELINES, STAGES, SWEEPS])
+
+
+@projection.on(PipelineCreated)
+def _created(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, PipelineCreated)
+    state.rows(PIPELINES).put(
+        PipelineRow(
+            id=d.pipeline_id,
+            name=d.name,
+            user_name=d.user,
+            status="running",
+            file_path=d.file_path,
+            from_run=d.from_run,
+            reason=None,
+            created_at=e.recorded_at,
+            finished_at=None,
+        )
+    )
+    stages = state.rows(STAGES)
+    for ordinal, s in enumerate(d.stages):
+        stages.put(
+            StageRow(
+                pipeline_id=d.pipeline_id,
+                stage_name=s.name,
+                ordinal=ordinal,
+                run_ids=list(s.run_ids),
+                parents=list(s.parents),
+            )
+        )
+
+
+@projection.on(PipelineFinished)
+def _finished(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, PipelineFinished)
+    rows = state.rows(PIPELINES)
+    row = rows.get(d.pipeline_id)
+    if row is not None:
+        row.status = d.state
+        row.reason = d.reason
+        row.finished_at = e.recorded_at
+        rows.put(row)
+
+
+@projection.on(SweepCreated)
+def _sweep(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, SweepCreated)
+    state.rows(SWEEPS).put(
+        SweepRow(
+            id=d.sweep_id,
+            name=d.name,
+            user_name=d.user,
+            arg=d.arg,
+            start_index=d.start,
+            end_index=d.end,
+            throttle=d.throttle,
+            run_ids=list(d.run_ids),
+            aggregate_run_id=d.aggregate_run_id,
+            pipeline_id=d.pipeline_id,
+            status="running",
+            created_at=e.recorded_at,
+            finished_at=None,
+        )
+    )
+
+
+@projection.on(SweepFinished)
+def _sweep_finished(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, SweepFinished)
+    rows = state.rows(SWEEPS)
+    row = rows.get(d.sweep_id)
+    if row is not None:
+        row.status = d.state
+        row.finished_at = e.recorded_at
+        rows.put(row)

@@ -1,0 +1,217 @@
+-- labctl: the whole database. Applied by `labctl db upgrade` (and on first
+-- connect) to an empty database; later versions arrive as upgrade steps in
+-- labctl/migrations/, and a test checks that upgrading gives exactly this.
+--
+-- public   : the event log (source of truth) and operational tables
+-- live     : projection tables (read models), rebuilt from the log at will
+
+CREATE TABLE schema_version (
+    version     integer     NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---------------------------------------------------------------- event log
+
+CREATE SEQUENCE events_position_seq AS bigint;
+
+CREATE TABLE events (
+    position     bigint      PRIMARY KEY,
+    stream       text        NOT NULL,
+    version      integer     NOT NULL CHECK (version > 0),
+    type         text        NOT NULL,
+    data         jsonb       NOT NULL,
+    meta         jsonb       NOT NULL DEFAULT '{}',
+    recorded_at  timestamptz NOT NULL,
+    hash         bytea       NOT NULL,
+    CONSTRAINT events_stream_version_key UNIQUE (stream, version)
+);
+
+CREATE TABLE event_idempotency (
+    key          text        PRIMARY KEY,
+    positions    bigint[]    NOT NULL,
+    recorded_at  timestamptz NOT NULL
+);
+
+-- The hash of one event, chained to its predecessor's hash. Everything that
+-- verifies the chain calls this same function.
+CREATE FUNCTION labctl_event_digest(
+    prev bytea, p_position bigint, p_stream text, p_version integer,
+    p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
+) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT sha256(
+        coalesce(prev, '\x'::bytea) || convert_to(
+            concat_ws(E'\x1f', p_position, p_stream, p_version, p_type,
+                      p_data::text, p_meta::text,
+                      extract(epoch FROM p_recorded_at)),
+            'UTF8'))
+$$;
+
+-- Append events to one or more streams in one transaction.
+--
+-- Appends are serialized by a transaction-scoped advisory lock, so positions
+-- are handed out in commit order: a reader of "after P" can never miss an
+-- event that commits later with a smaller position, and the hash chain has a
+-- single well-defined predecessor.
+--
+-- p_expected[i] is checked for the first event of each stream in the batch
+-- (NULL = no check); it is the version the stream is at now (0 = new stream).
+CREATE FUNCTION labctl_append(
+    p_streams text[], p_expected integer[], p_types text[],
+    p_data text[], p_meta text[], p_idempotency_key text
+) RETURNS TABLE (out_position bigint, out_version integer, out_recorded_at timestamptz,
+               out_replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n           integer := cardinality(p_streams);
+    existing    bigint[];
+    conflict    record;
+    versions    integer[];
+    positions   bigint[];
+    hashes      bytea[];
+    prev        bytea;
+    now_ts      timestamptz := clock_timestamp();
+    datas       jsonb[];
+    metas       jsonb[];
+BEGIN
+    IF n IS NULL OR n = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7146011);
+
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT i.positions INTO existing FROM event_idempotency i WHERE i.key = p_idempotency_key;
+        IF FOUND THEN
+            RETURN QUERY SELECT e.position, e.version, e.recorded_at, true
+                FROM events e WHERE e.position = ANY (existing) ORDER BY e.position;
+            RETURN;
+        END IF;
+    END IF;
+
+    SELECT t.stream, t.expected, coalesce(cur.v, 0) AS actual INTO conflict
+    FROM (SELECT DISTINCT ON (s.stream) s.stream, s.expected
+          FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)
+          ORDER BY s.stream, s.ord) t
+    LEFT JOIN LATERAL (SELECT max(e.version) AS v FROM events e WHERE e.stream = t.stream) cur ON true
+    WHERE t.expected IS NOT NULL AND t.expected <> coalesce(cur.v, 0)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'stream % was expected at version % but is at version %',
+            conflict.stream, conflict.expected, conflict.actual
+            USING ERRCODE = 'LB001';
+    END IF;
+
+    SELECT array_agg(coalesce(cur.v, 0) + x.nth ORDER BY x.ord) INTO versions
+    FROM (SELECT s.stream, s.ord,
+                 row_number() OVER (PARTITION BY s.stream ORDER BY s.ord)::integer AS nth
+          FROM unnest(p_streams) WITH ORDINALITY AS s(stream, ord)) x
+    LEFT JOIN (SELECT d.stream, (SELECT max(e.version) FROM events e WHERE e.stream = d.stream) AS v
+               FROM (SELECT DISTINCT u.stream FROM unnest(p_streams) AS u(stream)) d) cur
+      ON cur.stream = x.stream;
+
+    datas := p_data::jsonb[];
+    metas := p_meta::jsonb[];
+    SELECT e.hash INTO prev FROM events e ORDER BY e.position DESC LIMIT 1;
+    positions := array_fill(0::bigint, ARRAY[n]);
+    hashes := array_fill('\x'::bytea, ARRAY[n]);
+    FOR i IN 1..n LOOP
+        positions[i] := nextval('events_position_seq');
+        prev := labctl_event_digest(prev, positions[i], p_streams[i], versions[i],
+                                    p_types[i], datas[i], metas[i], now_ts);
+        hashes[i] := prev;
+    END LOOP;
+
+    INSERT INTO events (position, stream, version, type, data, meta, recorded_at, hash)
+    SELECT * FROM unnest(positions, p_streams, versions, p_types, datas, metas,
+                         array_fill(now_ts, ARRAY[n]), hashes);
+
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO event_idempotency (key, positions, recorded_at)
+        VALUES (p_idempotency_key, positions, now_ts);
+    END IF;
+
+    PERFORM pg_notify('labctl_events', positions[n]::text);
+    RETURN QUERY SELECT p, v, now_ts, false FROM unnest(positions, versions) AS r(p, v);
+END
+$$;
+
+CREATE FUNCTION labctl_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% on %.% refused: %', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+        USING ERRCODE = 'LB002';
+END
+$$;
+
+CREATE TRIGGER events_are_immutable
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON events
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION labctl_refuse_change('the event log is append-only');
+
+-- ------------------------------------------------------ operational tables
+
+-- Reactor checkpoints: advanced in the same transaction as the reactor's effects.
+CREATE TABLE reactor_checkpoints (
+    name        text        PRIMARY KEY,
+    position    bigint      NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Agents are workers with heartbeats (plain rows, not events).
+CREATE TABLE agents (
+    id            text        PRIMARY KEY,
+    host          text        NOT NULL,
+    pid           integer     NOT NULL,
+    user_name     text        NOT NULL,
+    slots         integer     NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    stopped_at    timestamptz
+);
+
+-- ------------------------------------------------------------ projections
+
+CREATE SCHEMA live;
+
+CREATE TABLE live.projection_checkpoints (
+    name        text        PRIMARY KEY,
+    position    bigint      NOT NULL
+);
+
+CREATE TABLE live.runs (
+    id               text        PRIMARY KEY,
+    name             text        NOT NULL,
+    user_name        text        NOT NULL,
+    status           text        NOT NULL,
+    executor         text        NOT NULL,
+    job_id           text,
+    exit_code        integer,
+    signal           integer,
+    reason           text,
+    run_dir          text        NOT NULL,
+    cache_key        text,
+    producer_run_id  text,
+    pipeline_id      text,
+    stage_name       text,
+    sweep_id         text,
+    sweep_index      integer,
+    recipe_path      text,
+    recipe           jsonb       NOT NULL,
+    repo             text,
+    repo_commit      text,
+    repo_dirty       boolean,
+    agent_id         text,
+    cancel_requested boolean     NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL,
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    updated_at       timestamptz NOT NULL,
+    stream_version   integer     NOT NULL
+);
+CREATE INDEX runs_created_at_idx ON live.runs (created_at DESC);
+CREATE INDEX runs_status_idx ON live.runs (status);
+CREATE INDEX runs_user_created_idx ON live.runs (user_name, created_at DESC);
+CREATE INDEX runs_cache_key_idx ON live.runs (cache_key);
+CREATE INDEX runs_pipeline_idx ON live.runs (pipeline_id);
+
+INSERT INTO schema_version (version) VALUES (1);
