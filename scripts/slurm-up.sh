@@ -121,7 +121,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=2
-# Memory is enforced by polling (no cgroups here): a job over its --mem is killed as OUT_OF_MEMORY.
+# Memory is enforced by polling (no cgroups): a job over its --mem is SIGKILLed and ends FAILED 0:9, not OUT_OF_MEMORY.
 JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 MinJobAge=10
@@ -285,7 +285,7 @@ if ! pid_alive "$SLURMD_PID"; then
 fi
 
 node_state() { sinfo -h -N -n "$HOST" -o '%T' 2>/dev/null | head -n1; }
-node_ready() { [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing)$ ]]; }
+node_ready() { [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing|planned)$ ]]; }
 deadline=$((SECONDS + WAIT))
 resumed=0
 until node_ready; do
