@@ -54,8 +54,8 @@ $$;
 -- event that commits later with a smaller position, and the hash chain has a
 -- single well-defined predecessor.
 --
--- p_expected[i] is checked for the first event of each stream in the batch
--- (NULL = no check); it is the version the stream is at now (0 = new stream).
+-- p_expected[i], when not NULL, is the version event i's stream must be at
+-- just before event i (0 = a new stream), counting earlier events of the batch.
 CREATE FUNCTION labctl_append(
     p_streams text[], p_expected integer[], p_types text[],
     p_data text[], p_meta text[], p_idempotency_key text
@@ -88,12 +88,14 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT t.stream, t.expected, coalesce(cur.v, 0) AS actual INTO conflict
-    FROM (SELECT DISTINCT ON (s.stream) s.stream, s.expected
-          FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)
-          ORDER BY s.stream, s.ord) t
-    LEFT JOIN LATERAL (SELECT max(e.version) AS v FROM events e WHERE e.stream = t.stream) cur ON true
-    WHERE t.expected IS NOT NULL AND t.expected <> coalesce(cur.v, 0)
+    SELECT x.stream, x.expected, coalesce(cur.v, 0) + x.nth - 1 AS actual INTO conflict
+    FROM (SELECT w.* FROM (SELECT s.stream, s.expected, s.ord,
+                                  row_number() OVER (PARTITION BY s.stream ORDER BY s.ord)::integer AS nth
+                           FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)) w
+          WHERE w.expected IS NOT NULL) x
+    LEFT JOIN LATERAL (SELECT max(e.version) AS v FROM events e WHERE e.stream = x.stream) cur ON true
+    WHERE x.expected <> coalesce(cur.v, 0) + x.nth - 1
+    ORDER BY x.ord
     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'stream % was expected at version % but is at version %',

@@ -269,3 +269,20 @@ class EvalRecorded(Event, frozen=True, kw_only=True):
     eval_key: str
     run_id: str
     metrics: dict[str, Any]
+
+
+# ------------------------------------------------------------ cache streams
+
+
+class CacheJoined(Event, frozen=True, kw_only=True):
+    """A run coalesced onto the in-flight producer of a cache key (stream ``cache-<key>``)."""
+
+    cache_key: str
+    run_id: str
+
+
+class CacheInvalidated(Event, frozen=True, kw_only=True):
+    """The cached outputs of a key are gone (gc), so the next run computes it again."""
+
+    cache_key: str
+    reason: str

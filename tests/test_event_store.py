@@ -212,3 +212,13 @@ def _wait(cond: Any, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         time.sleep(0.02)
+
+
+def test_expected_version_is_checked_for_an_event_later_in_a_batch(conn: psycopg.Connection[Any]) -> None:
+    events.append(conn, "run-x", [Noted(text="a")], expected_version=0)
+    stale = [NewEvent("run-x", Noted(text="b")), NewEvent("run-x", Noted(text="c"), expected_version=1)]
+    with pytest.raises(ConcurrencyError) as info:
+        events.append_batch(conn, stale)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    ok = [NewEvent("run-x", Noted(text="b")), NewEvent("run-x", Noted(text="c"), expected_version=2)]
+    assert len(events.append_batch(conn, ok)) == 2

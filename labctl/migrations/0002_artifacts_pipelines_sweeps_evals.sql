@@ -1,4 +1,96 @@
--- Version 2: the artifact, alias, pipeline, sweep and eval read models.
+-- Version 2: the artifact, alias, pipeline, sweep and eval read models, and
+-- expected versions checked for every event of a batch (not only a stream's first).
+
+-- Append events to one or more streams in one transaction.
+--
+-- Appends are serialized by a transaction-scoped advisory lock, so positions
+-- are handed out in commit order: a reader of "after P" can never miss an
+-- event that commits later with a smaller position, and the hash chain has a
+-- single well-defined predecessor.
+--
+-- p_expected[i], when not NULL, is the version event i's stream must be at
+-- just before event i (0 = a new stream), counting earlier events of the batch.
+CREATE OR REPLACE FUNCTION labctl_append(
+    p_streams text[], p_expected integer[], p_types text[],
+    p_data text[], p_meta text[], p_idempotency_key text
+) RETURNS TABLE (out_position bigint, out_version integer, out_recorded_at timestamptz,
+               out_replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n           integer := cardinality(p_streams);
+    existing    bigint[];
+    conflict    record;
+    versions    integer[];
+    positions   bigint[];
+    hashes      bytea[];
+    prev        bytea;
+    now_ts      timestamptz := clock_timestamp();
+    datas       jsonb[];
+    metas       jsonb[];
+BEGIN
+    IF n IS NULL OR n = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7146011);
+
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT i.positions INTO existing FROM event_idempotency i WHERE i.key = p_idempotency_key;
+        IF FOUND THEN
+            RETURN QUERY SELECT e.position, e.version, e.recorded_at, true
+                FROM events e WHERE e.position = ANY (existing) ORDER BY e.position;
+            RETURN;
+        END IF;
+    END IF;
+
+    SELECT x.stream, x.expected, coalesce(cur.v, 0) + x.nth - 1 AS actual INTO conflict
+    FROM (SELECT w.* FROM (SELECT s.stream, s.expected, s.ord,
+                                  row_number() OVER (PARTITION BY s.stream ORDER BY s.ord)::integer AS nth
+                           FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)) w
+          WHERE w.expected IS NOT NULL) x
+    LEFT JOIN LATERAL (SELECT max(e.version) AS v FROM events e WHERE e.stream = x.stream) cur ON true
+    WHERE x.expected <> coalesce(cur.v, 0) + x.nth - 1
+    ORDER BY x.ord
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'stream % was expected at version % but is at version %',
+            conflict.stream, conflict.expected, conflict.actual
+            USING ERRCODE = 'LB001';
+    END IF;
+
+    SELECT array_agg(coalesce(cur.v, 0) + x.nth ORDER BY x.ord) INTO versions
+    FROM (SELECT s.stream, s.ord,
+                 row_number() OVER (PARTITION BY s.stream ORDER BY s.ord)::integer AS nth
+          FROM unnest(p_streams) WITH ORDINALITY AS s(stream, ord)) x
+    LEFT JOIN (SELECT d.stream, (SELECT max(e.version) FROM events e WHERE e.stream = d.stream) AS v
+               FROM (SELECT DISTINCT u.stream FROM unnest(p_streams) AS u(stream)) d) cur
+      ON cur.stream = x.stream;
+
+    datas := p_data::jsonb[];
+    metas := p_meta::jsonb[];
+    SELECT e.hash INTO prev FROM events e ORDER BY e.position DESC LIMIT 1;
+    positions := array_fill(0::bigint, ARRAY[n]);
+    hashes := array_fill('\x'::bytea, ARRAY[n]);
+    FOR i IN 1..n LOOP
+        positions[i] := nextval('events_position_seq');
+        prev := labctl_event_digest(prev, positions[i], p_streams[i], versions[i],
+                                    p_types[i], datas[i], metas[i], now_ts);
+        hashes[i] := prev;
+    END LOOP;
+
+    INSERT INTO events (position, stream, version, type, data, meta, recorded_at, hash)
+    SELECT * FROM unnest(positions, p_streams, versions, p_types, datas, metas,
+                         array_fill(now_ts, ARRAY[n]), hashes);
+
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO event_idempotency (key, positions, recorded_at)
+        VALUES (p_idempotency_key, positions, now_ts);
+    END IF;
+
+    PERFORM pg_notify('labctl_events', positions[n]::text);
+    RETURN QUERY SELECT p, v, now_ts, false FROM unnest(positions, versions) AS r(p, v);
+END
+$$;
+
 
 CREATE TABLE live.run_inputs (
     run_id       text NOT NULL,
