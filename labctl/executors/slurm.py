@@ -16,6 +16,12 @@ Facts this module relies on (checked on SLURM 22.05 with slurmdbd):
 - ``squeue -j`` exits 1 with ``slurm_load_jobs error: Invalid job id
   specified`` when none of the ids is still known to slurmctld (finished
   jobs leave squeue after MinJobAge); that is an empty answer, not a failure.
+- Array elements reach accounting late and in bursts: after the last
+  element finished, sacct showed only ``123_3 COMPLETED`` (the master row)
+  for ~4 s before the rows of elements 0-2 (one of them FAILED) appeared.
+  Aggregating the rows sacct happens to return would report a false
+  ``succeeded``; so an array's expected indices (remembered at submit, or
+  passed as ``arrays=``) are filled in as submitted until their rows arrive.
 - sacct's default window starts at midnight, so ``--starttime`` is always given.
 """
 
@@ -28,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from labctl.executors.base import JobSpec, JobState
+from labctl.executors.base import ACTIVE_STATES, JobSpec, JobState
 from labctl.executors.errors import ExecutorError
 
 BIN_DIR_ENV = "LABCTL_SLURM_BIN_DIR"
@@ -103,6 +109,7 @@ class SlurmExecutor:
         self.last_accounting_error: str | None = None
         self._interval = min_interval
         self._submitted_at: dict[str, datetime] = {}
+        self._array_indices: dict[str, list[int]] = {}
 
     # ---- submit / cancel
 
@@ -114,6 +121,8 @@ class SlurmExecutor:
             raise ExecutorError(f"sbatch refused {job.script} (exit {result.returncode}): {_words(result)}")
         job_id = parse_sbatch_output(result.stdout)
         self._submitted_at[job_id] = before
+        if job.array is not None:
+            self._array_indices[job_id] = expand_array_spec(job.array)
         return job_id
 
     def cancel(self, job_ids: Sequence[str]) -> None:
@@ -125,27 +134,43 @@ class SlurmExecutor:
 
     # ---- poll
 
-    def poll(self, job_ids: Sequence[str], *, since: datetime | None = None) -> dict[str, JobState]:
+    def poll(
+        self,
+        job_ids: Sequence[str],
+        *,
+        since: datetime | None = None,
+        arrays: Mapping[str, str] | None = None,
+    ) -> dict[str, JobState]:
         """The state of every id in one sacct call; ids nobody knows yet are left out.
 
-        ``since`` bounds sacct's window (pass the oldest submission time when
-        this executor did not submit the jobs itself). An array or a
-        heterogeneous job is one aggregated state: any failure wins, then
-        running, then submitted, then succeeded; ``reason`` counts the rows.
+        ``since`` bounds sacct's window and ``arrays`` gives the ``--array``
+        spec of array jobs (job id -> ``"0-9%2"``); both are needed only for
+        jobs this executor did not submit itself (e.g. after a restart). An
+        array or a heterogeneous job is one aggregated state: any failure
+        wins, then running, then submitted, then succeeded; ``reason`` counts
+        the rows, so a failed array whose other elements still run says so.
         """
-        rows = self._rows_by_requested_id(job_ids, since)
+        rows = self._rows_by_requested_id(job_ids, since, arrays)
         return {job_id: aggregate(job_id, states) for job_id, states in rows.items() if states}
 
-    def poll_arrays(self, job_ids: Sequence[str], *, since: datetime | None = None) -> dict[str, dict[int, JobState]]:
+    def poll_arrays(
+        self,
+        job_ids: Sequence[str],
+        *,
+        since: datetime | None = None,
+        arrays: Mapping[str, str] | None = None,
+    ) -> dict[str, dict[int, JobState]]:
         """Per-element states of many arrays (one sacct call), keyed by task index.
 
-        A still-pending range like ``123_[5-9%2]`` expands to 5..9, each submitted.
+        A still-pending range like ``123_[5-9%2]`` expands to 5..9, each
+        submitted; so does an expected index accounting has no row for yet.
         """
-        rows = self._rows_by_requested_id(job_ids, since)
+        rows = self._rows_by_requested_id(job_ids, since, arrays)
         return {job_id: elements(states) for job_id, states in rows.items() if states}
 
-    def poll_array(self, job_id: str, *, since: datetime | None = None) -> dict[int, JobState]:
-        return self.poll_arrays([job_id], since=since).get(job_id, {})
+    def poll_array(self, job_id: str, *, since: datetime | None = None, spec: str | None = None) -> dict[int, JobState]:
+        arrays = {job_id: spec} if spec is not None else None
+        return self.poll_arrays([job_id], since=since, arrays=arrays).get(job_id, {})
 
     def next_interval(self, changed: bool) -> float:
         """Seconds until the next poll: ``min_interval`` right after a change,
@@ -165,7 +190,9 @@ class SlurmExecutor:
         """Job ids by job name, for jobs submitted before a crash kept their ids from being recorded.
 
         One squeue and one sacct call. When several jobs carry one name the
-        newest (highest id) wins.
+        newest (highest id) wins. sacct's name search skips jobs that never
+        became eligible (held, then cancelled): squeue finds them only while
+        slurmctld still holds them.
         """
         names = _unique(job_names)
         found: dict[str, str] = {}
@@ -178,7 +205,8 @@ class SlurmExecutor:
                 found[name] = base
 
         for chunk in _chunks(names, size=500):
-            result = self._run("squeue", ["-h", "-o", "%i|%j", "--name=" + ",".join(chunk)])
+            # -t all: also jobs that ended less than MinJobAge ago, which accounting may not have yet
+            result = self._run("squeue", ["-h", "-t", "all", "-o", "%i|%j", "--name=" + ",".join(chunk)])
             self.squeue_calls += 1
             if result.returncode == 0:
                 for line in result.stdout.splitlines():
@@ -200,7 +228,9 @@ class SlurmExecutor:
 
     # ---- internals
 
-    def _rows_by_requested_id(self, job_ids: Sequence[str], since: datetime | None) -> dict[str, list[_Row]]:
+    def _rows_by_requested_id(
+        self, job_ids: Sequence[str], since: datetime | None, arrays: Mapping[str, str] | None
+    ) -> dict[str, list[_Row]]:
         wanted = _unique(job_ids)
         rows: dict[str, list[_Row]] = {job_id: [] for job_id in wanted}
         if not wanted:
@@ -217,7 +247,17 @@ class SlurmExecutor:
             # sacct lags submission (or is down): ask slurmctld whether these are alive
             for chunk in _chunks(missing):
                 _assign(rows, self._squeue(chunk))
+        for job_id, found in rows.items():
+            expected = self._expected_indices(job_id, arrays)
+            if found and expected:
+                seen = {index for row in found for index in array_indices(row.job_id)}
+                found += [_not_yet_accounted(job_id, i) for i in expected if i not in seen]
         return rows
+
+    def _expected_indices(self, job_id: str, arrays: Mapping[str, str] | None) -> list[int]:
+        if arrays and job_id in arrays:
+            return expand_array_spec(arrays[job_id])
+        return self._array_indices.get(job_id, [])
 
     def _sacct(self, job_ids: list[str], since: datetime | None) -> list[_Row] | None:
         self.sacct_calls += 1
@@ -242,8 +282,10 @@ class SlurmExecutor:
         for line in result.stdout.splitlines():
             job_id_field, _, rest = line.partition("|")
             slurm_state, _, name = rest.partition("|")
-            if _JOB_ID.match(job_id_field):
-                rows.append(_Row(job_id_field, name, slurm_state, "", "", "", reason_override=reason))
+            row = _Row(job_id_field, name, slurm_state, "", "", "", reason_override=reason)
+            # squeue knows no exit code or times: a finished job waits for accounting's full record
+            if _JOB_ID.match(job_id_field) and row.state in ACTIVE_STATES:
+                rows.append(row)
         return rows
 
     def _accounting_failed(self, result: subprocess.CompletedProcess[str]) -> None:
@@ -301,7 +343,7 @@ class _Row:
         self.name = name
         self.state, reason = run_state_of(slurm_state)
         self.reason = reason_override or reason
-        terminal = self.state not in ("submitted", "running")
+        terminal = self.state not in ACTIVE_STATES
         self.exit_code, self.signal = parse_exit_code(exit_code) if terminal else (None, None)
         self.start = parse_sacct_time(start)
         self.end = parse_sacct_time(end) if terminal else None
@@ -384,11 +426,13 @@ def array_indices(job_id_field: str) -> list[int]:
     match = _JOB_ID.match(job_id_field)
     if not match or match.group(2) is None:
         return []
-    spec = match.group(2)
-    if spec.isdigit():
-        return [int(spec)]
+    return expand_array_spec(match.group(2).strip("[]"))
+
+
+def expand_array_spec(spec: str) -> list[int]:
+    """Indices of an ``--array`` spec: ``0-9%2``, ``1,3-5``, ``0-6:3``, ``7``."""
     indices: list[int] = []
-    for part in spec.strip("[]").split("%", 1)[0].split(","):
+    for part in spec.split("%", 1)[0].split(","):
         low, _, high = part.partition("-")
         step = 1
         if ":" in high:
@@ -412,7 +456,7 @@ def aggregate(job_id: str, rows: Sequence[_Row]) -> JobState:
             break
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items()))
     starts = [r.start for r in rows if r.start is not None]
-    terminal = winner.state not in ("submitted", "running")
+    terminal = winner.state not in ACTIVE_STATES
     ends = [r.end for r in rows if r.end is not None]
     return JobState(
         job_id=job_id,
@@ -431,6 +475,10 @@ def elements(rows: Sequence[_Row]) -> dict[int, JobState]:
         for index in array_indices(row.job_id):
             states[index] = row.to_state(f"{base_job_id(row.job_id)}_{index}")
     return dict(sorted(states.items()))
+
+
+def _not_yet_accounted(job_id: str, index: int) -> _Row:
+    return _Row(f"{job_id}_{index}", "", "PENDING", "", "", "", reason_override="not yet in accounting")
 
 
 def _assign(rows: Mapping[str, list[_Row]], answered: Iterable[_Row]) -> None:
