@@ -599,3 +599,14 @@ def test_array_is_not_finished_while_accounting_lacks_element_rows(tmp_path: Pat
     assert state.get("73") is not None and state["73"].state == "submitted"
     assert {i: e.state for i, e in elements.items()} == {0: "submitted", 1: "submitted", 2: "submitted", 3: "succeeded"}
     assert elements[0].reason == "not yet in accounting"
+
+
+def test_a_terminal_row_without_end_time_is_not_yet_finished() -> None:
+    # seen right after slurmdbd came back: the State arrives before the End
+    (row,) = _rows("14|14|nodbd|COMPLETED|0:0|2026-11-26T06:14:18|Unknown")
+
+    state = aggregate("14", [row])
+
+    assert state.state == "running"
+    assert state.exit_code is None
+    assert "accounting incomplete" in (state.reason or "")

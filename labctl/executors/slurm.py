@@ -22,6 +22,9 @@ Facts this module relies on (checked on SLURM 22.05 with slurmdbd):
   Aggregating the rows sacct happens to return would report a false
   ``succeeded``; so an array's expected indices (remembered at submit, or
   passed as ``arrays=``) are filled in as submitted until their rows arrive.
+- Right after slurmdbd comes back, a job can show ``COMPLETED`` with End
+  ``Unknown`` for a few seconds (DEVELOPERS.md); such a row is reported as
+  still running until the record is complete.
 - sacct's default window starts at midnight, so ``--starttime`` is always given.
 """
 
@@ -343,6 +346,9 @@ class _Row:
         self.name = name
         self.state, reason = run_state_of(slurm_state)
         self.reason = reason_override or reason
+        if self.state not in ACTIVE_STATES and end in ("Unknown", "None") and start not in ("", "Unknown", "None"):
+            # slurmdbd catching up sends a terminal State before End: not the full record yet
+            self.state, self.reason = "running", f"accounting incomplete ({slurm_state}, no End yet)"
         terminal = self.state not in ACTIVE_STATES
         self.exit_code, self.signal = parse_exit_code(exit_code) if terminal else (None, None)
         self.start = parse_sacct_time(start)
