@@ -77,7 +77,7 @@ def render_sbatch_header(job: JobSpec, *, resources: Resources, slurm: SlurmSett
     if job.after_ok:
         job_wide.append("--dependency=afterok:" + ":".join(_one_line(str(i)) for i in job.after_ok))
 
-    blocks = resources.components or [resources]
+    blocks: list[Resources | Component] = [*resources.components] or [resources]
     lines: list[str] = []
     for index, block in enumerate(blocks):
         if index > 0:
