@@ -168,7 +168,8 @@ CREATE TABLE agents (
     slots         integer     NOT NULL,
     started_at    timestamptz NOT NULL DEFAULT now(),
     heartbeat_at  timestamptz NOT NULL DEFAULT now(),
-    stopped_at    timestamptz
+    stopped_at    timestamptz,
+    scope         text
 );
 
 -- ------------------------------------------------------------ projections

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -200,6 +200,198 @@ def audit_verify() -> None:
         else f"{len(report.differences)} read-model rows differ from a rebuild"
     )
     _fail(f"audit failed: {first}", 1)
+
+
+# ---------------------------------------------------------------------- runs
+
+
+def _echo_change(run_id: str, status: str, info: dict[str, Any]) -> None:
+    extra = []
+    if info.get("exit_code") is not None:
+        extra.append(f"exit_code={info['exit_code']}")
+    if info.get("producer"):
+        extra.append(f"peer={info['producer']}")
+    if info.get("reason") and status not in ("succeeded", "cache_hit"):
+        extra.append(f"({info['reason']})")
+    typer.echo(f"{run_id}: {status}{' ' + ' '.join(extra) if extra else ''}")
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (TOML).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override params.K=V, args.K=V or env.K=V.")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or slurm (default: the cluster's).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the run ends.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run even if an identical run succeeded.")] = False,
+) -> None:
+    """Submit one run of a recipe (prints run_id, job_id, run_dir)."""
+    from labctl.agent import Scope
+    from labctl.files import load_recipe
+    from labctl.submit import apply_overrides, submit
+    from labctl.wait import Watch
+    from labctl.wait import wait as wait_for
+
+    recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
+    a = _open()
+    result = submit(a, recipe_obj, recipe, executor=executor, no_cache=no_cache)
+    typer.echo(f"run_id: {result.run_id}")
+    typer.echo(f"job_id: {result.job_id or '-'}")
+    typer.echo(f"run_dir: {result.run_dir}")
+    typer.echo(f"status: {result.status}" + (f" (peer {result.producer_run_id})" if result.producer_run_id else ""))
+    if not wait:
+        return
+    scope = Scope(run_ids=frozenset({result.run_id, *([result.producer_run_id] if result.producer_run_id else [])}))
+    final = wait_for(a, Watch(a, lambda: [result.run_id], _echo_change), scope)
+    state = final.get(result.run_id)
+    if state not in ("succeeded", "cache_hit"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    user: Annotated[str | None, typer.Option(help="Only this user's runs (default: yours).")] = None,
+    state: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every user and the whole history.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw whenever something changes.")] = False,
+    as_of: Annotated[str | None, typer.Option(help="Show the world as of a POSITION or ISO timestamp.")] = None,
+) -> None:
+    """Runs: your unfinished ones and the latest 20 (``--all``: everything)."""
+    from labctl import runs
+    from labctl.table import format_table
+
+    a = _open()
+    conn = a.db.conn
+    if as_of is not None:
+        import projections
+        from labctl.maintenance import parse_until
+
+        position = parse_until(conn, as_of)
+        exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (f"asof_{position}",)).fetchone()
+        if not (exists and exists[0]):
+            projections.replay_as_of(conn, position)
+        runs.set_search_path(conn, f"asof_{position}")
+    who = None if all_ else (user or a.user)
+    if as_json:
+        runs.write_status_json(conn, sys.stdout.buffer, user=who, state=state, everything=all_)
+        return
+
+    def draw() -> None:
+        rows = runs.status_rows(conn, user=who, state=state, everything=all_)
+        table = [(r[0], r[1], r[2], r[3], r[4], r[5], (r[10] and f"{r[9]}/{r[10]}") or "") for r in rows]
+        typer.echo(format_table(["RUN", "NAME", "STATUS", "EXIT", "USER", "CREATED", "STAGE"], table))
+
+    draw()
+    if watch:
+        from events.follow import follow
+
+        try:
+            for _ in follow(a.db.url, __import__("events").last_position(conn)):
+                typer.echo("\x1b[2J\x1b[H", nl=False)
+                draw()
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def show(ref: Annotated[str, typer.Argument(help="Run id (or unambiguous prefix).")]) -> None:
+    """One run as JSON: state, provenance, inputs, outputs."""
+    from labctl import runs
+
+    a = _open()
+    typer.echo(runs.to_json(runs.show_run(a.db.conn, runs.resolve_run(a.db.conn, ref))))
+
+
+@app.command("log")
+def log_cmd(
+    ref: Annotated[str, typer.Argument(help="Run id (or unambiguous prefix).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+) -> None:
+    """A run's stdout and stderr."""
+    import time
+
+    from labctl import runs
+
+    a = _open()
+    run_id = runs.resolve_run(a.db.conn, ref)
+    path = Path(runs.show_run(a.db.conn, run_id)["log"])
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset += len(chunk)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        if not follow or runs.is_terminal(a.db.conn, run_id):
+            if follow and path.exists() and path.stat().st_size > offset:
+                continue
+            break
+        time.sleep(0.2)
+
+
+@app.command()
+def cancel(
+    refs: Annotated[list[str], typer.Argument(help="Run or pipeline ids (or unambiguous prefixes).")],
+    force: Annotated[bool, typer.Option("--force", help="Cancel runs of other users too.")] = False,
+) -> None:
+    """Cancel runs (or every unfinished run of a pipeline)."""
+    from labctl import runs
+
+    a = _open()
+    ids = []
+    for ref in refs:
+        if ref.startswith("pipeline_"):
+            from labctl.pipelines import resolve_pipeline, unfinished_runs
+
+            ids += unfinished_runs(a.db.conn, resolve_pipeline(a.db.conn, ref))
+        else:
+            ids.append(runs.resolve_run(a.db.conn, ref))
+    for result in runs.cancel_runs(a, ids, force=force):
+        typer.echo(f"{result.run_id}: {result.outcome}")
+
+
+@app.command("hash-outputs")
+def hash_outputs_cmd(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="The run directory (has .lab/context.json).")],
+) -> None:
+    """Hash a finished run's outputs where they were written (.lab/output_hashes.json)."""
+    from labctl.artifacts import ContextError, hash_outputs
+
+    try:
+        hashes = hash_outputs(run_dir)
+    except ContextError as exc:
+        _fail(str(exc), 2)
+    for role, digest in sorted(hashes.items()):
+        typer.echo(f"{role}: {digest}")
+
+
+@app.command()
+def validate(path: Annotated[Path, typer.Argument(help="A recipe, pipeline, eval policy or cluster.toml.")]) -> None:
+    """Check a file without touching the database."""
+    from labctl.files import validate_path
+
+    typer.echo(validate_path(path))
+
+
+@app.command()
+def agent(
+    slots: Annotated[int | None, typer.Option(help="Local jobs at once (default: cores).")] = None,
+) -> None:
+    """Run local jobs and the reactors (pipelines, sweeps, evals, SLURM reconcile) until stopped."""
+    import logging
+
+    from labctl.agent import Agent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    a = _open()
+    worker = Agent(a, slots=slots)
+    worker.install_signal_handlers()
+    typer.echo(
+        f"agent {worker.id}: {worker.slots} slots, reactors: {', '.join(r.name for r in worker.reactors) or 'none'}"
+    )
+    worker.run()
 
 
 # --------------------------------------------------------------------- main

@@ -92,6 +92,9 @@ END
 $$;
 
 
+-- An agent started by `labctl run --wait` only runs what it waits for.
+ALTER TABLE agents ADD COLUMN scope text;
+
 CREATE TABLE live.run_inputs (
     run_id       text NOT NULL,
     role         text NOT NULL,

@@ -1,0 +1,152 @@
+"""The local executor: jobs are process groups on this machine, owned by one agent.
+
+Each job runs ``bash .lab/submit.sh`` in its own session (so a cancel or a
+time limit signals the whole group), with stdout and stderr in the run's
+log. Time limits and cancels send SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from labctl.executors.base import JobSpec, JobState
+
+GRACE_SECONDS = 5.0
+HOST = socket.gethostname()
+
+
+@dataclass
+class _Job:
+    spec: JobSpec
+    proc: subprocess.Popen[bytes]
+    started: float
+    started_at: datetime
+    stopping: str | None = None  # "timeout" | "cancelled" once we began stopping it
+    kill_at: float = 0.0
+
+
+def job_id_of(pid: int) -> str:
+    return f"{HOST}:{pid}"
+
+
+def parse_job_id(job_id: str) -> tuple[str, int] | None:
+    host, _, pid = job_id.rpartition(":")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def kill_orphan(job_id: str) -> bool:
+    """Kill the process group of a job started on this host by an agent that died."""
+    parsed = parse_job_id(job_id)
+    if parsed is None or parsed[0] != HOST:
+        return False
+    try:
+        os.killpg(parsed[1], signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, grace_seconds: float = GRACE_SECONDS) -> None:
+        self.jobs: dict[str, _Job] = {}
+        self.grace = grace_seconds
+
+    def submit(self, job: JobSpec) -> str:
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, LABCTL_HOST=HOST)
+        with open(job.log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["bash", str(job.script)],
+                cwd=job.run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        job_id = job_id_of(proc.pid)
+        self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC))
+        return job_id
+
+    def _signal(self, job: _Job, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.proc.pid, sig)
+
+    def _stop(self, job: _Job, why: str) -> None:
+        if job.stopping is None:
+            job.stopping = why
+            job.kill_at = time.monotonic() + self.grace
+            self._signal(job, signal.SIGTERM)
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        states = {}
+        now = time.monotonic()
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            rc = job.proc.poll()
+            if rc is None:
+                if job.stopping is None and now - job.started > job.spec.time_limit_seconds:
+                    self._stop(job, "timeout")
+                if job.stopping is not None and now >= job.kill_at:
+                    self._signal(job, signal.SIGKILL)
+                states[job_id] = JobState(job_id=job_id, state="running", started_at=job.started_at)
+                continue
+            states[job_id] = self._final(job_id, job, rc)
+            del self.jobs[job_id]
+        return states
+
+    def _final(self, job_id: str, job: _Job, rc: int) -> JobState:
+        finished = datetime.now(UTC)
+        sig = -rc if rc < 0 else (rc - 128 if rc > 128 else None)
+        exit_code = rc if rc >= 0 else None
+        if job.stopping == "timeout":
+            state, reason = "timeout", f"time limit of {job.spec.time_limit_seconds}s reached"
+        elif job.stopping == "cancelled":
+            state, reason = "cancelled", "cancelled on request"
+        elif rc == 0:
+            state, reason = "succeeded", None
+        else:
+            state, reason = "failed", f"exit code {rc}" if rc > 0 else f"killed by signal {sig}"
+        return JobState(
+            job_id=job_id,
+            state=state,
+            exit_code=exit_code,
+            signal=sig,
+            started_at=job.started_at,
+            finished_at=finished,
+            reason=reason,
+        )
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self._stop(job, "cancelled")
+
+    def running(self) -> list[str]:
+        return list(self.jobs)
+
+    def shutdown(self) -> None:
+        """Stop every job (the agent is going away cleanly)."""
+        for job in self.jobs.values():
+            self._stop(job, "cancelled")
+        deadline = time.monotonic() + self.grace
+        for job in self.jobs.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                job.proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                self._signal(job, signal.SIGKILL)
+                job.proc.wait()

@@ -1,0 +1,55 @@
+"""What a job is started with: its command line, environment and working directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from labctl.files import ClusterConfig, Recipe
+
+
+def job_command(recipe: Recipe) -> list[str]:
+    """The recipe's command with its ``[args]`` appended as ``--key=value``."""
+    return [*recipe.command, *(f"--{k}={v}" for k, v in recipe.args.items())]
+
+
+def job_workdir(run_dir: str | Path, recipe: Recipe) -> Path:
+    """The repo snapshot when the recipe names a repo, else the run dir."""
+    return Path(run_dir) / "source" if recipe.repo else Path(run_dir)
+
+
+def job_environment(config: ClusterConfig, recipe: Recipe, run_id: str, run_dir: str | Path) -> dict[str, str]:
+    """Cluster ``[env]``, then the recipe's ``[env]``, then LABCTL_* and WANDB_* (which win)."""
+    env = {**config.env, **recipe.env}
+    env.update(
+        LABCTL_RUN_ID=run_id,
+        LABCTL_RUN_DIR=str(run_dir),
+        LABCTL_CONTEXT=str(Path(run_dir) / ".lab" / "context.json"),
+    )
+    wandb = recipe.tracking.wandb if recipe.tracking else None
+    if wandb is not None:
+        env.update(
+            WANDB_ENTITY=wandb.entity,
+            WANDB_PROJECT=wandb.project,
+            WANDB_RUN_ID=run_id,
+            WANDB_NAME=f"{recipe.name}-{run_id}",
+            WANDB_RESUME="allow",
+        )
+        if wandb.group:
+            env["WANDB_RUN_GROUP"] = wandb.group
+    return env
+
+
+def wandb_url(recipe: Recipe, run_id: str) -> str | None:
+    wandb = recipe.tracking.wandb if recipe.tracking else None
+    return f"https://wandb.ai/{wandb.entity}/{wandb.project}/runs/{run_id}" if wandb else None
+
+
+def labctl_executable() -> str:
+    """The labctl command a job calls back (hash-outputs), as installed beside this Python."""
+    beside = Path(sys.executable).parent / "labctl"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("labctl") or os.environ.get("LABCTL_BIN", "labctl")

@@ -1,0 +1,14 @@
+"""Reactors: named subscribers to the log that act on what happened (run by `labctl agent`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labctl.agent import Reactor
+    from labctl.app import App
+
+
+def default_reactors(app: App) -> Sequence[Reactor]:
+    return []

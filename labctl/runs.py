@@ -1,0 +1,183 @@
+"""Reading runs (status, show, log) and asking them to stop (cancel)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import psycopg
+
+import projections
+from events import ConcurrencyError, NewEvent
+from events.types import CancelRequested, RunFinished
+from labctl.app import App
+from labctl.errors import UserError
+from projections.runs import TERMINAL_STATES
+
+STATUS_COLUMNS = (
+    "id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, "
+    "cache_key, pipeline_id, stage_name, sweep_id, job_id, executor, reason"
+)
+
+
+def resolve_run(conn: psycopg.Connection[Any], ref: str) -> str:
+    """A run id from an id or an unambiguous prefix (with or without ``run_``)."""
+    prefix = ref if ref.startswith("run_") else f"run_{ref}"
+    rows = conn.execute(
+        "SELECT id FROM runs WHERE id >= %s AND id < %s ORDER BY id LIMIT 6", (prefix, prefix + "\uffff")
+    ).fetchall()
+    if len(rows) == 1:
+        return str(rows[0][0])
+    if not rows:
+        raise UserError(f"no run {ref!r}")
+    shown = ", ".join(r[0] for r in rows[:5])
+    raise UserError(f"{ref!r} is ambiguous: it matches {shown}{' ...' if len(rows) > 5 else ''}")
+
+
+def status_query(*, user: str | None, state: str | None, everything: bool) -> tuple[str, dict[str, Any]]:
+    """The SQL behind ``labctl status``: the user's unfinished runs plus the latest 20, or everything."""
+    where = ["TRUE"]
+    params: dict[str, Any] = {}
+    if user is not None:
+        where.append("user_name = %(user)s")
+        params["user"] = user
+    if state is not None:
+        where.append("status = %(state)s")
+        params["state"] = state
+    cond = " AND ".join(where)
+    if everything:
+        return f"SELECT {STATUS_COLUMNS} FROM runs WHERE {cond} ORDER BY created_at, id", params
+    terminal = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
+    query = (
+        f"(SELECT {STATUS_COLUMNS} FROM runs WHERE {cond} AND status NOT IN ({terminal})) UNION "
+        f"(SELECT {STATUS_COLUMNS} FROM runs WHERE {cond} ORDER BY created_at DESC LIMIT 20) "
+        "ORDER BY created_at, id"
+    )
+    return query, params
+
+
+def status_rows(
+    conn: psycopg.Connection[Any], *, user: str | None, state: str | None, everything: bool
+) -> list[tuple[Any, ...]]:
+    query, params = status_query(user=user, state=state, everything=everything)
+    return conn.execute(query, params).fetchall()
+
+
+def write_status_json(
+    conn: psycopg.Connection[Any], out: Any, *, user: str | None, state: str | None, everything: bool
+) -> int:
+    """Stream status rows as JSON lines, built by the server (fast at 100k rows)."""
+    query, params = status_query(user=user, state=state, everything=everything)
+    sql = f"COPY (SELECT row_to_json(r)::text FROM ({query}) r) TO STDOUT"
+    n = 0
+    with conn.cursor() as cur, cur.copy(sql, params) as copy:
+        for chunk in copy:
+            # COPY's text format escapes backslashes; JSON text never contains a raw tab or newline.
+            out.write(bytes(chunk).replace(b"\\\\", b"\\"))
+            n += 1
+    out.flush()
+    return n
+
+
+def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
+    conn.execute(f"SET search_path = {schema}, public")
+
+
+def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
+    cur = conn.execute("SELECT * FROM runs WHERE id = %s", (run_id,))
+    names = [d.name for d in cur.description or []]
+    row = cur.fetchone()
+    if row is None:
+        raise UserError(f"no run {run_id!r}")
+    shown: dict[str, Any] = dict(zip(names, row, strict=True))
+    inputs = conn.execute(
+        "SELECT role, type, path, artifact_id, alias FROM run_inputs WHERE run_id = %s ORDER BY role", (run_id,)
+    ).fetchall()
+    shown["inputs"] = [dict(zip(("role", "type", "path", "artifact_id", "alias"), r, strict=True)) for r in inputs]
+    outputs = conn.execute(
+        "SELECT role, artifact_id, path, step FROM run_outputs WHERE run_id = %s ORDER BY role, step NULLS FIRST",
+        (run_id,),
+    ).fetchall()
+    shown["outputs"] = [dict(zip(("role", "artifact_id", "path", "step"), r, strict=True)) for r in outputs]
+    shown["log"] = str(Path(shown["run_dir"]) / "log.txt")
+    return shown
+
+
+def to_json(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode()
+
+
+def is_terminal(conn: psycopg.Connection[Any], run_id: str) -> bool:
+    row = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()
+    return row is None or row[0] in TERMINAL_STATES
+
+
+class CancelResult(msgspec.Struct):
+    run_id: str
+    outcome: str  # "cancelled" | "requested" | "already ended"
+
+
+def cancel_runs(app: App, run_ids: Sequence[str], *, force: bool, reason: str | None = None) -> list[CancelResult]:
+    """Cancel runs: queued or waiting ones end now; running ones are asked to stop (the agent acts)."""
+    results = []
+    slurm_jobs: list[str] = []
+    for run_id in run_ids:
+        results.append(_cancel_one(app, run_id, force=force, reason=reason, slurm_jobs=slurm_jobs))
+    if slurm_jobs:
+        from labctl.executors.slurm import SlurmExecutor
+
+        SlurmExecutor().cancel(slurm_jobs)  # one scancel for all of them
+    return results
+
+
+def _cancel_one(app: App, run_id: str, *, force: bool, reason: str | None, slurm_jobs: list[str]) -> CancelResult:
+    for _ in range(10):
+        conn = app.db.conn
+        row = conn.execute(
+            "SELECT status, user_name, stream_version, agent_id, job_id, executor FROM runs WHERE id = %s", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise UserError(f"no run {run_id!r}")
+        status, owner, version, agent_id, job_id, executor = row
+        if status in TERMINAL_STATES:
+            return CancelResult(run_id, "already ended")
+        if owner != app.user and not force:
+            raise UserError(f"{run_id} belongs to {owner}; use --force to cancel someone else's run")
+        request = CancelRequested(run_id=run_id, actor=app.user, forced=owner != app.user, reason=reason)
+        batch = [NewEvent(f"run-{run_id}", request, version)]
+        held = status == "running" or agent_id is not None or job_id is not None
+        if not held:
+            batch.append(
+                NewEvent(
+                    f"run-{run_id}",
+                    RunFinished(
+                        run_id=run_id,
+                        state="cancelled",
+                        reason=reason or f"cancelled by {app.user}",
+                        finished_at=datetime.now(UTC),
+                    ),
+                )
+            )
+        key = f"cancel-{run_id}-{uuid.uuid4().hex}"
+        try:
+            record_with_retry(app, batch, key)
+        except ConcurrencyError:
+            continue  # it moved on (claimed, started): look again
+        if held and executor == "slurm" and job_id:
+            slurm_jobs.append(job_id)
+        return CancelResult(run_id, "requested" if held else "cancelled")
+    raise UserError(f"could not cancel {run_id}: it keeps changing")
+
+
+def record_with_retry(app: App, batch: list[NewEvent], idempotency_key: str) -> None:
+    """Record ``batch`` in one transaction, retrying transient database failures."""
+
+    def work(conn: psycopg.Connection[Any]) -> None:
+        projections.record(conn, batch, idempotency_key=idempotency_key, meta=app.meta())
+
+    app.db.run(work)

@@ -1,0 +1,451 @@
+"""Turning a recipe into a submitted run: validate, resolve, render, decide the cache, record.
+
+Everything that can be checked is checked before anything is appended; the
+events of one submission are appended in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+
+import events
+import projections
+from events import ConcurrencyError, NewEvent
+from events.types import (
+    AliasSet,
+    CacheClaimed,
+    CacheInvalidated,
+    CacheJoined,
+    InputRef,
+    OutputLinked,
+    OutputSpec,
+    RunCacheHit,
+    RunCoalesced,
+    RunPending,
+    RunSubmitted,
+)
+from labctl import cache
+from labctl.app import App
+from labctl.artifacts import ContextInput, ContextOutput, RunContext, path_identity_hash, write_context
+from labctl.errors import InputError
+from labctl.files import (
+    ArtifactInput,
+    CheckpointInput,
+    ExternalInput,
+    FileFormatError,
+    FromInput,
+    Recipe,
+    StageInput,
+    canonical_recipe_bytes,
+    render_aliases,
+    render_recipe,
+    template_values,
+)
+from labctl.files import InputRef as TemplateInput
+from labctl.ids import new_run_id
+from labctl.provenance import Source, inspect_repo, snapshot
+
+_RETRIES = 20
+
+
+class StageContext(msgspec.Struct, kw_only=True):
+    """Where a run sits in a pipeline or sweep, and inputs resolved by the caller."""
+
+    pipeline_id: str | None = None
+    stage_name: str | None = None
+    sweep_id: str | None = None
+    sweep_index: int | None = None
+    inputs: dict[str, InputRef] = {}
+
+
+class PreparedRun(msgspec.Struct, kw_only=True):
+    """A run ready to record: rendered, resolved, with its cache key."""
+
+    run_id: str
+    run_dir: str
+    user: str
+    executor: str
+    recipe: Recipe  # rendered
+    recipe_path: str
+    inputs: list[InputRef]
+    outputs: list[OutputSpec]
+    cache_key: str
+    source: Source | None
+    stage: StageContext
+
+
+class Submitted(msgspec.Struct, kw_only=True):
+    run_id: str
+    run_dir: str
+    status: str
+    cache_key: str | None = None
+    producer_run_id: str | None = None
+    job_id: str | None = None
+
+
+# ------------------------------------------------------------ overrides
+
+
+def apply_overrides(recipe: Recipe, assignments: Sequence[str]) -> Recipe:
+    """``--set params.K=V`` (V read as a TOML value, else a string), ``args.K=V``, ``env.K=V``."""
+    params = dict(recipe.params)
+    args = dict(recipe.args)
+    env = dict(recipe.env)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or not name or section not in {"params", "args", "env"}:
+            raise InputError(f"--set {item!r}: expected params.KEY=VALUE, args.KEY=VALUE or env.KEY=VALUE")
+        value: Any
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if section == "params":
+            target = params
+            *parents, leaf = name.split(".")
+            for p in parents:
+                child = target.get(p)
+                target[p] = dict(child) if isinstance(child, dict) else {}
+                target = target[p]
+            target[leaf] = value
+        elif section == "args":
+            args[name] = raw
+        else:
+            env[name] = raw
+    return msgspec.structs.replace(recipe, params=params, args=args, env=env)
+
+
+# ------------------------------------------------------------ resolution
+
+
+def resolve_alias(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[str, str, str, str] | None:
+    """``(artifact id, path, hash, alias)`` of an alias (``name`` or ``user/name``) or artifact id."""
+    if ref.startswith("artifact_"):
+        row = conn.execute(
+            "SELECT id, path, hash, id FROM artifacts WHERE id LIKE %s AND removed_at IS NULL ORDER BY id LIMIT 2",
+            (ref + "%",),
+        ).fetchall()
+        return row[0] if len(row) == 1 else None
+    owner, _, name = ref.rpartition("/")
+    found = conn.execute(
+        "SELECT a.id, a.path, a.hash, al.alias FROM aliases al JOIN artifacts a ON a.id = al.artifact_id "
+        "WHERE al.user_name = %s AND al.alias = %s AND a.removed_at IS NULL",
+        (owner or user, name),
+    ).fetchone()
+    return found
+
+
+def _resolve_inputs(
+    conn: psycopg.Connection[Any], recipe: Recipe, path: str, user: str, stage: StageContext
+) -> list[InputRef]:
+    resolved = []
+    for role, spec in recipe.inputs.items():
+        if isinstance(spec, ArtifactInput):
+            found = resolve_alias(conn, user, spec.artifact)
+            if found is None:
+                raise FileFormatError(
+                    path, f"inputs.{role}.artifact", f"no artifact with alias {spec.artifact!r} (for user {user})"
+                )
+            artifact_id, apath, digest, alias = found
+            resolved.append(
+                InputRef(role=role, type="artifact", path=apath, artifact_id=artifact_id, alias=alias, hash=digest)
+            )
+        elif isinstance(spec, ExternalInput):
+            if not os.path.exists(spec.path):
+                raise FileFormatError(path, f"inputs.{role}.path", f"{spec.path} does not exist")
+            resolved.append(InputRef(role=role, type="external", path=spec.path, hash=path_identity_hash(spec.path)))
+        elif isinstance(spec, StageInput | FromInput | CheckpointInput):
+            given = stage.inputs.get(role)
+            if given is None:
+                kind = {StageInput: "a pipeline stage", FromInput: "a pinned run", CheckpointInput: "an eval policy"}
+                raise FileFormatError(
+                    path, f"inputs.{role}.type", f"this input is filled by {kind[type(spec)]}; run it through that"
+                )
+            resolved.append(given)
+    return resolved
+
+
+def _output_specs(app: App, recipe: Recipe, path: str, aliases: Mapping[str, str]) -> list[OutputSpec]:
+    roots = app.config.filesystem.output_roots
+    specs = []
+    for role, out in recipe.outputs.items():
+        root = roots.get(out.type)
+        if root is None:
+            raise FileFormatError(
+                path, f"outputs.{role}.type", f"the cluster config has no output root for {out.type!r}"
+            )
+        specs.append(
+            OutputSpec(
+                role=role,
+                type=out.type,
+                path=str(Path(root) / app.user / aliases[role]),
+                alias=aliases[role],
+                marker=out.marker,
+            )
+        )
+    return specs
+
+
+def _refuse_existing_markers(outputs: Sequence[OutputSpec], path: str) -> None:
+    for out in outputs:
+        if not out.marker:
+            continue
+        base = Path(out.path)
+        hits = list(base.glob(f"*/{out.marker}")) if out.type == "checkpoint_stream" else [base / out.marker]
+        existing = [h for h in hits if h.exists()]
+        if existing:
+            raise FileFormatError(
+                path,
+                f"outputs.{out.role}.marker",
+                f"{existing[0]} already exists; remove it or choose another alias",
+            )
+
+
+def prepare(
+    app: App,
+    recipe: Recipe,
+    recipe_path: str | Path,
+    *,
+    stage: StageContext | None = None,
+    executor: str | None = None,
+    run_id: str | None = None,
+) -> PreparedRun:
+    """Resolve and render a recipe into a run (reads the database, writes nothing)."""
+    stage = stage or StageContext()
+    path = str(recipe_path)
+    run_id = run_id or new_run_id()
+    run_dir = str(Path(app.config.filesystem.runs_base) / app.user / run_id)
+    executor = executor or app.executor
+    if executor not in {"local", "slurm"}:
+        raise InputError(f"--executor {executor!r}: expected local or slurm")
+    inputs = _resolve_inputs(app.db.conn, recipe, path, app.user, stage)
+    source = None
+    if recipe.repo is not None:
+        repo_path = app.config.repos.get(recipe.repo)
+        if repo_path is None:
+            known = ", ".join(sorted(app.config.repos)) or "none"
+            raise FileFormatError(path, "repo", f"unknown repo {recipe.repo!r} (the cluster config has: {known})")
+        source = inspect_repo(recipe.repo, repo_path)
+    refs = {i.role: TemplateInput(path=i.path, id=i.artifact_id or "", alias=i.alias or "") for i in inputs}
+    values = template_values(run_id=run_id, run_dir=run_dir, user=app.user, inputs=refs)
+    outputs = _output_specs(app, recipe, path, render_aliases(recipe, values, path))
+    values = template_values(
+        run_id=run_id, run_dir=run_dir, user=app.user, inputs=refs, output_paths={o.role: o.path for o in outputs}
+    )
+    rendered = render_recipe(recipe, values, path)
+    key = cache.cache_key(
+        canonical_recipe_bytes(recipe),
+        [(i.role, i.hash or i.path) for i in inputs],
+        source.fingerprint if source else None,
+    )
+    return PreparedRun(
+        run_id=run_id,
+        run_dir=run_dir,
+        user=app.user,
+        executor=executor,
+        recipe=rendered,
+        recipe_path=str(Path(path).resolve()) if path else "",
+        inputs=inputs,
+        outputs=outputs,
+        cache_key=key,
+        source=source,
+        stage=stage,
+    )
+
+
+def write_run_dir(run: PreparedRun) -> None:
+    """The run dir a job needs: the source snapshot and ``.lab/context.json``."""
+    run_dir = Path(run.run_dir)
+    (run_dir / ".lab").mkdir(parents=True, exist_ok=True)
+    if run.source is not None:
+        snapshot(run.source, run_dir / "source")
+    write_context(
+        run_dir,
+        RunContext(
+            run_id=run.run_id,
+            run_dir=run.run_dir,
+            user=run.user,
+            recipe_name=run.recipe.name,
+            params=run.recipe.params,
+            args=run.recipe.args,
+            inputs={
+                i.role: ContextInput(type=i.type, path=i.path, id=i.artifact_id, alias=i.alias, hash=i.hash)
+                for i in run.inputs
+            },
+            outputs={
+                o.role: ContextOutput(type=o.type, path=o.path, marker=o.marker, alias=o.alias) for o in run.outputs
+            },
+        ),
+    )
+
+
+# --------------------------------------------------------------- recording
+
+
+def submitted_event(run: PreparedRun, *, no_cache: bool) -> RunSubmitted:
+    return RunSubmitted(
+        run_id=run.run_id,
+        name=run.recipe.name,
+        user=run.user,
+        executor=run.executor,
+        run_dir=run.run_dir,
+        recipe=msgspec.to_builtins(run.recipe),
+        recipe_path=run.recipe_path or None,
+        cache_key=run.cache_key,
+        inputs=run.inputs,
+        outputs=run.outputs,
+        repo=run.source.repo if run.source else None,
+        repo_commit=run.source.commit if run.source else None,
+        repo_dirty=run.source.dirty if run.source else None,
+        repo_diff=run.source.diff if run.source else None,
+        pipeline_id=run.stage.pipeline_id,
+        stage_name=run.stage.stage_name,
+        sweep_id=run.stage.sweep_id,
+        sweep_index=run.stage.sweep_index,
+        no_cache=no_cache,
+    )
+
+
+def producer_outputs(conn: psycopg.Connection[Any], producer: str) -> list[tuple[str, str, str, int | None]] | None:
+    """The producer's linked outputs ``(role, artifact id, path, step)``; None if any was collected."""
+    rows = conn.execute(
+        "SELECT o.role, o.artifact_id, o.path, o.step, a.removed_at FROM run_outputs o "
+        "JOIN artifacts a ON a.id = o.artifact_id WHERE o.run_id = %s ORDER BY o.role, o.step NULLS FIRST",
+        (producer,),
+    ).fetchall()
+    if any(r[4] is not None for r in rows):
+        return None
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def link_outputs(
+    run_id: str, user: str, outputs: Sequence[OutputSpec], linked: Sequence[tuple[str, str, str, int | None]]
+) -> list[NewEvent]:
+    """OutputLinked for each of another run's outputs, and this run's aliases onto them."""
+    batch = [
+        NewEvent(f"run-{run_id}", OutputLinked(run_id=run_id, role=role, artifact_id=aid, path=p, step=step))
+        for role, aid, p, step in linked
+    ]
+    last_of_role = {role: aid for role, aid, _, _ in linked}
+    for out in outputs:
+        if out.role in last_of_role:
+            batch.append(
+                NewEvent(
+                    f"alias-{user}/{out.alias}",
+                    AliasSet(user=user, alias=out.alias, artifact_id=last_of_role[out.role]),
+                )
+            )
+    return batch
+
+
+def _decide(
+    conn: psycopg.Connection[Any], run: PreparedRun, *, no_cache: bool, run_version: int
+) -> tuple[list[NewEvent], Submitted]:
+    run_stream = f"run-{run.run_id}"
+    batch = [NewEvent(run_stream, submitted_event(run, no_cache=no_cache), run_version)]
+    result = Submitted(run_id=run.run_id, run_dir=run.run_dir, status="submitted", cache_key=run.cache_key)
+    if no_cache:
+        return batch, result
+    key = run.cache_key
+    state = cache.load(conn, key)
+    cache_stream = cache.stream_of(key)
+    if state.state == "succeeded" and state.producer:
+        linked = producer_outputs(conn, state.producer)
+        if linked is not None:
+            batch.append(
+                NewEvent(run_stream, RunCacheHit(run_id=run.run_id, producer_run_id=state.producer, cache_key=key))
+            )
+            batch += link_outputs(run.run_id, run.user, run.outputs, linked)
+            result.status, result.producer_run_id = "cache_hit", state.producer
+            return batch, result
+        batch.append(NewEvent(cache_stream, CacheInvalidated(cache_key=key, reason="outputs collected"), state.version))
+        batch.append(NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run.run_id)))
+        return batch, result
+    if state.state == "claimed" and state.producer:
+        batch.append(NewEvent(cache_stream, CacheJoined(cache_key=key, run_id=run.run_id), state.version))
+        batch.append(
+            NewEvent(run_stream, RunCoalesced(run_id=run.run_id, producer_run_id=state.producer, cache_key=key))
+        )
+        result.status, result.producer_run_id = "awaiting_peer", state.producer
+        return batch, result
+    batch.append(NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run.run_id), state.version))
+    return batch, result
+
+
+def record_submission(
+    app: App, run: PreparedRun, *, no_cache: bool = False, run_version: int = 0, extra: Sequence[NewEvent] = ()
+) -> Submitted:
+    """Append the submission and its cache decision atomically (retrying lost cache races)."""
+    idempotency = f"submit-{run.run_id}-{uuid.uuid4().hex}"
+
+    def attempt(conn: psycopg.Connection[Any]) -> Submitted:
+        batch, result = _decide(conn, run, no_cache=no_cache, run_version=run_version)
+        projections.record(conn, [*extra, *batch], idempotency_key=idempotency, meta=app.meta())
+        return result
+
+    for _ in range(_RETRIES):
+        try:
+            return app.db.run(attempt)
+        except ConcurrencyError as exc:
+            if not exc.stream.startswith("cache-"):
+                raise
+    raise InputError(f"could not settle the cache decision for {run.cache_key} after {_RETRIES} tries")
+
+
+def submit(
+    app: App,
+    recipe: Recipe,
+    recipe_path: str | Path,
+    *,
+    executor: str | None = None,
+    no_cache: bool = False,
+    stage: StageContext | None = None,
+    run_id: str | None = None,
+    run_version: int = 0,
+    extra: Sequence[NewEvent] = (),
+) -> Submitted:
+    """Prepare, write the run dir, and record one run."""
+    run = prepare(app, recipe, recipe_path, stage=stage, executor=executor, run_id=run_id)
+    peek = None if no_cache else cache.load(app.db.conn, run.cache_key)
+    will_hit = peek is not None and peek.state == "succeeded"
+    if not will_hit:
+        _refuse_existing_markers(run.outputs, str(recipe_path))
+        write_run_dir(run)
+    result = record_submission(app, run, no_cache=no_cache, run_version=run_version, extra=extra)
+    if result.status != "cache_hit" and will_hit:
+        write_run_dir(run)  # the cache entry vanished between the peek and the decision
+    return result
+
+
+def pending_event(
+    app: App, recipe: Recipe, recipe_path: str | Path, *, run_id: str, stage: StageContext, parents: list[str]
+) -> RunPending:
+    """A pipeline stage recorded as ``created``: waiting for its parents, no job yet."""
+    assert stage.pipeline_id is not None and stage.stage_name is not None
+    return RunPending(
+        run_id=run_id,
+        name=recipe.name,
+        user=app.user,
+        executor=app.executor,
+        run_dir=str(Path(app.config.filesystem.runs_base) / app.user / run_id),
+        recipe=msgspec.to_builtins(recipe),
+        pipeline_id=stage.pipeline_id,
+        stage_name=stage.stage_name,
+        parents=parents,
+        recipe_path=str(Path(recipe_path).resolve()),
+        sweep_id=stage.sweep_id,
+        sweep_index=stage.sweep_index,
+    )
+
+
+def stream_version(app: App, run_id: str) -> int:
+    return events.stream_version(app.db.conn, f"run-{run_id}")

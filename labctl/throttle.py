@@ -1,0 +1,60 @@
+"""Throttle: which queued runs may start now, in submission order, within the limits.
+
+Limits come from the cluster config's ``[throttle]`` (per user and global)
+and from each sweep's ``throttle`` (points of one sweep running at once).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import psycopg
+
+from labctl.files import Throttle
+
+ACTIVE = "(status = 'running' OR (status = 'submitted' AND (agent_id IS NOT NULL OR job_id IS NOT NULL)))"
+
+
+def claimable_runs(
+    conn: psycopg.Connection[Any],
+    limits: Throttle,
+    limit: int,
+    scope_sql: str = "TRUE",
+    scope_params: dict[str, Any] | None = None,
+    executor: str = "local",
+) -> list[tuple[str, int]]:
+    """``(run id, stream version)`` of queued runs that may start now, oldest first."""
+    queued = conn.execute(
+        "SELECT id, stream_version, user_name, sweep_id FROM runs "
+        f"WHERE status = 'submitted' AND executor = %(executor)s AND agent_id IS NULL AND job_id IS NULL "
+        f"AND {scope_sql} ORDER BY created_at, id LIMIT %(window)s",
+        {"executor": executor, "window": max(limit * 20, 200), **(scope_params or {})},
+    ).fetchall()
+    if not queued:
+        return []
+    active = conn.execute(f"SELECT user_name, sweep_id FROM runs WHERE {ACTIVE}").fetchall()
+    per_user = Counter(u for u, _ in active)
+    per_sweep = Counter(s for _, s in active if s)
+    total = len(active)
+    sweep_ids = list({s for *_, s in queued if s})
+    sweep_limits = dict(
+        conn.execute("SELECT id, throttle FROM sweeps WHERE id = ANY(%s)", (sweep_ids,)).fetchall() if sweep_ids else []
+    )
+    chosen: list[tuple[str, int]] = []
+    for run_id, version, user, sweep_id in queued:
+        if len(chosen) >= limit:
+            break
+        if limits.max_running is not None and total >= limits.max_running:
+            break
+        if limits.max_running_per_user is not None and per_user[user] >= limits.max_running_per_user:
+            continue
+        cap = sweep_limits.get(sweep_id) if sweep_id else None
+        if cap is not None and per_sweep[sweep_id] >= cap:
+            continue
+        chosen.append((run_id, version))
+        total += 1
+        per_user[user] += 1
+        if sweep_id:
+            per_sweep[sweep_id] += 1
+    return chosen

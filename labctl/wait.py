@@ -1,0 +1,68 @@
+"""Waiting for runs to end, showing their state changes; runs an agent in-process if none is alive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+import events
+from labctl.agent import Agent, Scope, live_agents
+from labctl.app import App
+from labctl.db import connect
+from projections.runs import TERMINAL_STATES
+
+OnChange = Callable[[str, str, dict[str, Any]], None]
+
+
+class Watch:
+    """Remembers each run's last state and reports changes."""
+
+    def __init__(self, app: App, run_ids: Callable[[], Sequence[str]], on_change: OnChange) -> None:
+        self.app = app
+        self.run_ids = run_ids
+        self.on_change = on_change
+        self.last: dict[str, str] = {}
+
+    def check(self) -> bool:
+        """Report changes; True when every run has ended."""
+        ids = list(self.run_ids())
+        rows = self.app.db.conn.execute(
+            "SELECT id, status, exit_code, reason, producer_run_id FROM runs WHERE id = ANY(%s) ORDER BY created_at",
+            (ids,),
+        ).fetchall()
+        for run_id, status, exit_code, reason, producer in rows:
+            if self.last.get(run_id) != status:
+                self.last[run_id] = status
+                self.on_change(run_id, status, {"exit_code": exit_code, "reason": reason, "producer": producer})
+        return len(rows) == len(ids) and all(s in TERMINAL_STATES for s in self.last.values())
+
+
+def wait(app: App, watch: Watch, scope: Scope, *, check_agents_every: float = 2.0) -> dict[str, str]:
+    """Block until every watched run has ended; returns their final states."""
+    if watch.check():
+        return watch.last
+    listener: psycopg.Connection[Any] = connect(app.db.url)
+    try:
+        listener.execute(f"LISTEN {events.CHANNEL}")
+        next_agent_check = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_agent_check:
+                if not live_agents(app.db.conn):
+                    listener.close()
+                    agent = Agent(app, scope=scope)
+                    agent.install_signal_handlers()
+                    agent.run(until=watch.check)
+                    watch.check()
+                    return watch.last
+                next_agent_check = now + check_agents_every
+            for _ in listener.notifies(timeout=0.5, stop_after=1):
+                pass
+            if watch.check():
+                return watch.last
+    finally:
+        if not listener.closed:
+            listener.close()
