@@ -394,6 +394,23 @@ def agent(
     worker.run()
 
 
+# ----------------------------------------------------------- command groups
+
+
+def _register_groups() -> None:
+    import importlib
+    import pkgutil
+
+    import labctl.commands
+
+    for info in sorted(pkgutil.iter_modules(labctl.commands.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"labctl.commands.{info.name}")
+        module.register(app)
+
+
+_register_groups()
+
+
 # --------------------------------------------------------------------- main
 
 

@@ -19,7 +19,9 @@ CATALOG = {
     "columns": """
         SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default, ordinal_position
         FROM information_schema.columns WHERE table_schema IN ('public', 'live') ORDER BY 1, 2, 7""",
-    "indexes": "SELECT schemaname, indexname, indexdef FROM pg_indexes WHERE schemaname IN ('public', 'live') ORDER BY 1, 2",
+    "indexes": """
+        SELECT schemaname, indexname, indexdef FROM pg_indexes
+        WHERE schemaname IN ('public', 'live') ORDER BY 1, 2""",
     "constraints": """
         SELECT n.nspname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c
         JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname IN ('public', 'live') ORDER BY 1, 2""",

@@ -1,0 +1,5 @@
+"""Groups of CLI commands, each registering itself on the main Typer app.
+
+A module here defines ``register(app)``; command bodies import heavy modules
+lazily so ``labctl --help`` stays fast. Shared helpers live in ``labctl.cli``.
+"""
