@@ -167,6 +167,10 @@ class Agent:
             self._heartbeat_thread.join(5)
             self._heartbeat_thread = None
         self.local.shutdown()
+        for reactor in self.reactors:
+            close = getattr(reactor, "close", None)
+            if close is not None:
+                close()
         for job_id, run_id in list(self.running.items()):
             self._finish(run_id, JobState(job_id=job_id, state="cancelled", reason="the agent stopped"))
         with contextlib.suppress(psycopg.Error):

@@ -44,6 +44,7 @@ def template_values(
 def render_aliases(recipe: Recipe, values: Mapping[str, str], path: str | Path) -> dict[str, str]:
     """Each output role's rendered alias: needed first, since output paths are made from it."""
     full = _with_params(recipe, values)
+    full.update({f"args.{k}": _render_field(v, full, path, ["args", k]) for k, v in recipe.args.items()})
     return {
         role: _render_field(output.alias, full, path, ["outputs", role, "alias"])
         for role, output in recipe.outputs.items()

@@ -11,4 +11,6 @@ if TYPE_CHECKING:
 
 
 def default_reactors(app: App) -> Sequence[Reactor]:
-    return []
+    from labctl.reactors.advancer import Advancer
+
+    return [Advancer(app.db.url)]

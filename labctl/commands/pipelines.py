@@ -1,0 +1,125 @@
+"""Pipelines and sweeps: run-pipeline, run-sweep, pipeline-show / pipeline ls|show, sweep show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+pipeline_app = typer.Typer(no_args_is_help=True, help="Pipelines: list them, show one as a DAG.")
+sweep_app = typer.Typer(no_args_is_help=True, help="Sweeps: show points x state x key metric.")
+
+
+def _wait_pipeline(a: Any, submitted: Any) -> None:
+    from labctl.agent import Scope
+    from labctl.cli import _echo_change
+    from labctl.wait import Watch, wait
+
+    all_runs = [r for runs in submitted.runs.values() for r in runs]
+    final = wait(a, Watch(a, lambda: all_runs, _echo_change), Scope(pipeline_id=submitted.pipeline_id))
+    row = a.db.conn.execute("SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)).fetchone()
+    status = row[0] if row else "unknown"
+    if status == "running":  # closed by the advancer right after the last run: settle it here
+        from labctl.pipelines import advance
+
+        advance(a, submitted.pipeline_id)
+        row = a.db.conn.execute(
+            "SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)
+        ).fetchone()
+        status = row[0] if row else "unknown"
+    typer.echo(f"{submitted.pipeline_id}: {status}" + (f" ({row[1]})" if row and row[1] else ""))
+    if status != "succeeded" or any(s not in ("succeeded", "cache_hit") for s in final.values()):
+        raise typer.Exit(1)
+
+
+def _print_submitted(submitted: Any) -> None:
+    typer.echo(f"pipeline_id: {submitted.pipeline_id}")
+    if submitted.sweep_id:
+        typer.echo(f"sweep_id: {submitted.sweep_id}")
+    for stage, runs in submitted.runs.items():
+        typer.echo(f"stage {stage}: {', '.join(runs)}")
+
+
+def run_pipeline(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline file (TOML).")],
+    executor: Annotated[str | None, typer.Option(help="local or slurm (default: the cluster's).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the pipeline ends.")] = False,
+) -> None:
+    """Submit a pipeline: roots now, the rest as their parents succeed."""
+    from labctl.cli import _open
+    from labctl.pipelines import run_pipeline as start
+
+    a = _open()
+    submitted = start(a, pipeline, executor=executor)
+    _print_submitted(submitted)
+    if wait:
+        _wait_pipeline(a, submitted)
+
+
+def run_sweep(
+    recipe: Annotated[Path, typer.Argument(help="Recipe with a [sweep] table.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override params.K=V, args.K=V or env.K=V.")] = None,
+    executor: Annotated[str | None, typer.Option(help="local or slurm (default: the cluster's).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the sweep ends.")] = False,
+) -> None:
+    """One run per sweep index (at most `throttle` at once), then the aggregate once all succeeded."""
+    from labctl.cli import _open
+    from labctl.files import load_recipe
+    from labctl.pipelines import run_sweep as start
+    from labctl.submit import apply_overrides
+
+    recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
+    a = _open()
+    submitted = start(a, recipe_obj, recipe, executor=executor)
+    _print_submitted(submitted)
+    if wait:
+        _wait_pipeline(a, submitted)
+
+
+def pipeline_show(
+    ref: Annotated[str, typer.Argument(help="Pipeline id (or unambiguous prefix).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the tree.")] = False,
+) -> None:
+    """A pipeline's DAG with each stage's state."""
+    from labctl.cli import _open
+    from labctl.pipelines import pipeline_view, render_pipeline, resolve_pipeline
+    from labctl.runs import to_json
+
+    a = _open()
+    view = pipeline_view(a.db.conn, resolve_pipeline(a.db.conn, ref))
+    typer.echo(to_json(view) if as_json else render_pipeline(view))
+
+
+@pipeline_app.command("ls")
+def pipeline_ls(
+    user: Annotated[str | None, typer.Option(help="Only this user's pipelines.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every user's.")] = False,
+) -> None:
+    """Recent pipelines."""
+    from labctl.cli import _open
+    from labctl.pipelines import pipelines_list
+    from labctl.table import format_table
+
+    a = _open()
+    rows = pipelines_list(a.db.conn, None if all_ else (user or a.user))
+    typer.echo(format_table(["PIPELINE", "NAME", "STATUS", "USER", "CREATED", "FINISHED"], rows))
+
+
+def sweep_show(ref: Annotated[str, typer.Argument(help="Sweep id (or unambiguous prefix).")]) -> None:
+    """Each point: its parameter, state, and key metric."""
+    from labctl.cli import _open
+    from labctl.sweeps import render_sweep, sweep_rows
+
+    a = _open()
+    typer.echo(render_sweep(*sweep_rows(a.db.conn, ref)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run-pipeline")(run_pipeline)
+    app.command("run-sweep")(run_sweep)
+    app.command("pipeline-show")(pipeline_show)
+    pipeline_app.command("show")(pipeline_show)
+    sweep_app.command("show")(sweep_show)
+    app.add_typer(pipeline_app, name="pipeline")
+    app.add_typer(sweep_app, name="sweep")

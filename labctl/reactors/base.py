@@ -1,0 +1,120 @@
+"""What every reactor shares: one active instance per name, and a checkpoint in the log.
+
+Leadership is a session advisory lock held on a dedicated connection: when
+the active agent dies its connection drops, the lock is released, and a
+standby agent's next ``try`` takes over from the stored checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+import events
+from events import StoredEvent
+from labctl.db import connect
+
+if TYPE_CHECKING:
+    from labctl.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+def lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"labctl-reactor-{name}".encode()).digest()[:8], "big", signed=True)
+
+
+class Leadership:
+    """Holds (or tries to take) the advisory lock that makes one agent the active reactor."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def held(self) -> bool:
+        try:
+            if self.conn is not None and not self.conn.closed and not self.conn.broken:
+                self.conn.execute("SELECT 1")
+                return True
+        except psycopg.Error:
+            pass
+        self.release()
+        try:
+            conn = connect(self.url, budget=0.5)
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.name),)).fetchone()
+            if row and row[0]:
+                self.conn = conn
+                log.info("reactor %s: this agent is now active", self.name)
+                return True
+            conn.close()
+        except Exception:
+            pass
+        return False
+
+    def release(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
+def checkpoint(conn: psycopg.Connection[Any], name: str) -> int:
+    row = conn.execute("SELECT position FROM reactor_checkpoints WHERE name = %s", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> None:
+    conn.execute(
+        "INSERT INTO reactor_checkpoints (name, position, updated_at) VALUES (%s, %s, now()) "
+        "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+        (name, position),
+    )
+
+
+class LogReactor:
+    """A reactor that handles new events after its checkpoint, plus a periodic full pass."""
+
+    name = "reactor"
+    interested: frozenset[str] = frozenset()
+    full_pass_every = 10.0
+
+    def __init__(self, url: str) -> None:
+        self.leadership = Leadership(url, self.name)
+        self.next_full_pass = 0.0
+
+    def step(self, agent: Agent) -> bool:
+        if not self.leadership.held():
+            return False
+        conn = agent.app.db.conn
+        changed = False
+        now = time.monotonic()
+        if now >= self.next_full_pass:
+            self.next_full_pass = now + self.full_pass_every
+            changed |= self.full_pass(agent)
+        done = checkpoint(conn, self.name)
+        while True:
+            page = events.read_all(conn, done, 500)
+            if not page:
+                break
+            relevant = [e for e in page if e.type in self.interested]
+            if relevant:
+                changed |= self.handle(agent, relevant)
+            done = page[-1].position
+            # Effects are exactly-once by stream versions, so a crash here only repeats harmless work.
+            set_checkpoint(conn, self.name, done)
+        return changed
+
+    def handle(self, agent: Agent, batch: list[StoredEvent]) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.leadership.release()
+
+    def full_pass(self, agent: Agent) -> bool:
+        return False
