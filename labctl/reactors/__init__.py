@@ -12,5 +12,6 @@ if TYPE_CHECKING:
 
 def default_reactors(app: App) -> Sequence[Reactor]:
     from labctl.reactors.advancer import Advancer
+    from labctl.reactors.evald import Evald
 
-    return [Advancer(app.db.url)]
+    return [Advancer(app.db.url), Evald(app.db.url, float(app.config.dispatch.evald_interval_secs))]

@@ -1,0 +1,63 @@
+"""Eval policies by hand: evald once, eval ls, eval show."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+evald_app = typer.Typer(no_args_is_help=True, help="Eval policies: run one pass by hand.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evals: metrics by step.")
+
+
+@evald_app.command("once")
+def evald_once(policy: Annotated[str, typer.Argument(help="Policy file, or a policy name in policies_dir.")]) -> None:
+    """Submit the policy's eval for every matching checkpoint not evaluated yet."""
+    from labctl.cli import _open
+    from labctl.evals import find_policy, request_evals
+
+    a = _open()
+    started = request_evals(a, find_policy(a, policy))
+    typer.echo(f"{len(started)} eval run(s) submitted" + (f": {', '.join(started)}" if started else ""))
+
+
+@eval_app.command("ls")
+def eval_ls(
+    policy: Annotated[str | None, typer.Option(help="Only this policy.")] = None,
+    run: Annotated[str | None, typer.Option(help="Only checkpoints of this training run.")] = None,
+) -> None:
+    """Every eval: policy, training run, step, eval run state, metrics."""
+    from labctl.cli import _open
+    from labctl.evals import eval_rows, metrics_cell
+    from labctl.runs import resolve_run
+    from labctl.table import format_table
+
+    a = _open()
+    producer = resolve_run(a.db.conn, run) if run else None
+    rows = eval_rows(a.db.conn, policy=policy, producer=producer)
+    table = [(p, prod, step, er, st, metrics_cell(m)) for p, prod, step, _, er, st, m in rows]
+    typer.echo(format_table(["POLICY", "TRAIN RUN", "STEP", "EVAL RUN", "STATE", "METRICS"], table))
+
+
+@eval_app.command("show")
+def eval_show(run: Annotated[str, typer.Argument(help="The training run whose checkpoints were evaluated.")]) -> None:
+    """One training run's metrics by step."""
+    from labctl.cli import _open
+    from labctl.evals import eval_rows, metrics_cell
+    from labctl.runs import resolve_run
+    from labctl.table import format_table
+
+    a = _open()
+    producer = resolve_run(a.db.conn, run)
+    rows = eval_rows(a.db.conn, producer=producer)
+    typer.echo(f"{producer}: {len(rows)} eval(s)")
+    typer.echo(
+        format_table(
+            ["STEP", "POLICY", "STATE", "METRICS"], [(s, p, st, metrics_cell(m)) for p, _, s, _, _, st, m in rows]
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evald_app, name="evald")
+    app.add_typer(eval_app, name="eval")

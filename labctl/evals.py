@@ -1,0 +1,168 @@
+"""Eval policies: evaluate each matching checkpoint once per eval recipe, record the metrics.
+
+The exactly-once decision is the ``eval-<key>`` stream, where the key is the
+hash of (checkpoint artifact id, eval recipe hash): its first event can only
+be appended once, together with the eval run's submission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+
+import projections
+from events import ConcurrencyError, NewEvent
+from events.types import EvalRecorded, EvalRequested, InputRef
+from labctl.app import App
+from labctl.errors import UserError
+from labctl.files import CheckpointInput, EvalPolicy, load_policies, load_policy, policy_recipe, recipe_hash
+from labctl.submit import StageContext, submit
+
+
+class Checkpoint(msgspec.Struct):
+    id: str
+    path: str
+    hash: str
+    kind: str
+    user: str
+    step: int | None
+    producer_recipe: str | None
+
+
+def eval_key(checkpoint_id: str, eval_recipe_hash: str) -> str:
+    return hashlib.sha256(f"{checkpoint_id}\n{eval_recipe_hash}".encode()).hexdigest()[:32]
+
+
+def policies(app: App) -> list[EvalPolicy]:
+    folder = app.config.dispatch.policies_dir
+    return load_policies(folder) if folder and Path(folder).is_dir() else []
+
+
+def find_policy(app: App, ref: str) -> EvalPolicy:
+    """A policy by file path, or by name among the cluster's policies."""
+    if Path(ref).is_file():
+        return load_policy(ref)
+    for policy in policies(app):
+        if policy.name == ref:
+            return policy
+    raise UserError(f"no eval policy {ref!r} (not a file, nor a policy name in the cluster's policies_dir)")
+
+
+def matches(policy: EvalPolicy, ckpt: Checkpoint) -> bool:
+    if ckpt.kind != policy.applies_to.type:
+        return False
+    if policy.applies_to.producer_recipe and policy.applies_to.producer_recipe != ckpt.producer_recipe:
+        return False
+    every = policy.cadence.every_n_steps
+    return ckpt.step is None or every <= 1 or ckpt.step % every == 0
+
+
+_CHECKPOINTS = (
+    "SELECT a.id, a.path, a.hash, a.kind, a.user_name, (a.metadata ->> 'step')::int, "
+    "a.metadata ->> 'producer_recipe' FROM artifacts a "
+    "WHERE a.kind = %(kind)s AND a.removed_at IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM evals e WHERE e.checkpoint_artifact_id = a.id AND e.eval_recipe_hash = %(hash)s)"
+)
+
+
+def unevaluated(
+    conn: psycopg.Connection[Any], policy: EvalPolicy, eval_hash: str, ids: list[str] | None
+) -> list[Checkpoint]:
+    query = _CHECKPOINTS + (" AND a.id = ANY(%(ids)s)" if ids is not None else "") + " ORDER BY a.created_at"
+    rows = conn.execute(query, {"kind": policy.applies_to.type, "hash": eval_hash, "ids": ids}).fetchall()
+    return [Checkpoint(*r) for r in rows]
+
+
+def request_evals(app: App, policy: EvalPolicy, artifact_ids: list[str] | None = None) -> list[str]:
+    """Submit the policy's eval for every matching checkpoint not yet evaluated; returns eval run ids."""
+    recipe = policy_recipe(policy)
+    eval_hash = recipe_hash(recipe)
+    role = next(r for r, spec in recipe.inputs.items() if isinstance(spec, CheckpointInput))
+    started = []
+    for ckpt in unevaluated(app.db.conn, policy, eval_hash, artifact_ids):
+        if not matches(policy, ckpt):
+            continue
+        key = eval_key(ckpt.id, eval_hash)
+        as_user = dataclasses.replace(app, user=ckpt.user)
+        from labctl.ids import new_run_id
+
+        run_id = new_run_id()
+        requested = EvalRequested(
+            eval_key=key,
+            policy=policy.name,
+            checkpoint_artifact_id=ckpt.id,
+            eval_recipe_hash=eval_hash,
+            run_id=run_id,
+            step=ckpt.step,
+        )
+        stage = StageContext(
+            inputs={role: InputRef(role=role, type="checkpoint", path=ckpt.path, artifact_id=ckpt.id, hash=ckpt.hash)}
+        )
+        try:
+            submit(
+                as_user,
+                recipe,
+                policy.recipe,
+                stage=stage,
+                run_id=run_id,
+                extra=[NewEvent(f"eval-{key}", requested, 0)],
+            )
+        except ConcurrencyError:
+            continue  # another agent requested this eval first
+        started.append(run_id)
+    return started
+
+
+def record_metrics(app: App, run_ids: list[str]) -> int:
+    """For finished eval runs, record the metrics their eval_result output holds."""
+    rows = app.db.conn.execute(
+        "SELECT e.eval_key, e.run_id, r.status FROM evals e JOIN runs r ON r.id = e.run_id "
+        "WHERE e.run_id = ANY(%s) AND e.recorded_at IS NULL",
+        (run_ids,),
+    ).fetchall()
+    n = 0
+    for key, run_id, status in rows:
+        if status not in ("succeeded", "cache_hit"):
+            continue
+        result = app.db.conn.execute(
+            "SELECT a.metadata -> 'result' FROM run_outputs o JOIN artifacts a ON a.id = o.artifact_id "
+            "WHERE o.run_id = %s AND a.kind = 'eval_result' LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        metrics = result[0] if result and isinstance(result[0], dict) else {}
+        batch = [NewEvent(f"eval-{key}", EvalRecorded(eval_key=key, run_id=run_id, metrics=metrics), 1)]
+
+        def work(conn: psycopg.Connection[Any], b: list[NewEvent] = batch, k: str = key) -> None:
+            projections.record(conn, b, idempotency_key=f"evalrec-{k}", meta=app.meta())
+
+        try:
+            app.db.run(work)
+            n += 1
+        except ConcurrencyError:
+            pass
+    return n
+
+
+def eval_rows(
+    conn: psycopg.Connection[Any], *, policy: str | None = None, producer: str | None = None
+) -> list[tuple[Any, ...]]:
+    """Evals with the producing run, the step, the eval run's state and metrics, by step."""
+    return conn.execute(
+        "SELECT e.policy, a.producer_run_id, e.step, e.checkpoint_artifact_id, e.run_id, r.status, e.metrics "
+        "FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id LEFT JOIN runs r ON r.id = e.run_id "
+        "WHERE (%(policy)s::text IS NULL OR e.policy = %(policy)s) "
+        "AND (%(producer)s::text IS NULL OR a.producer_run_id = %(producer)s) "
+        "ORDER BY e.policy, a.producer_run_id, e.step NULLS FIRST",
+        {"policy": policy, "producer": producer},
+    ).fetchall()
+
+
+def metrics_cell(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return "-"
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "step")

@@ -1,0 +1,53 @@
+"""evald: evaluate new checkpoints per the cluster's eval policies; record eval metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from events import StoredEvent
+from events.types import ArtifactRegistered, RunFinished
+from labctl.evals import policies, record_metrics, request_evals
+from labctl.reactors.base import LogReactor
+
+if TYPE_CHECKING:
+    from labctl.agent import Agent
+
+
+class Evald(LogReactor):
+    name = "evald"
+    interested = frozenset({"ArtifactRegistered", "RunFinished"})
+
+    def __init__(self, url: str, interval: float) -> None:
+        super().__init__(url)
+        self.full_pass_every = interval
+        self._policies_loaded = 0.0
+
+    def _policies(self, agent: Agent) -> list:  # type: ignore[type-arg]
+        # Re-read the policy files now and then, so edits apply without restarting agents.
+        if time.monotonic() - self._policies_loaded > 30:
+            self._cached = policies(agent.app)
+            self._policies_loaded = time.monotonic()
+        return self._cached
+
+    def handle(self, agent: Agent, batch: list[StoredEvent]) -> bool:
+        checkpoints = [
+            e.data.artifact_id
+            for e in batch
+            if isinstance(e.data, ArtifactRegistered)
+            and e.data.kind in {p.applies_to.type for p in self._policies(agent)}
+        ]
+        changed = False
+        if checkpoints:
+            for policy in self._policies(agent):
+                changed |= bool(request_evals(agent.app, policy, checkpoints))
+        ended = [e.data.run_id for e in batch if isinstance(e.data, RunFinished)]
+        if ended:
+            changed |= record_metrics(agent.app, ended) > 0
+        return changed
+
+    def full_pass(self, agent: Agent) -> bool:
+        changed = False
+        for policy in self._policies(agent):
+            changed |= bool(request_evals(agent.app, policy))
+        return changed
