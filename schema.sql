@@ -32,19 +32,26 @@ CREATE TABLE event_idempotency (
     recorded_at  timestamptz NOT NULL
 );
 
--- The hash of one event, chained to its predecessor's hash. Everything that
--- verifies the chain calls this same function.
+-- The bytes of one event that its hash covers, and the hash chained to its
+-- predecessor's. Appending and verifying both go through these two functions.
+CREATE FUNCTION labctl_event_payload(
+    p_position bigint, p_stream text, p_version integer,
+    p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
+) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT convert_to(
+        concat_ws(E'\x1f', p_position, p_stream, p_version, p_type,
+                  p_data::text, p_meta::text, extract(epoch FROM p_recorded_at)),
+        'UTF8')
+$$;
+
 CREATE FUNCTION labctl_event_digest(
     prev bytea, p_position bigint, p_stream text, p_version integer,
     p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
 ) RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT sha256(
-        coalesce(prev, '\x'::bytea) || convert_to(
-            concat_ws(E'\x1f', p_position, p_stream, p_version, p_type,
-                      p_data::text, p_meta::text,
-                      extract(epoch FROM p_recorded_at)),
-            'UTF8'))
+    SELECT sha256(coalesce(prev, '\x'::bytea)
+                  || labctl_event_payload(p_position, p_stream, p_version, p_type, p_data, p_meta, p_recorded_at))
 $$;
 
 -- Append events to one or more streams in one transaction.
@@ -69,6 +76,7 @@ DECLARE
     versions    integer[];
     positions   bigint[];
     hashes      bytea[];
+    payloads    bytea[];
     prev        bytea;
     now_ts      timestamptz := clock_timestamp();
     datas       jsonb[];
@@ -113,13 +121,14 @@ BEGIN
 
     datas := p_data::jsonb[];
     metas := p_meta::jsonb[];
+    SELECT array_agg(nextval('events_position_seq') ORDER BY g) INTO positions FROM generate_series(1, n) AS g;
+    SELECT array_agg(labctl_event_payload(u.p, u.s, u.v, u.t, u.d, u.m, now_ts) ORDER BY u.ord) INTO payloads
+    FROM unnest(positions, p_streams, versions, p_types, datas, metas) WITH ORDINALITY AS u(p, s, v, t, d, m, ord);
+    -- Only the chaining is sequential.
     SELECT e.hash INTO prev FROM events e ORDER BY e.position DESC LIMIT 1;
-    positions := array_fill(0::bigint, ARRAY[n]);
     hashes := array_fill('\x'::bytea, ARRAY[n]);
     FOR i IN 1..n LOOP
-        positions[i] := nextval('events_position_seq');
-        prev := labctl_event_digest(prev, positions[i], p_streams[i], versions[i],
-                                    p_types[i], datas[i], metas[i], now_ts);
+        prev := sha256(coalesce(prev, '\x'::bytea) || payloads[i]);
         hashes[i] := prev;
     END LOOP;
 

@@ -1,6 +1,6 @@
 -- name: append
 SELECT out_position, out_version, out_recorded_at, out_replayed
-FROM labctl_append(%(streams)s, %(expected)s, %(types)s, %(data)s, %(meta)s, %(key)s);
+FROM labctl_append(%(streams)b, %(expected)b::integer[], %(types)b, %(data)b, %(meta)b, %(key)s);
 
 -- name: read_all
 SELECT position, stream, version, type, data::text, meta::text, recorded_at

@@ -13,8 +13,10 @@ handler serves both ways of applying events:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -41,8 +43,14 @@ class Table(Generic[R]):
     def columns(self) -> tuple[str, ...]:
         return self.row_type.__struct_fields__
 
+    @cached_property
+    def _key_getter(self) -> Callable[[Any], Any]:
+        return operator.attrgetter(*self.key)
+
     def key_of(self, row: R) -> Key:
-        return tuple(getattr(row, k) for k in self.key)
+        # The hottest line of a rebuild: attrgetter beats a generator over getattr.
+        value = self._key_getter(row)
+        return value if len(self.key) > 1 else (value,)
 
     def to_db(self, row: R) -> tuple[Any, ...]:
         return tuple(Jsonb(getattr(row, c)) if c in self.json_columns else getattr(row, c) for c in self.columns)

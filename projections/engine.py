@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -171,10 +172,17 @@ def scan_events(conn: psycopg.Connection[Any], until: int) -> Iterator[StoredEve
 def fold(conn: psycopg.Connection[Any], until: int | None = None) -> FoldResult:
     """Rebuild every projection in memory from the log (up to ``until``)."""
     started = time.perf_counter()
-    with conn.transaction():
-        end = last_position(conn) if until is None else until
-        state = State(MemoryRows)
-        n = apply(state, scan_events(conn, end))
+    # The fold builds many long-lived objects; the cyclic collector would rescan them over and over.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with conn.transaction():
+            end = last_position(conn) if until is None else until
+            state = State(MemoryRows)
+            n = apply(state, scan_events(conn, end))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return FoldResult(state, end, n, time.perf_counter() - started)
 
 
