@@ -234,6 +234,11 @@ def run(
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
     a = _open()
     result = submit(a, recipe_obj, recipe, executor=executor, no_cache=no_cache)
+    if result.status == "submitted" and (executor or a.executor) == "slurm":
+        from labctl.executors.slurm import SlurmExecutor
+        from labctl.slurm_runs import holder_id, submit_queued
+
+        result.job_id = submit_queued(a, SlurmExecutor(), holder_id(), run_ids=[result.run_id]).get(result.run_id)
     typer.echo(f"run_id: {result.run_id}")
     typer.echo(f"job_id: {result.job_id or '-'}")
     typer.echo(f"run_dir: {result.run_dir}")
@@ -373,6 +378,31 @@ def validate(path: Annotated[Path, typer.Argument(help="A recipe, pipeline, eval
     from labctl.files import validate_path
 
     typer.echo(validate_path(path))
+
+
+@app.command()
+def reconcile() -> None:
+    """One reconcile cycle with SLURM by hand: one sacct call for all active jobs; prints JSON counts."""
+    from labctl.executors.slurm import SlurmExecutor
+    from labctl.runs import to_json
+    from labctl.slurm_runs import holder_id, recover_intents, submit_queued
+    from labctl.slurm_runs import reconcile as reconcile_once
+
+    a = _open()
+    executor = SlurmExecutor()
+    submitted = submit_queued(a, executor, holder_id())
+    recovered = recover_intents(a, executor, holder_id())
+    report = reconcile_once(a, executor)
+    counts = {
+        "submitted": len(submitted),
+        "recovered": recovered,
+        "active": report.active,
+        "started": report.started,
+        "finished": report.finished,
+        "sacct_calls": report.sacct_calls,
+        "accounting_ok": report.accounting_ok,
+    }
+    typer.echo(to_json(counts))
 
 
 @app.command()

@@ -81,7 +81,10 @@ def register_outputs(
 
     def add(out: OutputSpec, kind: str, digest: str, path: str, step: int | None, metadata: dict[str, Any]) -> str:
         aid = artifact_id(digest)
-        exists = aid in known or conn.execute("SELECT 1 FROM artifacts WHERE id = %s", (aid,)).fetchone()
+        exists = (
+            aid in known
+            or conn.execute("SELECT 1 FROM artifacts WHERE id = %s AND removed_at IS NULL", (aid,)).fetchone()
+        )
         if not exists:
             batch.append(
                 NewEvent(

@@ -23,6 +23,7 @@ def claimable_runs(
     scope_sql: str = "TRUE",
     scope_params: dict[str, Any] | None = None,
     executor: str = "local",
+    sweep_throttle: bool = True,
 ) -> list[tuple[str, int]]:
     """``(run id, stream version)`` of queued runs that may start now, oldest first."""
     queued = conn.execute(
@@ -49,7 +50,7 @@ def claimable_runs(
             break
         if limits.max_running_per_user is not None and per_user[user] >= limits.max_running_per_user:
             continue
-        cap = sweep_limits.get(sweep_id) if sweep_id else None
+        cap = sweep_limits.get(sweep_id) if sweep_id and sweep_throttle else None
         if cap is not None and per_sweep[sweep_id] >= cap:
             continue
         chosen.append((run_id, version))

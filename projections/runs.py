@@ -18,6 +18,7 @@ from events.types import (
     RunPending,
     RunStarted,
     RunSubmitted,
+    SubmissionIntended,
 )
 from projections.base import Projection, State, Table
 
@@ -189,6 +190,15 @@ def _coalesced(state: State, e: StoredEvent) -> None:
 def _claimed(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunClaimed)
+    row = _update(state, e, d.run_id)
+    if row is not None:
+        row.agent_id = d.agent_id
+
+
+@projection.on(SubmissionIntended)
+def _intended(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, SubmissionIntended)
     row = _update(state, e, d.run_id)
     if row is not None:
         row.agent_id = d.agent_id

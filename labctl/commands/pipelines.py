@@ -33,6 +33,18 @@ def _wait_pipeline(a: Any, submitted: Any) -> None:
         raise typer.Exit(1)
 
 
+def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> None:
+    """Submit the pipeline's ready SLURM runs now, so job ids exist before any agent looks."""
+    if (executor or a.executor) != "slurm":
+        return
+    from labctl.executors.slurm import SlurmExecutor
+    from labctl.slurm_runs import holder_id, submit_queued
+
+    all_runs = [r for runs in submitted.runs.values() for r in runs]
+    for run_id, job_id in sorted(submit_queued(a, SlurmExecutor(), holder_id(), run_ids=all_runs).items()):
+        typer.echo(f"{run_id}: job {job_id}")
+
+
 def _print_submitted(submitted: Any) -> None:
     typer.echo(f"pipeline_id: {submitted.pipeline_id}")
     if submitted.sweep_id:
@@ -53,6 +65,7 @@ def run_pipeline(
     a = _open()
     submitted = start(a, pipeline, executor=executor)
     _print_submitted(submitted)
+    _hand_to_slurm(a, submitted, executor)
     if wait:
         _wait_pipeline(a, submitted)
 
@@ -73,6 +86,7 @@ def run_sweep(
     a = _open()
     submitted = start(a, recipe_obj, recipe, executor=executor)
     _print_submitted(submitted)
+    _hand_to_slurm(a, submitted, executor)
     if wait:
         _wait_pipeline(a, submitted)
 

@@ -171,6 +171,25 @@ class SlurmExecutor:
         rows = self._rows_by_requested_id(job_ids, since, arrays)
         return {job_id: elements(states) for job_id, states in rows.items() if states}
 
+    def poll_runs(
+        self, job_ids: Sequence[str], *, since: datetime | None = None, arrays: Mapping[str, str] | None = None
+    ) -> dict[str, JobState]:
+        """One sacct call for plain jobs and array elements alike: ids like ``123`` get one
+        aggregated state, ids like ``123_4`` their element's state (as labctl records one run
+        per array element)."""
+        bases = _unique(base_job_id(j) if "_" in j else j for j in job_ids)
+        rows = self._rows_by_requested_id(bases, since, arrays)
+        states: dict[str, JobState] = {}
+        for job_id in job_ids:
+            if "_" in job_id:
+                base, _, index = job_id.partition("_")
+                found = elements(rows.get(base, [])).get(int(index))
+                if found is not None:
+                    states[job_id] = found
+            elif rows.get(job_id):
+                states[job_id] = aggregate(job_id, rows[job_id])
+        return states
+
     def poll_array(self, job_id: str, *, since: datetime | None = None, spec: str | None = None) -> dict[int, JobState]:
         arrays = {job_id: spec} if spec is not None else None
         return self.poll_arrays([job_id], since=since, arrays=arrays).get(job_id, {})

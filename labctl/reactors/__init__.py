@@ -13,5 +13,9 @@ if TYPE_CHECKING:
 def default_reactors(app: App) -> Sequence[Reactor]:
     from labctl.reactors.advancer import Advancer
     from labctl.reactors.evald import Evald
+    from labctl.reactors.slurm import SlurmReactor, slurm_available
 
-    return [Advancer(app.db.url), Evald(app.db.url, float(app.config.dispatch.evald_interval_secs))]
+    reactors: list[Reactor] = [Advancer(app.db.url), Evald(app.db.url, float(app.config.dispatch.evald_interval_secs))]
+    if app.config.scheduler.kind == "slurm" or slurm_available():
+        reactors.append(SlurmReactor(app.db.url, float(app.config.dispatch.reconcile_interval_secs)))
+    return reactors

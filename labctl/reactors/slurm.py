@@ -1,0 +1,48 @@
+"""The SLURM reactor: submit queued SLURM runs, recover interrupted submissions, reconcile with sacct."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from labctl.executors.slurm import SlurmExecutor
+from labctl.reactors.base import Leadership
+from labctl.slurm_runs import reconcile, recover_intents, submit_queued
+
+if TYPE_CHECKING:
+    from labctl.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class SlurmReactor:
+    name = "slurm"
+
+    def __init__(self, url: str, max_interval: float) -> None:
+        self.leadership = Leadership(url, self.name)
+        self.executor = SlurmExecutor(max_interval=max_interval)
+        self.next_reconcile = 0.0
+
+    def step(self, agent: Agent) -> bool:
+        if not self.leadership.held():
+            return False
+        changed = bool(submit_queued(agent.app, self.executor, agent.id))
+        now = time.monotonic()
+        if now < self.next_reconcile:
+            return changed
+        changed |= recover_intents(agent.app, self.executor, agent.id) > 0
+        report = reconcile(agent.app, self.executor)
+        moved = report.started + report.finished > 0
+        self.next_reconcile = now + (self.executor.next_interval(moved) if report.active else 1.0)
+        if not report.accounting_ok:
+            log.warning("sacct is unavailable (%s); using squeue for liveness", self.executor.last_accounting_error)
+        return changed or moved
+
+    def close(self) -> None:
+        self.leadership.release()
+
+
+def slurm_available() -> bool:
+    return shutil.which("sbatch") is not None and shutil.which("sacct") is not None

@@ -1,0 +1,300 @@
+"""Runs on SLURM: exactly-once submission, one batched sacct per reconcile, recovery by job name.
+
+Submission follows intent -> effect -> record: ``SubmissionIntended`` is
+appended (expecting the run stream's version, so only one submitter wins),
+then ``sbatch``, then ``JobSubmitted``. A submitter that dies between sbatch
+and the record leaves an intent without a job id; recovery looks the job up
+by its name (``labctl-<run id>``, or ``labctl-<sweep id>`` for an array)
+before it would ever submit again. sacct is the source of truth for state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+
+import events
+import projections
+from events import ConcurrencyError, NewEvent
+from events.types import JobSubmitted, RunStarted, RunSubmitted, SubmissionIntended
+from labctl.app import App
+from labctl.executors.base import JobSpec, JobState
+from labctl.executors.errors import ExecutorError
+from labctl.executors.sbatch_script import SHEBANG, render_sbatch_header, render_sbatch_script, render_script_body
+from labctl.executors.slurm import SlurmExecutor
+from labctl.files import Recipe, Throttle, parse_mem_mb, parse_time_seconds
+from labctl.finish import finish_run, submission_of
+from labctl.jobenv import job_command, job_environment, job_workdir, labctl_executable
+from labctl.throttle import claimable_runs
+
+log = logging.getLogger(__name__)
+
+RECOVERY_GRACE = timedelta(seconds=float(os.environ.get("LABCTL_SLURM_RECOVERY_GRACE", "15")))
+
+
+def job_name(run_id: str) -> str:
+    return f"labctl-{run_id}"
+
+
+def _record(app: App, batch: list[NewEvent], key: str) -> None:
+    def work(conn: psycopg.Connection[Any]) -> None:
+        projections.record(conn, batch, idempotency_key=key, meta=app.meta())
+
+    app.db.run(work)
+
+
+def _spec(run_id: str, run_dir: str, recipe: Recipe, *, name: str, log_path: Path, array: str | None = None) -> JobSpec:
+    return JobSpec(
+        run_id=run_id,
+        run_dir=Path(run_dir),
+        script=Path(run_dir) / ".lab" / "submit.sh",
+        log_path=log_path,
+        time_limit_seconds=parse_time_seconds(recipe.resources.time),
+        job_name=name,
+        cpus=recipe.resources.cpus,
+        mem_mb=parse_mem_mb(recipe.resources.mem),
+        gpus=recipe.resources.gpus,
+        array=array,
+    )
+
+
+def _render_single(app: App, sub: RunSubmitted, recipe: Recipe) -> JobSpec:
+    spec = _spec(sub.run_id, sub.run_dir, recipe, name=job_name(sub.run_id), log_path=Path(sub.run_dir) / "log.txt")
+    spec.script.parent.mkdir(parents=True, exist_ok=True)
+    spec.script.write_text(
+        render_sbatch_script(
+            spec,
+            resources=recipe.resources,
+            slurm=app.config.slurm,
+            env=job_environment(app.config, recipe, sub.run_id, sub.run_dir),
+            command=job_command(recipe),
+            workdir=job_workdir(sub.run_dir, recipe),
+            labctl_bin=labctl_executable(),
+            run_dir=Path(sub.run_dir),
+        )
+    )
+    return spec
+
+
+def _render_array(app: App, sweep_id: str, subs: list[tuple[RunSubmitted, Recipe]], throttle: int | None) -> JobSpec:
+    """One array job for a sweep's points: a dispatcher that runs each point's own script in its run dir."""
+    first_sub, first_recipe = subs[0]
+    folder = Path(first_sub.run_dir).parent / sweep_id
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for sub, recipe in subs:
+        body = render_script_body(
+            env=job_environment(app.config, recipe, sub.run_id, sub.run_dir),
+            command=job_command(recipe),
+            workdir=job_workdir(sub.run_dir, recipe),
+            labctl_bin=labctl_executable(),
+            run_dir=Path(sub.run_dir),
+            job_id_expr='"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+        )
+        script = Path(sub.run_dir) / ".lab" / "job.sh"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(SHEBANG + body)
+        cases.append(f"  {sub.sweep_index}) run_dir={shlex.quote(sub.run_dir)} ;;")
+    indices = sorted(s.sweep_index or 0 for s, _ in subs)
+    array = ",".join(str(i) for i in indices) + (f"%{throttle}" if throttle else "")
+    spec = msgspec.structs.replace(
+        _spec(
+            first_sub.run_id,
+            str(folder),
+            first_recipe,
+            name=f"labctl-{sweep_id}",
+            log_path=folder / "array-%A_%a.log",
+            array=array,
+        ),
+        script=folder / "submit.sh",
+    )
+    dispatcher = "\n".join(
+        [
+            'case "$SLURM_ARRAY_TASK_ID" in',
+            *cases,
+            '  *) echo "labctl: no sweep point for index $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
+            "esac",
+            'exec bash "$run_dir/.lab/job.sh" >> "$run_dir/log.txt" 2>&1',
+        ]
+    )
+    spec.script.write_text(
+        SHEBANG
+        + render_sbatch_header(spec, resources=first_recipe.resources, slurm=app.config.slurm)
+        + dispatcher
+        + "\n"
+    )
+    return spec
+
+
+def _limits(throttle: Throttle) -> Throttle:
+    # On SLURM the scarce thing is the controller's queue: limit queued + running jobs per user.
+    return Throttle(
+        max_running=throttle.max_running,
+        max_running_per_user=throttle.max_queued_per_user or throttle.max_running_per_user,
+    )
+
+
+def submit_queued(
+    app: App, executor: SlurmExecutor, holder: str, *, run_ids: Sequence[str] | None = None, limit: int = 5000
+) -> dict[str, str]:
+    """sbatch queued SLURM runs (sweep points of one sweep as one array); returns run id -> job id."""
+    conn = app.db.conn
+    scope_sql, scope_params = ("id = ANY(%(only)s)", {"only": list(run_ids)}) if run_ids is not None else ("TRUE", {})
+    queued = claimable_runs(
+        conn, _limits(app.config.throttle), limit, scope_sql, scope_params, executor="slurm", sweep_throttle=False
+    )
+    if not queued:
+        return {}
+    groups: dict[str | None, list[tuple[str, int]]] = {}
+    sweeps = dict(
+        conn.execute("SELECT id, sweep_id FROM runs WHERE id = ANY(%s)", ([r for r, _ in queued],)).fetchall()
+    )
+    for run_id, version in queued:
+        groups.setdefault(sweeps.get(run_id), []).append((run_id, version))
+    submitted: dict[str, str] = {}
+    for sweep_id, members in groups.items():
+        if sweep_id is None:
+            for run_id, version in members:
+                submitted |= _submit_group(app, executor, holder, None, [(run_id, version)])
+        else:
+            submitted |= _submit_group(app, executor, holder, sweep_id, members)
+    return submitted
+
+
+def _submit_group(
+    app: App, executor: SlurmExecutor, holder: str, sweep_id: str | None, members: list[tuple[str, int]]
+) -> dict[str, str]:
+    conn = app.db.conn
+    name = f"labctl-{sweep_id}" if sweep_id else job_name(members[0][0])
+    intents = [
+        NewEvent(f"run-{r}", SubmissionIntended(run_id=r, executor="slurm", job_name=name, agent_id=holder), v)
+        for r, v in members
+    ]
+    try:
+        _record(app, intents, f"intent-{name}-{uuid.uuid4().hex}")
+    except ConcurrencyError:
+        return {}  # another submitter took (some of) them; the next pass sees what is left
+    subs = []
+    for run_id, _ in members:
+        sub = submission_of(conn, run_id)
+        assert sub is not None
+        subs.append((sub, msgspec.convert(sub.recipe, Recipe)))
+    try:
+        if sweep_id:
+            throttle_row = conn.execute("SELECT throttle FROM sweeps WHERE id = %s", (sweep_id,)).fetchone()
+            spec = _render_array(app, sweep_id, subs, throttle_row[0] if throttle_row else None)
+        else:
+            spec = _render_single(app, subs[0][0], subs[0][1])
+        base = executor.submit(spec)
+    except (ExecutorError, OSError, ValueError) as exc:
+        for sub, _ in subs:
+            failed = JobState(job_id="", state="failed", reason=f"sbatch failed: {exc}")
+            finish_run(app.db, app.config, sub.run_id, failed, app.meta())
+        return {}
+    return _record_jobs(
+        app, holder, [(sub.run_id, f"{base}_{sub.sweep_index}" if sweep_id else base) for sub, _ in subs]
+    )
+
+
+def _record_jobs(app: App, holder: str, jobs: list[tuple[str, str]]) -> dict[str, str]:
+    conn = app.db.conn
+    batch = [
+        NewEvent(
+            f"run-{run_id}",
+            JobSubmitted(run_id=run_id, executor="slurm", job_id=job_id, agent_id=holder),
+            events.stream_version(conn, f"run-{run_id}"),
+        )
+        for run_id, job_id in jobs
+    ]
+    _record(app, batch, f"jobs-{uuid.uuid4().hex}")
+    return dict(jobs)
+
+
+def recover_intents(app: App, executor: SlurmExecutor, holder: str) -> int:
+    """Intents without a job id, older than the grace: find the job by name, else submit again."""
+    conn = app.db.conn
+    rows = conn.execute(
+        "SELECT id, sweep_id, sweep_index, updated_at FROM runs WHERE executor = 'slurm' AND status = 'submitted' "
+        "AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %s",
+        (RECOVERY_GRACE,),
+    ).fetchall()
+    if not rows:
+        return 0
+    names = {r[0]: (f"labctl-{r[1]}" if r[1] else job_name(r[0])) for r in rows}
+    since = min(r[3] for r in rows) - timedelta(minutes=5)
+    found = executor.find_by_name(sorted(set(names.values())), since=since)
+    recovered = [
+        (r[0], f"{found[names[r[0]]]}_{r[2]}" if r[1] else found[names[r[0]]]) for r in rows if names[r[0]] in found
+    ]
+    if recovered:
+        _record_jobs(app, holder, recovered)
+        log.info("recovered %d SLURM job id(s) by name after an interrupted submission", len(recovered))
+    lost = [r[0] for r in rows if names[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * RECOVERY_GRACE]
+    for run_id in lost:
+        # No job by that name long after the intent: the submitter died before sbatch. Submit again.
+        version = events.stream_version(conn, f"run-{run_id}")
+        sub = submission_of(conn, run_id)
+        if sub is None:
+            continue
+        try:
+            _record(app, [NewEvent(f"run-{run_id}", sub, version)], f"resubmit-{run_id}-{version}")
+        except ConcurrencyError:
+            continue
+    return len(recovered) + len(lost)
+
+
+class ReconcileReport(msgspec.Struct):
+    active: int = 0
+    started: int = 0
+    finished: int = 0
+    sacct_calls: int = 0
+    accounting_ok: bool = True
+
+
+def reconcile(app: App, executor: SlurmExecutor) -> ReconcileReport:
+    """One cycle: one sacct call for every active SLURM run; record what changed."""
+    conn = app.db.conn
+    rows = conn.execute(
+        "SELECT r.id, r.job_id, r.status, r.created_at, s.start_index, s.end_index FROM runs r "
+        "LEFT JOIN sweeps s ON s.id = r.sweep_id "
+        "WHERE r.executor = 'slurm' AND r.status IN ('submitted', 'running') AND r.job_id IS NOT NULL"
+    ).fetchall()
+    report = ReconcileReport(active=len(rows))
+    if not rows:
+        return report
+    before = executor.sacct_calls
+    arrays = {r[1].split("_")[0]: f"{r[4]}-{r[5]}" for r in rows if "_" in r[1] and r[4] is not None}
+    states = executor.poll_runs(
+        [r[1] for r in rows], since=min(r[3] for r in rows) - timedelta(minutes=5), arrays=arrays
+    )
+    report.sacct_calls = executor.sacct_calls - before
+    report.accounting_ok = executor.accounting_ok
+    for run_id, job_id, status, *_ in rows:
+        state = states.get(job_id)
+        if state is None:
+            continue
+        if state.state == "running" and status == "submitted":
+            version = events.stream_version(conn, f"run-{run_id}")
+            started = RunStarted(run_id=run_id, started_at=state.started_at or datetime.now(UTC), job_id=job_id)
+            try:
+                _record(app, [NewEvent(f"run-{run_id}", started, version)], f"started-{run_id}-{version}")
+                report.started += 1
+            except ConcurrencyError:
+                pass
+        elif not state.active and finish_run(app.db, app.config, run_id, state, app.meta()) is not None:
+            report.finished += 1
+    return report
+
+
+def holder_id() -> str:
+    return f"cli:{socket.gethostname()}:{os.getpid()}"
