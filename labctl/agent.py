@@ -176,6 +176,21 @@ class Agent:
         with contextlib.suppress(psycopg.Error):
             self.app.db.conn.execute("UPDATE agents SET stopped_at = now() WHERE id = %s", (self.id,))
 
+    def idle(self) -> bool:
+        """Nothing left to do: no unfinished run, every reactor has read the whole log."""
+        conn = self.app.db.conn
+        row = conn.execute(
+            "SELECT count(*) FROM runs WHERE status IN ('created', 'submitted', 'running', 'awaiting_peer')"
+        ).fetchone()
+        if row and row[0]:
+            return False
+        last = events.last_position(conn)
+        names = [r.name for r in self.reactors if hasattr(r, "interested")]
+        done = dict(
+            conn.execute("SELECT name, position FROM reactor_checkpoints WHERE name = ANY(%s)", (names,)).fetchall()
+        )
+        return all(done.get(n, 0) >= last for n in names)
+
     def install_signal_handlers(self) -> None:
         def handle(signum: int, frame: object) -> None:
             self.stopping.set()

@@ -408,6 +408,7 @@ def reconcile() -> None:
 @app.command()
 def agent(
     slots: Annotated[int | None, typer.Option(help="Local jobs at once (default: cores).")] = None,
+    drain: Annotated[bool, typer.Option("--drain", help="Exit once nothing is left to run or react to.")] = False,
 ) -> None:
     """Run local jobs and the reactors (pipelines, sweeps, evals, SLURM reconcile) until stopped."""
     import logging
@@ -421,7 +422,17 @@ def agent(
     typer.echo(
         f"agent {worker.id}: {worker.slots} slots, reactors: {', '.join(r.name for r in worker.reactors) or 'none'}"
     )
-    worker.run()
+    if drain:
+        settled = []
+
+        def idle_twice() -> bool:
+            # Idle on two ticks in a row: an eval requested by the last event has had its turn.
+            settled.append(worker.idle())
+            return settled[-2:] == [True, True]
+
+        worker.run(until=idle_twice)
+    else:
+        worker.run()
 
 
 # ----------------------------------------------------------- command groups
