@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,12 +160,32 @@ def _alias(
     batch: list[NewEvent], config: ClusterConfig, user: str, alias: str, aid: str, kind: str, target: Path
 ) -> None:
     batch.append(NewEvent(f"alias-{user}/{alias}", AliasSet(user=user, alias=alias, artifact_id=aid)))
+    _alias_link(config, user, alias, kind, target)
+
+
+def _alias_link(config: ClusterConfig, user: str, alias: str, kind: str, target: Path) -> None:
     root = config.filesystem.artifact_roots.get(kind)
     if root:
         try:
             set_alias_link(Path(root), user, alias, target)
         except (OSError, ValueError) as exc:
             log.warning("alias link %s/%s not written: %s", user, alias, exc)
+
+
+def write_linked_alias_links(
+    config: ClusterConfig,
+    user: str,
+    outputs: Sequence[OutputSpec],
+    linked: Sequence[tuple[str, str, str, int | None]],
+) -> None:
+    """The alias symlinks of a run whose outputs are another run's artifacts (cache hit, coalesced follower).
+
+    They point where the producer's own alias points: the object, or a checkpoint stream's directory.
+    """
+    targets = {role: Path(path).parent if step is not None else Path(path) for role, _, path, step in linked}
+    for out in outputs:
+        if out.role in targets:
+            _alias_link(config, user, out.alias, KIND_OF_OUTPUT.get(out.type, out.type), targets[out.role])
 
 
 def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> str | None:
@@ -181,8 +202,10 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
         except OSError as exc:
             state, reason = "failed", f"registering outputs failed: {exc}"
     key = f"finish-{run_id}-{uuid.uuid4().hex}"
+    ended_followers: list[RunSubmitted] = []
 
     def attempt(c: psycopg.Connection[Any]) -> str | None:
+        ended_followers.clear()
         row = c.execute("SELECT status, stream_version, cache_key FROM runs WHERE id = %s", (run_id,)).fetchone()
         if row is None or row[0] in TERMINAL_STATES:
             return None
@@ -198,22 +221,34 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
         )
         batch = [NewEvent(f"run-{run_id}", finished, version), *registered.events]
         if cache_key:
-            batch += _release(c, cache_key, run_id, state, outcome, registered)
+            batch += _release(c, cache_key, run_id, state, outcome, registered, ended_followers)
         projections.record(c, batch, idempotency_key=key, meta=meta)
         return state
 
     for _ in range(20):
         try:
-            return db.run(attempt)
+            recorded = db.run(attempt)
         except ConcurrencyError:
             continue  # a follower joined or the run moved on: look again
+        for fsub in ended_followers:
+            write_linked_alias_links(config, fsub.user, fsub.outputs, registered.linked)
+        return recorded
     raise RuntimeError(f"could not record the end of {run_id}")
 
 
 def _release(
-    conn: psycopg.Connection[Any], key: str, run_id: str, state: str, outcome: JobState, registered: Registered
+    conn: psycopg.Connection[Any],
+    key: str,
+    run_id: str,
+    state: str,
+    outcome: JobState,
+    registered: Registered,
+    linked_followers: list[RunSubmitted],
 ) -> list[NewEvent]:
-    """Release the cache key if this run produces it, and end every run waiting on it."""
+    """Release the cache key if this run produces it, and end every run waiting on it.
+
+    Followers that now link this run's outputs are added to ``linked_followers`` (their alias links follow the commit).
+    """
     from labctl.submit import link_outputs
 
     st = cache.load(conn, key)
@@ -236,4 +271,6 @@ def _release(
         if ok:
             fsub = submission_of(conn, follower)
             batch += link_outputs(follower, fsub.user if fsub else "", fsub.outputs if fsub else [], registered.linked)
+            if fsub is not None:
+                linked_followers.append(fsub)
     return batch

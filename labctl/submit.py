@@ -50,6 +50,7 @@ from labctl.files import (
     template_values,
 )
 from labctl.files import InputRef as TemplateInput
+from labctl.finish import write_linked_alias_links
 from labctl.ids import new_run_id
 from labctl.provenance import Source, inspect_repo, snapshot
 
@@ -423,6 +424,9 @@ def submit(
     result = record_submission(app, run, no_cache=no_cache, run_version=run_version, extra=extra)
     if result.status != "cache_hit" and will_hit:
         write_run_dir(run)  # the cache entry vanished between the peek and the decision
+    if result.status == "cache_hit" and result.producer_run_id:
+        linked = producer_outputs(app.db.conn, result.producer_run_id) or []
+        write_linked_alias_links(app.config, run.user, run.outputs, linked)
     return result
 
 
