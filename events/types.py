@@ -71,6 +71,7 @@ class RunSubmitted(Event, frozen=True, kw_only=True, omit_defaults=True):
     sweep_id: str | None = None
     sweep_index: int | None = None
     no_cache: bool = False
+    tracking_url: str | None = None  # the W&B run page when [tracking.wandb] is set
 
 
 class RunPending(Event, frozen=True, kw_only=True, omit_defaults=True):

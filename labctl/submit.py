@@ -52,6 +52,7 @@ from labctl.files import (
 from labctl.files import InputRef as TemplateInput
 from labctl.finish import write_linked_alias_links
 from labctl.ids import new_run_id
+from labctl.jobenv import wandb_url
 from labctl.provenance import Source, inspect_repo, snapshot
 
 _RETRIES = 20
@@ -313,6 +314,7 @@ def submitted_event(run: PreparedRun, *, no_cache: bool) -> RunSubmitted:
         sweep_id=run.stage.sweep_id,
         sweep_index=run.stage.sweep_index,
         no_cache=no_cache,
+        tracking_url=wandb_url(run.recipe, run.run_id),
     )
 
 
