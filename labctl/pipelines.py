@@ -48,6 +48,7 @@ from labctl.errors import InputError, UserError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pipeline, load_recipe
 from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.ids import new_id, new_run_id
+from labctl.lookup import resolve_id
 from labctl.submit import StageContext, prepare, submit
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
@@ -429,15 +430,7 @@ def _close_if_done(app: App, pipeline_id: str, stages: list[Any], runs: dict[str
 
 
 def resolve_pipeline(conn: psycopg.Connection[Any], ref: str) -> str:
-    prefix = ref if ref.startswith("pipeline_") else f"pipeline_{ref}"
-    rows = conn.execute(
-        "SELECT id FROM pipelines WHERE id >= %s AND id < %s ORDER BY id LIMIT 6", (prefix, prefix + "\uffff")
-    ).fetchall()
-    if len(rows) == 1:
-        return str(rows[0][0])
-    if not rows:
-        raise UserError(f"no pipeline {ref!r}")
-    raise UserError(f"{ref!r} is ambiguous: it matches {', '.join(r[0] for r in rows[:5])}")
+    return resolve_id(conn, "pipelines", "pipeline", ref)
 
 
 def unfinished_runs(conn: psycopg.Connection[Any], pipeline_id: str) -> list[str]:

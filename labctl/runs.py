@@ -17,6 +17,7 @@ from events import ConcurrencyError, NewEvent
 from events.types import CancelRequested, RunFinished
 from labctl.app import App
 from labctl.errors import UserError
+from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
 
 STATUS_COLUMNS = (
@@ -27,16 +28,7 @@ STATUS_COLUMNS = (
 
 def resolve_run(conn: psycopg.Connection[Any], ref: str) -> str:
     """A run id from an id or an unambiguous prefix (with or without ``run_``)."""
-    prefix = ref if ref.startswith("run_") else f"run_{ref}"
-    rows = conn.execute(
-        "SELECT id FROM runs WHERE id >= %s AND id < %s ORDER BY id LIMIT 6", (prefix, prefix + "\uffff")
-    ).fetchall()
-    if len(rows) == 1:
-        return str(rows[0][0])
-    if not rows:
-        raise UserError(f"no run {ref!r}")
-    shown = ", ".join(r[0] for r in rows[:5])
-    raise UserError(f"{ref!r} is ambiguous: it matches {shown}{' ...' if len(rows) > 5 else ''}")
+    return resolve_id(conn, "runs", "run", ref)
 
 
 def status_query(*, user: str | None, state: str | None, everything: bool) -> tuple[str, dict[str, Any]]:

@@ -6,20 +6,12 @@ from typing import Any
 
 import psycopg
 
-from labctl.errors import UserError
+from labctl.lookup import resolve_id
 from labctl.table import format_table
 
 
 def resolve_sweep(conn: psycopg.Connection[Any], ref: str) -> str:
-    prefix = ref if ref.startswith("sweep_") else f"sweep_{ref}"
-    rows = conn.execute(
-        "SELECT id FROM sweeps WHERE id >= %s AND id < %s ORDER BY id LIMIT 6", (prefix, prefix + "\uffff")
-    ).fetchall()
-    if len(rows) == 1:
-        return str(rows[0][0])
-    if not rows:
-        raise UserError(f"no sweep {ref!r}")
-    raise UserError(f"{ref!r} is ambiguous: it matches {', '.join(r[0] for r in rows[:5])}")
+    return resolve_id(conn, "sweeps", "sweep", ref)
 
 
 def _metrics_of(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,23 @@
+"""Finding an entity by its id or an unambiguous prefix of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from labctl.errors import UserError
+
+
+def resolve_id(conn: psycopg.Connection[Any], table: str, kind: str, ref: str) -> str:
+    """The id in ``table`` matching ``ref`` (with or without the ``<kind>_`` prefix), or one clear error."""
+    prefix = ref if ref.startswith(f"{kind}_") else f"{kind}_{ref}"
+    query = sql.SQL("SELECT id FROM {} WHERE id >= %s AND id < %s ORDER BY id LIMIT 6").format(sql.Identifier(table))
+    rows = conn.execute(query, (prefix, prefix + "\uffff")).fetchall()
+    if len(rows) == 1:
+        return str(rows[0][0])
+    if not rows:
+        raise UserError(f"no {kind} {ref!r}")
+    shown = ", ".join(r[0] for r in rows[:5])
+    raise UserError(f"{ref!r} is ambiguous: it matches {shown}{' ...' if len(rows) > 5 else ''}")
