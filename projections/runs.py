@@ -79,42 +79,45 @@ def _touch(row: RunRow, e: StoredEvent) -> None:
     row.stream_version = e.version
 
 
+def _fresh_row(d: RunPending | RunSubmitted, e: StoredEvent, status: str) -> RunRow:
+    """A run's row as its first (or a re-)submission describes it; later events fill the rest."""
+    return RunRow(
+        id=d.run_id,
+        name=d.name,
+        user_name=d.user,
+        status=status,
+        executor=d.executor,
+        job_id=None,
+        exit_code=None,
+        signal=None,
+        reason=None,
+        run_dir=d.run_dir,
+        cache_key=None,
+        producer_run_id=None,
+        pipeline_id=d.pipeline_id,
+        stage_name=d.stage_name,
+        sweep_id=d.sweep_id,
+        sweep_index=d.sweep_index,
+        recipe_path=d.recipe_path,
+        recipe=d.recipe,
+        repo=None,
+        repo_commit=None,
+        repo_dirty=None,
+        agent_id=None,
+        cancel_requested=False,
+        created_at=e.recorded_at,
+        started_at=None,
+        finished_at=None,
+        updated_at=e.recorded_at,
+        stream_version=e.version,
+    )
+
+
 @projection.on(RunPending)
 def _pending(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunPending)
-    state.rows(RUNS).put(
-        RunRow(
-            id=d.run_id,
-            name=d.name,
-            user_name=d.user,
-            status="created",
-            executor=d.executor,
-            job_id=None,
-            exit_code=None,
-            signal=None,
-            reason=None,
-            run_dir=d.run_dir,
-            cache_key=None,
-            producer_run_id=None,
-            pipeline_id=d.pipeline_id,
-            stage_name=d.stage_name,
-            sweep_id=d.sweep_id,
-            sweep_index=d.sweep_index,
-            recipe_path=d.recipe_path,
-            recipe=d.recipe,
-            repo=None,
-            repo_commit=None,
-            repo_dirty=None,
-            agent_id=None,
-            cancel_requested=False,
-            created_at=e.recorded_at,
-            started_at=None,
-            finished_at=None,
-            updated_at=e.recorded_at,
-            stream_version=e.version,
-        )
-    )
+    state.rows(RUNS).put(_fresh_row(d, e, "created"))
 
 
 @projection.on(RunSubmitted)
@@ -123,38 +126,14 @@ def _submitted(state: State, e: StoredEvent) -> None:
     assert isinstance(d, RunSubmitted)
     rows = state.rows(RUNS)
     existing = rows.get(d.run_id)
-    rows.put(
-        RunRow(
-            id=d.run_id,
-            name=d.name,
-            user_name=d.user,
-            status="submitted",
-            executor=d.executor,
-            job_id=None,
-            exit_code=None,
-            signal=None,
-            reason=None,
-            run_dir=d.run_dir,
-            cache_key=d.cache_key,
-            producer_run_id=None,
-            pipeline_id=d.pipeline_id,
-            stage_name=d.stage_name,
-            sweep_id=d.sweep_id,
-            sweep_index=d.sweep_index,
-            recipe_path=d.recipe_path,
-            recipe=d.recipe,
-            repo=d.repo,
-            repo_commit=d.repo_commit,
-            repo_dirty=d.repo_dirty,
-            agent_id=None,
-            cancel_requested=existing.cancel_requested if existing else False,
-            created_at=existing.created_at if existing else e.recorded_at,
-            started_at=None,
-            finished_at=None,
-            updated_at=e.recorded_at,
-            stream_version=e.version,
-        )
-    )
+    row = _fresh_row(d, e, "submitted")
+    row.cache_key = d.cache_key
+    row.repo, row.repo_commit, row.repo_dirty = d.repo, d.repo_commit, d.repo_dirty
+    if existing is not None:
+        # A pipeline stage submitted after waiting keeps when it was created and any cancel request.
+        row.created_at = existing.created_at
+        row.cancel_requested = existing.cancel_requested
+    rows.put(row)
 
 
 def _update(state: State, e: StoredEvent, run_id: str) -> RunRow | None:
