@@ -95,6 +95,7 @@ class Agent:
         self.heartbeat_interval = heartbeat_interval
         self.local = LocalExecutor()
         self.running: dict[str, str] = {}  # job id -> run id (local jobs this agent started)
+        self.ended: dict[str, tuple[str, JobState]] = {}  # jobs that ended, their end not yet recorded
         self.stopping = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         if reactors is None:
@@ -171,6 +172,9 @@ class Agent:
             close = getattr(reactor, "close", None)
             if close is not None:
                 close()
+        for run_id, state in list(self.ended.values()):
+            with contextlib.suppress(Exception):
+                self._finish(run_id, state)
         for job_id, run_id in list(self.running.items()):
             self._finish(run_id, JobState(job_id=job_id, state="cancelled", reason="the agent stopped"))
         with contextlib.suppress(psycopg.Error):
@@ -211,6 +215,11 @@ class Agent:
             except ConcurrencyError as exc:
                 log.info("reactor %s lost a race (%s); it will look again", reactor.name, exc)
                 changed = True
+            except psycopg.OperationalError:
+                raise  # the database is away: the run loop reconnects
+            except Exception:
+                # A bug in one reactor must not stop the others or the jobs; it retries next tick.
+                log.exception("reactor %s failed", reactor.name)
         return changed
 
     def _finish(self, run_id: str, outcome: JobState) -> None:
@@ -245,14 +254,16 @@ class Agent:
         return bool(held)
 
     def poll_local(self) -> bool:
-        if not self.running:
+        if not self.running and not self.ended:
             return False
         changed = False
         for job_id, state in self.local.poll(list(self.running)).items():
-            if state.active:
-                continue
-            run_id = self.running.pop(job_id)
+            if not state.active:
+                self.ended[job_id] = (self.running.pop(job_id), state)
+        # Record ends; one that fails (database away) stays here and is retried next tick.
+        for job_id, (run_id, state) in list(self.ended.items()):
             self._finish(run_id, state)
+            del self.ended[job_id]
             changed = True
         return changed
 
