@@ -1,0 +1,213 @@
+"""Setup commands: ``init`` (write cluster.toml), ``admin add-user``, ``service`` (systemd user units)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+if TYPE_CHECKING:
+    from labctl.setup import SchedulerChoice, ServiceName
+
+admin_app = typer.Typer(no_args_is_help=True, help="Cluster administration: prepare users' directories.")
+service_app = typer.Typer(
+    no_args_is_help=True, help="Run the agent (--agent) or the web page (--ui) as systemd user services."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.add_typer(admin_app, name="admin")
+    app.add_typer(service_app, name="service")
+
+
+def init(
+    name: Annotated[
+        str | None, typer.Option(help="The cluster's name (default: local, or this host for SLURM).")
+    ] = None,
+    runs_base: Annotated[str | None, typer.Option(help="Directory holding every user's run dirs.")] = None,
+    artifact_root: Annotated[
+        list[str] | None, typer.Option("--artifact-root", help="KIND=PATH: where artifacts of a kind live (repeat).")
+    ] = None,
+    output_root: Annotated[
+        list[str] | None, typer.Option("--output-root", help="TYPE=PATH: where outputs of a type are written (repeat).")
+    ] = None,
+    repo: Annotated[list[str] | None, typer.Option("--repo", help="NAME=PATH of a git checkout (repeat).")] = None,
+    shared_group: Annotated[str | None, typer.Option(help="Unix group given to shared directories.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Postgres URL (default: the embedded one).")] = None,
+    scheduler: Annotated[str, typer.Option(help="auto (SLURM if sinfo answers, else local), local or slurm.")] = "auto",
+    use: Annotated[Path | None, typer.Option("--use", help="Copy this existing config (yours to edit).")] = None,
+    join: Annotated[Path | None, typer.Option("--join", help="Link to this shared config (follow its edits).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing config.")] = False,
+) -> None:
+    """Write a cluster.toml (SLURM if found, else the local profile), create the schema, run doctor."""
+    from labctl import setup
+    from labctl.cli import _fail, _Global, doctor
+    from labctl.db import connect, ensure_schema, labctl_home
+    from labctl.db import database_url as url_of
+    from labctl.files import ARTIFACT_KINDS, OUTPUT_TYPES, load_cluster_config
+
+    if scheduler not in ("auto", "local", "slurm"):
+        _fail(f"--scheduler {scheduler!r}: expected auto, local or slurm", 2)
+    choice = cast("SchedulerChoice", scheduler)
+    if use and join:
+        _fail("--use and --join exclude each other: copy a config or link to it", 2)
+    roots = setup.parse_assignments(artifact_root or [], "--artifact-root", ARTIFACT_KINDS)
+    outputs = setup.parse_assignments(output_root or [], "--output-root", OUTPUT_TYPES)
+    repos = setup.parse_assignments(repo or [], "--repo")
+    dest = setup.config_destination(_Global.cluster)
+    setup.check_can_write(dest, force=force)
+
+    if join:
+        if name or runs_base or roots or outputs or repos or shared_group or database_url or scheduler != "auto":
+            _fail("--join follows the shared file as it is; use --use to copy it with changes", 2)
+        shared, shared_cfg = setup.shared_config(join, dest)
+        setup.check_linkable(shared, shared_cfg)
+        typer.echo(f"{dest} -> {shared}  (a link: edits to the shared file apply here)")
+        if not yes and not typer.confirm("Link it?", default=True):
+            _fail("nothing written", 1)
+        setup.link_config(dest, shared, force=force)
+        typer.echo(f"linked {dest} -> {shared}")
+    else:
+        if use:
+            shared, base = setup.shared_config(use, dest)
+            source = f"copied from {shared} by labctl init --use"
+        else:
+            base, how = setup.profile_for(choice, labctl_home())
+            typer.echo(how)
+            source = "written by labctl init"
+        config = setup.build_config(
+            base=base,
+            scheduler=None if choice == "auto" else choice,
+            name=name,
+            runs_base=runs_base,
+            artifact_roots=roots,
+            output_roots=outputs,
+            repos=repos,
+            shared_group=shared_group,
+            database_url=database_url,
+        )
+        text = setup.config_text(config, source)
+        if not yes:
+            typer.echo(f"--- {dest}\n{text}---")
+            if not typer.confirm("Write it?", default=True):
+                _fail("nothing written", 1)
+        setup.write_config(dest, text, force=force)
+        typer.echo(f"wrote {dest}")
+
+    written = load_cluster_config(dest)
+    with connect(url_of(written.database.url)) as conn:
+        before, after = ensure_schema(conn)
+    typer.echo(
+        f"schema version {after}" + (" (created)" if before is None else f" (was {before})" if before != after else "")
+    )
+    _Global.cluster = dest
+    doctor()
+
+
+@admin_app.command("add-user")
+def add_user(name: Annotated[str, typer.Argument(help="The user's login name.")]) -> None:
+    """Create a user's run, alias and output directories (shared group, setgid); safe to repeat."""
+    from labctl.app import load_config
+    from labctl.cli import _Global
+    from labctl.setup import add_user as prepare_user
+
+    config, _path = load_config(_Global.cluster)
+    for change in prepare_user(config, name):
+        typer.echo(change.describe())
+
+
+def _services(agent: bool, ui: bool) -> list[ServiceName]:
+    from labctl.cli import _fail
+
+    chosen: list[ServiceName] = []
+    if agent:
+        chosen.append("agent")
+    if ui:
+        chosen.append("ui")
+    if not chosen:
+        _fail("say which service: --agent, --ui or both", 2)
+    return chosen
+
+
+AgentFlag = Annotated[bool, typer.Option("--agent", help="The agent (labctl agent).")]
+UiFlag = Annotated[bool, typer.Option("--ui", help="The web page (labctl serve on 127.0.0.1:8765).")]
+
+
+@service_app.command("install")
+def service_install(agent: AgentFlag = False, ui: UiFlag = False) -> None:
+    """Write the unit file(s) and enable and start them."""
+    from labctl import setup
+    from labctl.app import load_config
+    from labctl.cli import _fail, _Global
+
+    chosen = _services(agent, ui)
+    _config, cluster = load_config(_Global.cluster)
+    units = [setup.UNIT_NAMES[s] for s in chosen]
+    for service in chosen:
+        typer.echo(f"wrote {setup.install_unit(service, cluster.absolute() if cluster else None)}")
+    if not setup.user_manager_available():
+        typer.echo(
+            "no systemd user session here; in a login session run: "
+            f"{setup.systemctl_line('daemon-reload')} && {setup.systemctl_line('enable', '--now', *units)}"
+        )
+        return
+    for args in (["daemon-reload"], ["enable", "--now", *units]):
+        proc = setup.systemctl(*args)
+        if proc.returncode != 0:
+            _fail(f"{setup.systemctl_line(*args)} failed: {(proc.stderr or proc.stdout).strip()}", 1)
+    typer.echo(f"enabled and started {', '.join(units)}")
+
+
+@service_app.command("uninstall")
+def service_uninstall(agent: AgentFlag = False, ui: UiFlag = False) -> None:
+    """Stop and disable the unit(s) and remove their files."""
+    from labctl import setup
+    from labctl.cli import _fail
+
+    chosen = _services(agent, ui)
+    units = [setup.UNIT_NAMES[s] for s in chosen]
+    manager = setup.user_manager_available()
+    if manager:
+        proc = setup.systemctl("disable", "--now", *units)
+        if proc.returncode != 0 and any((setup.unit_dir() / u).exists() for u in units):
+            _fail(
+                f"{setup.systemctl_line('disable', '--now', *units)} failed: {(proc.stderr or proc.stdout).strip()}", 1
+            )
+    for service in chosen:
+        removed = setup.remove_unit(service)
+        typer.echo(f"removed {removed}" if removed else f"{setup.UNIT_NAMES[service]} was not installed")
+    if manager:
+        setup.systemctl("daemon-reload")
+    else:
+        typer.echo(
+            "no systemd user session here; in a login session run: "
+            f"{setup.systemctl_line('disable', '--now', *units)} && {setup.systemctl_line('daemon-reload')}"
+        )
+
+
+@service_app.command("status")
+def service_status(agent: AgentFlag = False, ui: UiFlag = False) -> None:
+    """systemctl --user status of the unit(s)."""
+    _pass_through("status", _services(agent, ui))
+
+
+@service_app.command("restart")
+def service_restart(agent: AgentFlag = False, ui: UiFlag = False) -> None:
+    """Restart the unit(s) (e.g. after upgrading labctl)."""
+    _pass_through("restart", _services(agent, ui))
+
+
+def _pass_through(verb: str, chosen: list[ServiceName]) -> None:
+    from labctl import setup
+    from labctl.cli import _fail
+
+    units = [setup.UNIT_NAMES[s] for s in chosen]
+    if not setup.user_manager_available():
+        _fail(f"no systemd user session here; in a login session run: {setup.systemctl_line(verb, *units)}", 1)
+    proc = setup.systemctl(*([verb, "--no-pager", *units] if verb == "status" else [verb, *units]))
+    typer.echo(proc.stdout, nl=False)
+    if proc.returncode != 0:
+        _fail(f"{setup.systemctl_line(verb, *units)} exited {proc.returncode}: {proc.stderr.strip()}", proc.returncode)
