@@ -26,8 +26,9 @@ _ANY_KEY = "[...]"  # how msgspec names "some key of this dict"
 
 
 def beside(file: Path, value: str) -> Path:
-    """Where a path written in ``file`` points: ``~`` expanded, relative to the file's directory."""
-    return Path(os.path.normpath((file.parent / Path(value).expanduser()).absolute()))
+    """Where a path written in ``file`` points: ``~`` expanded, relative to the directory of the
+    file itself, links followed (a symlinked shared config keeps meaning what its owner wrote)."""
+    return Path(os.path.normpath((file.resolve().parent / Path(value).expanduser()).absolute()))
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
