@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,18 +198,6 @@ def shared_config(path: Path, dest: Path) -> tuple[Path, ClusterConfig]:
     if dest.absolute() == shared or (dest.exists() and dest.resolve() == shared.resolve()):
         raise UserError(f"{shared} is already the config at {dest}")
     return shared, load_cluster_config(shared)
-
-
-def check_linkable(shared: Path, config: ClusterConfig) -> None:
-    """A link elsewhere must read the same config: relative paths would be taken beside the link."""
-    with tempfile.TemporaryDirectory() as scratch:
-        link = Path(scratch) / "cluster.toml"
-        link.symlink_to(shared)
-        if load_cluster_config(link) != config:
-            raise InputError(
-                f"{shared} has relative paths, which a link would read beside itself; "
-                "make them absolute there, or --use it (a copy with absolute paths)"
-            )
 
 
 # -------------------------------------------------------------------- users

@@ -129,12 +129,13 @@ def test_join_links_to_the_shared_file_and_follows_its_later_edits(labctl_env: d
     assert set(load_cluster_config(dest).repos) == {"main", "extra"}
 
 
-def test_join_refuses_a_shared_file_with_relative_paths(labctl_env: dict[str, str], tmp_path: Path) -> None:
+def test_join_reads_relative_paths_beside_the_shared_file(labctl_env: dict[str, str], tmp_path: Path) -> None:
     shared = write_shared_config(tmp_path / "group" / "cluster.toml")
-    proc = run_cli(labctl_env, "init", "--yes", "--join", str(shared))
-    assert proc.returncode == 2
-    assert "has relative paths" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not xdg_config(labctl_env).is_symlink() and not xdg_config(labctl_env).exists()
+    run_cli(labctl_env, "init", "--yes", "--join", str(shared), check=True)
+    dest = xdg_config(labctl_env)
+    assert dest.is_symlink()
+    assert load_cluster_config(dest) == load_cluster_config(shared)
+    assert load_cluster_config(dest).filesystem.runs_base.startswith(str(tmp_path / "group"))
 
 
 def test_join_takes_the_shared_file_as_it_is(labctl_env: dict[str, str], tmp_path: Path) -> None:

@@ -63,8 +63,7 @@ def init(
     if join:
         if name or runs_base or roots or outputs or repos or shared_group or database_url or scheduler != "auto":
             _fail("--join follows the shared file as it is; use --use to copy it with changes", 2)
-        shared, shared_cfg = setup.shared_config(join, dest)
-        setup.check_linkable(shared, shared_cfg)
+        shared, _ = setup.shared_config(join, dest)
         typer.echo(f"{dest} -> {shared}  (a link: edits to the shared file apply here)")
         if not yes and not typer.confirm("Link it?", default=True):
             _fail("nothing written", 1)
