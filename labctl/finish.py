@@ -221,7 +221,7 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
         )
         batch = [NewEvent(f"run-{run_id}", finished, version), *registered.events]
         if cache_key:
-            batch += _release(c, cache_key, run_id, state, outcome, registered, ended_followers)
+            batch += release_cache_key(c, cache_key, run_id, state, outcome, registered, ended_followers)
         projections.record(c, batch, idempotency_key=key, meta=meta)
         return state
 
@@ -236,7 +236,7 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
     raise RuntimeError(f"could not record the end of {run_id}")
 
 
-def _release(
+def release_cache_key(
     conn: psycopg.Connection[Any],
     key: str,
     run_id: str,

@@ -17,6 +17,8 @@ from events import ConcurrencyError, NewEvent
 from events.types import CancelRequested, RunFinished
 from labctl.app import App
 from labctl.errors import UserError
+from labctl.executors.base import JobState
+from labctl.finish import Registered, release_cache_key
 from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
 
@@ -131,11 +133,12 @@ def _cancel_one(app: App, run_id: str, *, force: bool, reason: str | None, slurm
     for _ in range(10):
         conn = app.db.conn
         row = conn.execute(
-            "SELECT status, user_name, stream_version, agent_id, job_id, executor FROM runs WHERE id = %s", (run_id,)
+            "SELECT status, user_name, stream_version, agent_id, job_id, executor, cache_key FROM runs WHERE id = %s",
+            (run_id,),
         ).fetchone()
         if row is None:
             raise UserError(f"no run {run_id!r}")
-        status, owner, version, agent_id, job_id, executor = row
+        status, owner, version, agent_id, job_id, executor, cache_key = row
         if status in TERMINAL_STATES:
             return CancelResult(run_id, "already ended")
         if owner != app.user and not force:
@@ -144,17 +147,18 @@ def _cancel_one(app: App, run_id: str, *, force: bool, reason: str | None, slurm
         batch = [NewEvent(f"run-{run_id}", request, version)]
         held = status == "running" or agent_id is not None or job_id is not None
         if not held:
-            batch.append(
-                NewEvent(
-                    f"run-{run_id}",
-                    RunFinished(
-                        run_id=run_id,
-                        state="cancelled",
-                        reason=reason or f"cancelled by {app.user}",
-                        finished_at=datetime.now(UTC),
-                    ),
-                )
+            end = RunFinished(
+                run_id=run_id,
+                state="cancelled",
+                reason=reason or f"cancelled by {app.user}",
+                finished_at=datetime.now(UTC),
             )
+            batch.append(NewEvent(f"run-{run_id}", end))
+            if cache_key:  # a queued producer gives its cache key back, or identical runs would wait on it forever
+                ended = JobState(job_id="", state="cancelled", reason=end.reason)
+                batch += release_cache_key(
+                    conn, cache_key, run_id, "cancelled", ended, Registered(events=[], linked=[]), []
+                )
         key = f"cancel-{run_id}-{uuid.uuid4().hex}"
         try:
             record_with_retry(app, batch, key)

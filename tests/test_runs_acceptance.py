@@ -283,6 +283,17 @@ def test_cancelling_a_queued_run_ends_it_at_once(conn: psycopg.Connection[Any], 
     assert "RunClaimed" not in event_types(conn, run_id)
 
 
+def test_a_cancelled_queued_run_frees_its_cache_key_for_the_next_identical_run(
+    conn: psycopg.Connection[Any], env: dict[str, str]
+) -> None:
+    cancelled = submit(env, RECIPES / "quick.toml")
+    run_cli(env, "cancel", cancelled, check=True)
+    proc = run_cli(env, "run", str(RECIPES / "quick.toml"), "--wait", timeout=20)  # it used to wait forever
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "awaiting_peer" not in proc.stdout
+    assert status_of(conn, printed(proc.stdout, "run_id")) == "succeeded"
+
+
 def test_cancelling_another_users_run_needs_force_and_records_who_cancelled(
     conn: psycopg.Connection[Any], env: dict[str, str]
 ) -> None:
