@@ -94,6 +94,20 @@ def _pin(conn: psycopg.Connection[Any], plan: PipelinePlan) -> str | None:
     return str(row[0])
 
 
+def _check_pinned_roles(conn: psycopg.Connection[Any], plan: PipelinePlan, from_run: str) -> None:
+    """Every ``type = "from"`` input must name an output the pinned run registered: refuse now, not mid-run."""
+    roles = {r[0] for r in conn.execute("SELECT DISTINCT role FROM run_outputs WHERE run_id = %s", (from_run,))}
+    for stage in plan.stages:
+        for role, spec in stage.recipe.inputs.items():
+            if isinstance(spec, FromInput) and spec.role not in roles:
+                offered = ", ".join(sorted(roles)) or "none"
+                raise FileFormatError(
+                    stage.recipe_path,
+                    f"inputs.{role}.role",
+                    f"the pinned run {from_run} has no output {spec.role!r}; its outputs are: {offered}",
+                )
+
+
 def _pending_runs(
     app: App, pipeline_id: str, stage: PlannedStage, run_ids: list[str], sweep_id: str | None, executor: str
 ) -> list[NewEvent]:
@@ -126,6 +140,8 @@ def create_pipeline(
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
     from_run = _pin(app.db.conn, plan)
+    if from_run is not None:
+        _check_pinned_roles(app.db.conn, plan, from_run)
     for stage in plan.stages:
         _check_static_inputs(app, stage)
     pipeline_id = new_id("pipeline")
@@ -195,6 +211,14 @@ def sweep_plan(recipe: Recipe, recipe_path: str | Path) -> PipelinePlan:
     if recipe.sweep.aggregate:
         aggregate = load_recipe(recipe.sweep.aggregate, pipeline=True)
         for role, spec in aggregate.inputs.items():
+            # The points' stage is named after the swept recipe; any other name would crash the advancer later.
+            if isinstance(spec, StageInput) and spec.stage != recipe.name:
+                raise FileFormatError(
+                    recipe.sweep.aggregate,
+                    f"inputs.{role}.stage",
+                    f"no stage {spec.stage!r} in this sweep; the points' stage is named after the swept recipe: "
+                    f"{recipe.name!r}",
+                )
             if isinstance(spec, StageInput) and spec.role not in recipe.outputs:
                 raise FileFormatError(
                     recipe.sweep.aggregate, f"inputs.{role}.role", f"the swept recipe has no output {spec.role!r}"
