@@ -240,6 +240,8 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str) -> int:
         _record_jobs(app, holder, recovered)
         log.info("recovered %d SLURM job id(s) by name after an interrupted submission", len(recovered))
     lost = [r[0] for r in rows if names[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * RECOVERY_GRACE]
+    if lost and not _lookup_was_complete(executor):
+        lost = []  # try again next cycle
     for run_id in lost:
         # No job by that name long after the intent: the submitter died before sbatch. Submit again.
         version = events.stream_version(conn, f"run-{run_id}")
@@ -251,6 +253,22 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str) -> int:
         except ConcurrencyError:
             continue
     return len(recovered) + len(lost)
+
+
+def _lookup_was_complete(executor: SlurmExecutor) -> bool:
+    """Whether "no job by that name" can be believed: sacct answered and holds every record slurmctld sent.
+
+    A finished job leaves squeue after MinJobAge; with slurmdbd down, or just back
+    and still receiving slurmctld's queued records, sacct does not know it either.
+    Resubmitting then would run the job twice.
+    """
+    if not executor.accounting_ok:
+        return False
+    backlog = executor.accounting_backlog()
+    if backlog is None:
+        log.warning("sdiag gave no DBD agent queue size; trusting sacct's name search as complete")
+        return True
+    return backlog == 0
 
 
 class ReconcileReport(msgspec.Struct):
@@ -269,9 +287,9 @@ def reconcile(app: App, executor: SlurmExecutor) -> ReconcileReport:
         "LEFT JOIN sweeps s ON s.id = r.sweep_id "
         "WHERE r.executor = 'slurm' AND r.status IN ('submitted', 'running') AND r.job_id IS NOT NULL"
     ).fetchall()
-    report = ReconcileReport(active=len(rows))
+    report = ReconcileReport(active=len(rows), accounting_ok=executor.accounting_ok)
     if not rows:
-        return report
+        return report  # no sacct call: accounting_ok is what this executor last saw (e.g. in recovery)
     before = executor.sacct_calls
     arrays = {r[1].split("_")[0]: f"{r[4]}-{r[5]}" for r in rows if "_" in r[1] and r[4] is not None}
     states = executor.poll_runs(

@@ -22,10 +22,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -134,6 +136,16 @@ class Lab:
             self.reconcile()
             time.sleep(0.5)
 
+    def explain(self, *run_ids: str) -> str:
+        """Each run's state, reason and log tail, for a failing assertion's message."""
+        parts = []
+        for run_id in run_ids:
+            row = self.row(run_id)
+            log = Path(row["run_dir"]) / "log.txt"
+            tail = log.read_text()[-800:] if log.exists() else "(no log)"
+            parts.append(f"{run_id} {row['status']} exit={row['exit_code']} reason={row['reason']!r}\n{tail}")
+        return "\n".join(parts)
+
     def event_types(self, run_id: str) -> list[str]:
         rows = self.conn.execute("SELECT type FROM events WHERE stream = %s ORDER BY version", (f"run-{run_id}",))
         return [r[0] for r in rows.fetchall()]
@@ -212,6 +224,18 @@ def timeout_run(server_url: str, template_db: str, tmp_path_factory: pytest.Temp
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def accounting_down() -> Iterator[None]:
+    """slurmdbd stopped for the block (sbatch, squeue, scancel keep working); always started again."""
+    down = subprocess.run(["bash", str(REPO / "scripts" / "slurm-down.sh"), "slurmdbd"], capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    try:
+        yield
+    finally:
+        up = subprocess.run(["bash", str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True)
+        assert up.returncode == 0, up.stderr
 
 
 def squeue_names(name: str) -> list[str]:
@@ -354,36 +378,54 @@ def test_pipeline_rerun_takes_stage_one_from_the_cache_without_a_job(lab: Lab) -
 # ------------------------------------------------------------------ exactly once, accounting
 
 
-def test_reconcile_finds_a_job_submitted_before_a_crash_by_its_name(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The submitter died after sbatch and before recording JobSubmitted: recovery adopts the job, never resubmits."""
+def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> tuple[str, str]:
+    """Record a run's intent and sbatch it as the submitter does, then "die" before JobSubmitted.
+
+    Returns (run id, job id); the log knows the intent but not the job.
+    """
     import events
     from events import NewEvent
     from events.types import SubmissionIntended
     from labctl.app import open_app
     from labctl.executors.slurm import SlurmExecutor
-    from labctl.files import load_recipe
+    from labctl.files import Recipe, load_recipe
     from labctl.finish import submission_of
     from labctl.slurm_runs import _record, _render_single, job_name
     from labctl.submit import apply_overrides, submit
 
-    for key, value in lab.env.items():
-        monkeypatch.setenv(key, value)
-    app = open_app()
+    with monkeypatch.context() as patch:
+        for key, value in lab.env.items():
+            patch.setenv(key, value)
+        app = open_app()
     try:
         recipe_path = DATA / "sleep.toml"
-        recipe = apply_overrides(load_recipe(recipe_path), ["params.secs=4"])
+        recipe = apply_overrides(load_recipe(recipe_path), [f"params.secs={secs}"])
         run_id = submit(app, recipe, recipe_path, executor="slurm").run_id
-        name = job_name(run_id)
         version = events.stream_version(app.db.conn, f"run-{run_id}")
-        intent = SubmissionIntended(run_id=run_id, executor="slurm", job_name=name, agent_id="crashed-submitter")
+        intent = SubmissionIntended(run_id=run_id, executor="slurm", job_name=job_name(run_id), agent_id="crashed")
         _record(app, [NewEvent(f"run-{run_id}", intent, version)], f"intent-{uuid.uuid4().hex}")
         sub = submission_of(app.db.conn, run_id)
         assert sub is not None
-        job_id = SlurmExecutor().submit(_render_single(app, sub, recipe))
-        # ... and here the submitter died: no JobSubmitted
+        rendered = msgspec.convert(sub.recipe, Recipe)  # as the submitter renders it: tokens resolved
+        job_id = SlurmExecutor().submit(_render_single(app, sub, rendered))
     finally:
         app.close()
     assert lab.row(run_id)["job_id"] is None
+    return run_id, job_id
+
+
+def assert_one_job_named(name: str, job_id: str) -> None:
+    """Accounting knows exactly one job by this name (it learns names seconds after the job)."""
+    assert squeue_names(name) in ([], [job_id])
+    give_up = time.monotonic() + 30
+    while (found := sacct_names(name)) != [job_id] and time.monotonic() < give_up:
+        time.sleep(1)
+    assert found == [job_id], f"jobs named {name}: {found}"
+
+
+def test_reconcile_finds_a_job_submitted_before_a_crash_by_its_name(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submitter died after sbatch and before recording JobSubmitted: recovery adopts the job, never resubmits."""
+    run_id, job_id = submit_then_crash(lab, monkeypatch, secs=4)
     time.sleep(1.5)  # past LABCTL_SLURM_RECOVERY_GRACE
 
     report = lab.reconcile()
@@ -391,13 +433,39 @@ def test_reconcile_finds_a_job_submitted_before_a_crash_by_its_name(lab: Lab, mo
     assert report["submitted"] == 0
     assert report["recovered"] == 1
     assert lab.row(run_id)["job_id"] == job_id
-    assert lab.settle([run_id]) == {run_id: "succeeded"}
+    assert lab.settle([run_id]) == {run_id: "succeeded"}, lab.explain(run_id)
     assert lab.event_types(run_id).count("JobSubmitted") == 1
-    assert squeue_names(name) in ([], [job_id])
-    give_up = time.monotonic() + 30
-    while (found := sacct_names(name)) != [job_id] and time.monotonic() < give_up:
-        time.sleep(1)  # the name reaches accounting seconds after the job
-    assert found == [job_id], f"jobs named {name}: {found}"
+    assert_one_job_named(f"labctl-{run_id}", job_id)
+
+
+def test_recovery_during_an_accounting_outage_does_not_submit_a_second_job(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sacct down and the job already gone from squeue: "not found" is unknown, not "never submitted"."""
+    with accounting_down():
+        run_id, job_id = submit_then_crash(lab, monkeypatch, secs=1)
+        name = f"labctl-{run_id}"
+        give_up = time.monotonic() + 90
+        while squeue_names(name):  # finished, then purged by slurmctld after MinJobAge
+            assert time.monotonic() < give_up, "the job stayed in squeue"
+            time.sleep(1)
+
+        for _ in range(2):  # the intent is long past 4 x the grace; a resubmission would sbatch on the 2nd pass
+            report = lab.reconcile()
+            assert (report["recovered"], report["submitted"], report["accounting_ok"]) == (0, 0, False)
+        assert squeue_names(name) == []
+        assert lab.row(run_id)["job_id"] is None
+
+    give_up = time.monotonic() + JOB_DEADLINE
+    while lab.row(run_id)["job_id"] is None:
+        assert time.monotonic() < give_up, "the job was not recovered once accounting was back"
+        lab.reconcile()
+        time.sleep(1)
+    assert lab.row(run_id)["job_id"] == job_id
+    assert lab.settle([run_id]) == {run_id: "succeeded"}, lab.explain(run_id)
+    assert "SubmissionIntended" in lab.event_types(run_id)
+    assert lab.event_types(run_id).count("JobSubmitted") == 1
+    assert_one_job_named(name, job_id)
 
 
 def test_reconcile_of_several_active_runs_makes_one_sacct_call(lab: Lab) -> None:
@@ -415,9 +483,7 @@ def test_reconcile_of_several_active_runs_makes_one_sacct_call(lab: Lab) -> None
 
 
 def test_reconcile_during_an_accounting_outage_records_nothing_false_and_catches_up(lab: Lab) -> None:
-    down = subprocess.run(["bash", str(REPO / "scripts" / "slurm-down.sh"), "slurmdbd"], capture_output=True, text=True)
-    assert down.returncode == 0, down.stderr
-    try:
+    with accounting_down():
         ok, ok_job = lab.run(DATA / "ok.toml", "--set", "params.i=7")
         failing, fail_job = lab.run(DATA / "exit3.toml")
         # both end while accounting is down: slurmctld knows, sacct cannot say
@@ -433,9 +499,6 @@ def test_reconcile_during_an_accounting_outage_records_nothing_false_and_catches
         assert lab.status(ok) in ("submitted", "running")
         assert lab.status(failing) in ("submitted", "running")
         assert "RunFinished" not in lab.event_types(ok) + lab.event_types(failing)
-    finally:
-        up = subprocess.run(["bash", str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True)
-        assert up.returncode == 0, up.stderr
 
     assert lab.settle([ok, failing]) == {ok: "succeeded", failing: "failed"}
     assert lab.row(failing)["exit_code"] == 3

@@ -214,7 +214,9 @@ class SlurmExecutor:
         One squeue and one sacct call. When several jobs carry one name the
         newest (highest id) wins. sacct's name search skips jobs that never
         became eligible (held, then cancelled): squeue finds them only while
-        slurmctld still holds them.
+        slurmctld still holds them. A name missing from the answer means "not
+        found" only if ``accounting_ok`` is True afterwards; with sacct down,
+        a finished job that squeue has already purged is missing too.
         """
         names = _unique(job_names)
         found: dict[str, str] = {}
@@ -226,6 +228,7 @@ class SlurmExecutor:
             if name in names and (name not in found or int(base) > int(found[name])):
                 found[name] = base
 
+        accounting_answered = True
         for chunk in _chunks(names, size=500):
             # -t all: also jobs that ended less than MinJobAge ago, which accounting may not have yet
             result = self._run("squeue", ["-h", "-t", "all", "-o", "%i|%j", "--name=" + ",".join(chunk)])
@@ -245,8 +248,24 @@ class SlurmExecutor:
                     if job_id_field:
                         note(name, job_id_field)
             else:
+                accounting_answered = False
                 self._accounting_failed(result)
+        if accounting_answered:
+            # callers read accounting_ok to tell "no such job" from "accounting could not say"
+            self.accounting_ok = True
+            self.last_accounting_error = None
         return found
+
+    def accounting_backlog(self) -> int | None:
+        """Job records slurmctld still holds for slurmdbd (sdiag's ``DBD Agent queue size``); None if unknown.
+
+        While slurmdbd was down slurmctld queues them; after it comes back sacct
+        answers at once but without those jobs until the queue drains (observed
+        ~6 s with 4 records), so an empty ``sacct --name`` proves nothing then.
+        """
+        result = self._run("sdiag", [])
+        found = re.search(r"^DBD Agent queue size:\s*(\d+)", result.stdout, re.MULTILINE)
+        return int(found.group(1)) if result.returncode == 0 and found else None
 
     # ---- internals
 
