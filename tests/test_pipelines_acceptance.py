@@ -473,6 +473,8 @@ def test_a_standby_agent_finishes_a_pipeline_after_the_active_one_is_killed(
         b = p.run("b")
         wait_for(lambda: status_of(conn, b) == "running", "b to run")
         assert run_row(conn, b)["agent_id"] == first_id  # the only agent: it advanced a -> b and holds b
+        leader_backend = advancer_lock_holder(conn)
+        assert leader_backend is not None  # held by the first agent, the only one so far
         job_pid = int(run_row(conn, b)["job_id"].rpartition(":")[2])
 
         standby_env = {**env, "LABCTL_AGENT_STALE_SECONDS": "2"}
@@ -483,6 +485,7 @@ def test_a_standby_agent_finishes_a_pipeline_after_the_active_one_is_killed(
 
             assert pipeline_ended(conn, p.pipeline_id) == "failed"
             assert standby.poll() is None
+            assert advancer_lock_holder(conn) not in (None, leader_backend)  # the standby took the lead
 
     _, b_end = only_event(conn, b, "RunFinished")
     assert b_end["state"] == "node_fail" and first_id in b_end["reason"], b_end
@@ -493,6 +496,20 @@ def test_a_standby_agent_finishes_a_pipeline_after_the_active_one_is_killed(
     assert events_of(conn, p.run("c"), "RunSubmitted") == []
     # The orphaned job of the dead agent was killed, not left holding on its gate.
     wait_for(lambda: not Path(f"/proc/{job_pid}").exists() or _is_zombie(job_pid), "b's orphaned job to die")
+
+
+def advancer_lock_holder(conn: psycopg.Connection[Any]) -> int | None:
+    """The backend pid holding the advancer's leadership lock (a session advisory lock on a bigint key)."""
+    from labctl.reactors.base import lock_key
+
+    key = lock_key("advancer") & 0xFFFFFFFFFFFFFFFF
+    row = conn.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND classid = %s AND objid = %s AND objsubid = 1",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchone()
+    return int(row[0]) if row else None
 
 
 def _is_zombie(pid: int) -> bool:
