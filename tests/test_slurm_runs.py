@@ -415,12 +415,16 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
 
 
 def assert_one_job_named(name: str, job_id: str) -> None:
-    """Accounting knows exactly one job by this name (it learns names seconds after the job)."""
-    assert squeue_names(name) in ([], [job_id])
+    """SLURM knows exactly one job (or one array) by this name; accounting learns names seconds after the job."""
+
+    def bases(ids: list[str]) -> set[str]:
+        return {i.split("_")[0] for i in ids}
+
+    assert bases(squeue_names(name)) <= {job_id}
     give_up = time.monotonic() + 30
-    while (found := sacct_names(name)) != [job_id] and time.monotonic() < give_up:
+    while (found := bases(sacct_names(name))) != {job_id} and time.monotonic() < give_up:
         time.sleep(1)
-    assert found == [job_id], f"jobs named {name}: {found}"
+    assert found == {job_id}, f"jobs named {name}: {found}"
 
 
 def test_reconcile_finds_a_job_submitted_before_a_crash_by_its_name(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,6 +470,91 @@ def test_recovery_during_an_accounting_outage_does_not_submit_a_second_job(
     assert "SubmissionIntended" in lab.event_types(run_id)
     assert lab.event_types(run_id).count("JobSubmitted") == 1
     assert_one_job_named(name, job_id)
+
+
+class Crash(Exception):
+    """The submitter dies right after sbatch, before it records the job id."""
+
+
+def test_reconcile_recovers_every_point_of_a_sweep_array_submitted_before_a_crash(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labctl import slurm_runs
+    from labctl.app import open_app
+    from labctl.executors.slurm import SlurmExecutor
+    from labctl.files import load_recipe
+    from labctl.pipelines import run_sweep
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        for key, value in lab.env.items():
+            patch.setenv(key, value)
+        app = open_app()
+    try:
+        recipe_path = DATA / "sweep.toml"
+        started = run_sweep(app, load_recipe(recipe_path), recipe_path, executor="slurm")
+        points = started.runs["slurm-sweep"]
+        monkeypatch.setattr(slurm_runs, "_record_jobs", crash)
+        with pytest.raises(Crash):
+            slurm_runs.submit_queued(app, SlurmExecutor(), "crashed", run_ids=points)
+        monkeypatch.undo()
+    finally:
+        app.close()
+    assert started.sweep_id is not None
+    [array_id] = squeue_names(f"labctl-{started.sweep_id}") or [""]
+    assert array_id, "the array was submitted"
+    assert [lab.row(p)["job_id"] for p in points] == [None] * 4
+    time.sleep(1.5)  # past LABCTL_SLURM_RECOVERY_GRACE
+
+    report = lab.reconcile()
+
+    assert (report["recovered"], report["submitted"]) == (4, 0)
+    base = array_id.split("_")[0]
+    assert [lab.row(p)["job_id"] for p in points] == [f"{base}_{i}" for i in range(4)]
+    states = lab.settle(points)
+    assert [states[p] for p in points] == ["succeeded", "succeeded", "failed", "succeeded"], lab.explain(*points)
+    assert_one_job_named(f"labctl-{started.sweep_id}", base)
+
+
+def test_reconcile_submits_again_when_the_submitter_died_before_sbatch(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An intent with no job of that name anywhere, long after the grace: the job never existed, so submit it."""
+    from labctl import slurm_runs
+    from labctl.app import open_app
+    from labctl.executors.slurm import SlurmExecutor
+
+    class DiesBeforeSbatch(SlurmExecutor):
+        def submit(self, job: object) -> str:
+            raise Crash
+
+    with monkeypatch.context() as patch:
+        for key, value in lab.env.items():
+            patch.setenv(key, value)
+        app = open_app()
+    try:
+        from labctl.files import load_recipe
+        from labctl.submit import apply_overrides, submit
+
+        recipe_path = DATA / "sleep.toml"
+        recipe = apply_overrides(load_recipe(recipe_path), ["params.secs=1"])
+        run_id = submit(app, recipe, recipe_path, executor="slurm").run_id
+        with pytest.raises(Crash):
+            slurm_runs.submit_queued(app, DiesBeforeSbatch(), "crashed", run_ids=[run_id])
+    finally:
+        app.close()
+    assert "SubmissionIntended" in lab.event_types(run_id)
+    time.sleep(4.5)  # past 4 x LABCTL_SLURM_RECOVERY_GRACE, when "not found" means "never submitted"
+
+    lab.reconcile()  # finds no job by name: submits the run again
+    lab.reconcile()
+
+    job_id = lab.row(run_id)["job_id"]
+    assert job_id is not None
+    assert lab.settle([run_id]) == {run_id: "succeeded"}, lab.explain(run_id)
+    assert_one_job_named(f"labctl-{run_id}", job_id)
 
 
 def test_reconcile_of_several_active_runs_makes_one_sacct_call(lab: Lab) -> None:
