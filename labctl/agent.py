@@ -29,6 +29,7 @@ from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted
 from labctl.app import App
 from labctl.db import connect
+from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobSpec, JobState
 from labctl.executors.local import HOST, LocalExecutor, kill_orphan
 from labctl.executors.sbatch_script import render_script_body
@@ -150,7 +151,8 @@ class Agent:
                     if not busy:
                         for _ in listener.notifies(timeout=self.poll_interval, stop_after=1):
                             pass
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                    # Keep the jobs running and keep trying: the database comes back.
                     log.warning("database unavailable (%s); retrying", exc)
                     listener = None
                     self.app.db.close()

@@ -249,18 +249,24 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> tuple[int | None, int]:
     before = current_schema_version(conn)
     if before == target:
         return before, target
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        conn.execute("SET LOCAL search_path = public")
+    # A session lock taken before the transaction: the check below then sees whatever a
+    # concurrent creator committed while we waited.
+    conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+    try:
         before = current_schema_version(conn)
-        if before is None:
-            conn.execute(schema_sql().encode())
-        elif before < target:
-            for version, _name, sql in migrations():
-                if before < version <= target:
-                    conn.execute(sql.encode())
-        elif before > target:
+        if before is not None and before > target:
             raise DatabaseUnavailable(
                 f"the database schema is version {before}, newer than this labctl knows ({target}); upgrade labctl"
             )
+        if before != target:
+            with conn.transaction():
+                conn.execute("SET LOCAL search_path = public")
+                if before is None:
+                    conn.execute(schema_sql().encode())
+                else:
+                    for version, _name, sql in migrations():
+                        if before < version <= target:
+                            conn.execute(sql.encode())
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
     return before, target

@@ -29,7 +29,7 @@ def claimable_runs(
     queued = conn.execute(
         "SELECT id, stream_version, user_name, sweep_id FROM runs "
         f"WHERE status = 'submitted' AND executor = %(executor)s AND agent_id IS NULL AND job_id IS NULL "
-        f"AND {scope_sql} ORDER BY created_at, id LIMIT %(window)s",
+        f"AND {scope_sql} ORDER BY created_at, sweep_index NULLS FIRST, id LIMIT %(window)s",
         {"executor": executor, "window": max(limit * 20, 200), **(scope_params or {})},
     ).fetchall()
     if not queued:

@@ -41,28 +41,40 @@ class Watch:
 
 
 def wait(app: App, watch: Watch, scope: Scope, *, check_agents_every: float = 2.0) -> dict[str, str]:
-    """Block until every watched run has ended; returns their final states."""
-    if watch.check():
-        return watch.last
-    listener: psycopg.Connection[Any] = connect(app.db.url)
+    """Block until every watched run has ended; returns their final states.
+
+    Watches with LISTEN (re-opened if the connection drops: a lost wake-up only
+    delays the next check) while some agent is alive; runs one in-process otherwise.
+    """
+    listener: psycopg.Connection[Any] | None = None
+    next_agent_check = 0.0
     try:
-        listener.execute(f"LISTEN {events.CHANNEL}")
-        next_agent_check = 0.0
         while True:
-            now = time.monotonic()
-            if now >= next_agent_check:
-                if not live_agents(app.db.conn):
-                    listener.close()
-                    agent = Agent(app, scope=scope)
-                    agent.install_signal_handlers()
-                    agent.run(until=watch.check)
-                    watch.check()
+            try:
+                if watch.check():
                     return watch.last
-                next_agent_check = now + check_agents_every
-            for _ in listener.notifies(timeout=0.5, stop_after=1):
-                pass
-            if watch.check():
-                return watch.last
+                now = time.monotonic()
+                if now >= next_agent_check:
+                    if not live_agents(app.db.conn):
+                        if listener is not None:
+                            listener.close()
+                        agent = Agent(app, scope=scope)
+                        agent.install_signal_handlers()
+                        agent.run(until=watch.check)
+                        watch.check()
+                        return watch.last
+                    next_agent_check = now + check_agents_every
+                if listener is None or listener.closed or listener.broken:
+                    listener = connect(app.db.url)
+                    listener.execute(f"LISTEN {events.CHANNEL}")
+                for _ in listener.notifies(timeout=0.5, stop_after=1):
+                    pass
+            except psycopg.OperationalError:
+                app.db.close()
+                if listener is not None:
+                    listener.close()
+                listener = None
+                time.sleep(0.2)
     finally:
-        if not listener.closed:
+        if listener is not None and not listener.closed:
             listener.close()

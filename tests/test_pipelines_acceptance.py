@@ -526,15 +526,7 @@ def _is_zombie(pid: int) -> bool:
     "outage",
     [
         pytest.param(0.0, id="restart"),
-        pytest.param(
-            3.0,
-            id="down-longer-than-the-retry-budget",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="agent.py: Agent.run catches psycopg.OperationalError but not DatabaseUnavailable, "
-                "which connect() raises once LABCTL_DB_RETRY_SECONDS (2 s here) runs out: the agent exits",
-            ),
-        ),
+        pytest.param(3.0, id="down-longer-than-the-retry-budget"),
     ],
 )
 def test_an_agent_reconnects_after_postgres_restarts_and_finishes_the_pipeline(
@@ -613,11 +605,6 @@ def test_a_pipeline_finishes_after_the_agents_listen_connection_is_terminated(
     assert_each_run_submitted_once(conn, p.run_ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wait.py: wait() does not catch psycopg.OperationalError from listener.notifies(), "
-    "so `run-pipeline --wait` (and `run --wait`) exits with a traceback when its LISTEN connection drops",
-)
 def test_run_pipeline_wait_survives_its_listen_connection_being_terminated(
     conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
 ) -> None:

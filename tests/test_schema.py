@@ -74,3 +74,27 @@ def test_ensure_schema_is_idempotent_and_records_the_version(empty_db: Any) -> N
         version = current_schema_version(conn)
         assert ensure_schema(conn) == (version, version)
         assert conn.execute("SELECT count(*), max(version) FROM schema_version").fetchone() == (1, version)
+
+
+def test_concurrent_first_connects_create_the_schema_once(empty_db: Any) -> None:
+    import threading
+
+    for _ in range(3):
+        url = empty_db()
+        errors: list[BaseException] = []
+
+        def create(u: str = url) -> None:
+            try:
+                with connect(u) as c:
+                    ensure_schema(c)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with connect(url) as c:
+            assert c.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
