@@ -7,7 +7,7 @@ calls per cycle (must be 1). Then submits the same sweep as one N-element
 held array (one sbatch) and compares submission rates. Held jobs stay
 PENDING and use no CPUs; everything is scancelled at the end.
 
-    PYTHONPATH=. python bench/bench_slurm.py [--jobs 1000] [--cycles 5]
+    PYTHONPATH=. python bench/bench_slurm.py [--jobs 1000] [--cycles 5] [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ import argparse
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine_line, write_section
 
 from labctl.executors.base import JobSpec
 from labctl.executors.sbatch_script import render_sbatch_script
@@ -72,7 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="100 jobs, 3 cycles")
+    parser.add_argument("--write", action="store_true", help="replace the '## SLURM executor' section of RESULTS.md")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.cycles = 100, 3
     n = args.jobs
     executor = SlurmExecutor()
     submitted: list[str] = []
@@ -113,22 +122,37 @@ def main() -> None:
             cancel_seconds = time.perf_counter() - start
 
     sacct_version = subprocess.run(["sacct", "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"### SLURM executor ({sacct_version}, {platform.node()}, one-node cluster, {n} held jobs)\n")
-    print("| measure | value |")
-    print("|---|---|")
+    lines = []
+    out = lines.append
+    out(
+        f"`bench/bench_slurm.py`{' --quick' if args.quick else ''}: {sacct_version}, {platform.node()}, "
+        f"one-node cluster, {n} held jobs (PENDING, no CPU used; scancelled at the end)."
+    )
+    out("")
+    out(f"Machine: {machine_line()}.")
+    out("")
+    out("| measure | value |")
+    out("|---|---|")
     calls = f"{max(sacct_per_cycle)} (squeue: {max(squeue_per_cycle)})"
-    print(f"| sacct calls per reconcile cycle ({n} distinct ids) | {calls} |")
-    print(
+    out(f"| sacct calls per reconcile cycle ({n} distinct ids) | {calls} |")
+    out(
         f"| poll cycle time, median of {args.cycles} (min-max) | {statistics.median(cycle_seconds) * 1000:.0f} ms "
         f"({min(cycle_seconds) * 1000:.0f}-{max(cycle_seconds) * 1000:.0f} ms) |"
     )
-    print(f"| raw loop: {n} x sbatch | {loop_seconds:.1f} s ({n / loop_seconds:.0f} jobs/s) |")
-    print(f"| one {n}-element array: 1 x sbatch | {array_seconds * 1000:.0f} ms ({n / array_seconds:.0f} jobs/s) |")
-    print(f"| array vs loop submission speed-up | {loop_seconds / array_seconds:.0f}x |")
+    out(f"| raw loop: {n} x sbatch | {loop_seconds:.1f} s ({n / loop_seconds:.0f} jobs/s) |")
+    out(f"| one {n}-element array: 1 x sbatch | {array_seconds * 1000:.0f} ms ({n / array_seconds:.0f} jobs/s) |")
+    out(f"| array vs loop submission speed-up | {loop_seconds / array_seconds:.0f}x |")
     array_poll = f"{array_poll_seconds * 1000:.0f} ms, {len(elements)} elements"
-    print(f"| poll_array of the {n}-element array (pending range) | {array_poll} |")
-    print(f"| accounting lag: last of {n} sbatch -> all in sacct | {lag:.1f} s |")
-    print(f"| scancel of {n + 1} ids (one call) | {cancel_seconds * 1000:.0f} ms |")
+    out(f"| poll_array of the {n}-element array (pending range) | {array_poll} |")
+    out(f"| accounting lag: last of {n} sbatch -> all in sacct | {lag:.1f} s |")
+    out(f"| scancel of {n + 1} ids (one call) | {cancel_seconds * 1000:.0f} ms |")
+
+    body = "\n".join(lines)
+    print("## SLURM executor\n")
+    print(body)
+    if args.write:
+        write_section("SLURM executor", body)
+        print("\n(wrote the '## SLURM executor' section of bench/RESULTS.md)")
 
 
 if __name__ == "__main__":

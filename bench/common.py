@@ -6,9 +6,15 @@ import datetime as dt
 import os
 import platform
 import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -68,3 +74,101 @@ def write_section(heading: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     path.write_text(text)
+
+
+# ------------------------------------------------------------ shared runners
+
+
+@dataclass
+class Server:
+    """A Postgres server for one benchmark run: its maintenance URL, version, and our temp home if embedded."""
+
+    admin: str
+    version: str
+    home: Path | None
+
+    def url(self, dbname: str) -> str:
+        from psycopg import conninfo
+
+        return conninfo.make_conninfo(self.admin, dbname=dbname)
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.version} ({'embedded' if self.home else 'LABCTL_DATABASE_URL'})"
+
+
+@contextmanager
+def bench_server(databases: Sequence[str], prefix: str = "labctl-bench-") -> Iterator[Server]:
+    """LABCTL_DATABASE_URL's server, else an embedded one in a temp home (stopped and deleted after).
+
+    The ``databases`` are dropped and created empty before, and dropped after.
+    """
+    import psycopg
+    from psycopg import conninfo
+
+    from labctl.db import embedded_url, stop_embedded
+
+    configured = os.environ.get("LABCTL_DATABASE_URL")
+    home = None if configured else Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        admin = conninfo.make_conninfo(configured or embedded_url(home), dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            for db in databases:
+                conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                conn.execute(f"CREATE DATABASE {db}")
+        yield Server(admin, row[0] if row else "?", home)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for db in databases:
+                conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    finally:
+        if home is not None:
+            stop_embedded(home)
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def interleaved_times(rounds: int, cases: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+    """Seconds per call of each case, one call per round each, rotating who goes first."""
+    names = list(cases)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out[name].append(timed(cases[name]))
+    return out
+
+
+def run_quiet(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+    """Run a command with its output discarded; raise if it fails."""
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+
+
+def labctl_argv() -> list[str]:
+    """The installed ``labctl`` console script beside this Python (what a user runs)."""
+    exe = shutil.which("labctl", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "labctl.cli"]
+
+
+def verdict(ok: bool, target: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'} {target}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 2) + "---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    everything = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in everything) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in everything
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def step_printer() -> Callable[[str], None]:
+    """A progress printer that prefixes seconds since it was made."""
+    start = time.perf_counter()
+    return lambda what: print(f"[{time.perf_counter() - start:6.1f}s] {what}", flush=True)
