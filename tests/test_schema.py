@@ -83,7 +83,7 @@ def test_concurrent_first_connects_create_the_schema_once(empty_db: Any) -> None
         url = empty_db()
         errors: list[BaseException] = []
 
-        def create(u: str = url) -> None:
+        def create(u: str = url, errors: list[BaseException] = errors) -> None:
             try:
                 with connect(u) as c:
                     ensure_schema(c)
