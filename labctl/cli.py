@@ -382,8 +382,10 @@ def validate(path: Annotated[Path, typer.Argument(help="A recipe, pipeline, eval
 
 @app.command()
 def reconcile() -> None:
-    """One reconcile cycle with SLURM by hand: one sacct call for all active jobs; prints JSON counts."""
+    """One reconcile cycle by hand: one sacct call for all active SLURM jobs, then pipelines advance
+    (children of runs that ended are submitted); prints JSON counts."""
     from labctl.executors.slurm import SlurmExecutor
+    from labctl.pipelines import advance, running_pipelines
     from labctl.runs import to_json
     from labctl.slurm_runs import holder_id, recover_intents, submit_queued
     from labctl.slurm_runs import reconcile as reconcile_once
@@ -393,6 +395,8 @@ def reconcile() -> None:
     submitted = submit_queued(a, executor, holder_id())
     recovered = recover_intents(a, executor, holder_id())
     report = reconcile_once(a, executor)
+    advanced = sum(advance(a, p) for p in running_pipelines(a.db.conn))
+    submitted |= submit_queued(a, executor, holder_id())  # children the pipelines just released
     counts = {
         "submitted": len(submitted),
         "recovered": recovered,
@@ -401,6 +405,7 @@ def reconcile() -> None:
         "finished": report.finished,
         "sacct_calls": report.sacct_calls,
         "accounting_ok": report.accounting_ok,
+        "pipelines_advanced": advanced,
     }
     typer.echo(to_json(counts))
 
