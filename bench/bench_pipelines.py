@@ -295,6 +295,10 @@ def record_wide(app: App, path: Path, peer_url: str) -> tuple[float, float, floa
 # ------------------------------------------------------------------ main
 
 
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.1f}x" if ours < 10 * theirs else f"{ours / theirs:.0f}x"
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 
@@ -367,7 +371,7 @@ def report(
                 "(vs bare follower + append, same arrivals)",
                 f"{ms(p50)} / {ms(p99)}",
                 f"{ms(b50)} / {ms(b99)}",
-                f"{p50 / b50:.0f}x / {p99 / b99:.0f}x",
+                f"{ratio(p50, b50)} / {ratio(p99, b99)}",
                 target,
             )
         )
