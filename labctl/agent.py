@@ -28,6 +28,7 @@ import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted
 from labctl.app import App
+from labctl.artifacts import ContextError, hash_outputs
 from labctl.db import connect
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobSpec, JobState
@@ -35,7 +36,7 @@ from labctl.executors.local import HOST, LocalExecutor, kill_orphan
 from labctl.executors.sbatch_script import render_script_body
 from labctl.files import Recipe, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run, submission_of
-from labctl.jobenv import job_command, job_environment, job_workdir, labctl_executable
+from labctl.jobenv import job_command, job_environment, job_workdir
 from labctl.runs import record_with_retry
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,13 @@ class Agent:
         changed = self.reap_stale_agents()
         changed |= self.poll_local()
         self.pass_cancels()
+        # Reactors before claims: a child released by a parent that just ended is claimable this tick.
+        changed |= self.react()
         changed |= self.claim_and_start()
+        return changed
+
+    def react(self) -> bool:
+        changed = False
         for reactor in self.reactors:
             try:
                 changed |= reactor.step(self)
@@ -261,13 +268,23 @@ class Agent:
         changed = False
         for job_id, state in self.local.poll(list(self.running)).items():
             if not state.active:
-                self.ended[job_id] = (self.running.pop(job_id), state)
+                run_id = self.running.pop(job_id)
+                if state.state == "succeeded":
+                    self._hash_outputs(run_id)
+                self.ended[job_id] = (run_id, state)
         # Record ends; one that fails (database away) stays here and is retried next tick.
         for job_id, (run_id, state) in list(self.ended.items()):
             self._finish(run_id, state)
             del self.ended[job_id]
             changed = True
         return changed
+
+    def _hash_outputs(self, run_id: str) -> None:
+        """Write the run's ``.lab/output_hashes.json`` here (on SLURM the job does it on the node)."""
+        try:
+            hash_outputs(self._run_dir(run_id))
+        except (ContextError, OSError) as exc:
+            log.warning("run %s: outputs not hashed ahead of registration: %s", run_id, exc)
 
     def pass_cancels(self) -> None:
         if not self.running:
@@ -349,7 +366,7 @@ class Agent:
             env=job_environment(self.app.config, recipe, run_id, run_dir),
             command=job_command(recipe),
             workdir=job_workdir(run_dir, recipe),
-            labctl_bin=labctl_executable(),
+            labctl_bin=None,  # the agent hashes the outputs itself when the job ends
             run_dir=Path(run_dir),
             job_id_expr='"${LABCTL_HOST}:$$"',
         )

@@ -275,20 +275,21 @@ def advance(app: App, pipeline_id: str) -> bool:
     """Submit what can run, fail what cannot, close the pipeline when done; True if anything changed."""
     changed = False
     for _ in range(1000):  # each pass handles one wave; cache-hit chains take several
-        step = _advance_once(app, pipeline_id)
+        step, ended = _advance_once(app, pipeline_id)
         changed |= step
-        if not step:
-            break
+        if not ended:
+            break  # runs that were only queued cannot release anything else yet
     return changed
 
 
-def _advance_once(app: App, pipeline_id: str) -> bool:
+def _advance_once(app: App, pipeline_id: str) -> tuple[bool, bool]:
+    """One wave: ``(anything changed, some run ended)``; only an ended run can make another wave."""
     conn = app.db.conn
     pipeline, stages, runs = _load(conn, pipeline_id)
     if pipeline is None or pipeline[1] != "running":
-        return False
+        return False, False
     run_ids_of = {name: list(run_ids) for name, run_ids, _ in stages}
-    changed = False
+    changed = ended = False
     for _name, run_ids, parents in stages:
         waiting = [runs[r] for r in run_ids if r in runs and runs[r].status == "created"]
         if not waiting:
@@ -298,14 +299,17 @@ def _advance_once(app: App, pipeline_id: str) -> bool:
         if failed:
             p, cause = failed[0]
             for row in waiting:
-                changed |= _end_dependency_failed(app, row, f"parent stage {p} failed: {cause}")
+                if _end_dependency_failed(app, row, f"parent stage {p} failed: {cause}"):
+                    changed = ended = True
             continue
         if all(state == "succeeded" for state, _ in parent_states.values()):
             for row in waiting:
-                changed |= _submit_waiting(app, pipeline, run_ids_of, runs, row)
+                outcome = _submit_waiting(app, pipeline, run_ids_of, runs, row)
+                changed |= outcome is not None
+                ended |= outcome == "ended"
     if not changed:
         changed = _close_if_done(app, pipeline_id, stages, runs)
-    return changed
+    return changed, ended
 
 
 def _end_dependency_failed(app: App, row: _RunRow, reason: str) -> bool:
@@ -333,11 +337,12 @@ def _pending_of(conn: psycopg.Connection[Any], run_id: str) -> RunPending | None
 
 def _submit_waiting(
     app: App, pipeline: Any, run_ids_of: dict[str, list[str]], runs: dict[str, _RunRow], row: _RunRow
-) -> bool:
+) -> str | None:
+    """Submit one waiting run: ``"queued"``, ``"ended"`` (a cache hit or a failed submission) or None."""
     conn = app.db.conn
     pending = _pending_of(conn, row.id)
     if pending is None:
-        return False
+        return None
     recipe = msgspec.convert(pending.recipe, Recipe)
     if pending.sweep_index is not None:
         recipe = _with_index(recipe, pending.sweep_index)
@@ -348,7 +353,7 @@ def _submit_waiting(
             for role, spec in recipe.inputs.items()
             if isinstance(spec, StageInput | FromInput)
         }
-        submit(
+        result = submit(
             as_user,
             recipe,
             pending.recipe_path or "",
@@ -364,7 +369,7 @@ def _submit_waiting(
             run_version=row.version,
         )
     except ConcurrencyError:
-        return False  # another agent submitted it first
+        return None  # another agent submitted it first
     except (UserError, FileFormatError, OSError) as exc:
         end = RunFinished(
             run_id=row.id, state="failed", reason=f"could not submit: {exc}", finished_at=datetime.now(UTC)
@@ -372,8 +377,9 @@ def _submit_waiting(
         try:
             _record(app, [NewEvent(f"run-{row.id}", end, row.version)], f"subfail-{row.id}-{uuid.uuid4().hex}")
         except ConcurrencyError:
-            return False
-    return True
+            return None
+        return "ended"
+    return "ended" if result.status in TERMINAL_STATES else "queued"
 
 
 def _outputs_of(conn: psycopg.Connection[Any], run_id: str, role: str) -> list[tuple[str, str, str, int | None]]:

@@ -112,7 +112,7 @@ def render_script_body(
     env: Mapping[str, str],
     command: Sequence[str],
     workdir: Path,
-    labctl_bin: str,
+    labctl_bin: str | None,
     run_dir: Path,
     job_id_expr: str | None = None,
     sweep_index_expr: str | None = None,
@@ -147,8 +147,9 @@ def render_script_body(
         user_command += f' {shlex.quote("--" + sweep_arg + "=")}"${{LABCTL_SWEEP_INDEX}}"'
     lines.append(user_command)
     lines.append("rc=$?")
-    hash_outputs = shlex.join([labctl_bin, "hash-outputs", "--run-dir", str(run_dir)])
-    lines.append(f"if [ $rc -eq 0 ]; then {hash_outputs} || true; fi")
+    if labctl_bin is not None:  # None: whoever registers the outputs hashes them (the local agent)
+        hash_outputs = shlex.join([labctl_bin, "hash-outputs", "--run-dir", str(run_dir)])
+        lines.append(f"if [ $rc -eq 0 ]; then {hash_outputs} || true; fi")
     lines.append("exit $rc")
     return "\n".join(lines) + "\n"
 
