@@ -37,7 +37,6 @@ from labctl.executors.sbatch_script import render_script_body
 from labctl.files import Recipe, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run, submission_of
 from labctl.jobenv import job_command, job_environment, job_workdir
-from labctl.runs import record_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +316,7 @@ class Agent:
                 continue  # the submitter is still writing the run dir
             claim = [NewEvent(f"run-{run_id}", RunClaimed(run_id=run_id, agent_id=self.id), version)]
             try:
-                record_with_retry(self.app, claim, f"claim-{run_id}-{self.id}")
+                self.app.record(claim, f"claim-{run_id}-{self.id}")
             except ConcurrencyError:
                 continue  # another agent claimed it, or it was cancelled
             self.start(run_id)

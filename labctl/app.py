@@ -6,10 +6,14 @@ import getpass
 import os
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from events import EventMeta
+import psycopg
+
+from events import EventMeta, NewEvent
 from labctl import __version__
 from labctl.db import Database, database_url, labctl_home
 from labctl.errors import UserError
@@ -49,6 +53,16 @@ class App:
             causation_id=causation_id,
             correlation_id=correlation_id,
         )
+
+    def record(self, batch: Sequence[NewEvent], idempotency_key: str) -> None:
+        """Append ``batch`` and project it in one transaction, retrying transient database failures
+        (the idempotency key makes a retry after an unanswered commit harmless)."""
+        import projections
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            projections.record(conn, batch, idempotency_key=idempotency_key, meta=self.meta())
+
+        self.db.run(work)
 
     @property
     def executor(self) -> str:

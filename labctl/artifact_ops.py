@@ -30,7 +30,6 @@ from labctl.app import App
 from labctl.artifacts import artifact_id, path_identity_hash, remove_alias_link, remove_object, set_alias_link
 from labctl.artifacts.store import OBJECTS_DIRNAME, alias_link_path
 from labctl.errors import InputError, UserError
-from labctl.runs import record_with_retry
 from projections.engine import APPEND_LOCK
 from projections.runs import TERMINAL_STATES
 
@@ -199,7 +198,7 @@ def register_external(app: App, *, alias: str, path: str, kind: str = EXTERNAL_K
             batch.append(NewEvent(f"artifact-{aid}", registered, 0))
         batch.append(NewEvent(f"alias-{app.user}/{alias}", AliasSet(user=app.user, alias=alias, artifact_id=aid)))
         try:
-            record_with_retry(app, batch, f"register-external-{uuid.uuid4().hex}")
+            app.record(batch, f"register-external-{uuid.uuid4().hex}")
         except ConcurrencyError:
             continue  # someone registered the same path at the same moment: it exists now
         link = _sync_alias_link(app, app.user, alias, kinds_before)
@@ -278,7 +277,7 @@ def set_alias(app: App, name: str, ref: str) -> AliasChange:
     target = resolve_artifact(app.db.conn, app.user, ref)
     kinds_before = _alias_kinds(app.db.conn, app.user, name)
     event = AliasSet(user=app.user, alias=name, artifact_id=target.id)
-    record_with_retry(app, [NewEvent(f"alias-{app.user}/{name}", event)], f"alias-set-{uuid.uuid4().hex}")
+    app.record([NewEvent(f"alias-{app.user}/{name}", event)], f"alias-set-{uuid.uuid4().hex}")
     link = _sync_alias_link(app, app.user, name, kinds_before)
     return AliasChange(user=app.user, alias=name, artifact_id=target.id, link=_s(link))
 
@@ -296,7 +295,7 @@ def remove_alias(app: App, name: str) -> AliasChange:
         stream = f"alias-{app.user}/{name}"
         removed = NewEvent(stream, AliasRemoved(user=app.user, alias=name), events.stream_version(conn, stream))
         try:
-            record_with_retry(app, [removed], f"alias-rm-{uuid.uuid4().hex}")
+            app.record([removed], f"alias-rm-{uuid.uuid4().hex}")
         except ConcurrencyError:
             continue  # it was just re-pointed or removed: look again
         _sync_alias_link(app, app.user, name, kinds_before)

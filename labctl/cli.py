@@ -353,7 +353,9 @@ def cancel(
             ids += unfinished_runs(a.db.conn, resolve_pipeline(a.db.conn, ref))
         else:
             ids.append(runs.resolve_run(a.db.conn, ref))
-    for result in runs.cancel_runs(a, ids, force=force):
+    from labctl.cancel import cancel_runs
+
+    for result in cancel_runs(a, ids, force=force):
         typer.echo(f"{result.run_id}: {result.outcome}")
 
 

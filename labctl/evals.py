@@ -15,7 +15,6 @@ from typing import Any
 import msgspec
 import psycopg
 
-import projections
 from events import ConcurrencyError, NewEvent
 from events.types import EvalRecorded, EvalRequested, InputRef
 from labctl.app import App
@@ -137,11 +136,8 @@ def record_metrics(app: App, run_ids: list[str]) -> int:
         metrics = result[0] if result and isinstance(result[0], dict) else {}
         batch = [NewEvent(f"eval-{key}", EvalRecorded(eval_key=key, run_id=run_id, metrics=metrics), 1)]
 
-        def work(conn: psycopg.Connection[Any], b: list[NewEvent] = batch, k: str = key) -> None:
-            projections.record(conn, b, idempotency_key=f"evalrec-{k}", meta=app.meta())
-
         try:
-            app.db.run(work)
+            app.record(batch, f"evalrec-{key}")
             n += 1
         except ConcurrencyError:
             pass

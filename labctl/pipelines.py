@@ -31,7 +31,6 @@ import msgspec
 import psycopg
 
 import events
-import projections
 from events import ConcurrencyError, NewEvent
 from events.types import (
     InputRef,
@@ -186,12 +185,7 @@ def create_pipeline(
                     0,
                 )
             )
-    key = f"pipeline-{pipeline_id}"
-
-    def work(conn: psycopg.Connection[Any]) -> None:
-        projections.record(conn, [*head, *batch], idempotency_key=key, meta=app.meta())
-
-    app.db.run(work)
+    app.record([*head, *batch], f"pipeline-{pipeline_id}")
     advance(app, pipeline_id)
     return PipelineSubmitted(
         pipeline_id=pipeline_id, name=plan.name, runs=runs, sweep_id=next(iter(sweep_ids.values()), None)
@@ -315,17 +309,10 @@ def _advance_once(app: App, pipeline_id: str) -> tuple[bool, bool]:
 def _end_dependency_failed(app: App, row: _RunRow, reason: str) -> bool:
     end = RunFinished(run_id=row.id, state="dependency_failed", reason=reason, finished_at=datetime.now(UTC))
     try:
-        _record(app, [NewEvent(f"run-{row.id}", end, row.version)], f"depfail-{row.id}")
+        app.record([NewEvent(f"run-{row.id}", end, row.version)], f"depfail-{row.id}")
     except ConcurrencyError:
         return False
     return True
-
-
-def _record(app: App, batch: list[NewEvent], key: str) -> None:
-    def work(conn: psycopg.Connection[Any]) -> None:
-        projections.record(conn, batch, idempotency_key=key, meta=app.meta())
-
-    app.db.run(work)
 
 
 def _pending_of(conn: psycopg.Connection[Any], run_id: str) -> RunPending | None:
@@ -375,7 +362,7 @@ def _submit_waiting(
             run_id=row.id, state="failed", reason=f"could not submit: {exc}", finished_at=datetime.now(UTC)
         )
         try:
-            _record(app, [NewEvent(f"run-{row.id}", end, row.version)], f"subfail-{row.id}-{uuid.uuid4().hex}")
+            app.record([NewEvent(f"run-{row.id}", end, row.version)], f"subfail-{row.id}-{uuid.uuid4().hex}")
         except ConcurrencyError:
             return None
         return "ended"
@@ -450,7 +437,7 @@ def _close_if_done(app: App, pipeline_id: str, stages: list[Any], runs: dict[str
         0, NewEvent(f"pipeline-{pipeline_id}", PipelineFinished(pipeline_id=pipeline_id, state=state, reason=reason), 1)
     )
     try:
-        _record(app, batch, f"close-{pipeline_id}")
+        app.record(batch, f"close-{pipeline_id}")
     except ConcurrencyError:
         return False
     return True

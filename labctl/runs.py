@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 import psycopg
 
-import projections
-from events import ConcurrencyError, NewEvent
-from events.types import CancelRequested, RunFinished
-from labctl.app import App
 from labctl.errors import UserError
-from labctl.executors.base import JobState
-from labctl.finish import Registered, release_cache_key
 from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
 
@@ -69,11 +59,16 @@ def write_status_json(
     query, params = status_query(user=user, state=state, everything=everything)
     sql = f"COPY (SELECT row_to_json(r)::text FROM ({query}) r) TO STDOUT"
     n = 0
+    pending = bytearray()
     with conn.cursor() as cur, cur.copy(sql, params) as copy:
         for chunk in copy:
             # COPY's text format escapes backslashes; JSON text never contains a raw tab or newline.
-            out.write(bytes(chunk).replace(b"\\\\", b"\\"))
+            pending += bytes(chunk).replace(b"\\\\", b"\\")
             n += 1
+            if len(pending) >= 1 << 16:  # few large writes, even when stdout is unbuffered
+                out.write(pending)
+                pending.clear()
+    out.write(pending)
     out.flush()
     return n
 
@@ -109,71 +104,3 @@ def to_json(value: Any) -> str:
 def is_terminal(conn: psycopg.Connection[Any], run_id: str) -> bool:
     row = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()
     return row is None or row[0] in TERMINAL_STATES
-
-
-class CancelResult(msgspec.Struct):
-    run_id: str
-    outcome: str  # "cancelled" | "requested" | "already ended"
-
-
-def cancel_runs(app: App, run_ids: Sequence[str], *, force: bool, reason: str | None = None) -> list[CancelResult]:
-    """Cancel runs: queued or waiting ones end now; running ones are asked to stop (the agent acts)."""
-    results = []
-    slurm_jobs: list[str] = []
-    for run_id in run_ids:
-        results.append(_cancel_one(app, run_id, force=force, reason=reason, slurm_jobs=slurm_jobs))
-    if slurm_jobs:
-        from labctl.executors.slurm import SlurmExecutor
-
-        SlurmExecutor().cancel(slurm_jobs)  # one scancel for all of them
-    return results
-
-
-def _cancel_one(app: App, run_id: str, *, force: bool, reason: str | None, slurm_jobs: list[str]) -> CancelResult:
-    for _ in range(10):
-        conn = app.db.conn
-        row = conn.execute(
-            "SELECT status, user_name, stream_version, agent_id, job_id, executor, cache_key FROM runs WHERE id = %s",
-            (run_id,),
-        ).fetchone()
-        if row is None:
-            raise UserError(f"no run {run_id!r}")
-        status, owner, version, agent_id, job_id, executor, cache_key = row
-        if status in TERMINAL_STATES:
-            return CancelResult(run_id, "already ended")
-        if owner != app.user and not force:
-            raise UserError(f"{run_id} belongs to {owner}; use --force to cancel someone else's run")
-        request = CancelRequested(run_id=run_id, actor=app.user, forced=owner != app.user, reason=reason)
-        batch = [NewEvent(f"run-{run_id}", request, version)]
-        held = status == "running" or agent_id is not None or job_id is not None
-        if not held:
-            end = RunFinished(
-                run_id=run_id,
-                state="cancelled",
-                reason=reason or f"cancelled by {app.user}",
-                finished_at=datetime.now(UTC),
-            )
-            batch.append(NewEvent(f"run-{run_id}", end))
-            if cache_key:  # a queued producer gives its cache key back, or identical runs would wait on it forever
-                ended = JobState(job_id="", state="cancelled", reason=end.reason)
-                batch += release_cache_key(
-                    conn, cache_key, run_id, "cancelled", ended, Registered(events=[], linked=[]), []
-                )
-        key = f"cancel-{run_id}-{uuid.uuid4().hex}"
-        try:
-            record_with_retry(app, batch, key)
-        except ConcurrencyError:
-            continue  # it moved on (claimed, started): look again
-        if held and executor == "slurm" and job_id:
-            slurm_jobs.append(job_id)
-        return CancelResult(run_id, "requested" if held else "cancelled")
-    raise UserError(f"could not cancel {run_id}: it keeps changing")
-
-
-def record_with_retry(app: App, batch: list[NewEvent], idempotency_key: str) -> None:
-    """Record ``batch`` in one transaction, retrying transient database failures."""
-
-    def work(conn: psycopg.Connection[Any]) -> None:
-        projections.record(conn, batch, idempotency_key=idempotency_key, meta=app.meta())
-
-    app.db.run(work)

@@ -18,13 +18,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import psycopg
 
 import events
-import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunStarted, RunSubmitted, SubmissionIntended
 from labctl.app import App
@@ -44,13 +41,6 @@ RECOVERY_GRACE = timedelta(seconds=float(os.environ.get("LABCTL_SLURM_RECOVERY_G
 
 def job_name(run_id: str) -> str:
     return f"labctl-{run_id}"
-
-
-def _record(app: App, batch: list[NewEvent], key: str) -> None:
-    def work(conn: psycopg.Connection[Any]) -> None:
-        projections.record(conn, batch, idempotency_key=key, meta=app.meta())
-
-    app.db.run(work)
 
 
 def _spec(run_id: str, run_dir: str, recipe: Recipe, *, name: str, log_path: Path, array: str | None = None) -> JobSpec:
@@ -181,7 +171,7 @@ def _submit_group(
         for r, v in members
     ]
     try:
-        _record(app, intents, f"intent-{name}-{uuid.uuid4().hex}")
+        app.record(intents, f"intent-{name}-{uuid.uuid4().hex}")
     except ConcurrencyError:
         return {}  # another submitter took (some of) them; the next pass sees what is left
     subs = []
@@ -216,7 +206,7 @@ def _record_jobs(app: App, holder: str, jobs: list[tuple[str, str]]) -> dict[str
         )
         for run_id, job_id in jobs
     ]
-    _record(app, batch, f"jobs-{uuid.uuid4().hex}")
+    app.record(batch, f"jobs-{uuid.uuid4().hex}")
     return dict(jobs)
 
 
@@ -249,7 +239,7 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str) -> int:
         if sub is None:
             continue
         try:
-            _record(app, [NewEvent(f"run-{run_id}", sub, version)], f"resubmit-{run_id}-{version}")
+            app.record([NewEvent(f"run-{run_id}", sub, version)], f"resubmit-{run_id}-{version}")
         except ConcurrencyError:
             continue
     return len(recovered) + len(lost)
@@ -305,7 +295,7 @@ def reconcile(app: App, executor: SlurmExecutor) -> ReconcileReport:
             version = events.stream_version(conn, f"run-{run_id}")
             started = RunStarted(run_id=run_id, started_at=state.started_at or datetime.now(UTC), job_id=job_id)
             try:
-                _record(app, [NewEvent(f"run-{run_id}", started, version)], f"started-{run_id}-{version}")
+                app.record([NewEvent(f"run-{run_id}", started, version)], f"started-{run_id}-{version}")
                 report.started += 1
             except ConcurrencyError:
                 pass
