@@ -276,6 +276,10 @@ class Agent:
             self._finish(run_id, state)
             del self.ended[job_id]
             changed = True
+            if self.ended:
+                # Let the reactors see this end before the next is recorded: its children
+                # should not wait for every other job that ended in the same tick.
+                self.react()
         return changed
 
     def _hash_outputs(self, run_id: str) -> None:
