@@ -67,13 +67,15 @@ $$;
 CREATE FUNCTION labctl_append(
     p_streams text[], p_expected integer[], p_types text[],
     p_data text[], p_meta text[], p_idempotency_key text
-) RETURNS TABLE (out_position bigint, out_version integer, out_recorded_at timestamptz,
+) RETURNS TABLE (out_positions bigint[], out_versions integer[], out_recorded_at timestamptz[],
                out_replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     n           integer := cardinality(p_streams);
     existing    bigint[];
     bad         bigint;
+    conflict_stream  text;
+    conflict_version integer;
     versions    integer[];
     positions   bigint[];
     hashes      bytea[];
@@ -91,23 +93,31 @@ BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         SELECT i.positions INTO existing FROM event_idempotency i WHERE i.key = p_idempotency_key;
         IF FOUND THEN
-            RETURN QUERY SELECT e.position, e.version, e.recorded_at, true
-                FROM events e WHERE e.position = ANY (existing) ORDER BY e.position;
+            RETURN QUERY SELECT array_agg(e.position ORDER BY e.position), array_agg(e.version ORDER BY e.position),
+                                array_agg(e.recorded_at ORDER BY e.position), true
+                FROM events e WHERE e.position = ANY (existing);
             RETURN;
         END IF;
     END IF;
 
     -- Each event's version (the stream's current one + its place among the batch's events of
-    -- that stream) and the first event whose expected version disagrees, in one pass.
-    SELECT array_agg(coalesce(cur.v, 0) + x.nth ORDER BY x.ord),
+    -- that stream) and the first event whose expected version disagrees, in one pass. A stream
+    -- whose first event here expects a new stream (0) is not looked up: inserting its version 1
+    -- fails on UNIQUE (stream, version) if it exists after all (handled below).
+    WITH x AS (
+        SELECT s.stream, s.expected, s.ord,
+               row_number() OVER w AS nth,
+               first_value(s.expected) OVER w AS anchor
+        FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)
+        WINDOW w AS (PARTITION BY s.stream ORDER BY s.ord)
+    ), cur AS (
+        SELECT d.stream, (SELECT max(e.version) FROM events e WHERE e.stream = d.stream) AS v
+        FROM (SELECT DISTINCT x.stream FROM x WHERE x.nth = 1 AND x.anchor IS DISTINCT FROM 0) d
+    )
+    SELECT array_agg((coalesce(cur.v, 0) + x.nth)::integer ORDER BY x.ord),
            min(x.ord) FILTER (WHERE x.expected IS NOT NULL AND x.expected <> coalesce(cur.v, 0) + x.nth - 1)
       INTO versions, bad
-    FROM (SELECT s.stream, s.expected, s.ord,
-                 row_number() OVER (PARTITION BY s.stream ORDER BY s.ord)::integer AS nth
-          FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)) x
-    LEFT JOIN (SELECT d.stream, (SELECT max(e.version) FROM events e WHERE e.stream = d.stream) AS v
-               FROM (SELECT DISTINCT u.stream FROM unnest(p_streams) AS u(stream)) d) cur
-      ON cur.stream = x.stream;
+    FROM x LEFT JOIN cur ON cur.stream = x.stream;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'stream % was expected at version % but is at version %',
             p_streams[bad], p_expected[bad], versions[bad] - 1
@@ -127,9 +137,24 @@ BEGIN
         hashes[i] := prev;
     END LOOP;
 
-    INSERT INTO events (position, stream, version, type, data, meta, recorded_at, hash)
-    SELECT * FROM unnest(positions, p_streams, versions, p_types, datas, metas,
-                         array_fill(now_ts, ARRAY[n]), hashes);
+    BEGIN
+        INSERT INTO events (position, stream, version, type, data, meta, recorded_at, hash)
+        SELECT * FROM unnest(positions, p_streams, versions, p_types, datas, metas,
+                             array_fill(now_ts, ARRAY[n]), hashes);
+    EXCEPTION WHEN unique_violation THEN
+        -- A stream expected to be new already exists: name it.
+        SELECT s.stream, (SELECT max(e.version) FROM events e WHERE e.stream = s.stream)
+          INTO conflict_stream, conflict_version
+        FROM unnest(p_streams, p_expected) AS s(stream, expected)
+        WHERE s.expected = 0 AND EXISTS (SELECT 1 FROM events e WHERE e.stream = s.stream)
+        LIMIT 1;
+        IF conflict_stream IS NULL THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION 'stream % was expected at version % but is at version %',
+            conflict_stream, 0, conflict_version
+            USING ERRCODE = 'LB001';
+    END;
 
     IF p_idempotency_key IS NOT NULL THEN
         INSERT INTO event_idempotency (key, positions, recorded_at)
@@ -137,7 +162,8 @@ BEGIN
     END IF;
 
     PERFORM pg_notify('labctl_events', positions[n]::text);
-    RETURN QUERY SELECT p, v, now_ts, false FROM unnest(positions, versions) AS r(p, v);
+    -- One row of arrays: cheaper to send and read than a row per event.
+    RETURN QUERY SELECT positions, versions, ARRAY[now_ts], false;
 END
 $$;
 

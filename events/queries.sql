@@ -1,5 +1,5 @@
 -- name: append
-SELECT out_position, out_version, out_recorded_at, out_replayed
+SELECT out_positions, out_versions, out_recorded_at, out_replayed
 FROM labctl_append(%(streams)b, %(expected)b::integer[], %(types)b, %(data)b, %(meta)b, %(key)s);
 
 -- name: read_all

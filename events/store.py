@@ -73,15 +73,18 @@ def append_batch(
         "key": idempotency_key,
     }
     try:
-        rows = conn.execute(Q["append"], params).fetchall()
+        row = conn.execute(Q["append"], params).fetchone()
     except pg_errors.UniqueViolation as exc:
         # A backstop: the advisory lock makes this unreachable unless bypassed.
         raise ConcurrencyError(batch[0].stream, -1, -1) from exc
     except psycopg.Error as exc:
         raise _translate(exc) from exc
-    if rows and rows[0][3]:
+    assert row is not None
+    positions, versions, recorded, replayed = row
+    if replayed:
         # The key was used before: return what was stored then.
-        return [_stored_at(conn, r[0]) for r in rows]
+        return [_stored_at(conn, position) for position in positions]
+    at = recorded[0]
     return [
         StoredEvent(
             position=pos,
@@ -92,7 +95,7 @@ def append_batch(
             meta=meta,
             recorded_at=at,
         )
-        for n, (pos, ver, at, _) in zip(batch, rows, strict=True)
+        for n, pos, ver in zip(batch, positions, versions, strict=True)
     ]
 
 
