@@ -7,6 +7,7 @@ ignored on decode; an unknown event type decodes to ``UnknownEvent``.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -84,6 +85,9 @@ def decode_event(type_name: str, data: str | bytes) -> Event | UnknownEvent:
     return event
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_meta(data: str | bytes) -> EventMeta:
+    # Metadata repeats (same actor, host and version over many events) and EventMeta is frozen:
+    # decode each distinct text once.
     meta: EventMeta = _META_DECODER.decode(data)
     return meta

@@ -154,7 +154,7 @@ _SCAN = (
 
 def scan_events(conn: psycopg.Connection[Any], until: int) -> Iterator[StoredEvent]:
     """Every event up to ``until`` through a server-side cursor (call inside a transaction)."""
-    with conn.cursor(name="labctl_scan") as cur:
+    with conn.cursor(name="labctl_scan", binary=True) as cur:
         cur.itersize = 20000
         cur.execute(_SCAN, (until,))
         for pos, stream, ver, typ, data, meta, at in cur:
