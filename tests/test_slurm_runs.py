@@ -390,7 +390,7 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
     from labctl.executors.slurm import SlurmExecutor
     from labctl.files import Recipe, load_recipe
     from labctl.finish import submission_of
-    from labctl.slurm_runs import _record, _render_single, job_name
+    from labctl.slurm_runs import _render_single, job_name
     from labctl.submit import apply_overrides, submit
 
     with monkeypatch.context() as patch:
@@ -403,7 +403,7 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
         run_id = submit(app, recipe, recipe_path, executor="slurm").run_id
         version = events.stream_version(app.db.conn, f"run-{run_id}")
         intent = SubmissionIntended(run_id=run_id, executor="slurm", job_name=job_name(run_id), agent_id="crashed")
-        _record(app, [NewEvent(f"run-{run_id}", intent, version)], f"intent-{uuid.uuid4().hex}")
+        app.record([NewEvent(f"run-{run_id}", intent, version)], f"intent-{uuid.uuid4().hex}")
         sub = submission_of(app.db.conn, run_id)
         assert sub is not None
         rendered = msgspec.convert(sub.recipe, Recipe)  # as the submitter renders it: tokens resolved
