@@ -11,10 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -23,6 +24,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from labctl.db import connect, ensure_schema
 
 REPO = Path(__file__).resolve().parent.parent
+#: the user the CLI acts as in the acceptance tests (``LABCTL_USER``)
+USER = "alice"
+T = TypeVar("T")
 TEMPLATE = "labctl_test_template"
 
 
@@ -101,3 +105,26 @@ def run_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"labctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def env(labctl_env: dict[str, str]) -> dict[str, str]:
+    """The CLI's environment, acting as ``USER``."""
+    return {**labctl_env, "LABCTL_USER": USER}
+
+
+@pytest.fixture
+def home(env: dict[str, str]) -> Path:
+    return Path(env["LABCTL_HOME"])
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -33,14 +33,7 @@ from labctl.db import Database
 from labctl.errors import InputError, UserError
 from labctl.files import local_profile
 from labctl.submit import resolve_alias
-from tests.conftest import run_cli
-
-USER = "alice"
-
-
-@pytest.fixture
-def env(labctl_env: dict[str, str]) -> dict[str, str]:
-    return {**labctl_env, "LABCTL_USER": USER}
+from tests.conftest import USER, run_cli
 
 
 @pytest.fixture

@@ -15,47 +15,21 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 
 from labctl.db import connect, ensure_schema
-from tests.conftest import labctl_bin, run_cli
-
-T = TypeVar("T")
+from tests.conftest import USER, labctl_bin, run_cli, wait_for
 
 DATA = Path(__file__).resolve().parent / "data" / "pipelines"
-USER = "alice"
 TERMINAL_PIPELINE = ("succeeded", "failed")
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def env(labctl_env: dict[str, str]) -> dict[str, str]:
-    """The CLI's environment, acting as user alice."""
-    return {**labctl_env, "LABCTL_USER": USER}
-
-
-@pytest.fixture
-def home(env: dict[str, str]) -> Path:
-    return Path(env["LABCTL_HOME"])
-
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager

@@ -6,51 +6,29 @@ poll a condition until a deadline; nothing sleeps and hopes.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 
-from tests.conftest import REPO, labctl_bin, run_cli
-
-T = TypeVar("T")
+from tests import conftest
+from tests.conftest import REPO, USER, labctl_bin, run_cli
 
 RECIPES = Path(__file__).resolve().parent / "data" / "recipes"
 HELLO = REPO / "examples" / "ml" / "recipes" / "hello.toml"
-USER = "alice"
 RUN_KEYS = ("run_id", "job_id", "run_dir")
+# Runs are quick: wait 20 s for them unless a test says otherwise.
+wait_for = functools.partial(conftest.wait_for, timeout=20.0)
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def env(labctl_env: dict[str, str]) -> dict[str, str]:
-    """The CLI's environment, acting as user alice."""
-    return {**labctl_env, "LABCTL_USER": USER}
-
-
-@pytest.fixture
-def home(env: dict[str, str]) -> Path:
-    return Path(env["LABCTL_HOME"])
-
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 20.0) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def printed(stdout: str, key: str) -> str:
