@@ -49,16 +49,29 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
 
 
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An event as it stands in the log."""
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """An event as it stands in the log.
+
+    ``data`` is decoded from ``raw`` on first use, so readers that only look at
+    positions and types (a reactor skipping events it has no interest in, a
+    filtered listing) never pay for decoding. Just-appended events carry the
+    ``event`` they were made from.
+    """
 
     position: int
     stream: str
     version: int
     type: str
-    data: Event | UnknownEvent
     meta: EventMeta
     recorded_at: datetime
+    raw: str | bytes = b""
+    event: Event | None = None
+
+    @functools.cached_property
+    def data(self) -> Event | UnknownEvent:
+        if self.event is not None:
+            return self.event
+        return decode_event(self.type, self.raw)
 
 
 _META_DECODER = msgspec.json.Decoder(EventMeta)

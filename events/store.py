@@ -11,7 +11,7 @@ import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 
-from events.codec import Event, EventMeta, StoredEvent, decode_event, decode_meta, encode
+from events.codec import Event, EventMeta, StoredEvent, decode_meta, encode
 from events.errors import ConcurrencyError, ImmutableLogError
 from events.queries import load_queries
 
@@ -91,7 +91,7 @@ def append_batch(
             stream=n.stream,
             version=ver,
             type=n.event.type_name,
-            data=n.event,
+            event=n.event,
             meta=meta,
             recorded_at=at,
         )
@@ -123,7 +123,7 @@ def _decode_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredEvent]:
             stream=stream,
             version=ver,
             type=typ,
-            data=decode_event(typ, data),
+            raw=data,
             meta=decode_meta(meta),
             recorded_at=at,
         )

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from events import EventMeta, NewEvent, StoredEvent, append_batch, last_position, read_all
-from events.codec import decode_event, decode_meta
+from events.codec import decode_meta
 from projections.base import DbRows, MemoryRows, Rows, State, Table
 from projections.registry import PROJECTIONS
 
@@ -163,7 +163,7 @@ def scan_events(conn: psycopg.Connection[Any], until: int) -> Iterator[StoredEve
                 stream=stream,
                 version=ver,
                 type=typ,
-                data=decode_event(typ, data),
+                raw=data,
                 meta=decode_meta(meta),
                 recorded_at=at,
             )
