@@ -11,7 +11,9 @@ LABCTL_DATABASE_URL is set) in databases ``bench_labctl`` and ``bench_es``:
 3. rebuild: ``projections.fold`` over ~66k runs (3 events each) vs. a bare
    server-side-cursor scan of the same rows; ``replay_live`` end to end;
 4. read-all pages of 1,000: ``events.read_all`` vs. eventsourcing's
-   ``select_notifications`` (+ the same msgspec decode);
+   ``select_notifications``, once with every payload decoded (the same msgspec
+   decode on both sides) and once with payloads untouched (``read_all``
+   decodes on first use; eventsourcing returns bytes);
 5. follower latency append -> handler: ``events.follow.follow`` vs. an
    eventsourcing subscription.
 
@@ -381,29 +383,47 @@ def bench_read_all(
 ) -> dict[str, Figure]:
     type_of = {f"events.types:{name}": name for name in ("RunSubmitted", "RunStarted", "RunFinished")}
 
-    def labctl(_r: int) -> float:
-        def go() -> None:
-            after, seen = 0, 0
-            while page := read_all(conn, after, 1000):
-                after = page[-1].position
-                seen += len(page)
-            assert seen == total
+    def labctl(decode: bool) -> Callable[[int], float]:
+        def case(_r: int) -> float:
+            def go() -> None:
+                after, seen = 0, 0
+                while page := read_all(conn, after, 1000):
+                    if decode:
+                        for e in page:
+                            _ = e.data  # read_all decodes a payload on first use
+                    after = page[-1].position
+                    seen += len(page)
+                assert seen == total
 
-        return rate_of(total, go)
+            return rate_of(total, go)
 
-    def eventsourcing(_r: int) -> float:
-        def go() -> None:
-            after, seen = 0, 0
-            while page := es.select_notifications(after, 1000, inclusive_of_start=False):
-                for note in page:
-                    decode_event(type_of[note.topic], note.state)  # what our read_all does per row
-                after = page[-1].id
-                seen += len(page)
-            assert seen == total
+        return case
 
-        return rate_of(total, go)
+    def eventsourcing(decode: bool) -> Callable[[int], float]:
+        def case(_r: int) -> float:
+            def go() -> None:
+                after, seen = 0, 0
+                while page := es.select_notifications(after, 1000, inclusive_of_start=False):
+                    if decode:
+                        for note in page:
+                            decode_event(type_of[note.topic], note.state)  # the same msgspec decode as ours
+                    after = page[-1].id
+                    seen += len(page)
+                assert seen == total
 
-    return interleaved(max(2, sizes.rounds - 2), {"labctl": labctl, "es": eventsourcing})
+            return rate_of(total, go)
+
+        return case
+
+    return interleaved(
+        max(2, sizes.rounds - 2),
+        {
+            "labctl": labctl(decode=True),
+            "es": eventsourcing(decode=True),
+            "labctl_raw": labctl(decode=False),
+            "es_raw": eventsourcing(decode=False),
+        },
+    )
 
 
 def bench_follow_labctl(url: str, conn: psycopg.Connection[Any], samples: int) -> list[float]:
@@ -534,10 +554,17 @@ class Report:
                 "",
             ),
             (
-                "read-all pages of 1000, events/s (vs eventsourcing)",
+                "read-all pages of 1000, every payload decoded, events/s (vs eventsourcing, same decode)",
                 fmt(rd["labctl"].rate),
                 fmt(rd["es"].rate),
                 f"{rd['labctl'].rate / rd['es'].rate:.0%}",
+                "",
+            ),
+            (
+                "read-all pages of 1000, payloads not touched, events/s (vs eventsourcing's raw records)",
+                fmt(rd["labctl_raw"].rate),
+                fmt(rd["es_raw"].rate),
+                f"{rd['labctl_raw'].rate / rd['es_raw'].rate:.0%}",
                 "",
             ),
             (

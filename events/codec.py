@@ -49,7 +49,7 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
 
 
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event as it stands in the log.
 
     ``data`` is decoded from ``raw`` on first use, so readers that only look at
@@ -65,13 +65,15 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     meta: EventMeta
     recorded_at: datetime
     raw: str | bytes = b""
-    event: Event | None = None
+    event: Event | UnknownEvent | None = None
 
-    @functools.cached_property
+    @property
     def data(self) -> Event | UnknownEvent:
-        if self.event is not None:
-            return self.event
-        return decode_event(self.type, self.raw)
+        event = self.event
+        if event is None:
+            event = decode_event(self.type, self.raw)
+            msgspec.structs.force_setattr(self, "event", event)  # decoded once, then kept
+        return event
 
 
 _META_DECODER = msgspec.json.Decoder(EventMeta)
