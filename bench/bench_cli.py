@@ -26,10 +26,10 @@ from common import (
     machine_line,
     markdown_table,
     median,
+    report_section,
     run_quiet,
     text_table,
     verdict,
-    write_section,
 )
 
 HEADING = "CLI start-up"
@@ -107,10 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             + ".",
         ]
     )
-    print(f"\n## {HEADING}\n\n{body}")
-    if opts.write:
-        write_section(HEADING, body)
-        print(f"\n(wrote the '## {HEADING}' section of bench/RESULTS.md)")
+    report_section(HEADING, body, write=opts.write)
 
 
 if __name__ == "__main__":

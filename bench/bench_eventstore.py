@@ -50,7 +50,7 @@ from psycopg import conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import machine_line, median, percentile, timed, write_section
+from common import machine_line, median, percentile, report_section, timed
 
 from events import EventMeta, NewEvent, append, append_batch, last_position, read_all
 from events.codec import Event, decode_event, encode
@@ -673,11 +673,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(result.table())
     print()
     markdown = result.markdown()
-    print("## Event store\n")
-    print(markdown)
-    if opts.write:
-        write_section("Event store", markdown)
-        print("\n(wrote the '## Event store' section of bench/RESULTS.md)")
+    report_section("Event store", markdown, write=opts.write)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_line, write_section
+from common import machine_line, report_section
 
 from labctl.artifacts.context import ContextOutput, RunContext, write_context
 from labctl.artifacts.outputs import hash_outputs
@@ -146,11 +146,7 @@ def main() -> None:
         ]
     )
     print()
-    print("## Hashing\n")
-    print(body)
-    if opts.write:
-        write_section("Hashing", body)
-        print("\n(wrote the '## Hashing' section of bench/RESULTS.md)")
+    report_section("Hashing", body, write=opts.write)
 
 
 if __name__ == "__main__":

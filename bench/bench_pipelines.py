@@ -48,10 +48,10 @@ from common import (
     machine_line,
     markdown_table,
     percentile,
+    report_section,
     step_printer,
     text_table,
     verdict,
-    write_section,
 )
 
 import events
@@ -417,10 +417,7 @@ def report(
             markdown_table(header, rows),
         ]
     )
-    print(f"\n## {HEADING}\n\n{body}")
-    if opts.write:
-        write_section(HEADING, body)
-        print(f"\n(wrote the '## {HEADING}' section of bench/RESULTS.md)")
+    report_section(HEADING, body, write=opts.write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_line, write_section
+from common import machine_line, report_section
 
 from labctl.executors.base import JobSpec
 from labctl.executors.sbatch_script import render_sbatch_script
@@ -148,11 +148,7 @@ def main() -> None:
     out(f"| scancel of {n + 1} ids (one call) | {cancel_seconds * 1000:.0f} ms |")
 
     body = "\n".join(lines)
-    print("## SLURM executor\n")
-    print(body)
-    if args.write:
-        write_section("SLURM executor", body)
-        print("\n(wrote the '## SLURM executor' section of bench/RESULTS.md)")
+    report_section("SLURM executor", body, write=args.write)
 
 
 if __name__ == "__main__":

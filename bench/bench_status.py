@@ -45,11 +45,11 @@ from common import (
     machine_line,
     markdown_table,
     median,
+    report_section,
     run_quiet,
     step_printer,
     text_table,
     verdict,
-    write_section,
 )
 
 import projections
@@ -357,10 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             markdown_table(header, rows),
         ]
     )
-    print(f"\n## {HEADING}\n\n{body}")
-    if opts.write:
-        write_section(HEADING, body)
-        print(f"\n(wrote the '## {HEADING}' section of bench/RESULTS.md)")
+    report_section(HEADING, body, write=opts.write)
 
 
 if __name__ == "__main__":

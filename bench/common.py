@@ -76,6 +76,14 @@ def write_section(heading: str, body: str, path: Path = RESULTS) -> None:
     path.write_text(text)
 
 
+def report_section(heading: str, body: str, *, write: bool) -> None:
+    """Print a benchmark's ``## heading`` section and, with ``write``, put it into RESULTS.md."""
+    print(f"\n## {heading}\n\n{body}")
+    if write:
+        write_section(heading, body)
+        print(f"\n(wrote the '## {heading}' section of bench/RESULTS.md)")
+
+
 # ------------------------------------------------------------ shared runners
 
 

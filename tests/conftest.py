@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,3 +129,22 @@ def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+@contextmanager
+def agent(env: dict[str, str], log: Path, *args: str, **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A `labctl agent` subprocess, stopped (SIGTERM) at the end unless the test killed it."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [*labctl_bin(), "agent", *args], env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -15,8 +15,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +22,12 @@ import psycopg
 import pytest
 
 from labctl.db import connect, ensure_schema
-from tests.conftest import USER, labctl_bin, run_cli, wait_for
+from tests.conftest import USER, agent, labctl_bin, run_cli, wait_for
 
 DATA = Path(__file__).resolve().parent / "data" / "pipelines"
 TERMINAL_PIPELINE = ("succeeded", "failed")
 
 # ------------------------------------------------------------------ helpers
-
-
-@contextmanager
-def agent(env: dict[str, str], log: Path, *args: str, **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A `labctl agent` subprocess, stopped (SIGTERM) at the end unless the test killed it."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [*labctl_bin(), "agent", *args], env={**env, **extra_env}, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 class Submitted:

@@ -11,8 +11,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import psycopg
 import pytest
 
 from tests import conftest
-from tests.conftest import REPO, USER, labctl_bin, run_cli
+from tests.conftest import REPO, USER, agent, labctl_bin, run_cli
 
 RECIPES = Path(__file__).resolve().parent / "data" / "recipes"
 HELLO = REPO / "examples" / "ml" / "recipes" / "hello.toml"
@@ -109,23 +107,6 @@ def live_processes_in_group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             found.append(int(entry.name))
     return found
-
-
-@contextmanager
-def agent(env: dict[str, str], log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A `labctl agent` subprocess, stopped (SIGTERM) at the end unless the test killed it."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*labctl_bin(), "agent", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def live_agent_count(conn: psycopg.Connection[Any]) -> int:
