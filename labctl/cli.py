@@ -246,7 +246,7 @@ def run(
     if not wait:
         return
     scope = Scope(run_ids=frozenset({result.run_id, *([result.producer_run_id] if result.producer_run_id else [])}))
-    final = wait_for(a, Watch(a, lambda: [result.run_id], _echo_change), scope)
+    final = wait_for(a, Watch(a, [result.run_id], _echo_change), scope)
     state = final.get(result.run_id)
     if state not in ("succeeded", "cache_hit"):
         raise typer.Exit(1)

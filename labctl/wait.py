@@ -18,17 +18,24 @@ OnChange = Callable[[str, str, dict[str, Any]], None]
 
 
 class Watch:
-    """Remembers each run's last state and reports changes."""
+    """Remembers each run's last state and reports changes.
 
-    def __init__(self, app: App, run_ids: Callable[[], Sequence[str]], on_change: OnChange) -> None:
+    With ``pipeline_id`` the watch is over only once the pipeline's outcome is
+    recorded too (the advancer closes it just after its last run ends).
+    """
+
+    def __init__(
+        self, app: App, run_ids: Sequence[str], on_change: OnChange, *, pipeline_id: str | None = None
+    ) -> None:
         self.app = app
-        self.run_ids = run_ids
+        self.run_ids = list(run_ids)
         self.on_change = on_change
+        self.pipeline_id = pipeline_id
         self.last: dict[str, str] = {}
 
     def check(self) -> bool:
-        """Report changes; True when every run has ended."""
-        ids = list(self.run_ids())
+        """Report changes; True when every run has ended (and the pipeline is closed)."""
+        ids = self.run_ids
         rows = self.app.db.conn.execute(
             "SELECT id, status, exit_code, reason, producer_run_id FROM runs WHERE id = ANY(%s) ORDER BY created_at",
             (ids,),
@@ -37,7 +44,12 @@ class Watch:
             if self.last.get(run_id) != status:
                 self.last[run_id] = status
                 self.on_change(run_id, status, {"exit_code": exit_code, "reason": reason, "producer": producer})
-        return len(rows) == len(ids) and all(s in TERMINAL_STATES for s in self.last.values())
+        if len(rows) < len(ids) or any(s not in TERMINAL_STATES for s in self.last.values()):
+            return False
+        if self.pipeline_id is None:
+            return True
+        row = self.app.db.conn.execute("SELECT status FROM pipelines WHERE id = %s", (self.pipeline_id,)).fetchone()
+        return row is None or row[0] != "running"
 
 
 def wait(app: App, watch: Watch, scope: Scope, *, check_agents_every: float = 2.0) -> dict[str, str]:

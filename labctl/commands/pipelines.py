@@ -17,17 +17,10 @@ def _wait_pipeline(a: Any, submitted: Any) -> None:
     from labctl.wait import Watch, wait
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    final = wait(a, Watch(a, lambda: all_runs, _echo_change), Scope(pipeline_id=submitted.pipeline_id))
+    watch = Watch(a, all_runs, _echo_change, pipeline_id=submitted.pipeline_id)
+    final = wait(a, watch, Scope(pipeline_id=submitted.pipeline_id))
     row = a.db.conn.execute("SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)).fetchone()
     status = row[0] if row else "unknown"
-    if status == "running":  # closed by the advancer right after the last run: settle it here
-        from labctl.pipelines import advance
-
-        advance(a, submitted.pipeline_id)
-        row = a.db.conn.execute(
-            "SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)
-        ).fetchone()
-        status = row[0] if row else "unknown"
     typer.echo(f"{submitted.pipeline_id}: {status}" + (f" ({row[1]})" if row and row[1] else ""))
     if status != "succeeded" or any(s not in ("succeeded", "cache_hit") for s in final.values()):
         raise typer.Exit(1)
@@ -43,6 +36,14 @@ def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> None:
     all_runs = [r for runs in submitted.runs.values() for r in runs]
     for run_id, job_id in sorted(submit_queued(a, SlurmExecutor(), holder_id(), run_ids=all_runs).items()):
         typer.echo(f"{run_id}: job {job_id}")
+
+
+def _after_submit(a: Any, submitted: Any, executor: str | None, *, wait: bool) -> None:
+    """What run-pipeline and run-sweep do once recorded: print, hand ready runs to SLURM, maybe wait."""
+    _print_submitted(submitted)
+    _hand_to_slurm(a, submitted, executor)
+    if wait:
+        _wait_pipeline(a, submitted)
 
 
 def _print_submitted(submitted: Any) -> None:
@@ -63,11 +64,7 @@ def run_pipeline(
     from labctl.pipelines import run_pipeline as start
 
     a = _open()
-    submitted = start(a, pipeline, executor=executor)
-    _print_submitted(submitted)
-    _hand_to_slurm(a, submitted, executor)
-    if wait:
-        _wait_pipeline(a, submitted)
+    _after_submit(a, start(a, pipeline, executor=executor), executor, wait=wait)
 
 
 def run_sweep(
@@ -84,11 +81,7 @@ def run_sweep(
 
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
     a = _open()
-    submitted = start(a, recipe_obj, recipe, executor=executor)
-    _print_submitted(submitted)
-    _hand_to_slurm(a, submitted, executor)
-    if wait:
-        _wait_pipeline(a, submitted)
+    _after_submit(a, start(a, recipe_obj, recipe, executor=executor), executor, wait=wait)
 
 
 def pipeline_show(
