@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 import psycopg
 
-import events
 import projections
 from events import ConcurrencyError, NewEvent
 from events.types import (
@@ -29,7 +28,6 @@ from events.types import (
     OutputSpec,
     RunCacheHit,
     RunCoalesced,
-    RunPending,
     RunSubmitted,
 )
 from labctl import cache
@@ -430,28 +428,3 @@ def submit(
         linked = producer_outputs(app.db.conn, result.producer_run_id) or []
         write_linked_alias_links(app.config, run.user, run.outputs, linked)
     return result
-
-
-def pending_event(
-    app: App, recipe: Recipe, recipe_path: str | Path, *, run_id: str, stage: StageContext, parents: list[str]
-) -> RunPending:
-    """A pipeline stage recorded as ``created``: waiting for its parents, no job yet."""
-    assert stage.pipeline_id is not None and stage.stage_name is not None
-    return RunPending(
-        run_id=run_id,
-        name=recipe.name,
-        user=app.user,
-        executor=app.executor,
-        run_dir=str(Path(app.config.filesystem.runs_base) / app.user / run_id),
-        recipe=msgspec.to_builtins(recipe),
-        pipeline_id=stage.pipeline_id,
-        stage_name=stage.stage_name,
-        parents=parents,
-        recipe_path=str(Path(recipe_path).resolve()),
-        sweep_id=stage.sweep_id,
-        sweep_index=stage.sweep_index,
-    )
-
-
-def stream_version(app: App, run_id: str) -> int:
-    return events.stream_version(app.db.conn, f"run-{run_id}")
