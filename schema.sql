@@ -344,4 +344,22 @@ CREATE TABLE live.evals (
 CREATE INDEX evals_checkpoint_idx ON live.evals (checkpoint_artifact_id);
 CREATE INDEX evals_run_idx ON live.evals (run_id);
 
-INSERT INTO schema_version (version) VALUES (2);
+CREATE TABLE live.metrics (
+    run_id     text             NOT NULL,
+    name       text             NOT NULL,
+    step       bigint           NOT NULL,
+    value      double precision,
+    logged_at  timestamptz      NOT NULL,
+    PRIMARY KEY (run_id, name, step)
+);
+
+CREATE TABLE live.metric_files (
+    run_id       text        PRIMARY KEY,
+    batches      integer     NOT NULL,
+    byte_offset  bigint      NOT NULL,
+    points       bigint      NOT NULL,
+    skipped      bigint      NOT NULL,
+    updated_at   timestamptz NOT NULL
+);
+
+INSERT INTO schema_version (version) VALUES (3);

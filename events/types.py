@@ -287,3 +287,28 @@ class CacheInvalidated(Event, frozen=True, kw_only=True):
 
     cache_key: str
     reason: str
+
+
+# ----------------------------------------------------------------- metrics
+
+
+class MetricPoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One line a job logged: a step and its values (``"nan"``/``"inf"``/``"-inf"`` for non-finite ones)."""
+
+    step: int
+    values: dict[str, float | str]
+    at: float | None = None  # the job's clock (epoch seconds) when it logged the line
+
+
+class MetricsLogged(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """Lines of a run's ``.lab/metrics.jsonl``, bytes ``[offset, end)``, were ingested (stream ``metrics-<run id>``).
+
+    The next batch starts at ``end``: an ingester that restarts resumes there, and
+    one that races another loses on the stream version, so no line is read twice.
+    """
+
+    run_id: str
+    offset: int
+    end: int
+    points: list[MetricPoint]
+    skipped: int = 0  # lines that were not a JSON object with numeric values

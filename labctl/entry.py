@@ -1,4 +1,4 @@
-"""The ``labctl`` executable: answers ``--version`` without loading the CLI framework."""
+"""The ``labctl`` executable: answers ``--version`` and ``log-metric`` without loading the CLI framework."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ def main() -> None:
 
         print(f"labctl {__version__}")
         return
+    if sys.argv[1:2] == ["log-metric"]:
+        from labctl.metrics_file import log_metric_main
+
+        sys.exit(log_metric_main(sys.argv[2:]))
     from labctl.cli import main as cli_main
 
     cli_main()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from projections import artifacts, evals, pipelines, runs
+from projections import artifacts, evals, metrics, pipelines, runs
 from projections.base import Projection
 
-PROJECTIONS: list[Projection] = [runs.projection, artifacts.projection, pipelines.projection, evals.projection]
+PROJECTIONS: list[Projection] = [
+    runs.projection,
+    artifacts.projection,
+    pipelines.projection,
+    evals.projection,
+    metrics.projection,
+]
