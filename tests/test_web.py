@@ -133,11 +133,14 @@ class EventStream:
 def test_runs_api_returns_a_recorded_run_with_the_status_json_fields(web: str, conn: psycopg.Connection[Any]) -> None:
     _submit(conn, "run_a1")
     _finish(conn, "run_a1", exit_code=3)
-    rows = _json(f"{web}/api/runs")
-    assert [(r["id"], r["name"], r["status"], r["exit_code"], r["user"]) for r in rows] == [
+    rows = _json(f"{web}/api/runs")["runs"]
+    assert [(r["id"], r["recipe_name"], r["status"], r["exit_code"], r["submitted_by"]) for r in rows] == [
         ("run_a1", "train", "failed", 3, "alice")
     ]
-    assert {"created_at", "pipeline_id", "stage_name", "executor", "reason"} <= rows[0].keys()
+    # the original's keys, plus ours
+    assert {"recipe_hash", "job_id", "run_dir", "repo", "created_at", "finished_at", "duration_secs"} <= rows[0].keys()
+    assert {"pipeline_id", "stage_name", "is_terminal", "executor", "reason"} <= rows[0].keys()
+    assert rows[0]["is_terminal"] is True
 
 
 def test_runs_api_filters_by_user_and_state_newest_first_up_to_the_limit(
@@ -146,18 +149,24 @@ def test_runs_api_filters_by_user_and_state_newest_first_up_to_the_limit(
     for i in range(4):
         _submit(conn, f"run_b{i}", user="bob" if i % 2 else "alice")
     _finish(conn, "run_b3")
-    assert [r["id"] for r in _json(f"{web}/api/runs")] == ["run_b3", "run_b2", "run_b1", "run_b0"]
-    assert [r["id"] for r in _json(f"{web}/api/runs?user=bob")] == ["run_b3", "run_b1"]
-    assert [r["id"] for r in _json(f"{web}/api/runs?user=bob&state=submitted")] == ["run_b1"]
-    assert [r["id"] for r in _json(f"{web}/api/runs?limit=2")] == ["run_b3", "run_b2"]
+
+    def ids(query: str) -> list[str]:
+        return [r["id"] for r in _json(f"{web}/api/runs{query}")["runs"]]
+
+    assert ids("") == ["run_b3", "run_b2", "run_b1", "run_b0"]
+    assert ids("?user=bob") == ["run_b3", "run_b1"]
+    assert ids("?user=bob&state=submitted") == ["run_b1"]
+    assert ids("?limit=2") == ["run_b3", "run_b2"]
 
 
 def test_run_api_shows_one_run_like_labctl_show(web: str, conn: psycopg.Connection[Any]) -> None:
     _submit(conn, "run_c1")
     shown = _json(f"{web}/api/runs/run_c1")
-    assert shown["id"] == "run_c1" and shown["status"] == "submitted"
-    assert shown["inputs"] == [] and shown["outputs"] == [] and shown["log"] == "/runs/run_c1/log.txt"
-    assert _json(f"{web}/api/runs/c1")["id"] == "run_c1"  # an unambiguous prefix, as in the CLI
+    assert shown["run"]["id"] == "run_c1" and shown["run"]["status"] == "submitted"
+    assert shown["inputs"] == [] and shown["outputs"] == [] and shown["run"]["log"] == "/runs/run_c1/log.txt"
+    assert shown["eval_series"] == [] and shown["tracking"] == {"wandb": None}
+    assert [t["state"] for t in shown["timeline"]] == ["submitted"]
+    assert _json(f"{web}/api/runs/c1")["run"]["id"] == "run_c1"  # an unambiguous prefix, as in the CLI
 
 
 def test_unknown_run_id_is_a_404_json_error(web: str) -> None:
@@ -195,7 +204,7 @@ def test_pipelines_api_lists_stages_in_order_with_their_run_states(web: str, con
         )
         projections.record(conn, [NewEvent(f"run-{run_id}", pending, 0)])
     projections.record(conn, [NewEvent("run-run_p1", RunStarted(run_id="run_p1", started_at=datetime.now(UTC)))])
-    [pipeline] = _json(f"{web}/api/pipelines")
+    [pipeline] = _json(f"{web}/api/pipelines")["pipelines"]
     assert (pipeline["id"], pipeline["name"], pipeline["status"], pipeline["user"]) == (
         "pipeline_x",
         "demo",
@@ -278,12 +287,14 @@ def test_last_event_id_wins_over_the_after_parameter_of_the_original_url(
 
 
 def test_page_is_self_contained_html_with_its_title(web: str) -> None:
-    status, ctype, body = _get(f"{web}/")
+    status, ctype, body = _get(f"{web}/")  # redirected to the runs page
     page = body.decode()
     assert (status, ctype) == (200, "text/html; charset=utf-8")
-    assert "<title>labctl — live</title>" in page
-    assert "new EventSource(" in page and "/api/stream" in page
-    assert "http://" not in page and "https://" not in page  # no CDN
+    assert "<title>Runs — labctl</title>" in page
+    assert '<script src="/static/live.js"' in page
+    script = _get(f"{web}/static/live.js")[2].decode()
+    assert "new EventSource(" in script and "/api/stream" in script
+    assert "http://" not in page + script and "https://" not in page + script  # no CDN
 
 
 # ----------------------------------------------------------------- the command

@@ -1,10 +1,10 @@
-"""``labctl serve``: a small live web page over the read models and the event log.
+"""``labctl serve``: the dashboard a lab keeps open all day.
 
-Stdlib asyncio serves HTTP; JSON endpoints run the same queries as the CLI on
-pooled autocommit connections; one LISTEN follower feeds every page's
-Server-Sent Events stream.
+Starlette on uvicorn; pages rendered on the server (Jinja2, autoescaped) with
+SVG plots and graphs; ``static/live.js`` keeps them live over one Server-Sent
+Events stream of the log; a JSON API with the original labctl's routes.
 """
 
-from labctl.web.server import parse_bind, run_server, serve
+from labctl.web.server import allowed_hosts, is_loopback, parse_bind, run_server, serve
 
-__all__ = ["parse_bind", "run_server", "serve"]
+__all__ = ["allowed_hosts", "is_loopback", "parse_bind", "run_server", "serve"]

@@ -1,0 +1,464 @@
+"""The Starlette application: JSON routes, HTML pages, event streams, and the guards in front of them."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+import psycopg
+import psycopg_pool
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import events
+from labctl import maintenance
+from labctl.db import SEARCH_PATH
+from labctl.errors import DatabaseUnavailable
+from labctl.eventlog import event_json
+from labctl.web import api, pages
+from labctl.web.stream import Broadcast, StreamLimits, Write, pump_file, pump_log, run_stream
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATIC = Path(__file__).parent / "static"
+TOKEN_COOKIE = "labctl_token"
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+]
+
+
+class Web:
+    """What the handlers share: the connection pool, the log follower, the limits, the token."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 8,
+        token: str | None = None,
+        cluster: dict[str, Any] | None = None,
+        limits: StreamLimits | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.cluster = cluster or {}
+        self.limits = limits or StreamLimits()
+        self.poll_interval = poll_interval
+        options = f"-c search_path={SEARCH_PATH.replace(' ', '')} -c statement_timeout=15000"
+        self.pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=10.0,
+            kwargs={"autocommit": True, "prepare_threshold": None, "options": options},
+            check=psycopg_pool.ConnectionPool.check_connection,
+            open=False,
+            name="labctl-web",
+        )
+        self.broadcast: Broadcast | None = None
+        self.closing = asyncio.Event()
+        self.streams = 0
+        self._follower: asyncio.Task[None] | None = None
+        self._audit: dict[str, Any] | None = None
+        self._audit_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await run_in_threadpool(self.pool.open, True, 10.0)
+        position = await self.db(events.last_position)
+        self.broadcast = Broadcast(self.url, position, poll_interval=self.poll_interval)
+        self._follower = asyncio.create_task(self.broadcast.run())
+
+    def stop_streams(self) -> None:
+        self.closing.set()
+        if self.broadcast is not None:
+            self.broadcast.close()
+
+    async def stop(self) -> None:
+        """End every stream, stop following the log and close the pool."""
+        self.stop_streams()
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+        await run_in_threadpool(self.pool.close)
+
+    async def db(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(conn, *args)`` in a worker thread on a pooled autocommit connection."""
+
+        def call() -> T:
+            try:
+                with self.pool.connection() as conn:
+                    return work(conn, *args)
+            except psycopg_pool.PoolTimeout as exc:
+                raise DatabaseUnavailable(f"no database connection free: {exc}") from exc
+
+        return await run_in_threadpool(call)
+
+    def audit_result(self) -> dict[str, Any] | None:
+        return self._audit
+
+    async def run_audit(self) -> None:
+        """``audit verify`` (hash chain + rebuild diff), at most one at a time and once per log head."""
+        async with self._audit_lock:
+            head = await self.db(api.log_head)
+            if self._audit is not None and self._audit["position"] == head["position"]:
+                return
+            report = await self.db(maintenance.audit)
+            self._audit = {
+                "position": head["position"],
+                "clean": report.clean,
+                "broken_at": report.broken_at,
+                "differences": len(report.differences),
+                "events_checked": report.events_checked,
+                "checked_at": datetime.now(UTC),
+            }
+
+
+def _web(request: Request) -> Web:
+    web: Web = request.app.state.web
+    return web
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, default=str), status, media_type="application/json")
+
+
+def json_error(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+def _query(request: Request, into: type[T]) -> T:
+    return api.decode_query(request.query_params.multi_items(), into)
+
+
+# ------------------------------------------------------------------ JSON API
+
+
+async def api_runs(request: Request) -> Response:
+    return json_response(await _web(request).db(api.runs_page, _query(request, api.RunsQuery)))
+
+
+async def api_run(request: Request) -> Response:
+    return json_response(await _web(request).db(api.run_detail, request.path_params["id"]))
+
+
+async def api_run_log(request: Request) -> Response:
+    q = _query(request, api.LogQuery)
+    return json_response(await _web(request).db(api.run_log, request.path_params["id"], q))
+
+
+async def api_run_events(request: Request) -> Response:
+    page = await _web(request).db(api.run_events, request.path_params["id"])
+    return Response(b'{"events":[' + b",".join(event_json(e) for e in page) + b"]}", media_type="application/json")
+
+
+async def api_recipe(request: Request) -> Response:
+    return json_response(await _web(request).db(api.recipe, request.path_params["name"]))
+
+
+async def api_recipe_history(request: Request) -> Response:
+    q = _query(request, api.HistoryQuery)
+    return json_response(await _web(request).db(api.recipe_history, request.path_params["name"], q))
+
+
+async def api_compare(request: Request) -> Response:
+    return json_response(await _web(request).db(api.compare, _query(request, api.CompareQuery)))
+
+
+async def api_pipelines(request: Request) -> Response:
+    return json_response(await _web(request).db(api.pipelines, _query(request, api.PipelinesQuery)))
+
+
+async def api_pipeline(request: Request) -> Response:
+    return json_response(await _web(request).db(api.pipeline, request.path_params["id"]))
+
+
+async def api_sweep(request: Request) -> Response:
+    q = _query(request, api.PlotQuery)
+    return json_response(await _web(request).db(api.sweep, request.path_params["id"], q))
+
+
+async def api_artifacts(request: Request) -> Response:
+    return json_response(await _web(request).db(api.artifacts, _query(request, api.ArtifactsQuery)))
+
+
+async def api_artifact(request: Request) -> Response:
+    return json_response(await _web(request).db(api.artifact, request.path_params["id"]))
+
+
+async def api_lineage(request: Request) -> Response:
+    return json_response(await _web(request).db(api.lineage, request.path_params["id"]))
+
+
+async def api_evals(request: Request) -> Response:
+    return json_response(await _web(request).db(api.evals, _query(request, api.EvalsQuery)))
+
+
+async def api_policies(request: Request) -> Response:
+    return json_response(await _web(request).db(api.policies))
+
+
+async def api_policy(request: Request) -> Response:
+    return json_response(await _web(request).db(api.policy, request.path_params["name"]))
+
+
+async def api_cluster(request: Request) -> Response:
+    web = _web(request)
+    return json_response(await web.db(api.cluster, web.cluster))
+
+
+async def api_events(request: Request) -> Response:
+    page = await _web(request).db(api.events_page, _query(request, api.EventsQuery))
+    return Response(b"[" + b",".join(event_json(e) for e in page) + b"]", media_type="application/json")
+
+
+# ------------------------------------------------------------- event streams
+
+
+def resume_position(headers: Headers, query: dict[str, str]) -> int | None:
+    raw = headers.get("last-event-id") or query.get("after")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise api.BadRequest(f"Last-Event-ID / after must be an event position, not {raw[:40]!r}")
+    return int(raw)
+
+
+class _Stream:
+    """An SSE endpoint (a raw ASGI app: it writes each frame itself, with a timeout)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        web = _web(request)
+        if web.streams >= web.limits.max_subscribers:
+            await json_error(503, f"too many open event streams ({web.streams}); try again later")(scope, receive, send)
+            return
+        try:
+            await self.open(request, web, send, receive)
+        except (api.BadRequest, api.NotFound) as exc:
+            status = 400 if isinstance(exc, api.BadRequest) else 404
+            await json_error(status, str(exc))(scope, receive, send)
+
+    async def open(self, request: Request, web: Web, send: Send, receive: Receive) -> None:
+        raise NotImplementedError
+
+
+class LogStream(_Stream):
+    """``/api/stream``: every event after Last-Event-ID (else ``?after=``, else the log's end), then live."""
+
+    async def open(self, request: Request, web: Web, send: Send, receive: Receive) -> None:
+        resume = resume_position(request.headers, dict(request.query_params))
+        assert web.broadcast is not None
+        queue = web.broadcast.subscribe()  # subscribed before reading the end: nothing committed later is missed
+        web.streams += 1
+        try:
+            position = await web.db(events.last_position) if resume is None else resume
+
+            async def read_page(after: int, limit: int) -> list[events.StoredEvent]:
+                return await web.db(events.read_all, after, limit)
+
+            async def pump(write: Write) -> None:
+                await pump_log(
+                    write,
+                    queue,
+                    position,
+                    catch_up=resume is not None,
+                    read_page=read_page,
+                    keepalive=web.limits.keepalive,
+                )
+
+            await run_stream(send, receive, pump, web.limits)
+        finally:
+            web.streams -= 1
+            web.broadcast.unsubscribe(queue)
+
+
+class RunLogStream(_Stream):
+    """``/api/runs/{id}/log/stream``: the run's log.txt as it grows (``event: lines``), from Last-Event-ID."""
+
+    async def open(self, request: Request, web: Web, send: Send, receive: Receive) -> None:
+        resume = resume_position(request.headers, dict(request.query_params))
+        detail = await web.db(api.run_log, request.path_params["id"], api.LogQuery(tail=1))
+        path = Path(detail["path"])
+        web.streams += 1
+        try:
+
+            async def pump(write: Write) -> None:
+                await pump_file(write, path, detail["size"] if resume is None else resume, stop=web.closing)
+
+            await run_stream(send, receive, pump, web.limits)
+        finally:
+            web.streams -= 1
+
+
+# ------------------------------------------------------------------- guards
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith("/api/")
+
+
+class Guard:
+    """GET only, the token when one is set, and safe headers on every response."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            response = json_error(405, f"{scope['method']} is not supported; this server is read-only (GET)")
+            response.headers["allow"] = "GET, HEAD"
+            await response(scope, receive, send)
+            return
+        if self.token is not None:
+            presented, from_query = self._presented(scope)
+            if presented is None or not hmac.compare_digest(presented.encode(), self.token.encode()):
+                await json_error(401, "a token is required: open the URL that `labctl serve` printed")(
+                    scope, receive, send
+                )
+                return
+            if from_query:
+                await self._set_cookie_and_clean_url(scope, receive, send)
+                return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+    @staticmethod
+    def _presented(scope: Scope) -> tuple[str | None, bool]:
+        headers = Headers(scope=scope)
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip(), False
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE:
+                return value, False
+        for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            if name == "token":
+                return value, True
+        return None, False
+
+    @staticmethod
+    async def _set_cookie_and_clean_url(scope: Scope, receive: Receive, send: Send) -> None:
+        """``?token=`` once: remember it in a cookie and drop it from the address bar."""
+        params = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
+        token = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))["token"]
+        target = scope["path"] + (f"?{urlencode(params)}" if params else "")
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+        await response(scope, receive, send)
+
+
+# ------------------------------------------------------------------ errors
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return _error(request, 400, str(exc))
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(request, 404, str(exc))
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    return _error(
+        request, 503, f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = "no such page: " + request.url.path if exc.status_code == 404 else str(exc.detail)
+    return _error(request, exc.status_code, message)
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(request, 500, "internal error (see the server's log)")
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if _is_api(request.url.path):
+        return json_error(status, message)
+    return pages.error_page(status, message)
+
+
+# -------------------------------------------------------------------- the app
+
+
+def create_app(web: Web, *, allowed_hosts: list[str]) -> Starlette:
+    routes = [
+        Route("/api/runs", api_runs),
+        Route("/api/runs/{id}", api_run),
+        Route("/api/runs/{id}/log", api_run_log),
+        Route("/api/runs/{id}/log/stream", RunLogStream()),
+        Route("/api/runs/{id}/events", api_run_events),
+        Route("/api/recipes/{name}", api_recipe),
+        Route("/api/recipes/{name}/history", api_recipe_history),
+        Route("/api/compare", api_compare),
+        Route("/api/pipelines", api_pipelines),
+        Route("/api/pipelines/{id}", api_pipeline),
+        Route("/api/sweeps/{id}", api_sweep),
+        Route("/api/artifacts", api_artifacts),
+        Route("/api/artifacts/{id:path}/lineage", api_lineage),
+        Route("/api/artifacts/{id:path}", api_artifact),
+        Route("/api/evals", api_evals),
+        Route("/api/policies", api_policies),
+        Route("/api/policies/{name}", api_policy),
+        Route("/api/cluster", api_cluster),
+        Route("/api/events", api_events),
+        Route("/api/stream", LogStream()),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        *pages.routes(),
+    ]
+    handlers: dict[Any, Callable[..., Any]] = {
+        api.BadRequest: _bad_request,
+        api.NotFound: _not_found,
+        DatabaseUnavailable: _unavailable,
+        psycopg.OperationalError: _unavailable,
+        HTTPException: _http_error,
+        Exception: _internal,
+    }
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts),
+            Middleware(Guard, token=web.token),
+        ],
+        exception_handlers=handlers,
+    )
+    app.state.web = web
+    return app
