@@ -30,6 +30,7 @@ from labctl.app import App
 from labctl.artifacts import artifact_id, path_identity_hash, remove_alias_link, remove_object, set_alias_link
 from labctl.artifacts.store import OBJECTS_DIRNAME, alias_link_path
 from labctl.errors import InputError, UserError
+from labctl.lookup import alias_target
 from projections.engine import APPEND_LOCK
 from projections.runs import TERMINAL_STATES
 
@@ -96,13 +97,10 @@ def resolve_artifact(conn: psycopg.Connection[Any], user: str, ref: str, *, incl
             raise UserError(f"no artifact {ref!r}")
         found = find_artifact(conn, rows[0][0])
     else:
-        owner, _, name = ref.rpartition("/")
-        row = conn.execute(
-            "SELECT artifact_id FROM aliases WHERE user_name = %s AND alias = %s", (owner or user, name)
-        ).fetchone()
-        if row is None:
-            raise UserError(f"no artifact id or alias {ref!r} (aliases are looked up for user {owner or user})")
-        found = find_artifact(conn, row[0])
+        target = alias_target(conn, ref)
+        if target is None:
+            raise UserError(f"no artifact id or alias {ref!r}")
+        found = find_artifact(conn, target)
     if found is None:
         raise UserError(f"no artifact {ref!r}")
     if found.removed_at is not None and not include_removed:

@@ -21,3 +21,23 @@ def resolve_id(conn: psycopg.Connection[Any], table: str, kind: str, ref: str) -
         raise UserError(f"no {kind} {ref!r}")
     shown = ", ".join(r[0] for r in rows[:5])
     raise UserError(f"{ref!r} is ambiguous: it matches {shown}{' ...' if len(rows) > 5 else ''}")
+
+
+def alias_target(conn: psycopg.Connection[Any], ref: str) -> str | None:
+    """The artifact id an alias names, or None.
+
+    ``owner/name`` is that user's alias. A bare ``name`` is looked up in one
+    namespace shared by every user, as the original labctl's
+    ``artifact_aliases``: the alias most recently set under that name, by
+    anyone, wins (a teammate's ``qwen3vl2b_pretrained`` resolves for you).
+    """
+    owner, _, name = ref.rpartition("/")
+    if owner:
+        row = conn.execute(
+            "SELECT artifact_id FROM aliases WHERE user_name = %s AND alias = %s", (owner, name)
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT artifact_id FROM aliases WHERE alias = %s ORDER BY set_at DESC, user_name LIMIT 1", (name,)
+        ).fetchone()
+    return str(row[0]) if row else None

@@ -51,6 +51,7 @@ from labctl.files import InputRef as TemplateInput
 from labctl.finish import write_linked_alias_links
 from labctl.ids import new_run_id
 from labctl.jobenv import wandb_url
+from labctl.lookup import alias_target
 from labctl.provenance import Source, inspect_repo, snapshot
 
 _RETRIES = 20
@@ -128,18 +129,23 @@ def apply_overrides(recipe: Recipe, assignments: Sequence[str]) -> Recipe:
 
 
 def resolve_alias(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[str, str, str, str] | None:
-    """``(artifact id, path, hash, alias)`` of an alias (``name`` or ``user/name``) or artifact id."""
+    """``(artifact id, path, hash, alias)`` of an artifact id (or unambiguous prefix), else of an alias.
+
+    The original's order: an artifact id first, then the alias namespace
+    shared by all users (``owner/name`` picks one user's alias).
+    """
     if ref.startswith("artifact_"):
         row = conn.execute(
             "SELECT id, path, hash, id FROM artifacts WHERE id LIKE %s AND removed_at IS NULL ORDER BY id LIMIT 2",
             (ref + "%",),
         ).fetchall()
         return row[0] if len(row) == 1 else None
-    owner, _, name = ref.rpartition("/")
+    target = alias_target(conn, ref)
+    if target is None:
+        return None
     found = conn.execute(
-        "SELECT a.id, a.path, a.hash, al.alias FROM aliases al JOIN artifacts a ON a.id = al.artifact_id "
-        "WHERE al.user_name = %s AND al.alias = %s AND a.removed_at IS NULL",
-        (owner or user, name),
+        "SELECT id, path, hash, %s FROM artifacts WHERE id = %s AND removed_at IS NULL",
+        (ref.rpartition("/")[2], target),
     ).fetchone()
     return found
 
@@ -153,7 +159,7 @@ def _resolve_inputs(
             found = resolve_alias(conn, user, spec.artifact)
             if found is None:
                 raise FileFormatError(
-                    path, f"inputs.{role}.artifact", f"no artifact with alias {spec.artifact!r} (for user {user})"
+                    path, f"inputs.{role}.artifact", f"no artifact with id or alias {spec.artifact!r}"
                 )
             artifact_id, apath, digest, alias = found
             resolved.append(
@@ -263,9 +269,15 @@ def prepare(
 
 
 def write_run_dir(run: PreparedRun) -> None:
-    """The run dir a job needs: the source snapshot and ``.lab/context.json``."""
+    """The run dir a job needs: its output directories, the source snapshot and ``.lab/context.json``."""
     run_dir = Path(run.run_dir)
     (run_dir / ".lab").mkdir(parents=True, exist_ok=True)
+    for out in run.outputs:
+        # A command writing `{outputs.R.path}/file` needs the directory, as in the original.
+        try:
+            Path(out.path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the directory of output {out.role!r}: {exc}") from None
     if run.source is not None:
         snapshot(run.source, run_dir / "source")
     write_context(

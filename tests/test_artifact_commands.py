@@ -215,7 +215,7 @@ def _hash(app: App, aid: str) -> str:
 
 def test_unknown_refs_are_one_line_and_exit_1(conn: psycopg.Connection[Any], env: dict[str, str]) -> None:
     cases = {
-        ("alias", "set", "x", "nothing"): "no artifact id or alias 'nothing' (aliases are looked up for user alice)",
+        ("alias", "set", "x", "nothing"): "no artifact id or alias 'nothing'",
         ("alias", "set", "x", "artifact_ffff"): "no artifact 'artifact_ffff'",
         ("alias", "rm", "nothing"): "no alias 'nothing' for user alice",
         ("lineage", "nothing"): "no run, artifact or alias 'nothing'",

@@ -366,7 +366,7 @@ def test_hash_outputs_writes_the_manifest_and_registration_trusts_it(
     run_id = submit(env, RECIPES / "hand_output.toml")  # no agent: it stays queued
     run_dir = Path(run_row(conn, run_id)["run_dir"])
     out = Path(submitted_data(conn, run_id)["outputs"][0]["path"])
-    out.mkdir(parents=True)
+    assert out.is_dir()  # made at submission, for the command to write into
     (out / "weights.bin").write_bytes(b"\x00" * 1000)
     (out / "DONE").touch()
 
