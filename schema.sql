@@ -2,8 +2,14 @@
 -- connect) to an empty database; later versions arrive as upgrade steps in
 -- labctl/migrations/, and a test checks that upgrading gives exactly this.
 --
--- public   : the event log (source of truth) and operational tables
+-- labctl   : the event log (source of truth) and operational tables
 -- live     : projection tables (read models), rebuilt from the log at will
+--
+-- Nothing lives in public, so an original labctl registry (its own runs,
+-- events, ... tables there) can share the database while a group switches.
+
+CREATE SCHEMA labctl;
+SET LOCAL search_path = labctl;
 
 CREATE TABLE schema_version (
     version     integer     NOT NULL,
@@ -362,4 +368,4 @@ CREATE TABLE live.metric_files (
     updated_at   timestamptz NOT NULL
 );
 
-INSERT INTO schema_version (version) VALUES (3);
+INSERT INTO schema_version (version) VALUES (4);

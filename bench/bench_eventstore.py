@@ -215,7 +215,7 @@ def create_copy_target(conn: psycopg.Connection[Any]) -> None:
     """An empty table with the same columns, types, keys and indexes as ``events``."""
     conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
     conn.execute(f"CREATE SCHEMA {SCRATCH}")
-    conn.execute(f"CREATE TABLE {SCRATCH}.events (LIKE public.events INCLUDING ALL)")
+    conn.execute(f"CREATE TABLE {SCRATCH}.events (LIKE labctl.events INCLUDING ALL)")
 
 
 # ---------------------------------------------------------------- measuring

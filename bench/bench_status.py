@@ -221,7 +221,7 @@ def bare_copy(conn: psycopg.Connection[Any], query: str, params: dict[str, Any])
 
 BARE_SCRIPT = """
 import sys, psycopg
-with psycopg.connect(sys.argv[1], autocommit=True, options="-c search_path=live,public") as c:
+with psycopg.connect(sys.argv[1], autocommit=True, options="-c search_path=live,labctl") as c:
     c.execute(sys.argv[2], {"user": sys.argv[3]}).fetchall()
 """
 

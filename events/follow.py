@@ -19,6 +19,9 @@ import psycopg
 from events.codec import StoredEvent
 from events.store import CHANNEL, Q, _decode_rows, read_all
 
+# The log lives in its own schema, never in public (an original labctl registry may be there).
+_OPTIONS = "-c search_path=labctl"
+
 
 def follow(
     url: str,
@@ -34,7 +37,7 @@ def follow(
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            with psycopg.connect(url, autocommit=True) as conn:
+            with psycopg.connect(url, autocommit=True, options=_OPTIONS) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
                 while not stop.is_set():
                     page = read_all(conn, position, batch)
@@ -66,7 +69,7 @@ async def afollow(
     position = after
     while True:
         try:
-            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True, options=_OPTIONS)
             async with conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 while True:

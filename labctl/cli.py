@@ -62,12 +62,12 @@ def _main(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create or upgrade the schema (idempotent)."""
+    """Create or upgrade the schema (idempotent); beside an original labctl registry too."""
     from labctl.db import connect, ensure_schema
 
     a = _open()
     with connect(a.db.url) as conn:
-        before, after = ensure_schema(conn)
+        before, after = ensure_schema(conn, beside_original=True)
     if before == after:
         typer.echo(f"schema is current (version {after})")
     elif before is None:
@@ -174,7 +174,7 @@ def replay(
     position = parse_until(conn, until)
     report = projections.replay_as_of(conn, position)
     typer.echo(f"built the read models as of position {position} ({report.events} events) into schema {report.schema}")
-    typer.echo(f"query it with:  SET search_path = {report.schema}, public;  or  labctl status --as-of {position}")
+    typer.echo(f"query it with:  SET search_path = {report.schema}, labctl;  or  labctl status --as-of {position}")
 
 
 @audit_app.command("verify")

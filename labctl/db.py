@@ -24,7 +24,7 @@ from labctl.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
-SEARCH_PATH = "live, public"
+SEARCH_PATH = "live, labctl"
 _SCHEMA_LOCK = 7146012
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -233,22 +233,50 @@ def schema_version_of_file(sql: str) -> int:
 
 def current_schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """The database's schema version, or None when labctl's schema is absent."""
-    row = conn.execute("SELECT to_regclass('public.schema_version') IS NOT NULL").fetchone()
-    if not row or not row[0]:
+    row = conn.execute(
+        "SELECT to_regclass('labctl.schema_version') IS NOT NULL, to_regclass('public.schema_version') IS NOT NULL"
+    ).fetchone()
+    if not row or not (row[0] or row[1]):
         return None
-    row = conn.execute("SELECT max(version) FROM public.schema_version").fetchone()
+    # Before version 4 labctl's tables lived in public.
+    table = "labctl.schema_version" if row[0] else "public.schema_version"
+    row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
 
-def ensure_schema(conn: psycopg.Connection[Any]) -> tuple[int | None, int]:
+def original_registry_runs(conn: psycopg.Connection[Any]) -> int | None:
+    """How many runs an original (Rust) labctl registry in this database holds; None without one."""
+    row = conn.execute(
+        "SELECT to_regclass('public.runs') IS NOT NULL AND to_regclass('public.artifact_aliases') IS NOT NULL"
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    row = conn.execute("SELECT count(*) FROM public.runs").fetchone()
+    return int(row[0]) if row else 0
+
+
+class OriginalRegistryOnly(DatabaseUnavailable):
+    """The database holds an original labctl registry and no labctl event log yet."""
+
+
+def ensure_schema(conn: psycopg.Connection[Any], *, beside_original: bool = False) -> tuple[int | None, int]:
     """Create or upgrade the schema; idempotent and safe when run concurrently.
 
+    A database holding only an original labctl registry is refused (the user most
+    likely wants ``labctl import``) unless ``beside_original``.
     Returns ``(version before, version after)``.
     """
     target = schema_version_of_file(schema_sql())
     before = current_schema_version(conn)
     if before == target:
         return before, target
+    if before is None and not beside_original:
+        runs = original_registry_runs(conn)
+        if runs is not None:
+            raise OriginalRegistryOnly(
+                f"this database holds an original labctl registry ({runs} runs) and no labctl event log yet: "
+                "bring it in with `labctl import` (README: Switching from the original labctl)"
+            )
     # A session lock taken before the transaction: the check below then sees whatever a
     # concurrent creator committed while we waited.
     conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
@@ -260,7 +288,9 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> tuple[int | None, int]:
             )
         if before != target:
             with conn.transaction():
-                conn.execute("SET LOCAL search_path = public")
+                # Objects go to the first schema of the path that exists: public until
+                # the step that creates labctl's own schema moves them there.
+                conn.execute("SET LOCAL search_path = labctl, public")
                 if before is None:
                     conn.execute(schema_sql().encode())
                 else:

@@ -74,7 +74,7 @@ def write_status_json(
 
 
 def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
-    conn.execute(f"SET search_path = {schema}, public")
+    conn.execute(f"SET search_path = {schema}, labctl")
 
 
 def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:

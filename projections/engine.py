@@ -255,7 +255,7 @@ def make_read_only(conn: psycopg.Connection[Any], schema: str, why: str) -> None
         conn.execute(
             sql.SQL(
                 "CREATE TRIGGER read_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION public.labctl_refuse_change({})"
+                "FOR EACH STATEMENT EXECUTE FUNCTION labctl.labctl_refuse_change({})"
             ).format(sql.Identifier(schema, name), sql.Literal(why))
         )
 

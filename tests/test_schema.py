@@ -18,16 +18,16 @@ V1 = Path(__file__).parent / "data" / "schema_v1.sql"
 CATALOG = {
     "columns": """
         SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default, ordinal_position
-        FROM information_schema.columns WHERE table_schema IN ('public', 'live') ORDER BY 1, 2, 7""",
+        FROM information_schema.columns WHERE table_schema IN ('labctl', 'live') ORDER BY 1, 2, 7""",
     "indexes": """
         SELECT schemaname, indexname, indexdef FROM pg_indexes
-        WHERE schemaname IN ('public', 'live') ORDER BY 1, 2""",
+        WHERE schemaname IN ('labctl', 'live') ORDER BY 1, 2""",
     "constraints": """
         SELECT n.nspname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c
-        JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname IN ('public', 'live') ORDER BY 1, 2""",
+        JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname IN ('labctl', 'live') ORDER BY 1, 2""",
     "functions": """
         SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p
-        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1""",
+        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'labctl' ORDER BY 1""",
     "triggers": """
         SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger
         WHERE NOT tgisinternal ORDER BY 1, 2""",
