@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from labctl.executors.sbatch_script import render_script_body
 from labctl.files import Recipe, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run, submission_of
 from labctl.jobenv import job_command, job_environment, job_workdir
+from labctl.metrics_ingest import LiveFiles, ingest_quietly
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class Agent:
         reactors: Sequence[Reactor] | None = None,
         poll_interval: float = 0.25,
         heartbeat_interval: float = 1.0,
+        metrics_interval: float = 1.0,
     ) -> None:
         self.app = app
         self.id = f"agent_{HOST}_{os.getpid()}_{secrets.token_hex(3)}"
@@ -97,6 +100,10 @@ class Agent:
         self.local = LocalExecutor()
         self.running: dict[str, str] = {}  # job id -> run id (local jobs this agent started)
         self.ended: dict[str, tuple[str, JobState]] = {}  # jobs that ended, their end not yet recorded
+        self.run_dirs: dict[str, str] = {}  # run id -> run dir of the jobs in ``running``
+        self.metric_files = LiveFiles()
+        self.metrics_interval = metrics_interval
+        self._next_metrics = 0.0
         self.stopping = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         if reactors is None:
@@ -209,6 +216,7 @@ class Agent:
     def tick(self) -> bool:
         changed = self.reap_stale_agents()
         changed |= self.poll_local()
+        self.ingest_live_metrics()
         self.pass_cancels()
         # Reactors before claims: a child released by a parent that just ended is claimable this tick.
         changed |= self.react()
@@ -268,6 +276,8 @@ class Agent:
         for job_id, state in self.local.poll(list(self.running)).items():
             if not state.active:
                 run_id = self.running.pop(job_id)
+                self.run_dirs.pop(run_id, None)
+                self.metric_files.forget(run_id)
                 if state.state == "succeeded":
                     self._hash_outputs(run_id)
                 self.ended[job_id] = (run_id, state)
@@ -281,6 +291,17 @@ class Agent:
                 # should not wait for every other job that ended in the same tick.
                 self.react()
         return changed
+
+    def ingest_live_metrics(self) -> None:
+        """Record the metrics lines running jobs appended (at most every ``metrics_interval``)."""
+        now = time.monotonic()
+        if not self.running or now < self._next_metrics:
+            return
+        self._next_metrics = now + self.metrics_interval
+        for run_id in self.running.values():
+            run_dir = self.run_dirs.get(run_id)
+            if run_dir and self.metric_files.grown(run_id, run_dir):
+                ingest_quietly(self.app.db.run, run_id, run_dir, self.app.meta())
 
     def _hash_outputs(self, run_id: str) -> None:
         """Write the run's ``.lab/output_hashes.json`` here (on SLURM the job does it on the node)."""
@@ -346,6 +367,7 @@ class Agent:
             self._finish(run_id, JobState(job_id="", state="failed", reason=f"could not start: {exc}"))
             return
         self.running[job_id] = run_id
+        self.run_dirs[run_id] = sub.run_dir
         now = datetime.now(UTC)
         version = events.stream_version(conn, f"run-{run_id}")
         projections.record(

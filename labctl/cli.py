@@ -407,6 +407,7 @@ def reconcile() -> None:
         "finished": report.finished,
         "sacct_calls": report.sacct_calls,
         "accounting_ok": report.accounting_ok,
+        "metric_points": report.metric_points,
         "pipelines_advanced": advanced,
     }
     typer.echo(to_json(counts))
@@ -471,8 +472,10 @@ def main() -> None:
     from labctl.errors import UserError
 
     try:
+        from labctl.commands.metrics import plot_value_filled
         from labctl.files.errors import FileFormatError
 
+        sys.argv = plot_value_filled(sys.argv)
         app()
     except FileFormatError as exc:
         typer.echo(f"labctl: error: {exc}", err=True)

@@ -44,6 +44,7 @@ from labctl.artifacts import (
 from labctl.db import Database
 from labctl.executors.base import JobState
 from labctl.files import ClusterConfig
+from labctl.metrics_ingest import ingest_quietly
 from projections.runs import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,9 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
     """Record that ``run_id`` ended as ``outcome``; returns the recorded state (None if it had already ended)."""
     conn = db.conn
     sub = submission_of(conn, run_id)
+    if sub is not None:
+        # The job has stopped writing: take its last metrics lines before the end is recorded.
+        ingest_quietly(db.run, run_id, sub.run_dir, meta, final=True)
     now = datetime.now(UTC)
     registered = Registered(events=[], linked=[])
     state = outcome.state

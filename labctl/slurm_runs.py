@@ -32,6 +32,7 @@ from labctl.executors.slurm import SlurmExecutor
 from labctl.files import Recipe, Throttle, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run, submission_of
 from labctl.jobenv import job_command, job_environment, job_workdir, labctl_executable
+from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.throttle import claimable_runs
 
 log = logging.getLogger(__name__)
@@ -267,13 +268,18 @@ class ReconcileReport(msgspec.Struct):
     finished: int = 0
     sacct_calls: int = 0
     accounting_ok: bool = True
+    metric_points: int = 0
 
 
-def reconcile(app: App, executor: SlurmExecutor) -> ReconcileReport:
-    """One cycle: one sacct call for every active SLURM run; record what changed."""
+def reconcile(app: App, executor: SlurmExecutor, live_files: LiveFiles | None = None) -> ReconcileReport:
+    """One cycle: one sacct call for every active SLURM run; record what changed.
+
+    Running jobs' new metrics lines are ingested too (only files that grew since ``live_files`` last
+    looked; every file when it is None); a job that ended has its last lines taken as its end is recorded.
+    """
     conn = app.db.conn
     rows = conn.execute(
-        "SELECT r.id, r.job_id, r.status, r.created_at, s.start_index, s.end_index FROM runs r "
+        "SELECT r.id, r.job_id, r.status, r.created_at, s.start_index, s.end_index, r.run_dir FROM runs r "
         "LEFT JOIN sweeps s ON s.id = r.sweep_id "
         "WHERE r.executor = 'slurm' AND r.status IN ('submitted', 'running') AND r.job_id IS NOT NULL"
     ).fetchall()
@@ -287,10 +293,12 @@ def reconcile(app: App, executor: SlurmExecutor) -> ReconcileReport:
     )
     report.sacct_calls = executor.sacct_calls - before
     report.accounting_ok = executor.accounting_ok
-    for run_id, job_id, status, *_ in rows:
+    for run_id, job_id, status, _created, _start, _end, run_dir in rows:
         state = states.get(job_id)
         if state is None:
             continue
+        if state.state == "running" and (live_files is None or live_files.grown(run_id, run_dir)):
+            report.metric_points += ingest_quietly(app.db.run, run_id, run_dir, app.meta())
         if state.state == "running" and status == "submitted":
             version = events.stream_version(conn, f"run-{run_id}")
             started = RunStarted(run_id=run_id, started_at=state.started_at or datetime.now(UTC), job_id=job_id)

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from labctl.executors.slurm import SlurmExecutor
+from labctl.metrics_ingest import LiveFiles
 from labctl.reactors.base import Leadership
 from labctl.slurm_runs import reconcile, recover_intents, submit_queued
 
@@ -24,6 +25,7 @@ class SlurmReactor:
         self.leadership = Leadership(url, self.name)
         self.executor = SlurmExecutor(max_interval=max_interval)
         self.next_reconcile = 0.0
+        self.metric_files = LiveFiles()
 
     def step(self, agent: Agent) -> bool:
         if not self.leadership.held():
@@ -33,7 +35,7 @@ class SlurmReactor:
         if now < self.next_reconcile:
             return changed
         changed |= recover_intents(agent.app, self.executor, agent.id) > 0
-        report = reconcile(agent.app, self.executor)
+        report = reconcile(agent.app, self.executor, self.metric_files)
         moved = report.started + report.finished > 0
         self.next_reconcile = now + (self.executor.next_interval(moved) if report.active else 1.0)
         if not report.accounting_ok:
