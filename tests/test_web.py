@@ -6,29 +6,40 @@ with its own event loop, as `labctl serve` runs it in the foreground.
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import json
 import signal
 import socket
 import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 import projections
 from events import NewEvent
-from events.types import PipelineCreated, RunFinished, RunPending, RunStarted, RunSubmitted, StageSpec
-from labctl.web import serve
+from events.types import (
+    AliasSet,
+    ArtifactRegistered,
+    EvalRecorded,
+    EvalRequested,
+    InputRef,
+    MetricPoint,
+    MetricsLogged,
+    OutputLinked,
+    PipelineCreated,
+    RunFinished,
+    RunPending,
+    RunStarted,
+    RunSubmitted,
+    StageSpec,
+)
 from tests.conftest import labctl_bin
+from tests.webserver import EventStream, running_server
+from tests.webserver import get as _get
+from tests.webserver import get_json as _json
 
 
 def _submitted(run_id: str, user: str = "alice", name: str = "train") -> RunSubmitted:
@@ -46,85 +57,8 @@ def _finish(conn: psycopg.Connection[Any], run_id: str, exit_code: int = 0) -> N
 
 @pytest.fixture
 def web(db_url: str) -> Iterator[str]:
-    """The base URL of a server on an ephemeral port, stopped (and checked stopped) after the test."""
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        box["loop"] = asyncio.get_running_loop()
-        box["stop"] = stop = asyncio.Event()
-
-        def started(host: str, port: int) -> None:
-            box["port"] = port
-            ready.set()
-
-        await serve(db_url, "127.0.0.1", 0, stop=stop, started=started, poll_interval=0.2)
-
-    def thread() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            box["error"] = exc
-            ready.set()
-
-    t = threading.Thread(target=thread, name="labctl-web", daemon=True)
-    t.start()
-    assert ready.wait(20), "the server did not start"
-    if "error" in box:
-        raise box["error"]
-    yield f"http://127.0.0.1:{box['port']}"
-    box["loop"].call_soon_threadsafe(box["stop"].set)
-    t.join(10)
-    assert not t.is_alive(), "the server did not stop"
-    assert "error" not in box, box.get("error")
-
-
-def _get(url: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as res:
-            return res.status, res.headers["Content-Type"], res.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers["Content-Type"], err.read()
-
-
-def _json(url: str) -> Any:
-    status, ctype, body = _get(url)
-    assert status == 200, body
-    assert ctype == "application/json"
-    return json.loads(body)
-
-
-class EventStream:
-    """A Server-Sent Events client reading ``event: log`` frames (what EventSource does)."""
-
-    def __init__(self, base: str, *, last_event_id: int | None = None, after: int | None = None) -> None:
-        url = urlsplit(base)
-        self.conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
-        headers = {"Accept": "text/event-stream"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
-        self.conn.request("GET", "/api/stream" + (f"?after={after}" if after is not None else ""), headers=headers)
-        self.res = self.conn.getresponse()
-        assert self.res.status == 200
-        assert self.res.getheader("Content-Type") == "text/event-stream"
-
-    def next(self) -> tuple[int, dict[str, Any]]:
-        """The next event's id and JSON data (comments and bare ``retry:`` frames skipped)."""
-        fields: dict[str, str] = {}
-        while True:
-            line = self.res.readline().decode()
-            assert line, "the stream ended"
-            line = line.rstrip("\n")
-            if line == "":
-                if fields.get("event") == "log":
-                    return int(fields["id"]), json.loads(fields["data"])
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
-
-    def close(self) -> None:
-        self.conn.close()
+    with running_server(db_url) as base:
+        yield base
 
 
 # --------------------------------------------------------------------- JSON API
@@ -340,3 +274,304 @@ def test_labctl_serve_refuses_a_malformed_bind(labctl_env: dict[str, str]) -> No
     )
     assert proc.returncode == 2
     assert "expected HOST:PORT" in proc.stderr
+
+
+# ------------------------------------------------------- a small world to browse
+
+
+def _world(conn: psycopg.Connection[Any]) -> None:
+    """A training run with two checkpoints (each evaluated), logged loss, and a run that used one checkpoint."""
+    train = RunSubmitted(
+        run_id="run_t1",
+        name="train",
+        user="alice",
+        executor="local",
+        run_dir="/runs/run_t1",
+        recipe={"params": {"lr": 0.1}, "resources": {"mem": "1GB"}},
+        tracking_url="javascript:alert(1)",
+    )
+    other = RunSubmitted(
+        run_id="run_t2",
+        name="train",
+        user="alice",
+        executor="local",
+        run_dir="/runs/run_t2",
+        recipe={"params": {"lr": 0.5}, "resources": {"mem": "1GB"}},
+        tracking_url="https://wandb.ai/lab/p/runs/x",
+    )
+    batch = [NewEvent("run-run_t1", train, 0), NewEvent("run-run_t2", other, 0)]
+    for step, run_id in ((1, "run_t1"), (2, "run_t1"), (1, "run_t2")):
+        aid = f"artifact_{run_id}_{step}"
+        batch += [
+            NewEvent(
+                f"artifact-{aid}",
+                ArtifactRegistered(
+                    artifact_id=aid,
+                    hash=f"{step}{run_id}".ljust(64, "0"),
+                    kind="checkpoint",
+                    path=f"/a/{aid}",
+                    user="alice",
+                    producer_run_id=run_id,
+                    metadata={"step": step},
+                ),
+                0,
+            ),
+            NewEvent(
+                f"run-{run_id}", OutputLinked(run_id=run_id, role="ckpts", artifact_id=aid, path=f"/a/{aid}", step=step)
+            ),
+            NewEvent(
+                f"eval-k{aid}",
+                EvalRequested(
+                    eval_key=f"k{aid}",
+                    policy="every-epoch",
+                    checkpoint_artifact_id=aid,
+                    eval_recipe_hash="h",
+                    run_id=f"run_e{step}{run_id[-1]}",
+                    step=step,
+                ),
+                0,
+            ),
+            NewEvent(
+                f"eval-k{aid}",
+                EvalRecorded(
+                    eval_key=f"k{aid}",
+                    run_id=f"run_e{step}{run_id[-1]}",
+                    metrics={"accuracy": 0.5 + step / 10 + (run_id == "run_t2") / 100, "step": step},
+                ),
+            ),
+        ]
+    batch.append(
+        NewEvent(
+            "metrics-run_t1",
+            MetricsLogged(
+                run_id="run_t1",
+                offset=0,
+                end=10,
+                points=[MetricPoint(step=1, values={"loss": 2.0}), MetricPoint(step=2, values={"loss": 1.0})],
+            ),
+            0,
+        )
+    )
+    consumer = RunSubmitted(
+        run_id="run_u1",
+        name="use",
+        user="bob",
+        executor="local",
+        run_dir="/runs/run_u1",
+        recipe={},
+        inputs=[InputRef(role="model", type="artifact", path="/a/artifact_run_t1_2", artifact_id="artifact_run_t1_2")],
+    )
+    batch.append(NewEvent("run-run_u1", consumer, 0))
+    batch.append(NewEvent("alias-alice/best", AliasSet(user="alice", alias="best", artifact_id="artifact_run_t1_2"), 0))
+    projections.record(conn, batch)
+
+
+def test_runs_are_paged_by_cursor_without_repeats_or_gaps(web: str, conn: psycopg.Connection[Any]) -> None:
+    for i in range(7):
+        _submit(conn, f"run_g{i}")
+    seen: list[str] = []
+    url = f"{web}/api/runs?limit=3"
+    while True:
+        page = _json(url)
+        seen += [r["id"] for r in page["runs"]]
+        if page["next"] is None:
+            break
+        url = f"{web}/api/runs?limit=3&after={page['next']}"
+    assert seen == [f"run_g{i}" for i in reversed(range(7))]
+    by_name = _json(f"{web}/api/runs?sort=name&order=asc&limit=2")
+    assert [r["id"] for r in _json(f"{web}/api/runs?sort=name&order=asc&limit=5&after={by_name['next']}")["runs"]] == [
+        r["id"] for r in _json(f"{web}/api/runs?sort=name&order=asc&limit=7")["runs"]
+    ][2:7]
+
+
+def test_runs_filter_by_recipe_pipeline_and_text(web: str, conn: psycopg.Connection[Any]) -> None:
+    _world(conn)
+    assert [r["id"] for r in _json(f"{web}/api/runs?recipe=use")["runs"]] == ["run_u1"]
+    assert [r["id"] for r in _json(f"{web}/api/runs?q=T2")["runs"]] == ["run_t2"]  # case-insensitive
+    assert _json(f"{web}/api/runs?q=%25")["runs"] == []  # % is a character, not a wildcard
+    assert _json(f"{web}/api/runs?pipeline=pipeline_none")["runs"] == []
+    [t1] = [r for r in _json(f"{web}/api/runs?recipe=train")["runs"] if r["id"] == "run_t1"]
+    assert t1["params"] == {"lr": 0.1} and t1["metrics"] == {"loss": 1.0, "accuracy": 0.7}
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=100000", "sort=bogus", "order=sideways", "after=%25%25notacursor", "user=" + "x" * 300],
+)
+def test_bad_runs_query_values_are_400_never_500(web: str, query: str) -> None:
+    status, ctype, body = _get(f"{web}/api/runs?{query}")
+    assert (status, ctype) == (400, "application/json"), body
+    assert set(json.loads(body)) == {"error"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs/run_nope",
+        "/api/runs/run_nope/log",
+        "/api/runs/run_nope/events",
+        "/api/recipes/nope",
+        "/api/pipelines/pipeline_nope",
+        "/api/artifacts/artifact_nope",
+        "/api/artifacts/artifact_nope/lineage",
+        "/api/policies/nope",
+        "/api/sweeps/sweep_nope",
+        "/api/compare?ids=run_nope",
+        "/api/runs/run_nope/log/stream",
+    ],
+)
+def test_an_unknown_id_is_a_404_json_error(web: str, path: str) -> None:
+    status, ctype, body = _get(web + path)
+    assert (status, ctype) == (404, "application/json"), body
+    assert set(json.loads(body)) == {"error"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/events?after=-1",
+        "/api/events?after=99999999999999999999999",
+        "/api/events?tail=0",
+        "/api/events?limit=lots",
+        "/api/runs/run_t1/log?tail=0",
+        "/api/recipes/train/history?limit=1000",
+        "/api/compare?ids=" + ",".join(f"run_{i}" for i in range(11)),
+        "/api/stream?after=abc",
+        "/api/artifacts?after=zzz",
+        "/api/evals?limit=-5",
+        "/runs?limit=x",
+        "/events?tail=-1",
+    ],
+)
+def test_a_bad_query_value_is_a_400(web: str, conn: psycopg.Connection[Any], path: str) -> None:
+    _world(conn)
+    status, _, body = _get(web + path)
+    assert status == 400, body
+
+
+def test_run_api_has_timeline_outputs_with_aliases_evals_and_a_safe_tracking_link(
+    web: str, conn: psycopg.Connection[Any]
+) -> None:
+    _world(conn)
+    t1 = _json(f"{web}/api/runs/run_t1")
+    assert [(o["artifact_id"], o["step"], o["aliases"]) for o in t1["outputs"]] == [
+        ("artifact_run_t1_1", 1, []),
+        ("artifact_run_t1_2", 2, ["alice/best"]),
+    ]
+    [series] = t1["eval_series"]
+    assert (series["policy_id"], series["metric_name"], series["latest_step"]) == ("every-epoch", "accuracy", 2)
+    assert [p["value"] for p in series["points"]] == [0.6, 0.7]
+    assert t1["metrics"] == [{"name": "loss", "steps": [1, 2], "values": [2.0, 1.0]}]
+    assert t1["tracking"] == {"wandb": None}  # a javascript: URL never becomes a link
+    assert _json(f"{web}/api/runs/run_t2")["tracking"] == {"wandb": {"url": "https://wandb.ai/lab/p/runs/x"}}
+    assert [e["type"] for e in _json(f"{web}/api/runs/run_t1/events")["events"]] == [
+        "RunSubmitted",
+        "OutputLinked",
+        "OutputLinked",
+    ]
+
+
+def test_compare_puts_params_side_by_side_and_overlays_eval_and_logged_curves(
+    web: str, conn: psycopg.Connection[Any]
+) -> None:
+    _world(conn)
+    body = _json(f"{web}/api/compare?ids=run_t1,run_t2")
+    assert [r["id"] for r in body["runs"]] == ["run_t1", "run_t2"]
+    assert body["metrics"][0] == "accuracy"  # measured by both runs: the default to plot
+    [accuracy] = [s for s in body["series_by_metric"] if s["metric_name"] == "accuracy"]
+    assert [(t["run_id"], [p["step"] for p in t["points"]]) for t in accuracy["runs"]] == [
+        ("run_t1", [1, 2]),
+        ("run_t2", [1]),
+    ]
+    assert "loss" in body["metrics"]
+    assert [d["params"] for d in body["details"]] == [{"lr": 0.1}, {"lr": 0.5}]
+    page = _get(f"{web}/compare?ids=run_t1&ids=run_t2")[2].decode()
+    assert 'class="differs"><th>lr</th>' in page and "<svg" in page
+
+
+def test_artifact_api_shows_producer_consumers_and_lineage_both_ways(web: str, conn: psycopg.Connection[Any]) -> None:
+    _world(conn)
+    shown = _json(f"{web}/api/artifacts/artifact_run_t1_2")
+    assert shown["artifact"]["aliases"] == ["alice/best"] and shown["producer"]["id"] == "run_t1"
+    assert [(c["id"], c["input_role"]) for c in shown["consumers"]] == [("run_u1", "model")]
+    assert _json(f"{web}/api/artifacts/alice/best")["artifact"]["id"] == "artifact_run_t1_2"  # by alias
+    lineage = _json(f"{web}/api/artifacts/artifact_run_t1_2/lineage")
+    assert lineage["root_id"] == "artifact_run_t1_2"
+    assert {r["id"] for r in lineage["runs"]} == {"run_t1", "run_u1"}
+    assert {(e["from"], e["to"], e["kind"]) for e in lineage["edges"]} == {
+        ("run_t1", "artifact_run_t1_2", "produces"),
+        ("artifact_run_t1_2", "run_u1", "consumed_by"),
+    }
+    listed = _json(f"{web}/api/artifacts?kind=checkpoint&limit=2")
+    assert len(listed["artifacts"]) == 2 and listed["next"] is not None
+    rest = _json(f"{web}/api/artifacts?kind=checkpoint&limit=2&after={listed['next']}")
+    assert len(rest["artifacts"]) == 1 and rest["next"] is None
+
+
+def test_evals_policies_and_recipes_answer_like_the_original(web: str, conn: psycopg.Connection[Any]) -> None:
+    _world(conn)
+    assert len(_json(f"{web}/api/evals")["evals"]) == 3
+    [card] = _json(f"{web}/api/policies")["policies"]
+    assert (card["name"], card["primary_metric"], card["total_count"]) == ("every-epoch", "accuracy", 3)
+    policy = _json(f"{web}/api/policies/every-epoch")
+    assert policy["policy_name"] == "every-epoch" and len(policy["requests"]) == 3
+    assert {r["id"] for r in policy["runs"]} == {"run_t1", "run_t2"}
+    recipe = _json(f"{web}/api/recipes/train")
+    assert recipe["recipe_name"] == "train" and recipe["metrics"][0] == "accuracy"
+    history = _json(f"{web}/api/recipes/train/history?limit=1")
+    assert history["recipe_name"] == "train" and [h["status"] for h in history["history"]] == ["submitted"]
+    cluster = _json(f"{web}/api/cluster")
+    assert cluster["head"]["position"] > 0 and len(cluster["head"]["hash"]) == 64
+
+
+def test_run_log_api_tails_the_file_and_its_stream_follows_it(
+    web: str, conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    run_dir = tmp_path / "run_l1"
+    run_dir.mkdir()
+    (run_dir / "log.txt").write_text("".join(f"line {i}\n" for i in range(300)))
+    projections.record(
+        conn,
+        [
+            NewEvent(
+                "run-run_l1",
+                RunSubmitted(
+                    run_id="run_l1", name="log", user="alice", executor="local", run_dir=str(run_dir), recipe={}
+                ),
+                0,
+            )
+        ],
+    )
+    tail = _json(f"{web}/api/runs/run_l1/log?tail=2")
+    assert tail["lines"] == ["line 298", "line 299"] and tail["truncated"] is True
+    stream = EventStream(web, path="/api/runs/run_l1/log/stream")
+    try:
+        with (run_dir / "log.txt").open("a") as f:
+            f.write("new one\nnew two\n")
+        _, lines = stream.next("lines")
+        assert lines == ["new one", "new two"]
+    finally:
+        stream.close()
+
+
+def test_every_page_renders_for_the_world(web: str, conn: psycopg.Connection[Any]) -> None:
+    _world(conn)
+    for path in (
+        "/runs",
+        "/runs/run_t1",
+        "/pipelines",
+        "/evals",
+        "/policies/every-epoch",
+        "/compare?ids=run_t1,run_t2",
+        "/artifacts",
+        "/artifacts/artifact_run_t1_2",
+        "/artifacts/alice/best",
+        "/events",
+        "/events?type=RunSubmitted",
+        "/runs?state=submitted&sort=name",
+    ):
+        status, ctype, body = _get(web + path)
+        assert (status, ctype) == (200, "text/html; charset=utf-8"), (path, body[:300])
+    assert b"<svg" in _get(f"{web}/runs/run_t1")[2]  # its eval and loss curves
+    status, _, body = _get(f"{web}/runs/run_nope")
+    assert status == 404 and b"no run" in body

@@ -24,7 +24,9 @@ from psycopg.rows import dict_row
 import events
 from events import StoredEvent, UnknownEvent
 from events.queries import load_queries
+from labctl import metrics as logged
 from labctl.errors import UserError
+from labctl.eventlog import event_json
 from labctl.eventlog import summary as event_summary
 from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
@@ -233,10 +235,12 @@ def runs_page(conn: Conn, q: RunsQuery) -> dict[str, Any]:
         rows = cur.execute(query, params).fetchall()
     more = len(rows) > q.limit
     rows = rows[: q.limit]
+    last_logged = logged.summaries(conn, [r["id"] for r in rows]) if rows else {}
     runs = []
     for row in rows:
         summary_ = run_summary(row)
-        summary_["metrics"] = numeric_metrics(row["metrics"])
+        values = {n: s.last for n, s in last_logged.get(row["id"], {}).items() if s.last is not None}
+        summary_["metrics"] = values | numeric_metrics(row["metrics"])  # an eval's value wins over a logged one
         runs.append(summary_)
     cursor = encode_cursor(rows[-1][column], rows[-1]["id"]) if more and rows else None
     return {"runs": runs, "next": cursor}
@@ -316,6 +320,7 @@ def run_detail(conn: Conn, ref: str) -> dict[str, Any]:
         "inputs": inputs,
         "outputs": outputs,
         "eval_series": eval_series(_rows(conn, "eval_points", {"ids": [run_id], "policy": None})),
+        "metrics": [{"name": m.name, "steps": m.steps, "values": m.values} for m in logged.metrics_of(conn, [run_id])],
         "tracking": {"wandb": {"url": url} if url else None},
         "provenance": {
             "repo": row["repo"],
@@ -416,6 +421,9 @@ def run_events(conn: Conn, ref: str) -> list[StoredEvent]:
 def metric_pivot(conn: Conn, run_ids: Sequence[str], *, policy: str | None = None) -> dict[str, Any]:
     """For these runs: one entry per metric, each with one trajectory (points by step) per run.
 
+    Metrics come from the evals of each run's checkpoints and from what the run logged itself
+    (``labctl log-metric``); a logged name that an eval also reports is shown as ``logged/<name>``.
+
     Metrics measured by the most runs come first (then preferred names, then by name), so the
     first is the natural default to plot.
     """
@@ -432,8 +440,17 @@ def metric_pivot(conn: Conn, run_ids: Sequence[str], *, policy: str | None = Non
                     "state": p["state"],
                     "checkpoint_artifact_id": p["checkpoint_artifact_id"],
                     "policy": p["policy"],
+                    "source": "eval",
                 }
             )
+    evaluated = set(by_metric)
+    for m in logged.metrics_of(conn, [r["id"] for r in ordered]):
+        name = f"logged/{m.name}" if m.name in evaluated else m.name  # an eval's metric keeps the plain name
+        by_metric[name][m.run_id].extend(
+            {"step": step, "value": value, "source": "logged"}
+            for step, value in zip(m.steps, m.values, strict=True)
+            if value is not None and value == value
+        )
     series = []
     for metric, per_run in by_metric.items():
         trajectories = []
@@ -782,6 +799,11 @@ def events_page(conn: Conn, q: EventsQuery) -> list[StoredEvent]:
         after, limit = (int(row[0]) if row else 0), count
         until = q.before - 1 if q.before is not None else None
     return events.read_all(conn, after, limit, stream=q.stream, types=q.type, until=until)
+
+
+def events_json(conn: Conn, q: EventsQuery) -> bytes:
+    """``events_page`` as a JSON array of ``labctl events --json`` objects."""
+    return b"[" + b",".join(event_json(e) for e in events_page(conn, q)) + b"]"
 
 
 def log_head(conn: Conn) -> dict[str, Any]:

@@ -232,8 +232,8 @@ async def api_cluster(request: Request) -> Response:
 
 
 async def api_events(request: Request) -> Response:
-    page = await _web(request).db(api.events_page, _query(request, api.EventsQuery))
-    return Response(b"[" + b",".join(event_json(e) for e in page) + b"]", media_type="application/json")
+    body = await _web(request).db(api.events_json, _query(request, api.EventsQuery))
+    return Response(body, media_type="application/json")
 
 
 # ------------------------------------------------------------- event streams

@@ -130,7 +130,7 @@ async def runs_page(request: Request) -> Response:
         request,
         "runs.html",
         position=position,
-        watch="run-",
+        watch="run- metrics- eval-",
         q=q,
         runs=runs,
         next=page["next"],
@@ -153,11 +153,14 @@ async def run_page(request: Request) -> Response:
                 if p["step"] is not None and name in p["metrics"]
             ]
             plots.append((series["policy_id"], name, svg.line_plot([svg.Series(name, pts)], y_label=name)))
+    for m in detail["metrics"]:
+        pts = [(step, v) for step, v in zip(m["steps"], m["values"], strict=True) if v is not None and v == v]
+        plots.append(("logged", m["name"], svg.line_plot([svg.Series(m["name"], pts)], y_label=m["name"])))
     return render(
         request,
         "run.html",
         position=position,
-        watch=f"run-{run['id']} artifact- alias- eval-",
+        watch=f"run-{run['id']} metrics-{run['id']} artifact- alias- eval-",
         d=detail,
         run=run,
         log=log,
@@ -291,7 +294,7 @@ async def compare_page(request: Request) -> Response:
         request,
         "compare.html",
         position=position,
-        watch=" ".join(f"run-{r['id']}" for r in body["runs"]) + " eval-",
+        watch=" ".join(f"run-{r['id']} metrics-{r['id']}" for r in body["runs"]) + " eval-",
         body=body,
         ids=ids,
         metric=metric,

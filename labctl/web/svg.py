@@ -22,6 +22,17 @@ class Series:
     href: str | None = None
 
 
+MAX_POINTS = 1500
+
+
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most ``MAX_POINTS`` of a long series (every k-th, and the last), enough for a 900 px plot."""
+    if len(points) <= MAX_POINTS:
+        return points
+    stride = math.ceil(len(points) / MAX_POINTS)
+    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
 def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """Round tick values covering ``lo..hi``."""
     if hi <= lo:
@@ -56,7 +67,7 @@ def line_plot(
     markers_only: bool = False,
 ) -> Markup:
     """Lines (one per series, points sorted by x) on shared axes, with a legend; empty -> a note."""
-    drawn = [s for s in series if s.points]
+    drawn = [Series(s.label, _thin(sorted(s.points)), s.href) for s in series if s.points]
     if not drawn:
         return Markup('<p class="muted">nothing to plot yet</p>')
     xs = [x for s in drawn for x, _ in s.points]
@@ -95,11 +106,11 @@ def line_plot(
     )
     for i, s in enumerate(drawn):
         cls = f"s{i % SERIES_CLASSES}"
-        pts = sorted(s.points)
+        pts = s.points
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         if len(pts) > 1 and not markers_only:
             out.append(f'<polyline class="line {cls}" points="{coords}"/>')
-        for x, y in pts:
+        for x, y in pts if len(pts) <= 200 else ():  # markers only where they can be told apart
             out.append(
                 f'<circle class="dot {cls}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="3">'
                 f"<title>{escape(s.label)}: {escape(x_label)}={_fmt(x)} {escape(y_label)}={_fmt(y)}</title></circle>"
