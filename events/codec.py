@@ -96,7 +96,12 @@ def decode_event(type_name: str, data: str | bytes) -> Event | UnknownEvent:
             return UnknownEvent(type=type_name, raw=data.encode() if isinstance(data, str) else data)
         # Built on first use: a Struct is not complete inside __init_subclass__.
         decoder = _DECODERS[type_name] = msgspec.json.Decoder(cls)
-    event: Event = decoder.decode(data)
+    try:
+        event: Event = decoder.decode(data)
+    except msgspec.ValidationError:
+        # Readers must get past anything already in the log: an event that no longer fits its
+        # type is shown raw and skipped by projections, like one of an unknown type.
+        return UnknownEvent(type=type_name, raw=data.encode() if isinstance(data, str) else data)
     return event
 
 

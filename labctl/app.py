@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,11 +15,9 @@ import psycopg
 from events import EventMeta, NewEvent
 from labctl import __version__
 from labctl.db import Database, database_url, labctl_home
-from labctl.errors import UserError
+from labctl.errors import InputError, UserError
 from labctl.files import ClusterConfig, find_cluster_config, load_cluster_config, local_profile
-
-USER_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-RESERVED_USERS = frozenset({"runs"})
+from labctl.names import BadName, check_name
 
 
 def current_user() -> str:
@@ -31,10 +28,10 @@ def current_user() -> str:
 
 
 def check_user_name(user: str) -> None:
-    if not USER_NAME.match(user):
-        raise UserError(f"user name {user!r} is not allowed: use letters, digits, '.', '_' or '-'")
-    if user in RESERVED_USERS:
-        raise UserError(f"user name {user!r} is reserved")
+    try:
+        check_name("user name", user)
+    except BadName as exc:
+        raise InputError(str(exc)) from None
 
 
 @dataclass

@@ -478,6 +478,7 @@ def render_lineage(result: Lineage) -> Iterator[str]:
 
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _AGE_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_AGE_MAX_SECONDS = 100 * 365 * 86400  # beyond this a cutoff falls before year 1
 
 
 def parse_age(value: str) -> timedelta:
@@ -485,7 +486,10 @@ def parse_age(value: str) -> timedelta:
     match = _AGE.match(value)
     if not match:
         raise InputError(f"bad age {value!r}: expected a number and a unit (s, m, h, d, w), e.g. 30d")
-    return timedelta(seconds=int(match.group(1)) * _AGE_UNIT[match.group(2)])
+    seconds = int(match.group(1)) * _AGE_UNIT[match.group(2)]
+    if seconds > _AGE_MAX_SECONDS:
+        raise InputError(f"bad age {value!r}: at most 100 years")
+    return timedelta(seconds=seconds)
 
 
 # Collectable: bytes labctl moved into <root>/_objects/ for a run's output, still there, created before the

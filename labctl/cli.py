@@ -121,7 +121,11 @@ def events_cmd(
     import events
     from events.follow import follow as follow_log
     from labctl.eventlog import print_events
+    from labctl.maintenance import check_position
 
+    check_position(after, "--after")
+    if check_position(limit, "--limit") == 0:
+        _fail("--limit 0: expected at least 1", 2)
     a = _open()
     page = events.read_all(a.db.conn, after, limit, stream=stream, types=type_)
     print_events(page, as_json=as_json)
@@ -271,7 +275,7 @@ def status(
         import projections
         from labctl.maintenance import parse_until
 
-        position = parse_until(conn, as_of)
+        position = parse_until(conn, as_of, "--as-of")
         exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (f"asof_{position}",)).fetchone()
         if not (exists and exists[0]):
             projections.replay_as_of(conn, position)

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import psycopg
 import tenacity
+from psycopg.conninfo import conninfo_to_dict
 
-from labctl.errors import DatabaseUnavailable
+from labctl.errors import DatabaseUnavailable, InputError
 
 T = TypeVar("T")
 
@@ -107,9 +108,17 @@ def database_url(configured: str | None = None) -> str:
     return os.environ.get("LABCTL_DATABASE_URL") or configured or embedded_url()
 
 
+_URL_USERINFO = re.compile(r"://([^:/@?#]*):.*@(?=[^@]*$)")
+_URL_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.I)
+_CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
 def describe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The URL (or ``key=value`` conninfo) with every password masked, for messages."""
+    if "://" not in url:
+        return _CONNINFO_PASSWORD.sub(r"\1***", url)
+    url = _URL_USERINFO.sub(r"://\1:***@", url)
+    return _URL_PASSWORD_PARAM.sub(r"\1***", url)
 
 
 # ---------------------------------------------------------------- connecting
@@ -139,8 +148,22 @@ def _retrying(budget: float | None = None) -> tenacity.Retrying:
     )
 
 
+def check_url(url: str) -> str:
+    """``url`` if libpq can read it as a connection string; InputError naming the problem otherwise."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = describe_url(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise InputError(f"malformed database URL {describe_url(url)}: {reason}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not port.isdigit():
+            raise InputError(f"malformed database URL {describe_url(url)}: port {port!r} is not a number")
+    return url
+
+
 def connect(url: str, *, budget: float | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
     """An autocommit connection with labctl's search path, retrying transient failures."""
+    check_url(url)
     try:
         for attempt in _retrying(budget):
             with attempt:

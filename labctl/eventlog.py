@@ -12,6 +12,7 @@ import psycopg
 import events
 from events import StoredEvent, UnknownEvent
 from labctl.errors import UserError
+from labctl.jsontext import dumps
 from labctl.table import cell
 
 _BULKY = {"recipe", "inputs", "outputs", "stages", "repo_diff", "metrics", "run_ids", "metadata"}
@@ -20,7 +21,7 @@ _BULKY = {"recipe", "inputs", "outputs", "stages", "repo_diff", "metrics", "run_
 def event_json(e: StoredEvent) -> bytes:
     """One event as a JSON object: position, stream, version, type, data, meta, recorded_at."""
     data: Any = orjson.loads(e.data.raw) if isinstance(e.data, UnknownEvent) else msgspec.to_builtins(e.data)
-    return orjson.dumps(
+    return dumps(
         {
             "position": e.position,
             "stream": e.stream,

@@ -11,7 +11,7 @@ import psycopg
 import events
 import projections
 from labctl.db import Database, current_schema_version, describe_url, schema_sql, schema_version_of_file
-from labctl.errors import UserError
+from labctl.errors import InputError
 
 
 class Check(msgspec.Struct):
@@ -45,17 +45,25 @@ def doctor(db: Database) -> list[Check]:
     return checks
 
 
-def parse_until(conn: psycopg.Connection[Any], until: str) -> int:
+def parse_until(conn: psycopg.Connection[Any], until: str, option: str = "--until") -> int:
     """A position from ``POSITION`` or an ISO timestamp (the last event at or before it)."""
-    if until.isdigit():
-        return int(until)
+    if until.isascii() and until.isdigit():
+        return check_position(int(until), option)
     try:
         at = datetime.fromisoformat(until)
-    except ValueError as exc:
-        raise UserError(f"--until {until!r} is neither a position nor an ISO timestamp") from exc
-    if at.tzinfo is None:
-        at = at.astimezone()
+        if at.tzinfo is None:
+            at = at.astimezone()
+        at.astimezone(UTC)  # a time near year 1 or 9999 cannot be moved to UTC
+    except (ValueError, OverflowError):
+        raise InputError(f"{option} {until!r} is neither a position nor an ISO timestamp") from None
     return events.position_at(conn, at)
+
+
+def check_position(value: int, option: str) -> int:
+    """``value`` if it is a log position (or a count of events) Postgres can hold; else InputError."""
+    if not 0 <= value <= 2**63 - 1:
+        raise InputError(f"{option} {value}: expected a number from 0 to {2**63 - 1}")
+    return value
 
 
 class AuditReport(msgspec.Struct):

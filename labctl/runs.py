@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 
 from labctl.errors import UserError
+from labctl.jsontext import dumps
 from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
 
@@ -98,7 +98,7 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
 
 
 def to_json(value: Any) -> str:
-    return orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode()
+    return dumps(value, indent=True).decode()
 
 
 def is_terminal(conn: psycopg.Connection[Any], run_id: str) -> bool:

@@ -7,6 +7,7 @@ events of one submission are appended in one transaction.
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 import uuid
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ from events.types import (
 from labctl import cache
 from labctl.app import App
 from labctl.artifacts import ContextInput, ContextOutput, RunContext, path_identity_hash, write_context
-from labctl.errors import InputError
+from labctl.errors import DatabaseUnavailable, InputError
 from labctl.files import (
     ArtifactInput,
     CheckpointInput,
@@ -46,12 +47,14 @@ from labctl.files import (
     render_aliases,
     render_recipe,
     template_values,
+    validate_recipe,
 )
 from labctl.files import InputRef as TemplateInput
 from labctl.finish import write_linked_alias_links
 from labctl.ids import new_run_id
 from labctl.jobenv import wandb_url
 from labctl.lookup import alias_target
+from labctl.names import check_name, inside
 from labctl.provenance import Source, inspect_repo, snapshot
 
 _RETRIES = 20
@@ -110,6 +113,8 @@ def apply_overrides(recipe: Recipe, assignments: Sequence[str]) -> Recipe:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
+        except RecursionError:
+            raise InputError(f"--set {key}: the value is nested too deeply") from None
         if section == "params":
             target = params
             *parents, leaf = name.split(".")
@@ -122,7 +127,10 @@ def apply_overrides(recipe: Recipe, assignments: Sequence[str]) -> Recipe:
             args[name] = raw
         else:
             env[name] = raw
-    return msgspec.structs.replace(recipe, params=params, args=args, env=env)
+    changed = msgspec.structs.replace(recipe, params=params, args=args, env=env)
+    # The overridden recipe must pass the same checks as a file (env names, values the log can hold).
+    validate_recipe(changed, "--set", pipeline=True, eval_policy=True)
+    return changed
 
 
 # ------------------------------------------------------------ resolution
@@ -189,11 +197,16 @@ def _output_specs(app: App, recipe: Recipe, path: str, aliases: Mapping[str, str
             raise FileFormatError(
                 path, f"outputs.{role}.type", f"the cluster config has no output root for {out.type!r}"
             )
+        try:
+            alias = check_name("alias", aliases[role])
+            out_path = inside(root, Path(root) / check_name("user name", app.user) / alias)
+        except ValueError as exc:
+            raise FileFormatError(path, f"outputs.{role}.alias", str(exc)) from None
         specs.append(
             OutputSpec(
                 role=role,
                 type=out.type,
-                path=str(Path(root) / app.user / aliases[role]),
+                path=str(out_path),
                 alias=aliases[role],
                 marker=out.marker,
             )
@@ -433,7 +446,13 @@ def submit(
     if not will_hit:
         _refuse_existing_markers(run.outputs, str(recipe_path))
         write_run_dir(run)
-    result = record_submission(app, run, no_cache=no_cache, run_version=run_version, extra=extra)
+    try:
+        result = record_submission(app, run, no_cache=no_cache, run_version=run_version, extra=extra)
+    except DatabaseUnavailable:
+        raise  # the commit may have happened unanswered: the run dir may be needed
+    except BaseException:
+        shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing was recorded: leave no orphan run dir
+        raise
     if result.status != "cache_hit" and will_hit:
         write_run_dir(run)  # the cache entry vanished between the peek and the decision
     if result.status == "cache_hit" and result.producer_run_id:

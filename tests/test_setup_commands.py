@@ -235,7 +235,7 @@ def test_admin_add_user_rejects_a_reserved_or_invalid_name(
 ) -> None:
     run_cli(labctl_env, "init", "--yes", "--scheduler", "local", check=True)
     proc = run_cli(labctl_env, "admin", "add-user", name)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
     assert proc.stdout == ""
     assert not (Path(labctl_env["LABCTL_HOME"]) / "runs").exists()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -17,11 +16,11 @@ import msgspec
 
 from labctl.artifacts.atomic import atomic_write_bytes
 from labctl.artifacts.hashing import check_hash, dir_content_hash
+from labctl.names import check_name, inside
 
 OBJECTS_DIRNAME = "_objects"
 ALIASES_DIRNAME = "aliases"
 META_FILENAME = ".meta.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 
 
 class ArtifactMeta(msgspec.Struct, kw_only=True):
@@ -46,9 +45,9 @@ def object_dir(root: str | os.PathLike[str], content_hash: str) -> Path:
 
 def alias_link_path(root: str | os.PathLike[str], user: str, alias: str) -> Path:
     """`<root>/aliases/<user>/<alias>`."""
-    _check_name("user", user)
-    _check_name("alias", alias)
-    return Path(root) / ALIASES_DIRNAME / user / alias
+    check_name("user name", user)
+    check_name("alias", alias)
+    return inside(root, Path(root) / ALIASES_DIRNAME / user / alias)
 
 
 def store_output(
@@ -172,14 +171,6 @@ def remove_alias_link(root: str | os.PathLike[str], user: str, alias: str) -> bo
         return False
     link.unlink()
     return True
-
-
-def _check_name(what: str, name: str) -> None:
-    if not _NAME_RE.match(name):
-        raise ValueError(
-            f"{what} {name!r}: expected letters, digits, '.', '_' or '-', "
-            "not starting with '.' or '-', at most 255 characters"
-        )
 
 
 def _move_or_copy(src: Path, dest: Path) -> bool:

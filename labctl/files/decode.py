@@ -48,6 +48,8 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         if match:
             message = message[: match.start()]
         raise FileFormatError(path, "", f"invalid TOML: {message}", line=line) from None
+    except RecursionError:
+        raise FileFormatError(path, "", "invalid TOML: nested too deeply") from None
 
 
 def convert(raw: dict[str, Any], type_: type[T], path: Path, text: str) -> T:

@@ -11,12 +11,17 @@ import msgspec
 
 from labctl.files.decode import Part, beside, convert, dotted, line_of, read_toml
 from labctl.files.errors import FileFormatError
-from labctl.files.template import tokens_in
+from labctl.files.template import TOKEN, tokens_in
 from labctl.files.units import parse_mem_mb, parse_time_seconds
+from labctl.files.values import value_problems
+from labctl.names import NAME as PATH_NAME
+from labctl.names import NAME_RULE
 
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 ROLE = re.compile(r"^[A-Za-z0-9_-]+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: more tasks than this is a mistake (and would hold every run in memory at once)
+MAX_SWEEP_POINTS = 10_000
 INPUT_FIELDS = ("path", "id", "alias")
 OUTPUT_FIELDS = ("path", "dir")
 
@@ -195,6 +200,8 @@ def validate_recipe(
         line = line_of(text, parts) if text is not None else None
         raise FileFormatError(path, dotted(parts), message, line=line)
 
+    for where, why in value_problems(msgspec.to_builtins(recipe), []):
+        fail(where, why)
     if not NAME.match(recipe.name):
         fail(["name"], f"{recipe.name!r} is not a valid name; use letters, digits, '.', '_' and '-'")
     if not recipe.command or not recipe.command[0]:
@@ -215,6 +222,9 @@ def validate_recipe(
             fail(["outputs", role, "type"], "must not be empty; expected an output kind, e.g. dataset")
         if not output.alias.strip():
             fail(["outputs", role, "alias"], 'must not be empty; expected e.g. "train_{run.id}"')
+        if not PATH_NAME.match(TOKEN.sub("x", output.alias)):
+            # checked again once rendered: a token's value can break the rule too
+            fail(["outputs", role, "alias"], f"{output.alias!r}: an alias is one directory name: {NAME_RULE}")
         if output.marker is not None and (
             not output.marker or Path(output.marker).is_absolute() or ".." in Path(output.marker).parts
         ):
@@ -274,6 +284,8 @@ def _validate_sweep(sweep: Sweep, fail: Any) -> None:
         fail(["sweep", "start"], "must be 0 or more (it is an array task index)")
     if sweep.start > sweep.end:
         fail(["sweep"], f"start ({sweep.start}) is after end ({sweep.end}); the range is inclusive")
+    if sweep.end - sweep.start + 1 > MAX_SWEEP_POINTS:
+        fail(["sweep"], f"{sweep.end - sweep.start + 1:,} points; at most {MAX_SWEEP_POINTS:,} in one sweep")
     if sweep.throttle is not None and sweep.throttle < 1:
         fail(["sweep", "throttle"], "must be 1 or more")
 
