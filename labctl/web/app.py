@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
-import orjson
 import psycopg
 import psycopg_pool
 from starlette.applications import Starlette
@@ -31,6 +30,7 @@ from labctl import maintenance
 from labctl.db import SEARCH_PATH
 from labctl.errors import DatabaseUnavailable
 from labctl.eventlog import event_json
+from labctl.jsontext import dumps
 from labctl.web import api, pages
 from labctl.web.stream import Broadcast, StreamLimits, Write, pump_file, pump_log, run_stream
 
@@ -144,7 +144,7 @@ def _web(request: Request) -> Web:
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, default=str), status, media_type="application/json")
+    return Response(dumps(body), status, media_type="application/json")
 
 
 def json_error(status: int, message: str) -> Response:

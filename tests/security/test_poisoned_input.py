@@ -15,7 +15,9 @@ import pytest
 import projections
 from events import NewEvent
 from events.types import RunSubmitted
-from labctl.web.api import EventsQuery, events_json
+from labctl.eventlog import event_json
+from labctl.web.api import EventsQuery, events_page, run_detail
+from labctl.web.app import json_response
 from tests.conftest import run_cli
 
 RECIPE = """
@@ -143,4 +145,6 @@ def test_readers_get_past_an_integer_wider_than_64_bits_already_in_the_log(
     assert "100000000000000000000" in listed.stdout
     shown = run_cli(env, "show", "run_poisoned", check=True)
     assert '"x": 100000000000000000000' in shown.stdout
-    assert b"100000000000000000000" in events_json(conn, EventsQuery())
+    # the web page's /api/events and /api/runs/<id> build their bodies the same way
+    assert b"100000000000000000000" in b"".join(event_json(e) for e in events_page(conn, EventsQuery()))
+    assert b"100000000000000000000" in json_response(run_detail(conn, "run_poisoned")).body
