@@ -56,7 +56,7 @@ from events import EventMeta, NewEvent, append, append_batch, last_position, rea
 from events.codec import Event, decode_event, encode
 from events.follow import follow
 from events.types import InputRef, OutputSpec, RunFinished, RunStarted, RunSubmitted
-from labctl.db import connect, embedded_url, ensure_schema, stop_embedded
+from labctl.db import connect, embedded_url, ensure_schema, remove_embedded
 from projections.engine import _SCAN as FOLD_SCAN
 from projections.engine import fold, replay_live
 
@@ -190,7 +190,7 @@ def server() -> Iterator[Server]:
                 conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     finally:
         if home is not None:
-            stop_embedded(home)
+            remove_embedded(home)
             shutil.rmtree(home, ignore_errors=True)
 
 

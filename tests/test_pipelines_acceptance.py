@@ -485,7 +485,7 @@ def _is_zombie(pid: int) -> bool:
 def test_an_agent_reconnects_after_postgres_restarts_and_finishes_the_pipeline(
     env: dict[str, str], tmp_path: Path, outage: float
 ) -> None:
-    from labctl.db import embedded_url, stop_embedded
+    from labctl.db import embedded_url, remove_embedded, stop_embedded
 
     pg_home = tmp_path / "own-pg"
     url = embedded_url(pg_home)
@@ -526,7 +526,7 @@ def test_an_agent_reconnects_after_postgres_restarts_and_finishes_the_pipeline(
             assert {s: status_of(c, p.run(s)) for s in "abc"} == dict.fromkeys("abc", "succeeded")
             assert_each_run_submitted_once(c, p.run_ids)
     finally:
-        stop_embedded(pg_home)
+        remove_embedded(pg_home)
 
 
 # ------------------------------------------- 9. the LISTEN connection drops
