@@ -312,3 +312,143 @@ class MetricsLogged(Event, frozen=True, kw_only=True, omit_defaults=True):
     end: int
     points: list[MetricPoint]
     skipped: int = 0  # lines that were not a JSON object with numeric values
+
+
+# ------------------------------------------------------------------ imports
+# Facts brought over from an original (Rust) labctl registry by `labctl import`.
+# They carry the original's own timestamps, since they happened before they were recorded here.
+
+
+class OriginalEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One row of the original registry's own ``events`` table, as it was."""
+
+    id: int
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class TrackingLink(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A run's experiment-tracker page (the original's ``tracking`` row)."""
+
+    entity: str
+    project: str
+    url: str
+    source: str
+    created_at: datetime
+    group: str | None = None
+
+
+class RunImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A run of the original registry, as it stood when imported (stream ``run-<id>``)."""
+
+    run_id: str
+    name: str
+    user: str
+    status: str
+    executor: str
+    run_dir: str
+    recipe: dict[str, Any]
+    recipe_hash: str
+    context: dict[str, Any]
+    repo: str
+    source_path: str
+    created_at: datetime
+    finished_at: datetime | None = None
+    job_id: str | None = None
+    cache_key: str | None = None
+    producer_run_id: str | None = None  # the original's coalesced_peer_run_id
+    pipeline_id: str | None = None
+    stage_name: str | None = None
+    dependency_on: dict[str, Any] | None = None
+    inputs: list[InputRef] = []
+    tracking: TrackingLink | None = None
+    repo_commit: str | None = None
+
+
+class RunStatusImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A later import saw an original run's status (or job id, or end) change."""
+
+    run_id: str
+    status: str
+    finished_at: datetime | None = None
+    job_id: str | None = None
+    tracking: TrackingLink | None = None
+
+
+class OriginalEventsImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """Rows of the original's ``events`` table about one run (or none: ``run_id`` None), kept as history."""
+
+    events: list[OriginalEvent]
+    run_id: str | None = None
+
+
+class ArtifactImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """An artifact of the original registry (stream ``artifact-<id>``).
+
+    ``integrity`` says what the import found on disk: ``verified`` (the bytes hash
+    to ``hash``), ``mismatch`` (they hash to ``observed_hash``: not trusted),
+    ``missing`` (no such path), or ``path_identity`` (the in-place layout, whose
+    id and hash name the path, not the bytes).
+    """
+
+    artifact_id: str
+    hash: str
+    kind: str
+    path: str
+    user: str
+    created_at: datetime
+    integrity: str
+    producer_run_id: str | None = None
+    metadata: dict[str, Any] = {}
+    observed_hash: str | None = None
+    alias_segment: str | None = None
+
+
+class AliasImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """An alias of the original: global (``artifact_aliases``) or one user's (``artifact_user_aliases``)."""
+
+    user: str
+    alias: str
+    artifact_id: str
+    set_at: datetime
+    kind: str | None = None
+    scope: str = "global"
+
+
+class PipelineImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A pipeline of the original, its stages read from its runs (stream ``pipeline-<id>``)."""
+
+    pipeline_id: str
+    name: str
+    user: str
+    stages: list[StageSpec]
+    status: str
+    created_at: datetime
+    file_path: str | None = None
+    finished_at: datetime | None = None
+
+
+class EvalImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """An eval request of the original with its attempt count (stream ``eval-<key>``)."""
+
+    eval_key: str
+    policy: str
+    checkpoint_artifact_id: str
+    eval_recipe_hash: str
+    state: str
+    attempts: int
+    user: str
+    requested_at: datetime
+    updated_at: datetime
+    run_id: str | None = None
+    step: int | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class UserImported(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """A user of the original registry (stream ``user-<name>``)."""
+
+    name: str
+    created_at: datetime
+    pg_role: str | None = None

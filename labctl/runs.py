@@ -94,6 +94,15 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
     ).fetchall()
     shown["outputs"] = [dict(zip(("role", "artifact_id", "path", "step"), r, strict=True)) for r in outputs]
     shown["log"] = str(Path(shown["run_dir"]) / "log.txt")
+    original = conn.execute(
+        "SELECT recipe_hash, source_path, context, dependency_on, tracking, original_events "
+        "FROM imported_runs WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
+    if original is not None:
+        # Imported from an original labctl registry: its own fields, as they were there.
+        keys = ("recipe_hash", "source_path", "context", "dependency_on", "tracking", "original_events")
+        shown["original"] = dict(zip(keys, original, strict=True))
     return shown
 
 

@@ -8,7 +8,18 @@ from typing import Any
 import msgspec
 
 from events import StoredEvent
-from events.types import AliasRemoved, AliasSet, ArtifactRegistered, ArtifactsCollected, OutputLinked, RunSubmitted
+from events.types import (
+    AliasImported,
+    AliasRemoved,
+    AliasSet,
+    ArtifactImported,
+    ArtifactRegistered,
+    ArtifactsCollected,
+    InputRef,
+    OutputLinked,
+    RunImported,
+    RunSubmitted,
+)
 from projections.base import Projection, State, Table
 
 
@@ -117,11 +128,22 @@ def _output(state: State, e: StoredEvent) -> None:
 def _inputs(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunSubmitted)
+    _put_inputs(state, d.run_id, d.inputs)
+
+
+@projection.on(RunImported)
+def _imported_inputs(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, RunImported)
+    _put_inputs(state, d.run_id, d.inputs)
+
+
+def _put_inputs(state: State, run_id: str, inputs: list[InputRef]) -> None:
     rows = state.rows(RUN_INPUTS)
-    for i in d.inputs:
+    for i in inputs:
         rows.put(
             RunInputRow(
-                run_id=d.run_id,
+                run_id=run_id,
                 role=i.role,
                 type=i.type,
                 path=i.path,
@@ -130,3 +152,30 @@ def _inputs(state: State, e: StoredEvent) -> None:
                 hash=i.hash,
             )
         )
+
+
+@projection.on(ArtifactImported)
+def _imported(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, ArtifactImported)
+    state.rows(ARTIFACTS).put(
+        ArtifactRow(
+            id=d.artifact_id,
+            hash=d.hash,
+            kind=d.kind,
+            path=d.path,
+            user_name=d.user,
+            producer_run_id=d.producer_run_id,
+            size_bytes=None,
+            metadata=d.metadata,
+            created_at=d.created_at,
+            removed_at=None,
+        )
+    )
+
+
+@projection.on(AliasImported)
+def _alias_imported(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, AliasImported)
+    state.rows(ALIASES).put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=d.set_at))

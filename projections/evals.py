@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from events import StoredEvent
-from events.types import EvalRecorded, EvalRequested
+from events.types import EvalImported, EvalRecorded, EvalRequested
 from projections.base import Projection, State, Table
 
 
@@ -58,3 +58,22 @@ def _recorded(state: State, e: StoredEvent) -> None:
         row.metrics = d.metrics
         row.recorded_at = e.recorded_at
         rows.put(row)
+
+
+@projection.on(EvalImported)
+def _imported(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, EvalImported)
+    state.rows(EVALS).put(
+        EvalRow(
+            eval_key=d.eval_key,
+            policy=d.policy,
+            checkpoint_artifact_id=d.checkpoint_artifact_id,
+            eval_recipe_hash=d.eval_recipe_hash,
+            run_id=d.run_id or "",  # the original had not yet claimed a run for it
+            step=d.step,
+            metrics=d.metrics,
+            requested_at=d.requested_at,
+            recorded_at=d.updated_at if d.metrics is not None else None,
+        )
+    )

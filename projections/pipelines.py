@@ -7,7 +7,7 @@ from datetime import datetime
 import msgspec
 
 from events import StoredEvent
-from events.types import PipelineCreated, PipelineFinished, SweepCreated, SweepFinished
+from events.types import PipelineCreated, PipelineFinished, PipelineImported, StageSpec, SweepCreated, SweepFinished
 from projections.base import Projection, State, Table
 
 
@@ -71,11 +71,15 @@ def _created(state: State, e: StoredEvent) -> None:
             finished_at=None,
         )
     )
+    _put_stages(state, d.pipeline_id, d.stages)
+
+
+def _put_stages(state: State, pipeline_id: str, specs: list[StageSpec]) -> None:
     stages = state.rows(STAGES)
-    for ordinal, s in enumerate(d.stages):
+    for ordinal, s in enumerate(specs):
         stages.put(
             StageRow(
-                pipeline_id=d.pipeline_id,
+                pipeline_id=pipeline_id,
                 stage_name=s.name,
                 ordinal=ordinal,
                 run_ids=list(s.run_ids),
@@ -130,3 +134,23 @@ def _sweep_finished(state: State, e: StoredEvent) -> None:
         row.status = d.state
         row.finished_at = e.recorded_at
         rows.put(row)
+
+
+@projection.on(PipelineImported)
+def _imported(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, PipelineImported)
+    state.rows(PIPELINES).put(
+        PipelineRow(
+            id=d.pipeline_id,
+            name=d.name,
+            user_name=d.user,
+            status=d.status,
+            file_path=d.file_path,
+            from_run=None,
+            reason=None,
+            created_at=d.created_at,
+            finished_at=d.finished_at,
+        )
+    )
+    _put_stages(state, d.pipeline_id, d.stages)

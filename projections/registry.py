@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from projections import artifacts, evals, metrics, pipelines, runs
+from projections import artifacts, evals, imports, metrics, pipelines, runs
 from projections.base import Projection
 
 PROJECTIONS: list[Projection] = [
@@ -11,4 +11,5 @@ PROJECTIONS: list[Projection] = [
     pipelines.projection,
     evals.projection,
     metrics.projection,
+    imports.projection,
 ]

@@ -15,8 +15,10 @@ from events.types import (
     RunClaimed,
     RunCoalesced,
     RunFinished,
+    RunImported,
     RunPending,
     RunStarted,
+    RunStatusImported,
     RunSubmitted,
     SubmissionIntended,
 )
@@ -227,3 +229,52 @@ def _cancel(state: State, e: StoredEvent) -> None:
     row = _update(state, e, d.run_id)
     if row is not None:
         row.cancel_requested = True
+
+
+@projection.on(RunImported)
+def _imported(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, RunImported)
+    state.rows(RUNS).put(
+        RunRow(
+            id=d.run_id,
+            name=d.name,
+            user_name=d.user,
+            status=d.status,
+            executor=d.executor,
+            job_id=d.job_id,
+            exit_code=None,
+            signal=None,
+            reason=None,
+            run_dir=d.run_dir,
+            cache_key=d.cache_key,
+            producer_run_id=d.producer_run_id,
+            pipeline_id=d.pipeline_id,
+            stage_name=d.stage_name,
+            sweep_id=None,
+            sweep_index=None,
+            recipe_path=None,
+            recipe=d.recipe,
+            repo=d.repo,
+            repo_commit=d.repo_commit,
+            repo_dirty=None,
+            agent_id=None,
+            cancel_requested=False,
+            created_at=d.created_at,
+            started_at=None,
+            finished_at=d.finished_at,
+            updated_at=e.recorded_at,
+            stream_version=e.version,
+        )
+    )
+
+
+@projection.on(RunStatusImported)
+def _status_imported(state: State, e: StoredEvent) -> None:
+    d = e.data
+    assert isinstance(d, RunStatusImported)
+    row = _update(state, e, d.run_id)
+    if row is not None:
+        row.status = d.status
+        row.finished_at = d.finished_at
+        row.job_id = d.job_id or row.job_id

@@ -1,0 +1,766 @@
+"""`labctl import`: an original (Rust) labctl registry and its artifact store, brought into the log.
+
+Lossless, idempotent, incremental. Each run reads the original's tables (schema
+``public`` of the source database, any of its schema versions), compares them
+with what earlier imports left in our read models, and appends only the
+difference: new runs, users, artifacts, aliases, pipelines and eval requests,
+and later changes to them (a status, a job id, new history rows, new outputs).
+Batches are appended and projected in one transaction each, and a new entity's
+first event expects a new stream, so a run killed half-way and run again ends
+as one clean run would have, and a run with nothing new appends nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+import projections
+from events import EventMeta, NewEvent
+from events.queries import load_queries
+from events.types import (
+    AliasImported,
+    ArtifactImported,
+    EvalImported,
+    InputRef,
+    OriginalEvent,
+    OriginalEventsImported,
+    OutputLinked,
+    PipelineImported,
+    RunImported,
+    RunStatusImported,
+    StageSpec,
+    TrackingLink,
+    UserImported,
+)
+from labctl import __version__
+from labctl.artifacts.hashing import dir_content_hash
+from labctl.artifacts.store import META_FILENAME, OBJECTS_DIRNAME
+from labctl.db import connect, describe_url, ensure_schema
+from labctl.errors import InputError, UserError
+
+Q = load_queries("labctl", "importer.sql")
+
+_IMPORT_LOCK = 7146013
+_BATCH_EVENTS = 5000
+_ACTIVE = frozenset({"created", "submitted", "running"})
+_SUCCESS = frozenset({"succeeded", "cache_hit"})
+_json = msgspec.json.Decoder(dict[str, Any])
+
+
+class KindCounts(msgspec.Struct, kw_only=True):
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+
+class ImportReport(msgspec.Struct, kw_only=True):
+    """What an import did (or, with ``dry_run``, would do)."""
+
+    source: str
+    dry_run: bool
+    schema: str = ""  # which original schema version the source has
+    kinds: dict[str, KindCounts] = {}
+    events_appended: int = 0
+    unmapped: list[str] = []  # what could not be brought over as it was, one line each
+    integrity: list[str] = []  # artifacts whose bytes do not match their recorded hash, or are gone
+    seconds: float = 0.0
+
+    def count(self, kind: str) -> KindCounts:
+        return self.kinds.setdefault(kind, KindCounts())
+
+
+def _ts(epoch: int | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _ts_req(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+# ------------------------------------------------------------------ the source
+
+
+class Source:
+    """The original registry's tables, read in one repeatable-read snapshot."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        tables = {r[0] for r in conn.execute(Q["source_tables"])}
+        if not {"runs", "artifacts", "artifact_aliases"} <= tables:
+            raise InputError("no original labctl registry there (no runs, artifacts and artifact_aliases tables)")
+        self.tables = tables
+        self.columns = {r[0] for r in conn.execute(Q["source_columns"])}
+        self.schema = "0001 (users, in-place artifacts)" if "users" in tables else "eb54594 (content-addressed)"
+
+    def query(self, name: str, **params: Any) -> Iterator[tuple[Any, ...]]:
+        def column(name: str, col: str) -> sql.Composable:
+            return sql.Identifier(col) if f"{name}.{col}" in self.columns else sql.SQL("NULL::text")
+
+        text = sql.SQL(Q[name]).format(
+            peer=column("runs", "coalesced_peer_run_id"),
+            content_hash=column("artifacts", "content_hash"),
+            alias_segment=column("artifacts", "alias_segment"),
+        )
+        with self.conn.cursor() as cur:
+            cur.execute(text, params or None)
+            yield from cur
+
+
+# ------------------------------------------------------------------ the target
+
+
+class Target(msgspec.Struct, kw_only=True):
+    """What earlier imports (and our own runs) already put into the read models."""
+
+    runs: dict[str, tuple[bool, str | None, str | None, datetime | None, int | None, str | None]]
+    outputs: set[tuple[str, str]]
+    artifacts: set[str]
+    aliases: dict[tuple[str, str], tuple[str, datetime]]
+    pipelines: dict[str, tuple[str, datetime | None, int]]
+    evals: dict[str, tuple[str | None, int | None, str, bool]]
+    users: set[str]
+    unowned_mark: int
+
+
+def _target(conn: psycopg.Connection[Any]) -> Target:
+    return Target(
+        runs={r[0]: tuple(r[1:]) for r in conn.execute(Q["target_runs"])},
+        outputs={(r[0], r[1]) for r in conn.execute(Q["target_outputs"])},
+        artifacts={r[0] for r in conn.execute(Q["target_artifacts"])},
+        aliases={(r[0], r[1]): (r[2], r[3]) for r in conn.execute(Q["target_aliases"])},
+        pipelines={r[0]: (r[1], r[2], r[3]) for r in conn.execute(Q["target_pipelines"])},
+        evals={r[0]: (r[1], r[2], r[3], r[4]) for r in conn.execute(Q["target_evals"])},
+        users={r[0] for r in conn.execute(Q["target_users"])},
+        unowned_mark=int((conn.execute(Q["target_unowned_mark"]).fetchone() or (0,))[0] or 0),
+    )
+
+
+# ------------------------------------------------------------------- artifacts
+
+
+class _Artifact(msgspec.Struct, kw_only=True):
+    id: str
+    kind: str
+    path: str
+    content_hash: str | None
+    producer_run_id: str | None
+    metadata: dict[str, Any]
+    created_at: int
+    user: str
+    alias_segment: str | None
+
+
+def _strip_algo(h: str | None) -> str | None:
+    return h.split(":", 1)[1] if h and h.startswith("sha256:") else h
+
+
+def _path_hash(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.encode()).hexdigest()
+
+
+def check_integrity(a: _Artifact, verify: bool) -> tuple[str, str, str | None]:
+    """``(hash, integrity, observed hash)`` of an original artifact, looking at its bytes."""
+    recorded = _strip_algo(a.content_hash)
+    if recorded is None:
+        # The in-place layout: the id and hash name the canonical path, not the bytes.
+        return _path_hash(a.path), ("path_identity" if os.path.exists(a.path) else "missing"), None
+    if not verify:
+        return recorded, "not_checked", None
+    if not os.path.exists(a.path):
+        return recorded, "missing", None
+    observed = dir_content_hash(a.path, exclude_top=[META_FILENAME])
+    if observed != recorded:
+        return recorded, "mismatch", observed
+    return recorded, "verified", None
+
+
+def store_meta_artifacts(roots: Iterable[Path]) -> Iterator[_Artifact]:
+    """Artifacts described only by ``_objects/<h[:2]>/<h>/.meta.json`` files of the given stores."""
+    for root in roots:
+        objects = Path(root) / OBJECTS_DIRNAME
+        for meta_path in sorted(objects.glob(f"*/*/{META_FILENAME}")):
+            try:
+                meta = _json.decode(meta_path.read_bytes())
+                created = meta.get("created_at")
+                yield _Artifact(
+                    id=str(meta["id"]),
+                    kind=str(meta["kind"]),
+                    path=str(meta_path.parent),
+                    content_hash=meta.get("content_hash") or meta.get("hash") or meta_path.parent.name,
+                    producer_run_id=meta.get("producer_run_id"),
+                    metadata=meta.get("metadata") or {},
+                    created_at=int(created) if isinstance(created, int | float) else int(meta_path.stat().st_mtime),
+                    user=str(meta.get("user") or meta.get("created_by") or "unknown"),
+                    alias_segment=meta.get("alias"),
+                )
+            except (OSError, KeyError, ValueError, msgspec.DecodeError) as exc:
+                yield _Artifact(
+                    id="",
+                    kind="",
+                    path=str(meta_path),
+                    content_hash=None,
+                    producer_run_id=None,
+                    metadata={"error": str(exc)},
+                    created_at=0,
+                    user="",
+                    alias_segment=None,
+                )
+
+
+# ---------------------------------------------------------------------- plan
+
+
+class _Plan:
+    """The events to append, grouped in batches that each keep a stream's events together."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[NewEvent]] = []
+
+    def add(self, *events: NewEvent) -> None:
+        self.groups.append(list(events))
+
+    def batches(self, size: int) -> Iterator[list[NewEvent]]:
+        batch: list[NewEvent] = []
+        for group in self.groups:
+            if batch and len(batch) + len(group) > size:
+                yield batch
+                batch = []
+            batch.extend(group)
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+
+def _pipeline_status(runs: list[tuple[str, datetime | None]]) -> tuple[str, datetime | None]:
+    statuses = {s for s, _ in runs}
+    if statuses & _ACTIVE or not runs:
+        return "running", None
+    ended = max((f for _, f in runs if f is not None), default=None)
+    return ("succeeded" if statuses <= _SUCCESS else "failed"), ended
+
+
+def _stages(runs: list[tuple[Any, ...]]) -> list[StageSpec]:
+    """A pipeline's stages from its runs: in order of creation, parents from ``dependency_on``."""
+    by_key: dict[str, str] = {}
+    for r in runs:
+        by_key[r[0]] = r[5] or r[0]
+        if r[2]:
+            by_key[str(r[2])] = r[5] or r[0]
+    order: dict[str, list[str]] = {}
+    parents: dict[str, list[str]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (r[7], r[0])):
+        stage = r[5] or r[0]
+        order.setdefault(stage, []).append(r[0])
+        dep = _json.decode(r[6]) if r[6] else {}
+        for ref in dep.get("afterok", []) or []:
+            parent = by_key.get(str(ref))
+            if parent and parent != stage and parent not in parents[stage]:
+                parents[stage].append(parent)
+    return [StageSpec(name=name, run_ids=ids, parents=parents.get(name, [])) for name, ids in order.items()]
+
+
+def _repo_commit(context: dict[str, Any]) -> str | None:
+    for key in ("repo_commit", "git_commit", "commit"):
+        value = context.get(key)
+        if isinstance(value, str):
+            return value
+    source = context.get("source")
+    if isinstance(source, dict) and isinstance(source.get("commit"), str):
+        return str(source["commit"])
+    return None
+
+
+def _alias_of_input(recipe: dict[str, Any], role: str) -> str | None:
+    spec = (recipe.get("inputs") or {}).get(role)
+    if isinstance(spec, dict) and isinstance(spec.get("artifact"), str):
+        return str(spec["artifact"])
+    return None
+
+
+def _tracking_link(row: tuple[Any, ...]) -> TrackingLink:
+    return TrackingLink(
+        entity=row[1], project=row[2], url=row[3], group=row[4], source=row[5], created_at=_ts_req(row[6])
+    )
+
+
+def _original_events(rows: Iterable[tuple[Any, ...]]) -> list[OriginalEvent]:
+    return [OriginalEvent(id=r[0], type=r[2], payload=_json.decode(r[3]), created_at=_ts_req(r[4])) for r in rows]
+
+
+def plan_import(source: Source, target: Target, report: ImportReport, *, stores: Iterable[Path], verify: bool) -> _Plan:
+    """Everything the source holds that the target lacks, as events."""
+    plan = _Plan()
+
+    # ------------------------------------------------------------ artifacts
+    artifacts: dict[str, _Artifact] = {}
+    for r in source.query("source_artifacts"):
+        artifacts[r[0]] = _Artifact(
+            id=r[0],
+            kind=r[1],
+            path=r[2],
+            content_hash=r[3],
+            producer_run_id=r[4],
+            metadata=_json.decode(r[5]),
+            created_at=r[6],
+            user=r[7],
+            alias_segment=r[8],
+        )
+    for a in store_meta_artifacts(stores):
+        if not a.id:
+            report.unmapped.append(f"store: cannot read {a.path}: {a.metadata.get('error')}")
+        elif a.id not in artifacts:
+            artifacts[a.id] = a
+
+    # --------------------------------------------------------------- users
+    users: dict[str, tuple[int, str | None]] = {}
+    if "users" in source.tables:
+        users = {r[0]: (r[1], r[2]) for r in source.query("source_users")}
+    light = list(source.query("source_runs_light"))
+    seen_users: dict[str, int] = {}
+    for r in light:
+        seen_users[r[8]] = min(seen_users.get(r[8], r[7]), r[7])
+    for a in artifacts.values():
+        if a.user:
+            seen_users[a.user] = min(seen_users.get(a.user, a.created_at), a.created_at)
+    for name, first in seen_users.items():
+        users.setdefault(name, (first, None))
+    kc = report.count("users")
+    for name, (created, role) in sorted(users.items()):
+        if name in target.users:
+            kc.unchanged += 1
+            continue
+        kc.new += 1
+        plan.add(NewEvent(f"user-{name}", UserImported(name=name, created_at=_ts_req(created), pg_role=role), 0))
+
+    kc = report.count("artifacts")
+    for a in artifacts.values():
+        if a.id in target.artifacts:
+            kc.unchanged += 1
+            continue
+        kc.new += 1
+        digest, integrity, observed = check_integrity(a, verify)
+        if integrity in ("mismatch", "missing"):
+            detail = f" (bytes hash to {observed})" if observed else ""
+            report.integrity.append(f"{a.id} {a.path}: {integrity}{detail}")
+        plan.add(
+            NewEvent(
+                f"artifact-{a.id}",
+                ArtifactImported(
+                    artifact_id=a.id,
+                    hash=digest,
+                    kind=a.kind,
+                    path=a.path,
+                    user=a.user,
+                    created_at=_ts_req(a.created_at),
+                    integrity=integrity,
+                    producer_run_id=a.producer_run_id,
+                    metadata=a.metadata,
+                    observed_hash=observed,
+                    alias_segment=a.alias_segment,
+                ),
+                0,
+            )
+        )
+
+    # ---------------------------------------------------------------- runs
+    tracking = {r[0]: r for r in source.query("source_tracking")} if "tracking" in source.tables else {}
+    marks = {r[0]: (r[1], r[2]) for r in source.query("source_event_marks")} if "events" in source.tables else {}
+    outputs_by_run: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for run_id, role, artifact_id in source.query("source_outputs"):
+        outputs_by_run[run_id].append((role, artifact_id))
+
+    def output_events(run_id: str, pairs: Iterable[tuple[str, str]]) -> list[NewEvent]:
+        out = []
+        for role, artifact_id in sorted(pairs):
+            a = artifacts.get(artifact_id)
+            step = a.metadata.get("step") if a is not None else None
+            out.append(
+                NewEvent(
+                    f"run-{run_id}",
+                    OutputLinked(
+                        run_id=run_id,
+                        role=role,
+                        artifact_id=artifact_id,
+                        path=a.path if a is not None else "",
+                        step=step if isinstance(step, int) else None,
+                    ),
+                )
+            )
+        return out
+
+    new_ids: list[str] = []
+    history_after: dict[str, int] = {}
+    kc = report.count("runs")
+    for r in light:
+        run_id, status, job_id, finished = r[0], r[1], r[2], _ts(r[3])
+        known = target.runs.get(run_id)
+        if known is None:
+            new_ids.append(run_id)
+            continue
+        imported, old_status, old_job, old_finished, last_event, old_url = known
+        if not imported:
+            kc.unchanged += 1
+            report.unmapped.append(f"run {run_id}: the id is already used by a run recorded here; left out")
+            continue
+        events: list[NewEvent] = []
+        link = tracking.get(run_id)
+        new_link = _tracking_link(link) if link is not None and link[3] != old_url else None
+        if (status, job_id, finished) != (old_status, old_job, old_finished) or new_link is not None:
+            events.append(
+                NewEvent(
+                    f"run-{run_id}",
+                    RunStatusImported(
+                        run_id=run_id, status=status, finished_at=finished, job_id=job_id, tracking=new_link
+                    ),
+                )
+            )
+        missing_outputs = [(ro, a) for ro, a in outputs_by_run.get(run_id, []) if (run_id, a) not in target.outputs]
+        events.extend(output_events(run_id, missing_outputs))
+        mark = marks.get(run_id)
+        if mark is not None and mark[0] > (last_event or 0):
+            history_after[run_id] = last_event or 0
+        if events:
+            kc.changed += 1
+            plan.add(*events)
+        elif run_id not in history_after:
+            kc.unchanged += 1
+        else:
+            kc.changed += 1
+    kc.new = len(new_ids)
+
+    # Full rows only for runs not seen before, in chunks (a no-change re-run reads none).
+    for start in range(0, len(new_ids), 5000):
+        chunk = new_ids[start : start + 5000]
+        inputs: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
+        for run_id, role, artifact_id, resolved in source.query("source_inputs", ids=chunk):
+            inputs[run_id].append((role, artifact_id, resolved))
+        for r in source.query("source_runs_full", ids=chunk):
+            recipe = _json.decode(r[8])
+            context = _json.decode(r[9])
+            refs = [
+                InputRef(
+                    role=role,
+                    type="artifact" if artifact_id else "external",
+                    path=resolved,
+                    artifact_id=artifact_id,
+                    alias=_alias_of_input(recipe, role),
+                    hash=check_hash_of(artifacts.get(artifact_id)) if artifact_id else None,
+                )
+                for role, artifact_id, resolved in sorted(inputs.get(r[0], []))
+            ]
+            link = tracking.get(r[0])
+            imported_run = RunImported(
+                run_id=r[0],
+                name=r[1],
+                user=r[15],
+                status=r[3],
+                executor=str(context.get("executor") or context.get("scheduler") or "slurm"),
+                run_dir=r[5],
+                recipe=recipe,
+                recipe_hash=r[2],
+                context=context,
+                repo=r[6],
+                source_path=r[7],
+                created_at=_ts_req(r[10]),
+                finished_at=_ts(r[11]),
+                job_id=r[4],
+                cache_key=r[16],
+                producer_run_id=r[17],
+                pipeline_id=r[12],
+                stage_name=r[14],
+                dependency_on=_json.decode(r[13]) if r[13] else None,
+                inputs=refs,
+                tracking=_tracking_link(link) if link is not None else None,
+                repo_commit=_repo_commit(context),
+            )
+            plan.add(NewEvent(f"run-{r[0]}", imported_run, 0), *output_events(r[0], outputs_by_run.get(r[0], [])))
+            if r[0] in marks:
+                history_after[r[0]] = 0
+
+    # ------------------------------------------------ the original's history
+    if history_after:
+        after = min(history_after.values())
+        ids = sorted(history_after)
+        by_run: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        for row in source.query("source_events_after", after=after, ids=ids, unowned=False):
+            if row[0] > history_after[row[1]]:
+                by_run[row[1]].append(row)
+        kc = report.count("history")
+        for run_id in ids:
+            rows = by_run.get(run_id)
+            if rows:
+                kc.new += len(rows)
+                plan.add(
+                    NewEvent(f"run-{run_id}", OriginalEventsImported(run_id=run_id, events=_original_events(rows)))
+                )
+    if "events" in source.tables and marks.get(None, (0, 0))[0] > target.unowned_mark:
+        rows = list(source.query("source_events_after", after=target.unowned_mark, ids=[], unowned=True))
+        if rows:
+            report.count("history").new += len(rows)
+            plan.add(NewEvent("original-events", OriginalEventsImported(events=_original_events(rows))))
+
+    # ------------------------------------------------------------- aliases
+    # Per-user aliases first, then the global namespace (its owner is the artifact's user):
+    # where both name the same (user, alias), the global one is what the original resolved.
+    wanted: dict[tuple[str, str], tuple[str, int, str | None, str]] = {}
+    if "artifact_user_aliases" in source.tables:
+        for user, alias, kind, artifact_id, created in source.query("source_user_aliases"):
+            if (user, alias) in wanted:
+                report.unmapped.append(
+                    f"alias {user}/{alias} ({kind}): one name per user here; kept the {wanted[(user, alias)][2]} one"
+                )
+                continue
+            wanted[(user, alias)] = (artifact_id, created, kind, "user")
+    for alias, artifact_id, created in source.query("source_aliases"):
+        target_artifact = artifacts.get(artifact_id)
+        owner = target_artifact.user if target_artifact is not None else "unknown"
+        if target_artifact is None:
+            report.unmapped.append(f"alias {alias}: names artifact {artifact_id}, which the registry does not hold")
+        wanted[(owner, alias)] = (artifact_id, created, None, "global")
+    kc = report.count("aliases")
+    for (user, alias), (artifact_id, created, kind, scope) in sorted(wanted.items()):
+        have = target.aliases.get((user, alias))
+        set_at = _ts_req(created)
+        # An alias changed here after the original last set it stays as it is here.
+        if have is not None and (have[0] == artifact_id or have[1] >= set_at):
+            kc.unchanged += 1
+            continue
+        if have is None:
+            kc.new += 1
+        else:
+            kc.changed += 1
+        plan.add(
+            NewEvent(
+                f"alias-{user}/{alias}",
+                AliasImported(user=user, alias=alias, artifact_id=artifact_id, set_at=set_at, kind=kind, scope=scope),
+            )
+        )
+
+    # ----------------------------------------------------------- pipelines
+    runs_of: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for r in light:
+        if r[4]:
+            runs_of[r[4]].append(r)
+    kc = report.count("pipelines")
+    for pid, name, path, user, created in source.query("source_pipelines"):
+        members = runs_of.get(pid, [])
+        stages = _stages(members)
+        status, ended = _pipeline_status([(m[1], _ts(m[3])) for m in members])
+        pipe_have = target.pipelines.get(pid)
+        if pipe_have is not None and pipe_have == (status, ended, len(stages)):
+            kc.unchanged += 1
+            continue
+        if pipe_have is None:
+            kc.new += 1
+        else:
+            kc.changed += 1
+        plan.add(
+            NewEvent(
+                f"pipeline-{pid}",
+                PipelineImported(
+                    pipeline_id=pid,
+                    name=name,
+                    user=user,
+                    stages=stages,
+                    status=status,
+                    created_at=_ts_req(created),
+                    file_path=path,
+                    finished_at=ended,
+                ),
+                0 if pipe_have is None else None,
+            )
+        )
+
+    # --------------------------------------------------------------- evals
+    if "eval_requests" in source.tables:
+        kc = report.count("evals")
+        for key, ckpt, recipe_hash, policy, run_id, state, attempts, user, created, updated in source.query(
+            "source_evals"
+        ):
+            metrics = _eval_metrics(run_id, outputs_by_run, artifacts)
+            eval_have = target.evals.get(key)
+            if eval_have is not None and eval_have == (state, attempts, run_id or "", metrics is not None):
+                kc.unchanged += 1
+                continue
+            if eval_have is None:
+                kc.new += 1
+            else:
+                kc.changed += 1
+            ck = artifacts.get(ckpt)
+            step = ck.metadata.get("step") if ck is not None else None
+            plan.add(
+                NewEvent(
+                    f"eval-{key}",
+                    EvalImported(
+                        eval_key=key,
+                        policy=policy,
+                        checkpoint_artifact_id=ckpt,
+                        eval_recipe_hash=recipe_hash,
+                        state=state,
+                        attempts=int(attempts),
+                        user=user,
+                        requested_at=_ts_req(created),
+                        updated_at=_ts_req(updated),
+                        run_id=run_id,
+                        step=step if isinstance(step, int) else None,
+                        metrics=metrics,
+                    ),
+                    0 if eval_have is None else None,
+                )
+            )
+    if "coalesce_claims" in source.tables:
+        report.count("coalesce claims")  # in-flight slots only: the runs' producer_run_id keeps who followed whom
+    return plan
+
+
+def check_hash_of(a: _Artifact | None) -> str | None:
+    """The hash an input's artifact is known by here (see ``check_integrity``), without reading bytes."""
+    if a is None:
+        return None
+    return _strip_algo(a.content_hash) or _path_hash(a.path)
+
+
+def _eval_metrics(
+    run_id: str | None, outputs_by_run: dict[str, list[tuple[str, str]]], artifacts: dict[str, _Artifact]
+) -> dict[str, Any] | None:
+    """The result an eval run's ``eval_result`` output recorded, if it has one."""
+    for _role, artifact_id in outputs_by_run.get(run_id or "", []):
+        a = artifacts.get(artifact_id)
+        if a is not None and isinstance(a.metadata.get("result"), dict):
+            return dict(a.metadata["result"])
+    return None
+
+
+# ----------------------------------------------------------------------- run
+
+
+def import_registry(
+    database_url: str,
+    source_url: str,
+    *,
+    actor: str,
+    stores: Iterable[Path] = (),
+    dry_run: bool = False,
+    verify: bool = True,
+    batch_events: int = _BATCH_EVENTS,
+    on_batch: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Bring the original registry at ``source_url`` into labctl's database at ``database_url``.
+
+    ``stores`` are artifact roots whose ``_objects/*/*/.meta.json`` are read too.
+    Safe to repeat and to interrupt; ``dry_run`` reports and writes nothing.
+    """
+    started = time.perf_counter()
+    report = ImportReport(source=describe_url(source_url), dry_run=dry_run)
+    try:
+        src_conn = psycopg.connect(source_url, autocommit=False)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot reach the original registry at {describe_url(source_url)}: {first}") from None
+    with src_conn, connect(database_url) as conn:
+        src_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        source = Source(src_conn)
+        report.schema = source.schema
+        if dry_run and _has_no_schema(conn):
+            target = Target(
+                runs={}, outputs=set(), artifacts=set(), aliases={}, pipelines={}, evals={}, users=set(), unowned_mark=0
+            )
+        else:
+            if not dry_run:
+                ensure_schema(conn, beside_original=True)
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_IMPORT_LOCK,)).fetchone()[0]:  # type: ignore[index]
+                raise UserError("another labctl import into this database is running; try again when it ends")
+            if not dry_run:
+                projections.catch_up(conn)  # what an interrupted import appended is in the read models
+            target = _target(conn)
+        plan = plan_import(source, target, report, stores=stores, verify=verify)
+        if not dry_run:
+            meta = EventMeta(
+                actor=actor,
+                host=socket.gethostname(),
+                labctl_version=__version__,
+                correlation_id=f"import {report.source}",
+            )
+            for batch in plan.batches(batch_events):
+                projections.record(conn, batch, meta=meta)
+                report.events_appended += len(batch)
+                if on_batch is not None:
+                    on_batch(report.events_appended)
+        else:
+            report.events_appended = len(plan)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _has_no_schema(conn: psycopg.Connection[Any]) -> bool:
+    from labctl.db import current_schema_version
+
+    return current_schema_version(conn) is None
+
+
+def resolve_source(ref: str | None, database_url: str) -> tuple[str, list[Path]]:
+    """The source URL and artifact roots of ``--from``: a URL, an old cluster.toml, or (None) our database."""
+    if ref is None:
+        return database_url, []
+    if "://" in ref or "=" in ref:
+        return ref, []
+    return cluster_source(Path(ref))
+
+
+def cluster_source(path: Path) -> tuple[str, list[Path]]:
+    """The registry URL in an original cluster.toml's ``[postgres]`` and its artifact roots."""
+    import getpass
+    import tomllib
+
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"--from {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"--from {path}: not TOML: {exc}") from None
+    pg = raw.get("postgres")
+    if not isinstance(pg, dict):
+        raise InputError(f"--from {path}: no [postgres] section (the original registry's database)")
+    params = {
+        "host": pg.get("host"),
+        "port": pg.get("port"),
+        "dbname": pg.get("database") or "labctl",
+        "user": pg.get("user") or getpass.getuser(),
+    }
+    url = make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+    roots = (raw.get("filesystem") or {}).get("artifact_roots") or {}
+    return url, sorted({Path(str(v)).expanduser() for v in roots.values()})
+
+
+def print_report(report: ImportReport, echo: Callable[[str], None]) -> None:
+    verb = "would import" if report.dry_run else "imported"
+    echo(f"{verb} from {report.source} (original schema {report.schema}):")
+    echo(f"  {'kind':<16}{'new':>9}{'changed':>9}{'unchanged':>11}")
+    for kind, c in report.kinds.items():
+        echo(f"  {kind:<16}{c.new:>9}{c.changed:>9}{c.unchanged:>11}")
+    echo(f"  events {'to append' if report.dry_run else 'appended'}: {report.events_appended} in {report.seconds:.1f}s")
+    if report.integrity:
+        echo(f"artifacts not as recorded ({len(report.integrity)}; imported, marked, not trusted):")
+        for line in report.integrity:
+            echo(f"  {line}")
+    if report.unmapped:
+        echo(f"not mapped as they were ({len(report.unmapped)}):")
+        for line in report.unmapped:
+            echo(f"  {line}")

@@ -1,0 +1,86 @@
+-- Queries of `labctl import`: the original registry's tables (source, schema public)
+-- and what an earlier import already brought into our read models (target).
+-- {peer}, {content_hash}, {alias_segment} are the original's columns where its version has them.
+
+-- name: source_tables
+SELECT table_name FROM information_schema.tables WHERE table_schema = 'public';
+
+-- name: source_columns
+SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema = 'public';
+
+-- name: source_runs_light
+SELECT id, status, job_id, finished_at, pipeline_id, stage_name, dependency_on::text, created_at,
+       submitted_by
+FROM public.runs;
+
+-- name: source_runs_full
+SELECT id, recipe_name, recipe_hash, status, job_id, run_dir, repo, source_path, recipe_json::text,
+       context_json::text, created_at, finished_at, pipeline_id, dependency_on::text, stage_name,
+       submitted_by, cache_key, {peer}
+FROM public.runs WHERE id = ANY (%(ids)s);
+
+-- name: source_inputs
+SELECT run_id, role, artifact_id, resolved_path FROM public.run_inputs WHERE run_id = ANY (%(ids)s);
+
+-- name: source_outputs
+SELECT run_id, role, artifact_id FROM public.run_outputs;
+
+-- name: source_tracking
+SELECT run_id, entity, project, url, group_name, source, created_at FROM public.tracking;
+
+-- name: source_event_marks
+SELECT run_id, max(id), count(*) FROM public.events GROUP BY run_id;
+
+-- name: source_events_after
+SELECT id, run_id, event_type, payload_json::text, created_at FROM public.events
+WHERE id > %(after)s AND (run_id = ANY (%(ids)s) OR (%(unowned)s AND run_id IS NULL))
+ORDER BY id;
+
+-- name: source_artifacts
+SELECT id, kind, path, {content_hash}, producer_run_id, metadata_json::text, created_at, "user", {alias_segment}
+FROM public.artifacts;
+
+-- name: source_aliases
+SELECT alias, artifact_id, created_at FROM public.artifact_aliases;
+
+-- name: source_user_aliases
+SELECT "user", alias, kind, artifact_id, created_at FROM public.artifact_user_aliases;
+
+-- name: source_pipelines
+SELECT id, name, pipeline_path, "user", created_at FROM public.pipelines;
+
+-- name: source_evals
+SELECT eval_key, checkpoint_artifact_id, eval_recipe_hash, policy_id, eval_run_id, state, attempts, "user",
+       created_at, updated_at
+FROM public.eval_requests;
+
+-- name: source_users
+SELECT name, created_at, pg_role FROM public.users;
+
+-- name: target_runs
+SELECT r.id, i.run_id IS NOT NULL, i.original_status, r.job_id, r.finished_at, i.last_event_id,
+       i.tracking ->> 'url'
+FROM runs r LEFT JOIN imported_runs i ON i.run_id = r.id;
+
+-- name: target_outputs
+SELECT run_id, artifact_id, role FROM run_outputs;
+
+-- name: target_artifacts
+SELECT id FROM artifacts;
+
+-- name: target_aliases
+SELECT user_name, alias, artifact_id, set_at FROM aliases;
+
+-- name: target_pipelines
+SELECT id, status, finished_at, (SELECT count(*) FROM pipeline_stages s WHERE s.pipeline_id = p.id)
+FROM pipelines p;
+
+-- name: target_evals
+SELECT e.eval_key, i.state, i.attempts, e.run_id, e.metrics IS NOT NULL
+FROM evals e LEFT JOIN imported_evals i ON i.eval_key = e.eval_key;
+
+-- name: target_users
+SELECT name FROM users;
+
+-- name: target_unowned_mark
+SELECT max((e.data -> 'events' -> -1 ->> 'id')::bigint) FROM events e WHERE e.stream = 'original-events';
