@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from labctl.files import ClusterConfig, Recipe
+from labctl.secrets import split_secrets, write_secrets
 
 
 def job_command(recipe: Recipe) -> list[str]:
@@ -21,8 +22,13 @@ def job_workdir(run_dir: str | Path, recipe: Recipe) -> Path:
 
 
 def job_environment(config: ClusterConfig, recipe: Recipe, run_id: str, run_dir: str | Path) -> dict[str, str]:
-    """Cluster ``[env]``, then the recipe's ``[env]``, then LABCTL_* and WANDB_* (which win)."""
-    env = {**config.env, **recipe.env}
+    """Cluster ``[env]``, then the recipe's ``[env]``, then LABCTL_* and WANDB_* (which win).
+
+    Secret values (from the cluster's ``[env]``; the recipe's are references by now) go to the
+    run's 0600 ``.lab/secrets.env`` and come back as ``${NAME}``, so no script holds them.
+    """
+    env, secrets = split_secrets({**config.env, **recipe.env})
+    write_secrets(run_dir, secrets)
     env.update(
         LABCTL_RUN_ID=run_id,
         LABCTL_RUN_DIR=str(run_dir),

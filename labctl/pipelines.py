@@ -48,6 +48,7 @@ from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pi
 from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.ids import new_id, new_run_id
 from labctl.lookup import resolve_id
+from labctl.secrets import split_secrets
 from labctl.submit import StageContext, prepare, submit
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
@@ -80,6 +81,18 @@ def _check_static_inputs(app: App, stage: PlannedStage) -> None:
         return
     recipe = _with_index(stage.recipe, stage.recipe.sweep.start) if stage.recipe.sweep else stage.recipe
     prepare(app, recipe, stage.recipe_path)  # renders and resolves: raises on any user mistake
+
+
+def _refuse_literal_secrets(stage: PlannedStage) -> None:
+    """A stage's recipe is recorded before its run dir exists: a secret value has nowhere safe to wait."""
+    _, secrets = split_secrets(stage.recipe.env)
+    for name in secrets:
+        raise FileFormatError(
+            stage.recipe_path,
+            f"env.{name}",
+            f"looks like a secret and would be recorded for everyone to read; write "
+            f'"${{{name}}}" and export {name} where the job starts (the agent, or the shell that submits to SLURM)',
+        )
 
 
 def _pin(conn: psycopg.Connection[Any], plan: PipelinePlan) -> str | None:
@@ -142,6 +155,7 @@ def create_pipeline(
     if from_run is not None:
         _check_pinned_roles(app.db.conn, plan, from_run)
     for stage in plan.stages:
+        _refuse_literal_secrets(stage)
         _check_static_inputs(app, stage)
     pipeline_id = new_id("pipeline")
     specs: list[StageSpec] = []

@@ -33,6 +33,7 @@ from labctl.files import (
     load_cluster_config,
     local_profile,
 )
+from labctl.secrets import URL_WITH_PASSWORD
 
 SchedulerChoice = Literal["auto", "local", "slurm"]
 ServiceName = Literal["agent", "ui"]
@@ -163,7 +164,13 @@ def write_config(dest: Path, text: str, *, force: bool) -> None:
     check_can_write(dest, force=force)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    # a database URL with a password makes the file a secret: readable by its owner only
+    mode = 0o600 if URL_WITH_PASSWORD.search(text) else 0o644
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)  # whatever the umask
     _replace(tmp, dest, force=force)
 
 

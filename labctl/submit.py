@@ -56,6 +56,7 @@ from labctl.jobenv import wandb_url
 from labctl.lookup import alias_target
 from labctl.names import check_name, inside
 from labctl.provenance import Source, inspect_repo, snapshot
+from labctl.secrets import split_secrets, write_secrets
 
 _RETRIES = 20
 
@@ -84,6 +85,8 @@ class PreparedRun(msgspec.Struct, kw_only=True):
     cache_key: str
     source: Source | None
     stage: StageContext
+    #: secret env values, kept out of the log: written to the run dir's 0600 ``.lab/secrets.env``
+    secrets: dict[str, str] = {}
 
 
 class Submitted(msgspec.Struct, kw_only=True):
@@ -241,6 +244,8 @@ def prepare(
     """Resolve and render a recipe into a run (reads the database, writes nothing)."""
     stage = stage or StageContext()
     path = str(recipe_path)
+    env, secrets = split_secrets(recipe.env)
+    recipe = msgspec.structs.replace(recipe, env=env)  # the log and the cache key see ${NAME}, never the value
     run_id = run_id or new_run_id()
     run_dir = str(Path(app.config.filesystem.runs_base) / app.user / run_id)
     executor = executor or app.executor
@@ -278,6 +283,7 @@ def prepare(
         cache_key=key,
         source=source,
         stage=stage,
+        secrets=secrets,
     )
 
 
@@ -291,6 +297,7 @@ def write_run_dir(run: PreparedRun) -> None:
             Path(out.path).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create the directory of output {out.role!r}: {exc}") from None
+    write_secrets(run_dir, run.secrets)
     if run.source is not None:
         snapshot(run.source, run_dir / "source")
     write_context(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from labctl.executors.base import JobSpec, JobState
+from labctl.secrets import job_inherited_environ
 
 GRACE_SECONDS = 5.0
 HOST = socket.gethostname()
@@ -63,7 +64,7 @@ class LocalExecutor:
 
     def submit(self, job: JobSpec) -> str:
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, LABCTL_HOST=HOST)
+        env = dict(job_inherited_environ(), LABCTL_HOST=HOST)
         with open(job.log_path, "ab") as log:
             proc = subprocess.Popen(
                 ["bash", str(job.script)],

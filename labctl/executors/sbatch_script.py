@@ -17,6 +17,7 @@ from labctl.executors.base import JobSpec
 from labctl.files.cluster import SlurmSettings
 from labctl.files.recipe import Component, Resources
 from labctl.files.units import parse_mem_mb, parse_time_seconds
+from labctl.secrets import REFERENCE, SECRETS_FILE
 
 SHEBANG = "#!/bin/bash\n"
 #: in an array element, the id sacct and squeue show for it (``123_4``), not the element's raw id
@@ -130,10 +131,16 @@ def render_script_body(
     if not command:
         raise ValueError("the command is empty")
     lines = ["set -uo pipefail"]
+    secrets = shlex.quote(str(run_dir / SECRETS_FILE))
+    lines.append(f"if [ -r {secrets} ]; then . {secrets}; fi")  # values kept out of the log and this script
     for name, value in env.items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"{name!r} is not a valid environment variable name")
-        lines.append(f"export {name}={shlex.quote(value)}")
+        reference = REFERENCE.match(value)
+        # a ${VAR} reference resolves now, at job start (set -u: an unset one stops the job with its name)
+        lines.append(
+            f'export {name}="${{{reference.group(1)}}}"' if reference else f"export {name}={shlex.quote(value)}"
+        )
     if sweep_index_expr is not None:
         lines.append(f"export LABCTL_SWEEP_INDEX={sweep_index_expr}")
     if job_id_expr is not None:

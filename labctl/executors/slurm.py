@@ -39,6 +39,7 @@ from pathlib import Path
 
 from labctl.executors.base import ACTIVE_STATES, JobSpec, JobState
 from labctl.executors.errors import ExecutorError
+from labctl.secrets import job_inherited_environ
 
 BIN_DIR_ENV = "LABCTL_SLURM_BIN_DIR"
 SACCT_FIELDS = "JobIDRaw,JobID,JobName,State,ExitCode,Start,End"
@@ -357,6 +358,7 @@ class SlurmExecutor:
                 timeout=self.timeout,
                 cwd=cwd if cwd is not None and cwd.is_dir() else None,
                 check=False,
+                env=job_inherited_environ(),  # sbatch exports it to the job: no labctl credentials
             )
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(argv, 124, "", f"{name} gave no answer within {self.timeout:g} s")
