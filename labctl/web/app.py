@@ -32,7 +32,7 @@ from labctl.errors import DatabaseUnavailable
 from labctl.eventlog import event_json
 from labctl.jsontext import dumps
 from labctl.web import api, pages
-from labctl.web.stream import Broadcast, StreamLimits, Write, pump_file, pump_log, run_stream
+from labctl.web.stream import Broadcast, SlowReader, StreamLimits, Write, pump_file, pump_log, run_stream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,7 +228,9 @@ async def api_policy(request: Request) -> Response:
 
 async def api_cluster(request: Request) -> Response:
     web = _web(request)
-    return json_response(await web.db(api.cluster, web.cluster))
+    body = await web.db(api.cluster, web.cluster)
+    body["open_streams"] = web.streams
+    return json_response(body)
 
 
 async def api_events(request: Request) -> Response:
@@ -406,6 +408,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, SlowReader):
+        return Response(status_code=500)  # never sent: the response had started; uvicorn drops the connection
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _error(request, 500, "internal error (see the server's log)")
 

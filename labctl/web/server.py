@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import uvicorn
 
 from labctl.errors import InputError
 from labctl.web.app import Web, create_app
-from labctl.web.stream import StreamLimits
+from labctl.web.stream import QuietSlowReaders, StreamLimits
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -78,6 +79,8 @@ async def serve(
     limits: StreamLimits | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then end every stream and close the pool."""
+    quiet = QuietSlowReaders()
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=512)  # OSError: cannot listen there
     web = Web(url, token=token, cluster=cluster, limits=limits, poll_interval=poll_interval)
@@ -110,6 +113,7 @@ async def serve(
     finally:
         await web.stop()
         sock.close()
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
 
 
 def run_server(url: str, host: str, port: int, **options: Any) -> None:

@@ -26,11 +26,13 @@ from labctl.eventlog import event_json
 
 log = logging.getLogger(__name__)
 
-Page = list[StoredEvent] | None
+Frame = tuple[int, bytes]  # an event's position and its SSE frame, encoded once for every subscriber
+Page = list[Frame] | None
 Write = Callable[[bytes], Awaitable[None]]
 
-CATCH_UP_PAGE = 200
+CATCH_UP_PAGE = 32  # events read per catch-up query: what a client that stops reading can pin
 MAX_EVENT_BYTES = 64 * 1024
+WRITE_CHUNK = 64 * 1024  # frames are written in chunks of about this size, each waiting for the client
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-store"),
@@ -64,7 +66,8 @@ class Broadcast:
             try:
                 async for page in afollow(self.url, self.position, poll_interval=self.poll_interval):
                     self.position = page[-1].position
-                    self.publish(page)
+                    if self.subscribers:
+                        self.publish(frames(page))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -85,6 +88,38 @@ class Broadcast:
     def close(self) -> None:
         """End every stream (shutdown): each gets ``None``."""
         self.publish(None)
+
+
+def frames(page: list[StoredEvent]) -> list[Frame]:
+    return [(e.position, sse_frame(e)) for e in page]
+
+
+async def write_frames(write: Write, page: list[Frame]) -> None:
+    """Frames in chunks of about ``WRITE_CHUNK`` bytes, each sent (or timed out) before the next is built."""
+    chunk: list[bytes] = []
+    size = 0
+    for _, frame in page:
+        chunk.append(frame)
+        size += len(frame)
+        if size >= WRITE_CHUNK:
+            await write(b"".join(chunk))
+            chunk, size = [], 0
+    if chunk:
+        await write(b"".join(chunk))
+
+
+async def write_events(write: Write, page: list[StoredEvent]) -> None:
+    """Like ``write_frames``, encoding each event as it goes and letting go of it once sent (``page`` empties)."""
+    page.reverse()
+    chunk: list[bytes] = []
+    size = 0
+    while page:
+        frame = sse_frame(page.pop())
+        chunk.append(frame)
+        size += len(frame)
+        if size >= WRITE_CHUNK or not page:
+            await write(b"".join(chunk))
+            chunk, size = [], 0
 
 
 def sse_frame(e: StoredEvent) -> bytes:
@@ -126,8 +161,11 @@ async def run_stream(
     """Start an SSE response and run ``pump(write)`` until it ends, the client leaves or stops reading."""
 
     async def write(chunk: bytes) -> None:
-        async with asyncio.timeout(limits.write_timeout):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async with asyncio.timeout(limits.write_timeout):
+                await send({"type": "http.response.body", "body": chunk, "more_body": chunk != b""})
+        except TimeoutError as exc:
+            raise SlowReader("closed an event stream whose client stopped reading") from exc
 
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     await write(b"retry: 1000\n\n")
@@ -135,17 +173,32 @@ async def run_stream(
     watcher = asyncio.create_task(_until_disconnect(receive))
     try:
         done, _ = await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if producer in done and not producer.cancelled() and (exc := producer.exception()) is not None:
-            if isinstance(exc, TimeoutError):
-                log.info("closed an event stream whose client stopped reading")
-            else:
-                log.warning("event stream ended: %s", exc)
     finally:
         for task in (producer, watcher):
             task.cancel()
         await asyncio.gather(producer, watcher, return_exceptions=True)
-    with contextlib.suppress(Exception):
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if watcher in done:
+        return  # the client left
+    exc = producer.exception()
+    if isinstance(exc, SlowReader):
+        raise exc
+    if exc is not None:
+        log.warning("event stream ended: %s", exc)
+    await write(b"")  # the end of the response (a slow reader here is cut off the same way)
+
+
+class SlowReader(Exception):
+    """A stream's client did not take a frame in time: the connection is dropped (uvicorn closes it)."""
+
+
+class QuietSlowReaders(logging.Filter):
+    """uvicorn logs an exception that ends a started response; a slow reader is routine, so one info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], SlowReader):
+            log.info("%s", record.exc_info[1])
+            return False
+        return True
 
 
 async def pump_log(
@@ -161,10 +214,11 @@ async def pump_log(
     if catch_up:
         while True:
             page = await read_page(position, CATCH_UP_PAGE)
+            count = len(page)
             if page:
-                await write(b"".join(sse_frame(e) for e in page))
                 position = page[-1].position
-            if len(page) < CATCH_UP_PAGE:
+                await write_events(write, page)
+            if count < CATCH_UP_PAGE:
                 break
     while True:
         try:
@@ -175,10 +229,10 @@ async def pump_log(
             continue
         if live is None:
             return  # dropped or shutting down: the browser reconnects with Last-Event-ID
-        fresh = [e for e in live if e.position > position]  # the catch-up may have sent some already
+        fresh = [f for f in live if f[0] > position]  # the catch-up may have sent some already
         if fresh:
-            await write(b"".join(sse_frame(e) for e in fresh))
-            position = fresh[-1].position
+            await write_frames(write, fresh)
+            position = fresh[-1][0]
 
 
 async def pump_file(
