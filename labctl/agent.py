@@ -389,6 +389,7 @@ class Agent:
         lab.mkdir(parents=True, exist_ok=True)
         body = render_script_body(
             env=job_environment(self.app.config, recipe, run_id, run_dir),
+            modules=self.app.config.modules,
             command=job_command(recipe),
             workdir=job_workdir(run_dir, recipe),
             labctl_bin=None,  # the agent hashes the outputs itself when the job ends

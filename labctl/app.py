@@ -85,6 +85,6 @@ def open_app(cluster: Path | None = None) -> App:
         config=config,
         config_path=path,
         home=labctl_home(),
-        db=Database(database_url(config.database.url)),
+        db=Database(database_url(config.database.url, config.postgres)),
         user=current_user(),
     )

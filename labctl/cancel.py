@@ -31,7 +31,7 @@ def cancel_runs(app: App, run_ids: Sequence[str], *, force: bool, reason: str | 
     if slurm_jobs:
         from labctl.executors.slurm import SlurmExecutor
 
-        SlurmExecutor().cancel(slurm_jobs)  # one scancel for all of them
+        SlurmExecutor(scheduler=app.config.scheduler).cancel(slurm_jobs)  # one scancel for all of them
     return results
 
 

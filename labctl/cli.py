@@ -242,7 +242,9 @@ def run(
         from labctl.executors.slurm import SlurmExecutor
         from labctl.slurm_runs import holder_id, submit_queued
 
-        result.job_id = submit_queued(a, SlurmExecutor(), holder_id(), run_ids=[result.run_id]).get(result.run_id)
+        result.job_id = submit_queued(
+            a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=[result.run_id]
+        ).get(result.run_id)
     typer.echo(f"run_id: {result.run_id}")
     typer.echo(f"job_id: {result.job_id or '-'}")
     typer.echo(f"run_dir: {result.run_dir}")
@@ -397,7 +399,7 @@ def reconcile() -> None:
     from labctl.slurm_runs import reconcile as reconcile_once
 
     a = _open()
-    executor = SlurmExecutor()
+    executor = SlurmExecutor(scheduler=a.config.scheduler)
     submitted = submit_queued(a, executor, holder_id())
     recovered = recover_intents(a, executor, holder_id())
     report = reconcile_once(a, executor)

@@ -1,8 +1,9 @@
 """Where the database is, how to connect to it, and keeping its schema current.
 
 With no configuration labctl runs an embedded Postgres under ``$LABCTL_HOME``
-(started once, reused by every later command); ``LABCTL_DATABASE_URL`` or a
-cluster config's ``[database] url`` points it at any real Postgres instead.
+(started once, reused by every later command); ``LABCTL_DATABASE_URL``, a
+cluster config's ``[database] url`` or the original labctl's ``[postgres]``
+table points it at any real Postgres instead.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import psycopg
 import tenacity
 from psycopg.conninfo import conninfo_to_dict
 
-from labctl.errors import DatabaseUnavailable, InputError
+from labctl.errors import DatabaseUnavailable, InputError, UserError
+
+if TYPE_CHECKING:
+    from labctl.files.cluster import Postgres
 
 T = TypeVar("T")
 
@@ -55,9 +60,39 @@ def remove_embedded(home: Path) -> None:
     embedded.remove(home)
 
 
-def database_url(configured: str | None = None) -> str:
-    """``LABCTL_DATABASE_URL``, else the cluster config's URL, else the embedded server."""
-    return os.environ.get("LABCTL_DATABASE_URL") or configured or embedded_url()
+def database_url(configured: str | None = None, postgres: Postgres | None = None) -> str:
+    """``LABCTL_DATABASE_URL``, else the cluster config's ``[database] url``, else its ``[postgres]``
+    table (the original labctl's), else the embedded server."""
+    if url := os.environ.get("LABCTL_DATABASE_URL") or configured:
+        return url
+    if postgres is not None:
+        return postgres_url(postgres)
+    return embedded_url()
+
+
+def postgres_url(pg: Postgres) -> str:
+    """The URL of the original labctl's ``[postgres]`` table, as its code reads it.
+
+    ``host`` starting with ``/`` is the directory of the Unix socket (peer
+    authentication); ``user`` defaults to ``$USER``. The password is never put
+    in the URL (it would show in ``db url`` and unit files): ``password_env``
+    names a variable that is handed to libpq as ``PGPASSWORD``; without it
+    libpq reads ``~/.pgpass`` and the ``PG*`` variables itself.
+    """
+    user = pg.user or os.environ.get("USER") or os.environ.get("USERNAME")
+    if not user:
+        raise UserError("[postgres] user is not set and neither is $USER; cannot pick a Postgres role")
+    if pg.password_env is not None:
+        password = os.environ.get(pg.password_env)
+        if password is None:
+            raise UserError(f"[postgres] password_env = {pg.password_env!r}, but that variable is not set")
+        os.environ.setdefault("PGPASSWORD", password)
+    who = quote(user, safe="")
+    database = quote(pg.database, safe="")
+    if pg.host.startswith("/"):
+        return f"postgresql://{who}@/{database}?host={quote(pg.host, safe='')}&port={pg.port}"
+    host = f"[{pg.host}]" if ":" in pg.host else quote(pg.host, safe="")
+    return f"postgresql://{who}@{host}:{pg.port}/{database}"
 
 
 _URL_USERINFO = re.compile(r"://([^:/@?#]*):.*@(?=[^@]*$)")

@@ -1,17 +1,21 @@
-"""Runs on SLURM: exactly-once submission, one batched sacct per reconcile, recovery by job name.
+"""Runs on SLURM: exactly-once submission, one batched sacct per reconcile, recovery by run id.
 
 Submission follows intent -> effect -> record: ``SubmissionIntended`` is
 appended (expecting the run stream's version, so only one submitter wins),
 then ``sbatch``, then ``JobSubmitted``. A submitter that dies between sbatch
 and the record leaves an intent without a job id; recovery looks the job up
-by its name (``labctl-<run id>``, or ``labctl-<sweep id>`` for an array)
-before it would ever submit again. sacct is the source of truth for state.
+by the run id it carries (``--comment`` and its working directory, the run
+dir; the sweep id for an array) before it would ever submit again. The SLURM
+job name is the recipe's name, as the original labctl names jobs (its
+``[dispatch.throttle]`` counts jobs by name). sacct is the source of truth
+for state.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import socket
 import uuid
@@ -29,29 +33,32 @@ from labctl.executors.base import JobSpec, JobState
 from labctl.executors.errors import ExecutorError
 from labctl.executors.sbatch_script import SHEBANG, render_sbatch_header, render_sbatch_script, render_script_body
 from labctl.executors.slurm import SlurmExecutor
-from labctl.files import Recipe, Throttle, parse_mem_mb, parse_time_seconds
+from labctl.files import JobNameThrottle, Recipe, Throttle, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run, submission_of
 from labctl.jobenv import job_command, job_environment, job_workdir, labctl_executable
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
-from labctl.throttle import claimable_runs
+from labctl.throttle import claimable_runs, hold_or_release
 
 log = logging.getLogger(__name__)
 
 RECOVERY_GRACE = timedelta(seconds=float(os.environ.get("LABCTL_SLURM_RECOVERY_GRACE", "15")))
 
 
-def job_name(run_id: str) -> str:
-    return f"labctl-{run_id}"
+def slurm_job_name(recipe_name: str) -> str:
+    """The SLURM job name of a recipe's runs, made as the original labctl makes it: characters other
+    than letters, digits, ``_`` and ``-`` become ``_``, at most 64 of them."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", recipe_name)[:64]
 
 
-def _spec(run_id: str, run_dir: str, recipe: Recipe, *, name: str, log_path: Path, array: str | None = None) -> JobSpec:
+def _spec(run_id: str, run_dir: str, recipe: Recipe, *, key: str, log_path: Path, array: str | None = None) -> JobSpec:
     return JobSpec(
         run_id=run_id,
         run_dir=Path(run_dir),
         script=Path(run_dir) / ".lab" / "submit.sh",
         log_path=log_path,
         time_limit_seconds=parse_time_seconds(recipe.resources.time),
-        job_name=name,
+        job_name=slurm_job_name(recipe.name),
+        comment=key,
         cpus=recipe.resources.cpus,
         mem_mb=parse_mem_mb(recipe.resources.mem),
         gpus=recipe.resources.gpus,
@@ -60,7 +67,7 @@ def _spec(run_id: str, run_dir: str, recipe: Recipe, *, name: str, log_path: Pat
 
 
 def _render_single(app: App, sub: RunSubmitted, recipe: Recipe) -> JobSpec:
-    spec = _spec(sub.run_id, sub.run_dir, recipe, name=job_name(sub.run_id), log_path=Path(sub.run_dir) / "log.txt")
+    spec = _spec(sub.run_id, sub.run_dir, recipe, key=sub.run_id, log_path=Path(sub.run_dir) / "log.txt")
     spec.script.parent.mkdir(parents=True, exist_ok=True)
     spec.script.write_text(
         render_sbatch_script(
@@ -68,6 +75,7 @@ def _render_single(app: App, sub: RunSubmitted, recipe: Recipe) -> JobSpec:
             resources=recipe.resources,
             slurm=app.config.slurm,
             env=job_environment(app.config, recipe, sub.run_id, sub.run_dir),
+            modules=app.config.modules,
             command=job_command(recipe),
             workdir=job_workdir(sub.run_dir, recipe),
             labctl_bin=labctl_executable(),
@@ -86,6 +94,7 @@ def _render_array(app: App, sweep_id: str, subs: list[tuple[RunSubmitted, Recipe
     for sub, recipe in subs:
         body = render_script_body(
             env=job_environment(app.config, recipe, sub.run_id, sub.run_dir),
+            modules=app.config.modules,
             command=job_command(recipe),
             workdir=job_workdir(sub.run_dir, recipe),
             labctl_bin=labctl_executable(),
@@ -103,7 +112,7 @@ def _render_array(app: App, sweep_id: str, subs: list[tuple[RunSubmitted, Recipe
             first_sub.run_id,
             str(folder),
             first_recipe,
-            name=f"labctl-{sweep_id}",
+            key=sweep_id,
             log_path=folder / "array-%A_%a.log",
             array=array,
         ),
@@ -166,13 +175,15 @@ def _submit_group(
     app: App, executor: SlurmExecutor, holder: str, sweep_id: str | None, members: list[tuple[str, int]]
 ) -> dict[str, str]:
     conn = app.db.conn
-    name = f"labctl-{sweep_id}" if sweep_id else job_name(members[0][0])
+    key = sweep_id or members[0][0]
+    row = conn.execute("SELECT name FROM runs WHERE id = %s", (members[0][0],)).fetchone()
+    name = slurm_job_name(row[0] if row else key)
     intents = [
         NewEvent(f"run-{r}", SubmissionIntended(run_id=r, executor="slurm", job_name=name, agent_id=holder), v)
         for r, v in members
     ]
     try:
-        app.record(intents, f"intent-{name}-{uuid.uuid4().hex}")
+        app.record(intents, f"intent-{key}-{uuid.uuid4().hex}")
     except ConcurrencyError:
         return {}  # another submitter took (some of) them; the next pass sees what is left
     subs = []
@@ -212,29 +223,30 @@ def _record_jobs(app: App, holder: str, jobs: list[tuple[str, str]]) -> dict[str
 
 
 def recover_intents(app: App, executor: SlurmExecutor, holder: str) -> int:
-    """Intents without a job id, older than the grace: find the job by name, else submit again."""
+    """Intents without a job id, older than the grace: find the job by the run (or sweep) id it carries,
+    else submit again."""
     conn = app.db.conn
     rows = conn.execute(
-        "SELECT id, sweep_id, sweep_index, updated_at FROM runs WHERE executor = 'slurm' AND status = 'submitted' "
-        "AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %s",
+        "SELECT id, sweep_id, sweep_index, updated_at, name FROM runs WHERE executor = 'slurm' "
+        "AND status = 'submitted' AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %s",
         (RECOVERY_GRACE,),
     ).fetchall()
     if not rows:
         return 0
-    names = {r[0]: (f"labctl-{r[1]}" if r[1] else job_name(r[0])) for r in rows}
+    keys = {r[0]: r[1] or r[0] for r in rows}
     since = min(r[3] for r in rows) - timedelta(minutes=5)
-    found = executor.find_by_name(sorted(set(names.values())), since=since)
+    found = executor.find_by_comment({keys[r[0]]: slurm_job_name(r[4]) for r in rows}, since=since)
     recovered = [
-        (r[0], f"{found[names[r[0]]]}_{r[2]}" if r[1] else found[names[r[0]]]) for r in rows if names[r[0]] in found
+        (r[0], f"{found[keys[r[0]]]}_{r[2]}" if r[1] else found[keys[r[0]]]) for r in rows if keys[r[0]] in found
     ]
     if recovered:
         _record_jobs(app, holder, recovered)
-        log.info("recovered %d SLURM job id(s) by name after an interrupted submission", len(recovered))
-    lost = [r[0] for r in rows if names[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * RECOVERY_GRACE]
+        log.info("recovered %d SLURM job id(s) by run id after an interrupted submission", len(recovered))
+    lost = [r[0] for r in rows if keys[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * RECOVERY_GRACE]
     if lost and not _lookup_was_complete(executor):
         lost = []  # try again next cycle
     for run_id in lost:
-        # No job by that name long after the intent: the submitter died before sbatch. Submit again.
+        # No job carries that id long after the intent: the submitter died before sbatch. Submit again.
         version = events.stream_version(conn, f"run-{run_id}")
         sub = submission_of(conn, run_id)
         if sub is None:
@@ -314,3 +326,15 @@ def reconcile(app: App, executor: SlurmExecutor, live_files: LiveFiles | None = 
 
 def holder_id() -> str:
     return f"cli:{socket.gethostname()}:{os.getpid()}"
+
+
+def enforce_job_name_throttle(executor: SlurmExecutor, throttle: JobNameThrottle, user: str) -> tuple[int, int]:
+    """The original's ``[dispatch.throttle]``: hold ``user``'s jobs named ``job_name`` beyond
+    ``max_concurrent`` running-or-eligible, release held ones as slots free up; (held, released)."""
+    jobs = [j for j in executor.queue_of(user) if j.name == throttle.job_name]
+    to_hold, to_release = hold_or_release(jobs, throttle.max_concurrent)
+    if to_hold:
+        executor.hold(to_hold)
+    if to_release:
+        executor.release(to_release)
+    return len(to_hold), len(to_release)

@@ -2,16 +2,23 @@
 
 Limits come from the cluster config's ``[throttle]`` (per user and global)
 and from each sweep's ``throttle`` (points of one sweep running at once).
+The original labctl's ``[dispatch.throttle]`` works on SLURM's queue instead:
+``hold_or_release`` decides which of a user's jobs of one name to hold or
+release so that at most ``max_concurrent`` run or wait eligible.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from labctl.files import Throttle
+
+if TYPE_CHECKING:
+    from labctl.executors.slurm import QueueRow
 
 ACTIVE = "(status = 'running' OR (status = 'submitted' AND (agent_id IS NOT NULL OR job_id IS NOT NULL)))"
 
@@ -59,3 +66,22 @@ def claimable_runs(
         if sweep_id:
             per_sweep[sweep_id] += 1
     return chosen
+
+
+HELD_BY_USER = "JobHeldUser"
+
+
+def hold_or_release(jobs: Sequence[QueueRow], max_concurrent: int) -> tuple[list[str], list[str]]:
+    """``(to hold, to release)`` among one name's jobs, as the original labctl decides.
+
+    Running plus eligible pending jobs above the cap: hold the excess pending
+    ones, in squeue's order. Below the cap: release held ones into the free
+    slots.
+    """
+    running = [j for j in jobs if j.state == "RUNNING"]
+    eligible = [j for j in jobs if j.state == "PENDING" and j.reason != HELD_BY_USER]
+    held = [j for j in jobs if j.state == "PENDING" and j.reason == HELD_BY_USER]
+    used = len(running) + len(eligible)
+    if used > max_concurrent:
+        return [j.job_id for j in eligible[: used - max_concurrent]], []
+    return [], [j.job_id for j in held[: max_concurrent - used]]

@@ -75,7 +75,8 @@ def make_job(
         script=run_dir / ".lab" / "submit.sh",
         log_path=run_dir / ".lab" / ("job-%a.log" if array else "job.log"),
         time_limit_seconds=300,
-        job_name=f"labctl-test-{run_id}",
+        job_name="labctl-test",
+        comment=run_id,
         array=array,
         after_ok=after_ok,
     )
@@ -248,15 +249,16 @@ def test_poll_of_three_jobs_makes_one_sacct_call(cluster: Cluster) -> None:
 
 
 @pytest.mark.slurm
-def test_find_by_name_finds_a_job_whose_id_was_never_recorded(cluster: Cluster) -> None:
+def test_find_by_comment_finds_a_job_whose_id_was_never_recorded(cluster: Cluster) -> None:
     job = make_job(cluster.directory, ["sleep", "2"])
     job_id = cluster.submit(job)
     executor = SlurmExecutor()  # a fresh agent after a crash: it never saw the id
 
-    assert executor.find_by_name([job.job_name, "labctl-test-never-submitted"]) == {job.job_name: job_id}
+    wanted = {job.run_id: job.job_name, "run_never_submitted": job.job_name}
+    assert executor.find_by_comment(wanted) == {job.run_id: job_id}
     wait_for(cluster.executor, job_id, finished)
-    # still found once it has left squeue and only accounting knows it
-    assert executor.find_by_name([job.job_name]) == {job.job_name: job_id}
+    # still found once it has left squeue and only accounting knows it (by its working directory)
+    assert executor.find_by_comment({job.run_id: job.job_name}) == {job.run_id: job_id}
 
 
 @pytest.mark.slurm
@@ -348,7 +350,8 @@ def _job(**changes: object) -> JobSpec:
         "script": Path("/runs/run_abc/.lab/submit.sh"),
         "log_path": Path("/runs/run_abc/.lab/job.log"),
         "time_limit_seconds": 3600,
-        "job_name": "labctl-run_abc",
+        "job_name": "train",
+        "comment": "run_abc",
     }
     values.update(changes)
     return JobSpec(**values)  # type: ignore[arg-type]
@@ -364,16 +367,17 @@ def test_header_carries_name_log_time_cpus_mem_and_gres_in_the_cluster_syntax() 
 
     lines = _sbatch_lines(render_sbatch_header(_job(), resources=resources, slurm=slurm))
 
-    assert lines == [
-        "--job-name=labctl-run_abc",
-        "--output=/runs/run_abc/.lab/job.log",
-        "--error=/runs/run_abc/.lab/job.log",
-        "--time=1-02:03:04",
-        "--cpus-per-task=8",
-        "--mem=32768",
-        "--gres=gpu:a100:2",
+    assert lines == [  # the original labctl's order
+        "--job-name=train",
+        "--comment=run_abc",
         "--nodes=1",
         "--exclude=n1,n2",
+        "--gres=gpu:a100:2",
+        "--cpus-per-task=8",
+        "--mem=32768",
+        "--time=1-02:03:04",
+        "--output=/runs/run_abc/.lab/job.log",
+        "--error=/runs/run_abc/.lab/job.log",
     ]
 
 
@@ -406,10 +410,13 @@ def test_sbatch_extra_array_and_dependency_lines() -> None:
     assert "--constraint=a100" in lines and "--signal=USR1@60" in lines
     assert "--array=0-9%2" in lines
     assert "--dependency=afterok:11:12" in lines
+    assert "--kill-on-invalid-dep=yes" in lines  # as the original: a failed dependency cancels the job
 
 
-def test_heterogeneous_job_has_one_block_per_component_separated_by_hetjob() -> None:
+def test_heterogeneous_job_is_resources_then_one_block_per_component_separated_by_hetjob() -> None:
     resources = Resources(
+        cpus=48,
+        mem="256GB",
         time="00:30:00",
         qos="recipe-qos",
         components=[
@@ -418,15 +425,17 @@ def test_heterogeneous_job_has_one_block_per_component_separated_by_hetjob() -> 
         ],
     )
 
-    header = render_sbatch_header(_job(), resources=resources, slurm=SlurmSettings())
+    header = render_sbatch_header(_job(), resources=resources, slurm=SlurmSettings(partition="cluster-part"))
     blocks = header.split("#SBATCH hetjob\n")
 
-    assert len(blocks) == 2
-    first, second = (_sbatch_lines(b) for b in blocks)
-    assert "--job-name=labctl-run_abc" in first and "--job-name=labctl-run_abc" not in second
-    assert {"--gres=gpu:1", "--cpus-per-task=4", "--mem=8192", "--partition=gpu", "--qos=recipe-qos"} <= set(first)
-    assert {"--cpus-per-task=2", "--mem=2048", "--qos=cpu-qos", "--time=0-00:30:00"} <= set(second)
-    assert not any(line.startswith("--gres") for line in second)
+    assert len(blocks) == 3  # component 0 is [resources] itself
+    zero, first, second = (_sbatch_lines(b) for b in blocks)
+    assert {"--job-name=train", "--cpus-per-task=48", "--mem=262144", "--time=0-00:30:00", "--qos=recipe-qos"} <= set(
+        zero
+    )
+    assert first == ["--nodes=1", "--cpus-per-task=4", "--mem=8192", "--partition=gpu", "--gres=gpu:1"]
+    assert second == ["--nodes=1", "--cpus-per-task=2", "--mem=2048", "--partition=cluster-part", "--qos=cpu-qos"]
+    assert header.count("--time=") == 1 and header.count("--job-name=") == 1  # job-wide: component 0 only
 
 
 def test_heterogeneous_array_is_refused() -> None:
@@ -503,7 +512,7 @@ def test_sbatch_script_exports_slurm_ids() -> None:
         run_dir=Path("/runs/run_abc"),
     )
 
-    assert script.startswith("#!/bin/bash\n#SBATCH --job-name=labctl-run_abc\n")
+    assert script.startswith("#!/bin/bash\n#SBATCH --job-name=train\n#SBATCH --comment=run_abc\n")
     assert "export LABCTL_JOB_ID=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\n" in script
     assert "export LABCTL_SWEEP_INDEX=${SLURM_ARRAY_TASK_ID}\n" in script
     assert script.endswith("exit $rc\n")

@@ -238,18 +238,24 @@ def accounting_down() -> Iterator[None]:
         assert up.returncode == 0, up.stderr
 
 
-def squeue_names(name: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i", f"--name={name}"], capture_output=True, text=True)
-    return out.stdout.split()
+def squeue_carrying(key: str) -> list[str]:
+    """Job ids slurmctld lists with ``--comment=<key>`` (a run or sweep id)."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%k"], capture_output=True, text=True)
+    return [job for job, _, comment in (line.partition("|") for line in out.stdout.splitlines()) if comment == key]
 
 
-def sacct_names(name: str) -> list[str]:
+def sacct_carrying(key: str) -> list[str]:
+    """Job ids accounting knows running in a directory named ``<key>`` (the run dir, or a sweep's)."""
     out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "--starttime", "now-1hour", "-o", "JobID", f"--name={name}"],
+        ["sacct", "-X", "-n", "-P", "--starttime", "now-1hour", "-o", "JobID,WorkDir"],
         capture_output=True,
         text=True,
     )
-    return out.stdout.split()
+    return [
+        job
+        for job, _, workdir in (line.partition("|") for line in out.stdout.splitlines())
+        if Path(workdir).name == key
+    ]
 
 
 # ------------------------------------------------------------------ outcomes
@@ -296,7 +302,7 @@ def test_cancel_of_a_running_run_ends_it_cancelled(lab: Lab) -> None:
     assert lab.cli("cancel", run_id).stdout.strip() == f"{run_id}: requested"
 
     assert lab.settle([run_id]) == {run_id: "cancelled"}
-    assert squeue_names(f"labctl-{run_id}") in ([], [job_id])  # gone, or still listed as ended
+    assert squeue_carrying(run_id) in ([], [job_id])  # gone, or still listed as ended
 
 
 def test_cancel_of_a_pipeline_scancels_its_jobs_and_ends_its_waiting_stage(lab: Lab) -> None:
@@ -368,7 +374,7 @@ def test_pipeline_rerun_takes_stage_one_from_the_cache_without_a_job(lab: Lab) -
     assert lab.row(second["prep"])["job_id"] is None
     assert "JobSubmitted" not in lab.event_types(second["prep"])
     assert not {lab.row(second[s])["job_id"] for s in ("train", "eval")} & jobs_before
-    assert squeue_names(f"labctl-{second['prep']}") == []
+    assert squeue_carrying(second["prep"]) == []
     # the new training read what the first prep produced
     prep_output = json.loads(lab.cli("show", first["prep"]).stdout)["outputs"][0]["artifact_id"]
     train_inputs = json.loads(lab.cli("show", second["train"]).stdout)["inputs"]
@@ -390,7 +396,7 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
     from labctl.executors.slurm import SlurmExecutor
     from labctl.files import Recipe, load_recipe
     from labctl.finish import submission_of
-    from labctl.slurm_runs import _render_single, job_name
+    from labctl.slurm_runs import _render_single, slurm_job_name
     from labctl.submit import apply_overrides, submit
 
     with monkeypatch.context() as patch:
@@ -402,7 +408,9 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
         recipe = apply_overrides(load_recipe(recipe_path), [f"params.secs={secs}"])
         run_id = submit(app, recipe, recipe_path, executor="slurm").run_id
         version = events.stream_version(app.db.conn, f"run-{run_id}")
-        intent = SubmissionIntended(run_id=run_id, executor="slurm", job_name=job_name(run_id), agent_id="crashed")
+        intent = SubmissionIntended(
+            run_id=run_id, executor="slurm", job_name=slurm_job_name(recipe.name), agent_id="crashed"
+        )
         app.record([NewEvent(f"run-{run_id}", intent, version)], f"intent-{uuid.uuid4().hex}")
         sub = submission_of(app.db.conn, run_id)
         assert sub is not None
@@ -414,20 +422,23 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
     return run_id, job_id
 
 
-def assert_one_job_named(name: str, job_id: str) -> None:
-    """SLURM knows exactly one job (or one array) by this name; accounting learns names seconds after the job."""
+def assert_one_job_carrying(key: str, job_id: str) -> None:
+    """SLURM knows exactly one job (or one array) carrying this run or sweep id; accounting learns of it
+    seconds after the job."""
 
     def bases(ids: list[str]) -> set[str]:
         return {i.split("_")[0] for i in ids}
 
-    assert bases(squeue_names(name)) <= {job_id}
+    assert bases(squeue_carrying(key)) <= {job_id}
     give_up = time.monotonic() + 30
-    while (found := bases(sacct_names(name))) != {job_id} and time.monotonic() < give_up:
+    while (found := bases(sacct_carrying(key))) != {job_id} and time.monotonic() < give_up:
         time.sleep(1)
-    assert found == {job_id}, f"jobs named {name}: {found}"
+    assert found == {job_id}, f"jobs carrying {key}: {found}"
 
 
-def test_reconcile_finds_a_job_submitted_before_a_crash_by_its_name(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reconcile_finds_a_job_submitted_before_a_crash_by_the_run_id_it_carries(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The submitter died after sbatch and before recording JobSubmitted: recovery adopts the job, never resubmits."""
     run_id, job_id = submit_then_crash(lab, monkeypatch, secs=4)
     time.sleep(1.5)  # past LABCTL_SLURM_RECOVERY_GRACE
@@ -439,7 +450,7 @@ def test_reconcile_finds_a_job_submitted_before_a_crash_by_its_name(lab: Lab, mo
     assert lab.row(run_id)["job_id"] == job_id
     assert lab.settle([run_id]) == {run_id: "succeeded"}, lab.explain(run_id)
     assert lab.event_types(run_id).count("JobSubmitted") == 1
-    assert_one_job_named(f"labctl-{run_id}", job_id)
+    assert_one_job_carrying(run_id, job_id)
 
 
 def test_recovery_during_an_accounting_outage_does_not_submit_a_second_job(
@@ -448,16 +459,15 @@ def test_recovery_during_an_accounting_outage_does_not_submit_a_second_job(
     """sacct down and the job already gone from squeue: "not found" is unknown, not "never submitted"."""
     with accounting_down():
         run_id, job_id = submit_then_crash(lab, monkeypatch, secs=1)
-        name = f"labctl-{run_id}"
         give_up = time.monotonic() + 90
-        while squeue_names(name):  # finished, then purged by slurmctld after MinJobAge
+        while squeue_carrying(run_id):  # finished, then purged by slurmctld after MinJobAge
             assert time.monotonic() < give_up, "the job stayed in squeue"
             time.sleep(1)
 
         for _ in range(2):  # the intent is long past 4 x the grace; a resubmission would sbatch on the 2nd pass
             report = lab.reconcile()
             assert (report["recovered"], report["submitted"], report["accounting_ok"]) == (0, 0, False)
-        assert squeue_names(name) == []
+        assert squeue_carrying(run_id) == []
         assert lab.row(run_id)["job_id"] is None
 
     give_up = time.monotonic() + JOB_DEADLINE
@@ -469,7 +479,7 @@ def test_recovery_during_an_accounting_outage_does_not_submit_a_second_job(
     assert lab.settle([run_id]) == {run_id: "succeeded"}, lab.explain(run_id)
     assert "SubmissionIntended" in lab.event_types(run_id)
     assert lab.event_types(run_id).count("JobSubmitted") == 1
-    assert_one_job_named(name, job_id)
+    assert_one_job_carrying(run_id, job_id)
 
 
 class Crash(Exception):
@@ -503,7 +513,7 @@ def test_reconcile_recovers_every_point_of_a_sweep_array_submitted_before_a_cras
     finally:
         app.close()
     assert started.sweep_id is not None
-    [array_id] = squeue_names(f"labctl-{started.sweep_id}") or [""]
+    [array_id] = squeue_carrying(started.sweep_id) or [""]
     assert array_id, "the array was submitted"
     assert [lab.row(p)["job_id"] for p in points] == [None] * 4
     time.sleep(1.5)  # past LABCTL_SLURM_RECOVERY_GRACE
@@ -515,13 +525,13 @@ def test_reconcile_recovers_every_point_of_a_sweep_array_submitted_before_a_cras
     assert [lab.row(p)["job_id"] for p in points] == [f"{base}_{i}" for i in range(4)]
     states = lab.settle(points)
     assert [states[p] for p in points] == ["succeeded", "succeeded", "failed", "succeeded"], lab.explain(*points)
-    assert_one_job_named(f"labctl-{started.sweep_id}", base)
+    assert_one_job_carrying(started.sweep_id, base)
 
 
 def test_reconcile_submits_again_when_the_submitter_died_before_sbatch(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An intent with no job of that name anywhere, long after the grace: the job never existed, so submit it."""
+    """An intent with no job carrying its run id anywhere, long after the grace: the job never existed, so submit it."""
     from labctl import slurm_runs
     from labctl.app import open_app
     from labctl.executors.slurm import SlurmExecutor
@@ -548,13 +558,13 @@ def test_reconcile_submits_again_when_the_submitter_died_before_sbatch(
     assert "SubmissionIntended" in lab.event_types(run_id)
     time.sleep(4.5)  # past 4 x LABCTL_SLURM_RECOVERY_GRACE, when "not found" means "never submitted"
 
-    lab.reconcile()  # finds no job by name: submits the run again
+    lab.reconcile()  # finds no job carrying the run id: submits the run again
     lab.reconcile()
 
     job_id = lab.row(run_id)["job_id"]
     assert job_id is not None
     assert lab.settle([run_id]) == {run_id: "succeeded"}, lab.explain(run_id)
-    assert_one_job_named(f"labctl-{run_id}", job_id)
+    assert_one_job_carrying(run_id, job_id)
 
 
 def test_reconcile_of_several_active_runs_makes_one_sacct_call(lab: Lab) -> None:

@@ -131,11 +131,27 @@ def gc(
         "30d"
     ),
     yes: Annotated[bool, typer.Option("--yes", help="Remove them (without it: only list).")] = False,
+    terminal_snapshots: Annotated[
+        bool,
+        typer.Option(
+            "--terminal-snapshots",
+            help="Instead: delete the source/ snapshot of your runs that ended (as the original).",
+        ),
+    ] = False,
 ) -> None:
     """Remove the bytes of artifacts nothing needs: no alias, no unfinished reader, not external, old enough."""
     from labctl.artifact_ops import gc as collect
     from labctl.artifact_ops import human_bytes, parse_age
     from labctl.cli import _open
+
+    if terminal_snapshots:
+        from datetime import timedelta
+
+        from labctl.snapshots import remove_terminal_sources
+
+        a = _open()
+        typer.echo(f"removed_snapshots: {remove_terminal_sources(a.db.conn, a.user, timedelta(0))}")
+        return
 
     age = parse_age(older_than)
     report = collect(_open(), older_than=age, remove=yes)

@@ -34,7 +34,9 @@ def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> None:
     from labctl.slurm_runs import holder_id, submit_queued
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    for run_id, job_id in sorted(submit_queued(a, SlurmExecutor(), holder_id(), run_ids=all_runs).items()):
+    for run_id, job_id in sorted(
+        submit_queued(a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=all_runs).items()
+    ):
         typer.echo(f"{run_id}: job {job_id}")
 
 

@@ -97,7 +97,7 @@ def init(
         typer.echo(f"wrote {dest}")
 
     written = load_cluster_config(dest)
-    with connect(url_of(written.database.url)) as conn:
+    with connect(url_of(written.database.url, written.postgres)) as conn:
         before, after = ensure_schema(conn)
     typer.echo(
         f"schema version {after}" + (" (created)" if before is None else f" (was {before})" if before != after else "")

@@ -26,8 +26,11 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     run_dir: Path
     script: Path  # the rendered .lab/submit.sh (bash)
     log_path: Path
-    time_limit_seconds: int
-    job_name: str  # derived from the run id; recovery finds a job by it
+    time_limit_seconds: int | None  # None: no limit (`time = "UNLIMITED"`)
+    #: SLURM: the recipe's name, as the original labctl names jobs (its throttle counts jobs by name)
+    job_name: str
+    #: SLURM ``--comment``: the run (or sweep) id, which recovery finds a job by
+    comment: str | None = None
     cpus: int = 1
     mem_mb: int = 4096
     gpus: int = 0

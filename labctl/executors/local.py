@@ -98,7 +98,11 @@ class LocalExecutor:
                 continue
             rc = job.proc.poll()
             if rc is None:
-                if job.stopping is None and now - job.started > job.spec.time_limit_seconds:
+                if (
+                    job.stopping is None
+                    and job.spec.time_limit_seconds is not None
+                    and now - job.started > job.spec.time_limit_seconds
+                ):
                     self._stop(job, "timeout")
                 if job.stopping is not None and now >= job.kill_at:
                     self._signal(job, signal.SIGKILL)

@@ -25,6 +25,7 @@ SLURM_JOB_ID_EXPR = "${SLURM_JOB_ID}"
 SLURM_ARRAY_ELEMENT_ID_EXPR = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
 SLURM_ARRAY_INDEX_EXPR = "${SLURM_ARRAY_TASK_ID}"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SBATCH_PREFIX = re.compile(r"^#\s*SBATCH\b", re.I)
 
 
 def render_sbatch_script(
@@ -38,11 +39,13 @@ def render_sbatch_script(
     labctl_bin: str,
     run_dir: Path,
     sweep_arg: str | None = None,
+    modules: Sequence[str] = (),
 ) -> str:
     """The whole `.lab/submit.sh` for sbatch: header, then the shared body."""
     array = job.array is not None
     body = render_script_body(
         env=env,
+        modules=modules,
         command=command,
         workdir=workdir,
         labctl_bin=labctl_bin,
@@ -55,57 +58,84 @@ def render_sbatch_script(
 
 
 def render_sbatch_header(job: JobSpec, *, resources: Resources, slurm: SlurmSettings) -> str:
-    """The ``#SBATCH`` lines (no shebang).
+    """The ``#SBATCH`` lines (no shebang), in the original labctl's order and meaning.
 
-    Without ``resources.components`` the job is one block made from
-    ``resources``. With components, they are the blocks of a heterogeneous
-    job, separated by ``#SBATCH hetjob``; the body runs on component 0.
-    A component's partition / qos / account / exclude list falls back to the
-    recipe's ``[resources]``, then to the cluster's ``[slurm]``. Job-wide
-    options (name, log, array, dependency) sit in the first block; the time
-    limit is repeated in every block.
+    ``[resources]`` is component 0 and carries the job-wide options (name,
+    comment, account, qos, time, log, array, dependency); each
+    ``[[resources.components]]`` follows after a ``#SBATCH hetjob`` line with
+    its own nodes (default 1), cpus, memory, partition (else the cluster's),
+    GPUs and extra flags. The script body runs on component 0.
     """
-    time_limit = format_time_limit(parse_time_seconds(resources.time))
-    job_wide = [
-        f"--job-name={_one_line(job.job_name)}",
-        f"--output={_one_line(str(job.log_path))}",
-        f"--error={_one_line(str(job.log_path))}",
-    ]
+    lines = [f"--job-name={_one_line(job.job_name)}"]
+    if job.comment is not None:
+        lines.append(f"--comment={_one_line(job.comment)}")
+    # the recipe wins over the cluster's [slurm]
+    for flag in ("account", "partition", "qos"):
+        value = getattr(resources, flag) or getattr(slurm, flag)
+        if value:
+            lines.append(f"--{flag}={_one_line(value)}")
+    if resources.nodes is not None:
+        lines.append(f"--nodes={_one_line(str(resources.nodes))}")
+    if resources.exclude_nodes:
+        lines.append("--exclude=" + ",".join(_one_line(n) for n in resources.exclude_nodes))
+    if resources.gpus > 0:
+        lines.append("--gres=" + slurm.gres_gpu_syntax.format(n=resources.gpus))
+    if job.after_ok:
+        lines.append("--dependency=afterok:" + ":".join(_one_line(str(i)) for i in job.after_ok))
+        lines.append("--kill-on-invalid-dep=yes")
+    lines.append(f"--cpus-per-task={resources.cpus}")
+    lines.append(f"--mem={format_mem(resources.mem)}")
+    lines.append(f"--time={format_time_limit(parse_time_seconds(resources.time))}")
+    lines.append(f"--output={_one_line(str(job.log_path))}")
+    lines.append(f"--error={_one_line(str(job.log_path))}")
     if job.array is not None:
         if resources.components:
             raise ValueError("a heterogeneous job cannot be a job array (SLURM refuses it)")
-        job_wide.append(f"--array={_one_line(job.array)}")
-    if job.after_ok:
-        job_wide.append("--dependency=afterok:" + ":".join(_one_line(str(i)) for i in job.after_ok))
-
-    blocks: list[Resources | Component] = [*resources.components] or [resources]
-    lines: list[str] = []
-    for index, block in enumerate(blocks):
-        if index > 0:
-            lines.append("hetjob")
-        else:
-            lines += job_wide
-        lines.append(f"--time={time_limit}")
-        lines += _block_options(block, resources, slurm)
+        lines.append(f"--array={_one_line(job.array)}")
+    lines += sbatch_extra_flags(resources.sbatch_extra, "resources.sbatch_extra")
+    for index, component in enumerate(resources.components):
+        lines += ["hetjob", *_component_options(component, slurm, index)]
     return "".join(f"#SBATCH {line}\n" for line in lines)
 
 
-def _block_options(block: Resources | Component, resources: Resources, slurm: SlurmSettings) -> list[str]:
-    options = [f"--cpus-per-task={block.cpus}", f"--mem={parse_mem_mb(block.mem)}"]
-    if block.gpus > 0:
-        options.append("--gres=" + slurm.gres_gpu_syntax.format(n=block.gpus))
-    # recipe (component, then [resources]) wins over the cluster's [slurm]
-    for flag in ("partition", "qos", "account"):
-        value = getattr(block, flag) or getattr(resources, flag) or getattr(slurm, flag, None)
+def _component_options(component: Component, slurm: SlurmSettings, index: int) -> list[str]:
+    """One ``[[resources.components]]`` block; time, account, qos and the log stay job-wide (component 0)."""
+    options = [
+        f"--nodes={_one_line(str(component.nodes if component.nodes is not None else 1))}",
+        f"--cpus-per-task={component.cpus}",
+        f"--mem={format_mem(component.mem)}",
+    ]
+    partition = component.partition or slurm.partition
+    if partition:
+        options.append(f"--partition={_one_line(partition)}")
+    if component.gpus > 0:
+        options.append("--gres=" + slurm.gres_gpu_syntax.format(n=component.gpus))
+    # ours only: SLURM also takes these per component; the original has no such keys, so nothing is inherited
+    for flag in ("qos", "account"):
+        value = getattr(component, flag)
         if value:
             options.append(f"--{flag}={_one_line(value)}")
-    if block.nodes is not None:
-        options.append(f"--nodes={_one_line(str(block.nodes))}")
-    exclude = block.exclude_nodes or resources.exclude_nodes
-    if exclude:
-        options.append("--exclude=" + ",".join(_one_line(n) for n in exclude))
-    options += [_one_line(extra) for extra in block.sbatch_extra]
-    return options
+    if component.exclude_nodes:
+        options.append("--exclude=" + ",".join(_one_line(n) for n in component.exclude_nodes))
+    return options + sbatch_extra_flags(component.sbatch_extra, f"resources.components[{index}].sbatch_extra")
+
+
+def sbatch_extra_flags(entries: Sequence[str], where: str) -> list[str]:
+    """``sbatch_extra`` entries as bare flags: blank entries dropped, a leading ``#SBATCH`` taken off.
+
+    The original labctl refuses a ``#SBATCH``-prefixed entry; the intent is
+    plain, so it is normalised here instead of becoming ``#SBATCH #SBATCH``.
+    Any other ``#`` (a comment) is refused: it would not be a flag at all.
+    """
+    flags = []
+    for entry in entries:
+        flag = _SBATCH_PREFIX.sub("", entry.strip(), count=1).strip()
+        if not flag:
+            continue
+        if flag.startswith("#"):
+            raise ValueError(f'{where}: {entry!r} is not an sbatch flag; expected e.g. "--mail-type=END"')
+        flags.append(_one_line(flag))
+    return flags
 
 
 def render_script_body(
@@ -118,8 +148,12 @@ def render_script_body(
     job_id_expr: str | None = None,
     sweep_index_expr: str | None = None,
     sweep_arg: str | None = None,
+    modules: Sequence[str] = (),
 ) -> str:
     """The bash body shared by every executor (no shebang, no ``#SBATCH`` lines).
+
+    ``modules`` (the cluster's ``modules = [...]``) become ``module load``
+    lines before anything else, as the original labctl writes them.
 
     ``env`` values are exported literally (shell-quoted). ``job_id_expr`` and
     ``sweep_index_expr`` are shell expressions (e.g. ``${SLURM_JOB_ID}``) for
@@ -131,6 +165,7 @@ def render_script_body(
     if not command:
         raise ValueError("the command is empty")
     lines = ["set -uo pipefail"]
+    lines += [f"module load {shlex.quote(module)}" for module in modules]
     secrets = shlex.quote(str(run_dir / SECRETS_FILE))
     lines.append(f"if [ -r {secrets} ]; then . {secrets}; fi")  # values kept out of the log and this script
     for name, value in env.items():
@@ -161,8 +196,16 @@ def render_script_body(
     return "\n".join(lines) + "\n"
 
 
-def format_time_limit(seconds: int) -> str:
-    """``D-HH:MM:SS`` as sbatch ``--time`` takes it (SLURM rounds seconds up to whole minutes)."""
+def format_mem(value: str) -> str:
+    """``--mem`` in megabytes (``"32GB"`` -> ``32768``); ``0`` stays 0, SLURM's "all the node's memory"."""
+    return str(parse_mem_mb(value))
+
+
+def format_time_limit(seconds: int | None) -> str:
+    """``D-HH:MM:SS`` as sbatch ``--time`` takes it (SLURM rounds seconds up to whole minutes);
+    None is ``UNLIMITED``."""
+    if seconds is None:
+        return "UNLIMITED"
     if seconds <= 0:
         raise ValueError(f"time limit must be more than zero, not {seconds} s")
     days, rest = divmod(seconds, 86400)

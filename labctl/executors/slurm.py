@@ -36,10 +36,14 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from labctl.executors.base import ACTIVE_STATES, JobSpec, JobState
 from labctl.executors.errors import ExecutorError
 from labctl.secrets import job_inherited_environ
+
+if TYPE_CHECKING:
+    from labctl.files.cluster import Scheduler
 
 BIN_DIR_ENV = "LABCTL_SLURM_BIN_DIR"
 SACCT_FIELDS = "JobIDRaw,JobID,JobName,State,ExitCode,Start,End"
@@ -98,9 +102,19 @@ class SlurmExecutor:
         default_lookback: timedelta = timedelta(days=30),
         starttime_margin: timedelta = timedelta(minutes=10),
         timeout: float = 60.0,
+        scheduler: Scheduler | None = None,
     ) -> None:
         bin_dir = bin_dir if bin_dir is not None else os.environ.get(BIN_DIR_ENV) or None
         self.bin_dir = Path(bin_dir) if bin_dir else None
+        # the cluster's [scheduler] sbatch/sacct/scancel/squeue: names on PATH or absolute paths
+        self.commands: dict[str, str] = {}
+        if scheduler is not None:
+            self.commands = {
+                "sbatch": scheduler.sbatch,
+                "sacct": scheduler.sacct,
+                "scancel": scheduler.scancel,
+                "squeue": scheduler.squeue,
+            }
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.accounting_down_interval = accounting_down_interval
@@ -209,45 +223,53 @@ class SlurmExecutor:
 
     # ---- recovery
 
-    def find_by_name(self, job_names: Sequence[str], *, since: datetime | None = None) -> dict[str, str]:
-        """Job ids by job name, for jobs submitted before a crash kept their ids from being recorded.
+    def find_by_comment(self, keys: Mapping[str, str], *, since: datetime | None = None) -> dict[str, str]:
+        """Job ids by the key (run or sweep id) a job carries, for jobs submitted before a crash kept
+        their ids from being recorded; ``keys`` maps each key to the job's SLURM name.
 
-        One squeue and one sacct call. When several jobs carry one name the
-        newest (highest id) wins. sacct's name search skips jobs that never
-        became eligible (held, then cancelled): squeue finds them only while
-        slurmctld still holds them. A name missing from the answer means "not
-        found" only if ``accounting_ok`` is True afterwards; with sacct down,
-        a finished job that squeue has already purged is missing too.
+        A job carries its key as ``--comment`` (which squeue shows; sacct only
+        when the cluster stores job comments) and as the last part of its
+        working directory (sbatch runs in the run dir; sacct always keeps it);
+        jobs of older labctl versions are named ``labctl-<key>``. One squeue and
+        one sacct call per 500 names, narrowed by name. When several jobs carry
+        one key the newest (highest id) wins. sacct's name search skips jobs
+        that never became eligible (held, then cancelled): squeue finds them
+        only while slurmctld still holds them. A key missing from the answer
+        means "not found" only if ``accounting_ok`` is True afterwards; with
+        sacct down, a finished job that squeue has already purged is missing too.
         """
-        names = _unique(job_names)
+        wanted = set(keys)
+        names = _unique([*keys.values(), *(f"labctl-{key}" for key in keys)])
         found: dict[str, str] = {}
-        if not names:
+        if not wanted:
             return found
 
-        def note(name: str, job_id_field: str) -> None:
+        def note(job_id_field: str, name: str, comment: str, workdir: str) -> None:
+            legacy = name.removeprefix("labctl-") if name.startswith("labctl-") else None
             base = base_job_id(job_id_field)
-            if name in names and (name not in found or int(base) > int(found[name])):
-                found[name] = base
+            for key in {comment, Path(workdir).name if workdir else "", legacy or ""} & wanted:
+                if key not in found or int(base) > int(found[key]):
+                    found[key] = base
 
         accounting_answered = True
         for chunk in _chunks(names, size=500):
             # -t all: also jobs that ended less than MinJobAge ago, which accounting may not have yet
-            result = self._run("squeue", ["-h", "-t", "all", "-o", "%i|%j", "--name=" + ",".join(chunk)])
+            result = self._run("squeue", ["-h", "-t", "all", "-o", "%i|%j|%k|%Z", "--name=" + ",".join(chunk)])
             self.squeue_calls += 1
             if result.returncode == 0:
                 for line in result.stdout.splitlines():
-                    job_id_field, _, name = line.partition("|")
-                    if job_id_field:
-                        note(name, job_id_field)
+                    fields = line.split("|", 3)
+                    if len(fields) == 4 and fields[0]:
+                        note(*fields)
             self.sacct_calls += 1
             starttime = self._starttime([], since)
-            args = ["-X", "-n", "-P", "--name=" + ",".join(chunk), "--starttime", starttime, "-o", "JobID,JobName"]
-            result = self._run("sacct", args)
+            args = ["-X", "-n", "-P", "--name=" + ",".join(chunk), "--starttime", starttime]
+            result = self._run("sacct", [*args, "-o", "JobID,JobName,Comment,WorkDir"])
             if result.returncode == 0:
                 for line in result.stdout.splitlines():
-                    job_id_field, _, name = line.partition("|")
-                    if job_id_field:
-                        note(name, job_id_field)
+                    fields = line.split("|", 3)
+                    if len(fields) == 4 and fields[0]:
+                        note(*fields)
             else:
                 accounting_answered = False
                 self._accounting_failed(result)
@@ -256,6 +278,33 @@ class SlurmExecutor:
             self.accounting_ok = True
             self.last_accounting_error = None
         return found
+
+    def queue_of(self, user: str) -> list[QueueRow]:
+        """The user's pending and running jobs as squeue lists them: id, name, state, reason (one call)."""
+        result = self._run("squeue", ["-u", user, "-h", "-o", "%i|%j|%T|%r", "--states=PENDING,RUNNING"])
+        self.squeue_calls += 1
+        if result.returncode != 0:
+            raise ExecutorError(f"squeue failed (exit {result.returncode}): {_words(result)}")
+        rows = []
+        for line in result.stdout.splitlines():
+            fields = line.split("|", 3)
+            if len(fields) == 4:
+                rows.append(QueueRow(*(f.strip() for f in fields)))
+        return rows
+
+    def hold(self, job_ids: Sequence[str]) -> None:
+        """``scontrol hold`` (a pending job stays pending, reason JobHeldUser, until released)."""
+        self._scontrol("hold", job_ids)
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        """``scontrol release``: held jobs become eligible again."""
+        self._scontrol("release", job_ids)
+
+    def _scontrol(self, verb: str, job_ids: Sequence[str]) -> None:
+        for chunk in _chunks(_unique(job_ids)):
+            result = self._run("scontrol", [verb, ",".join(chunk)])
+            if result.returncode != 0:
+                raise ExecutorError(f"scontrol {verb} failed (exit {result.returncode}): {_words(result)}")
 
     def accounting_backlog(self) -> int | None:
         """Job records slurmctld still holds for slurmdbd (sdiag's ``DBD Agent queue size``); None if unknown.
@@ -346,7 +395,9 @@ class SlurmExecutor:
         return start.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
 
     def _command(self, name: str) -> str:
-        return str(self.bin_dir / name) if self.bin_dir else name
+        if self.bin_dir:  # fault injection in tests replaces every SLURM command
+            return str(self.bin_dir / name)
+        return self.commands.get(name, name)
 
     def _run(self, name: str, args: list[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         argv = [self._command(name), *args]
@@ -364,6 +415,15 @@ class SlurmExecutor:
             return subprocess.CompletedProcess(argv, 124, "", f"{name} gave no answer within {self.timeout:g} s")
         except FileNotFoundError:
             return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]} not found; is SLURM installed here?")
+
+
+class QueueRow(NamedTuple):
+    """One job as ``squeue -o %i|%j|%T|%r`` shows it."""
+
+    job_id: str
+    name: str
+    state: str  # PENDING, RUNNING
+    reason: str  # JobHeldUser for a job held by its user
 
 
 class _Row:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from labctl.files.decode import beside, convert, dotted, line_of, read_toml
+from labctl.files.decode import UnknownKey, beside, convert, dotted, line_of, read_toml, strip_unknown_keys
 from labctl.files.errors import FileFormatError
 
 #: artifact kinds labctl itself registers (the local profile has a root for each)
@@ -29,10 +30,20 @@ class Filesystem(_Section, frozen=True):
     shared_group: str | None = None  # unix group given to run dirs and artifacts
     artifact_roots: dict[str, str] = {}  # artifact kind -> root directory
     output_roots: dict[str, str] = {}  # output type -> root directory
+    #: the original's SQLite registry before its Postgres PR; accepted, not used (the log is in Postgres)
+    registry_db: str | None = None
 
 
 class Scheduler(_Section, frozen=True):
-    kind: Literal["slurm", "local"] = "local"
+    #: the original's default; the built-in local profile says "local"
+    kind: Literal["slurm", "local"] = "slurm"
+    #: the SLURM commands, as names on PATH or absolute paths (the original's [scheduler] keys)
+    sbatch: str = "sbatch"
+    sacct: str = "sacct"
+    scancel: str = "scancel"
+    squeue: str = "squeue"
+    #: the original's grace before a job nobody knows is given up; here: before a lost submission is redone
+    missing_job_grace_secs: int | None = None
 
 
 class SlurmSettings(_Section, frozen=True):
@@ -42,10 +53,30 @@ class SlurmSettings(_Section, frozen=True):
     account: str | None = None
 
 
+class JobNameThrottle(_Section, frozen=True):
+    """The original's ``[dispatch.throttle]``: at most ``max_concurrent`` of the user's SLURM jobs named
+    ``job_name`` running or eligible; the rest are held (``scontrol hold``) and released as slots free."""
+
+    job_name: str
+    max_concurrent: int
+
+
+class SourceGc(_Section, frozen=True):
+    """The original's ``[dispatch.gc]``: the agent deletes the ``source/`` snapshot of runs that ended
+    at least ``min_terminal_age_secs`` ago, every ``interval_secs`` (the provenance bundle stays)."""
+
+    enabled: bool = True
+    interval_secs: int = 300
+    min_terminal_age_secs: int = 600
+
+
 class Dispatch(_Section, frozen=True):
     reconcile_interval_secs: int = 30
     evald_interval_secs: int = 60
     policies_dir: str | None = None
+    throttle: JobNameThrottle | None = None
+    #: None without a [dispatch] table; with one, on by default (the original's agent did nothing without it)
+    gc: SourceGc | None = None
 
 
 class Throttle(_Section, frozen=True):
@@ -57,7 +88,43 @@ class Throttle(_Section, frozen=True):
 
 
 class Database(_Section, frozen=True):
-    url: str | None = None  # None: LABCTL_DATABASE_URL, else the embedded Postgres
+    url: str | None = None  # None: LABCTL_DATABASE_URL, else [postgres], else the embedded Postgres
+
+
+class Postgres(_Section, frozen=True):
+    """The original's ``[postgres]``: where its registry is; here it becomes the database URL."""
+
+    host: str  # a TCP host, or an absolute path: the directory of the Unix socket
+    port: int = 5432
+    database: str = "labctl"
+    user: str | None = None  # None: $USER
+    password_env: str | None = None  # name of the variable holding the password; else ~/.pgpass, PG*
+    # the original's pool and session settings; accepted, see docs/COMPAT.md for which are used
+    max_connections: int = 8
+    acquire_timeout_secs: int | None = None
+    idle_timeout_secs: int | None = None
+    max_lifetime_secs: int | None = None
+    statement_timeout_ms: int | None = None
+    idle_session_timeout_ms: int | None = None
+    log_min_duration_statement_ms: int | None = None
+    max_parallel_workers_per_gather: int | None = None
+
+
+class Remote(_Section, frozen=True):
+    """The original's ``[remote]``: how other clusters reach this one over ssh; only read when this
+    file describes a foreign cluster, never for the cluster a command runs on."""
+
+    ssh_alias: str | None = None
+    host: str | None = None
+    ssh_user: str | None = None
+
+
+class Server(_Section, frozen=True):
+    """The original's ``[server]`` (before its Postgres PR: the daemon its CLI submitted through);
+    accepted, not used: every command here talks to the database itself."""
+
+    url: str = "http://127.0.0.1:8765"
+    timeout_secs: int = 120
 
 
 class Local(_Section, frozen=True):
@@ -72,8 +139,13 @@ class ClusterConfig(_Section, frozen=True):
     slurm: SlurmSettings = msgspec.field(default_factory=SlurmSettings)
     dispatch: Dispatch = msgspec.field(default_factory=Dispatch)
     env: dict[str, str] = {}  # set for every run; a recipe's [env] wins
+    #: environment modules loaded (``module load``) at the top of every job script
+    modules: list[str] = []
     throttle: Throttle = msgspec.field(default_factory=Throttle)
     database: Database = msgspec.field(default_factory=Database)
+    postgres: Postgres | None = None
+    remote: Remote | None = None
+    server: Server | None = None
     local: Local = msgspec.field(default_factory=Local)
 
 
@@ -95,14 +167,42 @@ def find_cluster_config(explicit: Path | None = None) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def load_cluster_config(path: str | Path) -> ClusterConfig:
+def load_cluster_config(path: str | Path, *, strict: bool = False) -> ClusterConfig:
     """Read and check a cluster.toml; paths come back absolute (``~`` expanded,
-    relative ones taken from the file's directory). Raises FileFormatError."""
+    relative ones taken from the file's directory). Raises FileFormatError.
+
+    A key no version of labctl knows is left out with one warning line on
+    stderr (the original labctl ignores such keys, and a team's file may carry
+    them); ``strict`` makes it an error.
+    """
+    config, unknown = read_cluster_config(path, strict=strict)
+    for key in unknown:
+        _warn_once(str(key))
+    return config
+
+
+def read_cluster_config(path: str | Path, *, strict: bool = False) -> tuple[ClusterConfig, list[UnknownKey]]:
+    """``load_cluster_config`` without the printing: the config and the unknown keys it left out."""
     path = Path(path)
     raw, text = read_toml(path)
-    config = convert(raw, ClusterConfig, path, text)
+    cleaned, unknown = strip_unknown_keys(raw, ClusterConfig, path, text)
+    if strict and unknown:
+        raise unknown[0].error()
+    config = convert(cleaned, ClusterConfig, path, text)
+    if isinstance(cleaned.get("dispatch"), dict) and "gc" not in cleaned["dispatch"]:
+        config = msgspec.structs.replace(config, dispatch=msgspec.structs.replace(config.dispatch, gc=SourceGc()))
     _validate(config, path, text)
-    return _absolute_paths(config, path)
+    return _absolute_paths(config, path), unknown
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    # a command may load its config more than once; the user reads each warning once
+    if line not in _warned:
+        _warned.add(line)
+        print(f"labctl: warning: {line}", file=sys.stderr)
 
 
 def _validate(config: ClusterConfig, path: Path, text: str) -> None:
@@ -122,6 +222,28 @@ def _validate(config: ClusterConfig, path: Path, text: str) -> None:
         value = getattr(config.throttle, key)
         if value is not None and value < 0:
             fail(["throttle", key], "must be 0 or more")
+    throttle = config.dispatch.throttle
+    if throttle is not None:
+        if throttle.max_concurrent < 1:
+            fail(["dispatch", "throttle", "max_concurrent"], "must be 1 or more")
+        if not throttle.job_name.strip():
+            fail(["dispatch", "throttle", "job_name"], "must not be empty; expected a SLURM job name (a recipe name)")
+    gc = config.dispatch.gc
+    if gc is not None and gc.enabled and gc.interval_secs < 1:
+        fail(["dispatch", "gc", "interval_secs"], "must be 1 or more seconds while gc is enabled")
+    if gc is not None and gc.min_terminal_age_secs < 0:
+        fail(["dispatch", "gc", "min_terminal_age_secs"], "must be 0 or more seconds")
+    if config.postgres is not None:
+        if not config.postgres.host:
+            fail(["postgres", "host"], "must not be empty; expected a host name or a socket directory")
+        if not 0 < config.postgres.port < 65536:
+            fail(["postgres", "port"], "expected a TCP port, 1 to 65535")
+    for key in ("sbatch", "sacct", "scancel", "squeue"):
+        if not getattr(config.scheduler, key):
+            fail(["scheduler", key], f"must not be empty; expected a command, e.g. {key!r}")
+    for index, module in enumerate(config.modules):
+        if not module.strip() or "\n" in module:
+            fail(["modules", index], 'expected a module name, e.g. "cuda/12.4"')
     if config.local.slots is not None and config.local.slots < 1:
         fail(["local", "slots"], "must be 1 or more")
     for key in config.env:
@@ -162,6 +284,8 @@ def local_profile(home: Path) -> ClusterConfig:
             output_roots={kind: str(home / "artifacts" / "outputs" / kind) for kind in OUTPUT_TYPES},
         ),
         scheduler=Scheduler(kind="local"),
+        # said outright, so a config written from this profile reads back the same
+        dispatch=Dispatch(gc=SourceGc(enabled=False)),
     )
 
 

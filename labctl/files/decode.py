@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -50,6 +51,63 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise FileFormatError(path, "", f"invalid TOML: {message}", line=line) from None
     except RecursionError:
         raise FileFormatError(path, "", "invalid TOML: nested too deeply") from None
+
+
+class UnknownKey(msgspec.Struct, frozen=True):
+    """A key the schema does not know: where it is, and the known key it most looks like."""
+
+    path: str
+    line: int | None
+    field: str
+    suggestion: str | None
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        return f"{where}: {self.field}: unknown key, ignored{hint}"
+
+    def error(self) -> FileFormatError:
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        return FileFormatError(self.path, self.field, f"unknown key{hint}", line=self.line)
+
+
+def strip_unknown_keys(
+    raw: dict[str, Any], type_: type[Any], path: Path, text: str
+) -> tuple[dict[str, Any], list[UnknownKey]]:
+    """``raw`` without the keys ``type_`` does not know (at any depth), and one UnknownKey for each.
+
+    Lets a file written for another version of labctl load, as the original
+    labctl loads it (it ignores keys it does not know), while a typo is still
+    reported with the key it was probably meant to be.
+    """
+    found: list[UnknownKey] = []
+
+    def walk(value: Any, info: msgspec.inspect.Type, parts: list[Part]) -> Any:
+        info = _pick_union_member(info, value)
+        if isinstance(info, msgspec.inspect.StructType) and isinstance(value, dict):
+            fields = {f.encode_name: f.type for f in info.fields}
+            known = [*fields, *([info.tag_field] if info.tag_field else [])]
+            kept = {}
+            for key, item in value.items():
+                if key in fields:
+                    kept[key] = walk(item, fields[key], [*parts, key])
+                elif key == info.tag_field:
+                    kept[key] = item
+                else:
+                    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                    where = [*parts, key]
+                    found.append(
+                        UnknownKey(str(path), line_of(text, where), dotted(where), close[0] if close else None)
+                    )
+            return kept
+        if isinstance(info, msgspec.inspect.DictType) and isinstance(value, dict):
+            return {k: walk(v, info.value_type, [*parts, k]) for k, v in value.items()}
+        if isinstance(info, msgspec.inspect.ListType) and isinstance(value, list):
+            return [walk(v, info.item_type, [*parts, i]) for i, v in enumerate(value)]
+        return value
+
+    cleaned = walk(raw, msgspec.inspect.type_info(type_), [])
+    return cleaned, found
 
 
 def convert(raw: dict[str, Any], type_: type[T], path: Path, text: str) -> T:

@@ -8,30 +8,35 @@ import re
 _MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
 _MEM_FACTOR_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+#: how sbatch spells "no time limit"
+UNLIMITED = frozenset({"UNLIMITED", "INFINITE"})
 
 
 def parse_mem_mb(value: str) -> int:
     """Megabytes (1024-based, as SLURM counts) in ``"32GB"``, ``"512MB"``, ``"4G"``, ``"2048"``.
 
-    A bare number is megabytes, as in ``sbatch --mem``. Raises ValueError.
+    A bare number is megabytes, as in ``sbatch --mem``; ``"0"`` is SLURM's
+    "all the memory of the node" and comes back as 0. Raises ValueError.
     """
     match = _MEM.match(value)
     if not match:
         raise ValueError(f'bad memory size {value!r}; expected a number with a unit, e.g. "32GB", "512MB", "4G"')
     amount = float(match.group(1)) * _MEM_FACTOR_MB[match.group(2).upper()]
-    if amount <= 0:
-        raise ValueError(f"memory size {value!r} must be more than zero")
+    if amount < 0:
+        raise ValueError(f"memory size {value!r} must not be negative")
     return math.ceil(amount)
 
 
-def parse_time_seconds(value: str | int) -> int:
-    """Seconds in a SLURM time limit.
+def parse_time_seconds(value: str | int) -> int | None:
+    """Seconds in a SLURM time limit; None for ``"UNLIMITED"``/``"INFINITE"`` (no limit).
 
     Accepts an int (minutes) and the strings ``"MM"``, ``"MM:SS"``,
     ``"HH:MM:SS"``, ``"D-HH"``, ``"D-HH:MM"``, ``"D-HH:MM:SS"``. Raises ValueError.
     """
     if isinstance(value, bool):
         raise ValueError(f"bad time limit {value!r}")
+    if isinstance(value, str) and value.strip().upper() in UNLIMITED:
+        return None
     seconds = value * 60 if isinstance(value, int) else _parse_time_string(value)
     if seconds <= 0:
         raise ValueError(f"time limit {value!r} must be more than zero")

@@ -14,8 +14,12 @@ def default_reactors(app: App) -> Sequence[Reactor]:
     from labctl.reactors.advancer import Advancer
     from labctl.reactors.evald import Evald
     from labctl.reactors.slurm import SlurmReactor, slurm_available
+    from labctl.reactors.snapshots import SourceGcReactor
 
-    reactors: list[Reactor] = [Advancer(app.db.url), Evald(app.db.url, float(app.config.dispatch.evald_interval_secs))]
+    dispatch = app.config.dispatch
+    reactors: list[Reactor] = [Advancer(app.db.url), Evald(app.db.url, float(dispatch.evald_interval_secs))]
     if app.config.scheduler.kind == "slurm" or slurm_available():
-        reactors.append(SlurmReactor(app.db.url, float(app.config.dispatch.reconcile_interval_secs)))
+        reactors.append(SlurmReactor(app.db.url, float(dispatch.reconcile_interval_secs), app.config))
+    if dispatch.gc is not None and dispatch.gc.enabled:
+        reactors.append(SourceGcReactor(app.db.url, app.user, dispatch.gc))
     return reactors

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import shutil
 import time
 from typing import TYPE_CHECKING
 
+from labctl.executors.errors import ExecutorError
 from labctl.executors.slurm import SlurmExecutor
 from labctl.metrics_ingest import LiveFiles
 from labctl.reactors.base import Leadership
-from labctl.slurm_runs import reconcile, recover_intents, submit_queued
+from labctl.slurm_runs import enforce_job_name_throttle, reconcile, recover_intents, submit_queued
 
 if TYPE_CHECKING:
     from labctl.agent import Agent
+    from labctl.files import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +24,15 @@ log = logging.getLogger(__name__)
 class SlurmReactor:
     name = "slurm"
 
-    def __init__(self, url: str, max_interval: float) -> None:
+    def __init__(self, url: str, max_interval: float, config: ClusterConfig) -> None:
         self.leadership = Leadership(url, self.name)
-        self.executor = SlurmExecutor(max_interval=max_interval)
+        self.executor = SlurmExecutor(max_interval=max_interval, scheduler=config.scheduler)
         self.next_reconcile = 0.0
         self.metric_files = LiveFiles()
+        # the original's [dispatch.throttle], applied on its evald cadence
+        self.throttle = config.dispatch.throttle
+        self.throttle_every = float(config.dispatch.evald_interval_secs)
+        self.next_throttle = 0.0
 
     def step(self, agent: Agent) -> bool:
         if not self.leadership.held():
@@ -40,6 +47,15 @@ class SlurmReactor:
         self.next_reconcile = now + (self.executor.next_interval(moved) if report.active else 1.0)
         if not report.accounting_ok:
             log.warning("sacct is unavailable (%s); using squeue for liveness", self.executor.last_accounting_error)
+        if self.throttle is not None and now >= self.next_throttle:
+            self.next_throttle = now + self.throttle_every
+            try:
+                held, released = enforce_job_name_throttle(self.executor, self.throttle, getpass.getuser())
+            except ExecutorError as exc:
+                log.warning("throttle of %s jobs: %s", self.throttle.job_name, exc)
+            else:
+                if held or released:
+                    log.info("throttle of %s jobs: held %d, released %d", self.throttle.job_name, held, released)
         return changed or moved
 
     def close(self) -> None:

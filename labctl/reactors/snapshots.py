@@ -1,0 +1,43 @@
+"""The original labctl's ``[dispatch.gc]``: now and then, delete the ``source/`` snapshot of runs that ended."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from labctl.files import SourceGc
+from labctl.reactors.base import Leadership
+from labctl.snapshots import remove_terminal_sources
+
+if TYPE_CHECKING:
+    from labctl.agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class SourceGcReactor:
+    name = "source-gc"
+
+    def __init__(self, url: str, user: str, settings: SourceGc) -> None:
+        # one agent per user does it: each user deletes only what is theirs
+        self.leadership = Leadership(url, f"{self.name}-{user}")
+        self.user = user
+        self.settings = settings
+        self.next_pass = time.monotonic() + settings.interval_secs  # as the original: first pass after one interval
+
+    def step(self, agent: Agent) -> bool:
+        now = time.monotonic()
+        if now < self.next_pass or not self.leadership.held():
+            return False
+        self.next_pass = now + self.settings.interval_secs
+        removed = remove_terminal_sources(
+            agent.app.db.conn, self.user, timedelta(seconds=self.settings.min_terminal_age_secs)
+        )
+        if removed:
+            log.info("source gc: removed %d source snapshot(s) of ended runs", removed)
+        return False  # nothing in the log changed
+
+    def close(self) -> None:
+        self.leadership.release()

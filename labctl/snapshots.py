@@ -1,0 +1,34 @@
+"""The ``source/`` snapshot in a run dir: removed once the run has ended (the original's
+``gc --terminal-snapshots`` and ``[dispatch.gc]``).
+
+The snapshot is the working copy a job ran in, often gigabytes. Once the run
+has ended nothing reads it: what it was made of stays in the log (commit,
+dirty flag) and in the run's ``.lab/`` provenance files, which are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from projections.runs import TERMINAL_STATES
+
+
+def remove_terminal_sources(conn: psycopg.Connection[Any], user: str, min_age: timedelta) -> int:
+    """Delete ``<run dir>/source`` of ``user``'s runs that ended at least ``min_age`` ago; how many."""
+    rows = conn.execute(
+        "SELECT run_dir FROM runs WHERE user_name = %s AND status = ANY(%s) "
+        "AND coalesce(finished_at, updated_at) <= now() - %s ORDER BY finished_at NULLS FIRST",
+        (user, sorted(TERMINAL_STATES), min_age),
+    ).fetchall()
+    removed = 0
+    for (run_dir,) in rows:
+        source = Path(run_dir) / "source"
+        if source.is_dir() and not source.is_symlink():
+            shutil.rmtree(source)
+            removed += 1
+    return removed
