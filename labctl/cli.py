@@ -381,11 +381,14 @@ def hash_outputs_cmd(
 
 
 @app.command()
-def validate(path: Annotated[Path, typer.Argument(help="A recipe, pipeline, eval policy or cluster.toml.")]) -> None:
-    """Check a file without touching the database."""
+def validate(
+    path: Annotated[Path, typer.Argument(help="A recipe, pipeline, eval policy or cluster.toml.")],
+    strict: Annotated[bool, typer.Option("--strict", help="A key labctl does not know is an error.")] = False,
+) -> None:
+    """Check a file without touching the database (unknown keys: a warning, or an error with --strict)."""
     from labctl.files import validate_path
 
-    typer.echo(validate_path(path))
+    typer.echo(validate_path(path, strict=strict))
 
 
 @app.command()

@@ -134,17 +134,23 @@ def build_config(
     return config
 
 
-def profile_for(scheduler: SchedulerChoice, home: Path) -> tuple[ClusterConfig, str]:
-    """The starting config for ``init`` and one line saying how the scheduler was chosen."""
-    probe = probe_slurm() if scheduler in ("auto", "slurm") else None
+def profile_for(scheduler: SchedulerChoice, home: Path, *, detect: bool = True) -> tuple[ClusterConfig, str]:
+    """The starting config for ``init`` and one line saying how the scheduler was chosen
+    (``detect`` False: SLURM is not probed, so "auto" means local)."""
+    probe = probe_slurm() if detect and scheduler in ("auto", "slurm") else None
     if scheduler == "local" or (scheduler == "auto" and probe is None):
-        why = "asked for" if scheduler == "local" else "no SLURM found (sinfo/sbatch missing or not answering)"
+        if scheduler == "local":
+            why = "asked for"
+        elif not detect:
+            why = "not probed: --no-detect; pass --scheduler slurm for SLURM"
+        else:
+            why = "no SLURM found (sinfo/sbatch missing or not answering)"
         return build_config(base=local_profile(home), scheduler="local"), f"scheduler: local ({why})"
     partition = probe.default_partition if probe else None
     config = build_config(base=local_profile(home), scheduler="slurm", partition=partition)
     config = msgspec.structs.replace(config, name=os.uname().nodename.split(".")[0] or "cluster")
     if probe is None:
-        return config, "scheduler: slurm (asked for; sinfo did not answer here, so no partition was probed)"
+        return config, "scheduler: slurm (asked for; SLURM was not probed here, so no partition is set)"
     return config, f"scheduler: slurm (found partitions: {', '.join(probe.partitions) or 'none'}; default {partition})"
 
 
@@ -184,6 +190,15 @@ def link_config(dest: Path, shared: Path, *, force: bool) -> None:
     _replace(tmp, dest, force=force)
 
 
+def copy_config(dest: Path, shared: Path, *, force: bool) -> None:
+    """Make ``dest`` a copy of the shared config, byte for byte (later edits to it do not apply here)."""
+    check_can_write(dest, force=force)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.copyfile(shared, tmp)
+    _replace(tmp, dest, force=force)
+
+
 def _replace(tmp: Path, dest: Path, *, force: bool) -> None:
     try:
         if force:
@@ -216,8 +231,11 @@ class DirChange:
     created: bool
     group: str | None  # the group set on it, if any
     note: str | None = None  # e.g. the shared group does not exist here
+    error: str | None = None  # why it could not be made
 
     def describe(self) -> str:
+        if self.error:
+            return f"failed  {self.path}: {self.error}"
         what = "created" if self.created else "exists "
         how = f" (group {self.group}, mode {SHARED_DIR_MODE:o})" if self.group else ""
         return f"{what} {self.path}{how}" + (f"  [{self.note}]" if self.note else "")
@@ -236,7 +254,17 @@ def add_user(config: ClusterConfig, user: str) -> list[DirChange]:
     """Create ``user``'s directories (idempotent), giving them the shared group when it exists.
 
     Run as root for a user with an account here, the directories are also made theirs.
+    Raises UserError for the first directory that cannot be made.
     """
+    changes = prepare_user_dirs(config, user)
+    failed = next((c for c in changes if c.error), None)
+    if failed is not None:
+        raise UserError(f"cannot prepare {failed.path}: {failed.error}")
+    return changes
+
+
+def prepare_user_dirs(config: ClusterConfig, user: str) -> list[DirChange]:
+    """``add_user`` that goes on past a directory it cannot make (``init`` reports it; doctor rechecks)."""
     check_user_name(user)
     gid, note = _shared_gid(config.filesystem.shared_group)
     uid = _uid_to_give(user)
@@ -250,7 +278,8 @@ def add_user(config: ClusterConfig, user: str) -> list[DirChange]:
             if gid != -1:
                 path.chmod(SHARED_DIR_MODE)
         except OSError as exc:
-            raise UserError(f"cannot prepare {path}: {exc.strerror or exc}") from exc
+            changes.append(DirChange(path, False, None, note, error=exc.strerror or str(exc)))
+            continue
         changes.append(DirChange(path, created, config.filesystem.shared_group if gid != -1 else None, note))
     return changes
 
@@ -278,9 +307,9 @@ def _uid_to_give(user: str) -> int:
 UNIT_NAMES: dict[ServiceName, str] = {"agent": "labctl-agent.service", "ui": "labctl-ui.service"}
 _DESCRIPTIONS: dict[ServiceName, str] = {
     "agent": "labctl agent (local jobs, pipelines, sweeps, evals, SLURM reconcile)",
-    "ui": "labctl web page (http://127.0.0.1:8765/)",
+    "ui": "labctl web page (labctl serve)",
 }
-_ARGS: dict[ServiceName, list[str]] = {"agent": ["agent"], "ui": ["serve", "--bind", "127.0.0.1:8765"]}
+DEFAULT_BIND = "127.0.0.1:8765"
 #: variables a service needs to see the same world as the shell that installed it
 _PASSED_ENV = ("LABCTL_DATABASE_URL", "LABCTL_HOME")
 
@@ -300,9 +329,12 @@ def labctl_command() -> list[str]:
     return [sys.executable, "-m", "labctl.cli"]
 
 
-def unit_text(service: ServiceName, command: list[str], cluster: Path | None, env: Mapping[str, str]) -> str:
-    """A systemd user unit running ``labctl [--cluster P] agent|serve``, restarted when it fails."""
-    argv = [*command, *(["--cluster", str(cluster)] if cluster else []), *_ARGS[service]]
+def unit_text(
+    service: ServiceName, command: list[str], cluster: Path | None, env: Mapping[str, str], *, bind: str = DEFAULT_BIND
+) -> str:
+    """A systemd user unit running ``labctl [--cluster P] agent|serve --bind B``, restarted when it fails."""
+    args = ["serve", "--bind", bind] if service == "ui" else ["agent"]
+    argv = [*command, *(["--cluster", str(cluster)] if cluster else []), *args]
     lines = [
         "[Unit]",
         f"Description={_DESCRIPTIONS[service]}",
@@ -331,15 +363,40 @@ def service_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _PASSED_ENV if os.environ.get(k)}
 
 
-def install_unit(service: ServiceName, cluster: Path | None) -> Path:
+def check_bind(bind: str) -> None:
+    """``HOST:PORT`` as ``serve --bind`` takes it; raises InputError."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in bind):
+        raise InputError(f"--bind {bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8765")
+
+
+def install_unit(service: ServiceName, cluster: Path | None, *, bind: str = DEFAULT_BIND) -> Path:
     """Write (or rewrite) the unit file; readable only by its owner (it may hold a database password)."""
     path = unit_dir() / UNIT_NAMES[service]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(unit_text(service, labctl_command(), cluster, service_env()))
+    tmp.write_text(unit_text(service, labctl_command(), cluster, service_env(), bind=bind))
     tmp.chmod(0o600)
     os.replace(tmp, path)
     return path
+
+
+def install_agent_for_init(cluster: Path, *, force: bool) -> str:
+    """What ``init`` does about the agent unit, in one line: installed and started, or why not."""
+    if not user_manager_available():
+        return (
+            "no systemd user session here: agent unit not installed "
+            "(run `labctl agent`, or later `labctl service install --agent`)"
+        )
+    path = unit_dir() / UNIT_NAMES["agent"]
+    if path.exists() and not force:
+        return f"{path} exists: left as it is (--force replaces it)"
+    install_unit("agent", cluster)
+    for args in (["daemon-reload"], ["enable", "--now", UNIT_NAMES["agent"]]):
+        proc = systemctl(*args)
+        if proc.returncode != 0:
+            return f"wrote {path}, but {systemctl_line(*args)} failed: {(proc.stderr or proc.stdout).strip()}"
+    return f"installed and started {UNIT_NAMES['agent']}"
 
 
 def remove_unit(service: ServiceName) -> Path | None:

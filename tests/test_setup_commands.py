@@ -233,7 +233,7 @@ def test_admin_add_user_creates_the_users_dirs_with_the_shared_group_and_is_idem
 def test_admin_add_user_rejects_a_reserved_or_invalid_name(
     labctl_env: dict[str, str], tmp_path: Path, name: str, message: str
 ) -> None:
-    run_cli(labctl_env, "init", "--yes", "--scheduler", "local", check=True)
+    run_cli(labctl_env, "init", "--yes", "--scheduler", "local", "--no-create-dirs", check=True)
     proc = run_cli(labctl_env, "admin", "add-user", name)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr

@@ -37,12 +37,34 @@ def init(
     shared_group: Annotated[str | None, typer.Option(help="Unix group given to shared directories.")] = None,
     database_url: Annotated[str | None, typer.Option(help="Postgres URL (default: the embedded one).")] = None,
     scheduler: Annotated[str, typer.Option(help="auto (SLURM if sinfo answers, else local), local or slurm.")] = "auto",
-    use: Annotated[Path | None, typer.Option("--use", help="Copy this existing config (yours to edit).")] = None,
+    use: Annotated[
+        Path | None,
+        typer.Option("--use", help="Adopt this config: a link to it (a copy with --copy-config or changes)."),
+    ] = None,
     join: Annotated[Path | None, typer.Option("--join", help="Link to this shared config (follow its edits).")] = None,
+    migrate_from: Annotated[
+        Path | None,
+        typer.Option("--migrate-from", help="Adapt another cluster's config: its settings, your paths and name."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write here (default: --cluster, $LABCTL_CLUSTER, the XDG path).")
+    ] = None,
+    copy_config: Annotated[
+        bool, typer.Option("--copy-config", help="With --use/--join: copy the file instead of linking to it.")
+    ] = False,
+    no_detect: Annotated[bool, typer.Option("--no-detect", help="Do not probe for SLURM.")] = False,
+    no_create_dirs: Annotated[
+        bool, typer.Option("--no-create-dirs", help="Do not create your run and artifact directories.")
+    ] = False,
+    no_agent: Annotated[bool, typer.Option("--no-agent", help="Do not install the agent's systemd user unit.")] = False,
+    no_doctor: Annotated[
+        bool, typer.Option("--no-doctor", help="Do not touch the database (schema, doctor) now.")
+    ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Write without asking.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing config.")] = False,
 ) -> None:
-    """Write a cluster.toml (SLURM if found, else the local profile), create the schema, run doctor."""
+    """Write a cluster.toml (SLURM if found, else the local profile), create your directories, install the
+    agent unit, create the schema and run doctor (each step can be skipped)."""
     from labctl import setup
     from labctl.cli import _fail, _Global, doctor
     from labctl.db import connect, ensure_schema, labctl_home
@@ -52,29 +74,43 @@ def init(
     if scheduler not in ("auto", "local", "slurm"):
         _fail(f"--scheduler {scheduler!r}: expected auto, local or slurm", 2)
     choice = cast("SchedulerChoice", scheduler)
-    if use and join:
-        _fail("--use and --join exclude each other: copy a config or link to it", 2)
+    if sum(p is not None for p in (use, join, migrate_from)) > 1:
+        _fail("--use, --join and --migrate-from exclude each other: adopt, link to or adapt one config", 2)
+    if copy_config and not (use or join):
+        _fail("--copy-config goes with --use or --join", 2)
     roots = setup.parse_assignments(artifact_root or [], "--artifact-root", ARTIFACT_KINDS)
     outputs = setup.parse_assignments(output_root or [], "--output-root", OUTPUT_TYPES)
     repos = setup.parse_assignments(repo or [], "--repo")
-    dest = setup.config_destination(_Global.cluster)
+    dest = output.expanduser() if output is not None else setup.config_destination(_Global.cluster)
     setup.check_can_write(dest, force=force)
+    changes = bool(name or runs_base or roots or outputs or repos or shared_group or database_url)
+    adopted = use or join
 
-    if join:
-        if name or runs_base or roots or outputs or repos or shared_group or database_url or scheduler != "auto":
-            _fail("--join follows the shared file as it is; use --use to copy it with changes", 2)
-        shared, _ = setup.shared_config(join, dest)
-        typer.echo(f"{dest} -> {shared}  (a link: edits to the shared file apply here)")
-        if not yes and not typer.confirm("Link it?", default=True):
+    if adopted and not changes and scheduler == "auto":
+        shared, _ = setup.shared_config(adopted, dest)
+        verb = "copy" if copy_config else "link"
+        typer.echo(
+            f"{dest} -> {shared}  ({'a copy' if copy_config else 'a link: edits to the shared file apply here'})"
+        )
+        if not yes and not typer.confirm(f"{verb.capitalize()} it?", default=True):
             _fail("nothing written", 1)
-        setup.link_config(dest, shared, force=force)
-        typer.echo(f"linked {dest} -> {shared}")
-    else:
-        if use:
-            shared, base = setup.shared_config(use, dest)
-            source = f"copied from {shared} by labctl init --use"
+        if copy_config:
+            setup.copy_config(dest, shared, force=force)
+            typer.echo(f"copied {shared} -> {dest}")
         else:
-            base, how = setup.profile_for(choice, labctl_home())
+            setup.link_config(dest, shared, force=force)
+            typer.echo(f"linked {dest} -> {shared}")
+    elif join:
+        _fail("--join follows the shared file as it is; use --use to copy it with changes", 2)
+    else:
+        if use or migrate_from:
+            source_path = use or migrate_from
+            assert source_path is not None
+            shared, base = setup.shared_config(source_path, dest)
+            flag = "--use" if use else "--migrate-from"
+            source = f"adapted from {shared} by labctl init {flag}"
+        else:
+            base, how = setup.profile_for(choice, labctl_home(), detect=not no_detect)
             typer.echo(how)
             source = "written by labctl init"
         config = setup.build_config(
@@ -97,6 +133,22 @@ def init(
         typer.echo(f"wrote {dest}")
 
     written = load_cluster_config(dest)
+    if migrate_from is not None and written.postgres is not None:
+        # the original's registry stays where it is; bringing its runs into the log is `labctl import`
+        typer.echo(
+            f"{migrate_from} names the original labctl's registry ([postgres]); "
+            "importing it is not done by init in this version"
+        )
+    if not no_create_dirs:
+        from labctl.app import current_user
+
+        for change in setup.prepare_user_dirs(written, current_user()):
+            typer.echo(change.describe())
+    if not no_agent:
+        typer.echo(setup.install_agent_for_init(dest.absolute(), force=force))
+    if no_doctor:
+        typer.echo("doctor skipped: run `labctl doctor` when ready")
+        return
     with connect(url_of(written.database.url, written.postgres)) as conn:
         before, after = ensure_schema(conn)
     typer.echo(
@@ -107,15 +159,26 @@ def init(
 
 
 @admin_app.command("add-user")
-def add_user(name: Annotated[str, typer.Argument(help="The user's login name.")]) -> None:
-    """Create a user's run, alias and output directories (shared group, setgid); safe to repeat."""
-    from labctl.app import load_config
+def add_user(
+    name: Annotated[str, typer.Argument(help="The user's login name.")],
+    no_pg_role: Annotated[bool, typer.Option("--no-pg-role", help="Do not create the user's Postgres role.")] = False,
+    no_create_dirs: Annotated[
+        bool, typer.Option("--no-create-dirs", help="Do not create the user's directories.")
+    ] = False,
+) -> None:
+    """Prepare a user: their Postgres role and their run, alias and output directories (shared group,
+    setgid); safe to repeat."""
+    from labctl.app import check_user_name, load_config
     from labctl.cli import _Global
     from labctl.setup import add_user as prepare_user
 
+    check_user_name(name)
     config, _path = load_config(_Global.cluster)
-    for change in prepare_user(config, name):
-        typer.echo(change.describe())
+    if not no_create_dirs:
+        for change in prepare_user(config, name):
+            typer.echo(change.describe())
+    if not no_pg_role:
+        typer.echo(f"postgres role {name}: skipped (this version of labctl has no per-user Postgres roles yet)")
 
 
 def _services(agent: bool, ui: bool) -> list[ServiceName]:
@@ -136,17 +199,26 @@ UiFlag = Annotated[bool, typer.Option("--ui", help="The web page (labctl serve o
 
 
 @service_app.command("install")
-def service_install(agent: AgentFlag = False, ui: UiFlag = False) -> None:
+def service_install(
+    agent: AgentFlag = False,
+    ui: UiFlag = False,
+    bind: Annotated[str, typer.Option("--bind", help="HOST:PORT the web page listens on (--ui).")] = ("127.0.0.1:8765"),
+    force: Annotated[bool, typer.Option("--force", help="Replace a unit file that is already there.")] = False,
+) -> None:
     """Write the unit file(s) and enable and start them."""
     from labctl import setup
     from labctl.app import load_config
     from labctl.cli import _fail, _Global
 
     chosen = _services(agent, ui)
+    setup.check_bind(bind)
     _config, cluster = load_config(_Global.cluster)
     units = [setup.UNIT_NAMES[s] for s in chosen]
+    existing = [setup.unit_dir() / u for u in units if (setup.unit_dir() / u).exists()]
+    if existing and not force:
+        _fail(f"{existing[0]} already exists; pass --force to replace it, or `labctl service uninstall` first", 1)
     for service in chosen:
-        typer.echo(f"wrote {setup.install_unit(service, cluster.absolute() if cluster else None)}")
+        typer.echo(f"wrote {setup.install_unit(service, cluster.absolute() if cluster else None, bind=bind)}")
     if not setup.user_manager_available():
         typer.echo(
             "no systemd user session here; in a login session run: "

@@ -33,8 +33,11 @@ def file_kind(path: str | Path) -> str:
     )
 
 
-def validate_path(path: str | Path) -> str:
-    """Validate any labctl file and describe it in one line. Reads only; raises FileFormatError."""
+def validate_path(path: str | Path, *, strict: bool = False) -> str:
+    """Validate any labctl file and describe it in one line. Reads only; raises FileFormatError.
+
+    ``strict``: a key labctl does not know is an error, not a warning.
+    """
     path = Path(path)
     kind = file_kind(path)
     if kind == "recipe":
@@ -61,7 +64,7 @@ def validate_path(path: str | Path) -> str:
             f'policy "{policy.name}" ok: evaluates {policy.applies_to.type} artifacts{producer} '
             f"every {policy.cadence.every_n_steps} steps with {policy.recipe}"
         )
-    config = load_cluster_config(path)
+    config = load_cluster_config(path, strict=strict)
     fs = config.filesystem
     return (
         f'cluster "{config.name}" ok: {config.scheduler.kind} scheduler, '
