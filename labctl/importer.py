@@ -449,6 +449,12 @@ def plan_import(source: Source, target: Target, report: ImportReport, *, stores:
         inputs: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
         for run_id, role, artifact_id, resolved in source.query("source_inputs", ids=chunk):
             inputs[run_id].append((role, artifact_id, resolved))
+        # A new run's history goes in its own group: projected with it, its row is at hand.
+        history: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        with_history = [i for i in chunk if i in marks]
+        if with_history:
+            for row in source.query("source_events_after", after=0, ids=with_history, unowned=False):
+                history[row[1]].append(row)
         for r in source.query("source_runs_full", ids=chunk):
             recipe = _json.decode(r[8])
             context = _json.decode(r[9])
@@ -488,9 +494,14 @@ def plan_import(source: Source, target: Target, report: ImportReport, *, stores:
                 tracking=_tracking_link(link) if link is not None else None,
                 repo_commit=_repo_commit(context),
             )
-            plan.add(NewEvent(f"run-{r[0]}", imported_run, 0), *output_events(r[0], outputs_by_run.get(r[0], [])))
-            if r[0] in marks:
-                history_after[r[0]] = 0
+            group = [NewEvent(f"run-{r[0]}", imported_run, 0), *output_events(r[0], outputs_by_run.get(r[0], []))]
+            if history.get(r[0]):
+                rows = history[r[0]]
+                report.count("history").new += len(rows)
+                group.append(
+                    NewEvent(f"run-{r[0]}", OriginalEventsImported(run_id=r[0], events=_original_events(rows)))
+                )
+            plan.add(*group)
 
     # ------------------------------------------------ the original's history
     if history_after:
@@ -502,11 +513,11 @@ def plan_import(source: Source, target: Target, report: ImportReport, *, stores:
                 by_run[row[1]].append(row)
         kc = report.count("history")
         for run_id in ids:
-            rows = by_run.get(run_id)
-            if rows:
-                kc.new += len(rows)
+            later = by_run.get(run_id)
+            if later:
+                kc.new += len(later)
                 plan.add(
-                    NewEvent(f"run-{run_id}", OriginalEventsImported(run_id=run_id, events=_original_events(rows)))
+                    NewEvent(f"run-{run_id}", OriginalEventsImported(run_id=run_id, events=_original_events(later)))
                 )
     if "events" in source.tables and marks.get(None, (0, 0))[0] > target.unowned_mark:
         rows = list(source.query("source_events_after", after=target.unowned_mark, ids=[], unowned=True))

@@ -128,18 +128,19 @@ class DbRows(Rows[R]):
             return
         upserts = [self.cache[k] for k in self.dirty if self.cache[k] is not None]
         deletes = [k for k in self.dirty if self.cache[k] is None]
-        cols = self.table.columns
         if upserts:
-            non_key = [c for c in cols if c not in self.table.key]
-            query = sql.SQL("INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({key}) DO UPDATE SET {sets}").format(
-                t=self.ident,
-                cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                vals=sql.SQL(", ").join(sql.Placeholder() * len(cols)),
-                key=sql.SQL(", ").join(map(sql.Identifier, self.table.key)),
-                sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key),
-            )
-            with self.conn.cursor() as cur:
-                cur.executemany(query, [self.table.to_db(r) for r in upserts if r is not None])
+            rows = [self.table.to_db(r) for r in upserts if r is not None]
+            if len(rows) >= _COPY_FROM:
+                self._upsert_by_copy(rows)
+            else:
+                query = sql.SQL("INSERT INTO {t} ({cols}) VALUES ({vals}) {conflict}").format(
+                    t=self.ident,
+                    cols=self._cols,
+                    vals=sql.SQL(", ").join(sql.Placeholder() * len(self.table.columns)),
+                    conflict=self._on_conflict,
+                )
+                with self.conn.cursor() as cur:
+                    cur.executemany(query, rows)
         if deletes:
             query = sql.SQL("DELETE FROM {t} WHERE {cond}").format(
                 t=self.ident,
@@ -148,6 +149,41 @@ class DbRows(Rows[R]):
             with self.conn.cursor() as cur:
                 cur.executemany(query, deletes)
         self.dirty.clear()
+
+    @property
+    def _cols(self) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, self.table.columns))
+
+    @property
+    def _on_conflict(self) -> sql.Composable:
+        non_key = [c for c in self.table.columns if c not in self.table.key]
+        return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {sets}").format(
+            key=sql.SQL(", ").join(map(sql.Identifier, self.table.key)),
+            sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key),
+        )
+
+    def _upsert_by_copy(self, rows: list[tuple[Any, ...]]) -> None:
+        """Many rows (an import, a long catch-up): COPY them into a scratch table, then one upsert from it."""
+        scratch = sql.Identifier(f"_upsert_{self.table.name}")
+        self.conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {s} (LIKE {t}) ON COMMIT DELETE ROWS").format(
+                s=scratch, t=self.ident
+            )
+        )
+        copy = sql.SQL("COPY {s} ({c}) FROM STDIN").format(s=scratch, c=self._cols)
+        with self.conn.cursor() as cur, cur.copy(copy) as cp:
+            for row in rows:
+                cp.write_row(row)
+        self.conn.execute(
+            sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} {conflict}").format(
+                t=self.ident, c=self._cols, s=scratch, conflict=self._on_conflict
+            )
+        )
+        self.conn.execute(sql.SQL("TRUNCATE {s}").format(s=scratch))
+
+
+# From this many rows a flush COPYs them instead of sending one upsert per row.
+_COPY_FROM = 200
 
 
 class State:

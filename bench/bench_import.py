@@ -1,0 +1,152 @@
+"""`labctl import` of a 100k-run original registry, against a bare COPY of the same rows into our log.
+
+An original registry (newest schema, DDL in tests/original) is filled the way a
+team's looks (pipelines with checkpoint streams and evals, sweeps, tracking,
+the original's own events rows; artifacts listed, bytes not written) with about
+``--runs`` runs. Measured in one run on one server:
+
+- the import: source rows (every table) per second, and events appended per second;
+- the baseline: COPY of exactly the events the import appended (same columns,
+  pre-encoded) into a table shaped like ``labctl.events``: what moving the
+  same rows costs with no hashing, no projections, no reading of the source;
+- a second import with nothing new (target: under 5 s).
+
+Usage: python bench/bench_import.py [--runs 100000] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import bench_server, machine_line, markdown_table, report_section, step_printer, verdict
+from labctl.db import connect, ensure_schema
+from labctl.importer import import_registry
+from tests.original.ddl import VERSIONS
+from tests.original.seed import Seeder
+
+SOURCE_TABLES = [
+    "users",
+    "pipelines",
+    "runs",
+    "artifacts",
+    "artifact_aliases",
+    "run_inputs",
+    "run_outputs",
+    "eval_requests",
+    "tracking",
+    "events",
+]
+
+
+def seed(url: str, runs: int) -> dict[str, int]:
+    # One pipeline averages 3.5 runs (train, eval, and three checkpoint evals when it succeeds); a sweep 4.
+    users = 100
+    per_user = max(1, round(runs * 0.88 / 3.5 / users))
+    sweeps = max(1, round(runs * 0.12 / 4 / users))
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(VERSIONS["0003"].encode())
+        s = Seeder("0003", Path("/bench/store"), files=False)
+        s.seed(users=users, pipelines_per_user=per_user, sweeps_per_user=sweeps)
+        s.write(c)
+        return {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in SOURCE_TABLES}  # type: ignore[index]
+
+
+def copy_baseline(dst: str, scratch: str) -> tuple[int, float]:
+    """COPY the events the import appended, pre-encoded, into a bare table shaped like ours; (rows, seconds)."""
+    with connect(dst) as c:
+        rows = c.execute(
+            "SELECT position, stream, version, type, data::text, meta::text, recorded_at, hash FROM events "
+            "ORDER BY position"
+        ).fetchall()
+    with psycopg.connect(scratch, autocommit=True) as c:
+        c.execute(
+            "CREATE TABLE events (position bigint PRIMARY KEY, stream text NOT NULL, version integer NOT NULL, "
+            "type text NOT NULL, data jsonb NOT NULL, meta jsonb NOT NULL, recorded_at timestamptz NOT NULL, "
+            "hash bytea NOT NULL, UNIQUE (stream, version))"
+        )
+        started = time.perf_counter()
+        with c.transaction(), c.cursor() as cur, cur.copy("COPY events FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        return len(rows), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--write", action="store_true", help="Write the section into bench/RESULTS.md.")
+    args = parser.parse_args()
+    step = step_printer()
+    with bench_server(["imp_src", "imp_dst", "imp_copy"]) as server:
+        src, dst, scratch = server.url("imp_src"), server.url("imp_dst"), server.url("imp_copy")
+        step(f"seeding an original registry of ~{args.runs:,} runs")
+        counts = seed(src, args.runs)
+        source_rows = sum(counts.values())
+        step(f"seeded {counts['runs']:,} runs, {source_rows:,} rows in all")
+        with connect(dst) as c:
+            ensure_schema(c)
+        first = import_registry(dst, src, actor="bench", verify=False)
+        step(f"import: {first.events_appended:,} events in {first.seconds:.1f}s")
+        again = import_registry(dst, src, actor="bench", verify=False)
+        step(f"no-change re-run: {again.events_appended} events in {again.seconds:.2f}s")
+        copied, copy_s = copy_baseline(dst, scratch)
+        step(f"COPY baseline: {copied:,} rows in {copy_s:.1f}s")
+
+    rate = source_rows / first.seconds
+    ev_rate = first.events_appended / first.seconds
+    copy_rate = copied / copy_s
+    table = markdown_table(
+        ["measure", "labctl import", "baseline", "ratio", "target"],
+        [
+            [
+                f"first import of {counts['runs']:,} runs, s",
+                f"{first.seconds:.1f}",
+                "",
+                "",
+                verdict(first.seconds < 60, "< 60 s"),
+            ],
+            [
+                "source rows/s (vs COPY of the appended events, rows/s)",
+                f"{rate:,.0f}",
+                f"{copy_rate:,.0f}",
+                f"{rate / copy_rate:.0%}",
+                "",
+            ],
+            [
+                "events appended/s (vs the same COPY)",
+                f"{ev_rate:,.0f}",
+                f"{copy_rate:,.0f}",
+                f"{ev_rate / copy_rate:.0%}",
+                "",
+            ],
+            [
+                "re-run with nothing new, s (events appended)",
+                f"{again.seconds:.2f} ({again.events_appended})",
+                "",
+                "",
+                verdict(again.seconds < 5 and again.events_appended == 0, "< 5 s, 0 events"),
+            ],
+        ],
+    )
+    rows_line = ", ".join(f"{t} {n:,}" for t, n in counts.items())
+    body = (
+        "`bench/bench_import.py`: an original registry (schema 0001-0003, DDL in tests/original) seeded like a "
+        f"team's ({rows_line}; artifact bytes not written, so integrity reads `missing`), imported with "
+        "`import_registry` (`--no-verify`), into a fresh database; then imported again with nothing new. "
+        f"Baseline: COPY of the {copied:,} events the import appended (pre-encoded, same columns, primary key "
+        "and (stream, version) key) into a bare table on the same server: no hashing, no projections, no source "
+        "reads.\n\n"
+        f"Machine: {machine_line(server.describe())}.\n\n{table}"
+    )
+    report_section("Import from an original registry", body, write=args.write)
+
+
+if __name__ == "__main__":
+    main()
