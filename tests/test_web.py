@@ -21,14 +21,6 @@ import pytest
 import projections
 from events import NewEvent
 from events.types import (
-    AliasSet,
-    ArtifactRegistered,
-    EvalRecorded,
-    EvalRequested,
-    InputRef,
-    MetricPoint,
-    MetricsLogged,
-    OutputLinked,
     PipelineCreated,
     RunFinished,
     RunPending,
@@ -37,7 +29,7 @@ from events.types import (
     StageSpec,
 )
 from tests.conftest import labctl_bin
-from tests.webserver import EventStream, running_server
+from tests.webserver import EventStream, running_server, seed_world
 from tests.webserver import get as _get
 from tests.webserver import get_json as _json
 
@@ -279,93 +271,6 @@ def test_labctl_serve_refuses_a_malformed_bind(labctl_env: dict[str, str]) -> No
 # ------------------------------------------------------- a small world to browse
 
 
-def _world(conn: psycopg.Connection[Any]) -> None:
-    """A training run with two checkpoints (each evaluated), logged loss, and a run that used one checkpoint."""
-    train = RunSubmitted(
-        run_id="run_t1",
-        name="train",
-        user="alice",
-        executor="local",
-        run_dir="/runs/run_t1",
-        recipe={"params": {"lr": 0.1}, "resources": {"mem": "1GB"}},
-        tracking_url="javascript:alert(1)",
-    )
-    other = RunSubmitted(
-        run_id="run_t2",
-        name="train",
-        user="alice",
-        executor="local",
-        run_dir="/runs/run_t2",
-        recipe={"params": {"lr": 0.5}, "resources": {"mem": "1GB"}},
-        tracking_url="https://wandb.ai/lab/p/runs/x",
-    )
-    batch = [NewEvent("run-run_t1", train, 0), NewEvent("run-run_t2", other, 0)]
-    for step, run_id in ((1, "run_t1"), (2, "run_t1"), (1, "run_t2")):
-        aid = f"artifact_{run_id}_{step}"
-        batch += [
-            NewEvent(
-                f"artifact-{aid}",
-                ArtifactRegistered(
-                    artifact_id=aid,
-                    hash=f"{step}{run_id}".ljust(64, "0"),
-                    kind="checkpoint",
-                    path=f"/a/{aid}",
-                    user="alice",
-                    producer_run_id=run_id,
-                    metadata={"step": step},
-                ),
-                0,
-            ),
-            NewEvent(
-                f"run-{run_id}", OutputLinked(run_id=run_id, role="ckpts", artifact_id=aid, path=f"/a/{aid}", step=step)
-            ),
-            NewEvent(
-                f"eval-k{aid}",
-                EvalRequested(
-                    eval_key=f"k{aid}",
-                    policy="every-epoch",
-                    checkpoint_artifact_id=aid,
-                    eval_recipe_hash="h",
-                    run_id=f"run_e{step}{run_id[-1]}",
-                    step=step,
-                ),
-                0,
-            ),
-            NewEvent(
-                f"eval-k{aid}",
-                EvalRecorded(
-                    eval_key=f"k{aid}",
-                    run_id=f"run_e{step}{run_id[-1]}",
-                    metrics={"accuracy": 0.5 + step / 10 + (run_id == "run_t2") / 100, "step": step},
-                ),
-            ),
-        ]
-    batch.append(
-        NewEvent(
-            "metrics-run_t1",
-            MetricsLogged(
-                run_id="run_t1",
-                offset=0,
-                end=10,
-                points=[MetricPoint(step=1, values={"loss": 2.0}), MetricPoint(step=2, values={"loss": 1.0})],
-            ),
-            0,
-        )
-    )
-    consumer = RunSubmitted(
-        run_id="run_u1",
-        name="use",
-        user="bob",
-        executor="local",
-        run_dir="/runs/run_u1",
-        recipe={},
-        inputs=[InputRef(role="model", type="artifact", path="/a/artifact_run_t1_2", artifact_id="artifact_run_t1_2")],
-    )
-    batch.append(NewEvent("run-run_u1", consumer, 0))
-    batch.append(NewEvent("alias-alice/best", AliasSet(user="alice", alias="best", artifact_id="artifact_run_t1_2"), 0))
-    projections.record(conn, batch)
-
-
 def test_runs_are_paged_by_cursor_without_repeats_or_gaps(web: str, conn: psycopg.Connection[Any]) -> None:
     for i in range(7):
         _submit(conn, f"run_g{i}")
@@ -385,7 +290,7 @@ def test_runs_are_paged_by_cursor_without_repeats_or_gaps(web: str, conn: psycop
 
 
 def test_runs_filter_by_recipe_pipeline_and_text(web: str, conn: psycopg.Connection[Any]) -> None:
-    _world(conn)
+    seed_world(conn)
     assert [r["id"] for r in _json(f"{web}/api/runs?recipe=use")["runs"]] == ["run_u1"]
     assert [r["id"] for r in _json(f"{web}/api/runs?q=T2")["runs"]] == ["run_t2"]  # case-insensitive
     assert _json(f"{web}/api/runs?q=%25")["runs"] == []  # % is a character, not a wildcard
@@ -444,7 +349,7 @@ def test_an_unknown_id_is_a_404_json_error(web: str, path: str) -> None:
     ],
 )
 def test_a_bad_query_value_is_a_400(web: str, conn: psycopg.Connection[Any], path: str) -> None:
-    _world(conn)
+    seed_world(conn)
     status, _, body = _get(web + path)
     assert status == 400, body
 
@@ -452,7 +357,7 @@ def test_a_bad_query_value_is_a_400(web: str, conn: psycopg.Connection[Any], pat
 def test_run_api_has_timeline_outputs_with_aliases_evals_and_a_safe_tracking_link(
     web: str, conn: psycopg.Connection[Any]
 ) -> None:
-    _world(conn)
+    seed_world(conn)
     t1 = _json(f"{web}/api/runs/run_t1")
     assert [(o["artifact_id"], o["step"], o["aliases"]) for o in t1["outputs"]] == [
         ("artifact_run_t1_1", 1, []),
@@ -474,7 +379,7 @@ def test_run_api_has_timeline_outputs_with_aliases_evals_and_a_safe_tracking_lin
 def test_compare_puts_params_side_by_side_and_overlays_eval_and_logged_curves(
     web: str, conn: psycopg.Connection[Any]
 ) -> None:
-    _world(conn)
+    seed_world(conn)
     body = _json(f"{web}/api/compare?ids=run_t1,run_t2")
     assert [r["id"] for r in body["runs"]] == ["run_t1", "run_t2"]
     assert body["metrics"][0] == "accuracy"  # measured by both runs: the default to plot
@@ -490,7 +395,7 @@ def test_compare_puts_params_side_by_side_and_overlays_eval_and_logged_curves(
 
 
 def test_artifact_api_shows_producer_consumers_and_lineage_both_ways(web: str, conn: psycopg.Connection[Any]) -> None:
-    _world(conn)
+    seed_world(conn)
     shown = _json(f"{web}/api/artifacts/artifact_run_t1_2")
     assert shown["artifact"]["aliases"] == ["alice/best"] and shown["producer"]["id"] == "run_t1"
     assert [(c["id"], c["input_role"]) for c in shown["consumers"]] == [("run_u1", "model")]
@@ -509,7 +414,7 @@ def test_artifact_api_shows_producer_consumers_and_lineage_both_ways(web: str, c
 
 
 def test_evals_policies_and_recipes_answer_like_the_original(web: str, conn: psycopg.Connection[Any]) -> None:
-    _world(conn)
+    seed_world(conn)
     assert len(_json(f"{web}/api/evals")["evals"]) == 3
     [card] = _json(f"{web}/api/policies")["policies"]
     assert (card["name"], card["primary_metric"], card["total_count"]) == ("every-epoch", "accuracy", 3)
@@ -555,7 +460,7 @@ def test_run_log_api_tails_the_file_and_its_stream_follows_it(
 
 
 def test_every_page_renders_for_the_world(web: str, conn: psycopg.Connection[Any]) -> None:
-    _world(conn)
+    seed_world(conn)
     for path in (
         "/runs",
         "/runs/run_t1",

@@ -17,6 +17,25 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
+
+import projections
+from events import NewEvent
+from events.types import (
+    AliasSet,
+    ArtifactRegistered,
+    EvalRecorded,
+    EvalRequested,
+    InputRef,
+    MetricPoint,
+    MetricsLogged,
+    OutputLinked,
+    PipelineCreated,
+    RunPending,
+    RunSubmitted,
+    StageSpec,
+    SweepCreated,
+)
 from labctl.web import serve
 
 
@@ -108,3 +127,135 @@ class EventStream:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def seed_world(conn: psycopg.Connection[Any]) -> None:
+    """A training run with two checkpoints (each evaluated), logged loss, and a run that used one checkpoint."""
+    train = RunSubmitted(
+        run_id="run_t1",
+        name="train",
+        user="alice",
+        executor="local",
+        run_dir="/runs/run_t1",
+        recipe={"params": {"lr": 0.1}, "resources": {"mem": "1GB"}},
+        tracking_url="javascript:alert(1)",
+    )
+    other = RunSubmitted(
+        run_id="run_t2",
+        name="train",
+        user="alice",
+        executor="local",
+        run_dir="/runs/run_t2",
+        recipe={"params": {"lr": 0.5}, "resources": {"mem": "1GB"}},
+        tracking_url="https://wandb.ai/lab/p/runs/x",
+    )
+    batch = [NewEvent("run-run_t1", train, 0), NewEvent("run-run_t2", other, 0)]
+    for step, run_id in ((1, "run_t1"), (2, "run_t1"), (1, "run_t2")):
+        aid = f"artifact_{run_id}_{step}"
+        batch += [
+            NewEvent(
+                f"artifact-{aid}",
+                ArtifactRegistered(
+                    artifact_id=aid,
+                    hash=f"{step}{run_id}".ljust(64, "0"),
+                    kind="checkpoint",
+                    path=f"/a/{aid}",
+                    user="alice",
+                    producer_run_id=run_id,
+                    metadata={"step": step},
+                ),
+                0,
+            ),
+            NewEvent(
+                f"run-{run_id}", OutputLinked(run_id=run_id, role="ckpts", artifact_id=aid, path=f"/a/{aid}", step=step)
+            ),
+            NewEvent(
+                f"eval-k{aid}",
+                EvalRequested(
+                    eval_key=f"k{aid}",
+                    policy="every-epoch",
+                    checkpoint_artifact_id=aid,
+                    eval_recipe_hash="h",
+                    run_id=f"run_e{step}{run_id[-1]}",
+                    step=step,
+                ),
+                0,
+            ),
+            NewEvent(
+                f"eval-k{aid}",
+                EvalRecorded(
+                    eval_key=f"k{aid}",
+                    run_id=f"run_e{step}{run_id[-1]}",
+                    metrics={"accuracy": 0.5 + step / 10 + (run_id == "run_t2") / 100, "step": step},
+                ),
+            ),
+        ]
+    batch.append(
+        NewEvent(
+            "metrics-run_t1",
+            MetricsLogged(
+                run_id="run_t1",
+                offset=0,
+                end=10,
+                points=[MetricPoint(step=1, values={"loss": 2.0}), MetricPoint(step=2, values={"loss": 1.0})],
+            ),
+            0,
+        )
+    )
+    consumer = RunSubmitted(
+        run_id="run_u1",
+        name="use",
+        user="bob",
+        executor="local",
+        run_dir="/runs/run_u1",
+        recipe={},
+        inputs=[InputRef(role="model", type="artifact", path="/a/artifact_run_t1_2", artifact_id="artifact_run_t1_2")],
+    )
+    batch.append(NewEvent("run-run_u1", consumer, 0))
+    batch.append(NewEvent("alias-alice/best", AliasSet(user="alice", alias="best", artifact_id="artifact_run_t1_2"), 0))
+    projections.record(conn, batch)
+
+
+def seed_pipeline(conn: psycopg.Connection[Any], pipeline_id: str = "pipeline_demo") -> None:
+    """prepare -> train (a 3-point sweep over lr) -> report, every run still pending."""
+    train_ids = [f"run_{pipeline_id[-4:]}s{i}" for i in range(3)]
+    stages = [
+        StageSpec(name="prepare", run_ids=[f"run_{pipeline_id[-4:]}p"]),
+        StageSpec(name="train", run_ids=train_ids, parents=["prepare"], sweep_id=f"sweep_{pipeline_id[-4:]}"),
+        StageSpec(name="report", run_ids=[f"run_{pipeline_id[-4:]}r"], parents=["train"]),
+    ]
+    batch = [
+        NewEvent(
+            f"pipeline-{pipeline_id}",
+            PipelineCreated(pipeline_id=pipeline_id, name="demo", user="alice", stages=stages),
+            0,
+        )
+    ]
+    sweep = SweepCreated(
+        sweep_id=f"sweep_{pipeline_id[-4:]}",
+        name="train",
+        user="alice",
+        arg="lr_index",
+        start=0,
+        end=2,
+        run_ids=train_ids,
+        pipeline_id=pipeline_id,
+    )
+    batch.append(NewEvent(f"sweep-sweep_{pipeline_id[-4:]}", sweep, 0))
+    for stage in stages:
+        for i, run_id in enumerate(stage.run_ids):
+            pending = RunPending(
+                run_id=run_id,
+                name=stage.name,
+                user="alice",
+                executor="local",
+                run_dir=f"/runs/{run_id}",
+                recipe={"args": {"lr_index": str(i)}, "params": {"lr": [0.001, 0.01, 0.1][i]}},
+                pipeline_id=pipeline_id,
+                stage_name=stage.name,
+                parents=stage.parents,
+                sweep_id=stage.sweep_id,
+                sweep_index=i if stage.sweep_id else None,
+            )
+            batch.append(NewEvent(f"run-{run_id}", pending, 0))
+    projections.record(conn, batch)

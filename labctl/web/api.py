@@ -814,7 +814,13 @@ def log_head(conn: Conn) -> dict[str, Any]:
 def entity_link(stream: str) -> str | None:
     """The dashboard page of the entity an event stream belongs to."""
     kind, _, ident = stream.partition("-")
-    pages = {"run": "/runs/", "pipeline": "/pipelines/", "artifact": "/artifacts/", "sweep": "/sweeps/"}
+    pages = {
+        "run": "/runs/",
+        "metrics": "/runs/",
+        "pipeline": "/pipelines/",
+        "artifact": "/artifacts/",
+        "sweep": "/sweeps/",
+    }
     if kind in pages and ident:
         return pages[kind] + ident
     if kind == "alias" and ident:
