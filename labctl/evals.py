@@ -19,8 +19,8 @@ from events import ConcurrencyError, NewEvent
 from events.types import EvalRecorded, EvalRequested, InputRef
 from labctl.app import App
 from labctl.errors import UserError
-from labctl.files import CheckpointInput, EvalPolicy, load_policies, load_policy, policy_recipe, recipe_hash
-from labctl.submit import StageContext, submit
+from labctl.files import EvalPolicy, checkpoint_role, load_policies, load_policy, policy_recipe, recipe_hash
+from labctl.submit import StageContext, artifact_alias, submit
 
 
 class Checkpoint(msgspec.Struct):
@@ -81,7 +81,8 @@ def request_evals(app: App, policy: EvalPolicy, artifact_ids: list[str] | None =
     """Submit the policy's eval for every matching checkpoint not yet evaluated; returns eval run ids."""
     recipe = policy_recipe(policy)
     eval_hash = recipe_hash(recipe)
-    role = next(r for r, spec in recipe.inputs.items() if isinstance(spec, CheckpointInput))
+    role = checkpoint_role(recipe)
+    assert role is not None  # load_policy refuses a recipe without one
     started = []
     for ckpt in unevaluated(app.db.conn, policy, eval_hash, artifact_ids):
         if not matches(policy, ckpt):
@@ -99,9 +100,9 @@ def request_evals(app: App, policy: EvalPolicy, artifact_ids: list[str] | None =
             run_id=run_id,
             step=ckpt.step,
         )
-        stage = StageContext(
-            inputs={role: InputRef(role=role, type="checkpoint", path=ckpt.path, artifact_id=ckpt.id, hash=ckpt.hash)}
-        )
+        alias = artifact_alias(app.db.conn, ckpt.id, ckpt.path, ckpt.step)
+        ref = InputRef(role=role, type="checkpoint", path=ckpt.path, artifact_id=ckpt.id, alias=alias, hash=ckpt.hash)
+        stage = StageContext(inputs={role: ref})
         try:
             submit(
                 as_user,

@@ -12,8 +12,8 @@ from labctl.secrets import split_secrets, write_secrets
 
 
 def job_command(recipe: Recipe) -> list[str]:
-    """The recipe's command with its ``[args]`` appended as ``--key=value``."""
-    return [*recipe.command, *(f"--{k}={v}" for k, v in recipe.args.items())]
+    """The recipe's command with its ``[args]`` appended as ``--key=value``, sorted by key as the original does."""
+    return [*recipe.command, *(f"--{k}={v}" for k, v in sorted(recipe.args.items()))]
 
 
 def job_workdir(run_dir: str | Path, recipe: Recipe) -> Path:

@@ -49,7 +49,7 @@ from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.ids import new_id, new_run_id
 from labctl.lookup import resolve_id
 from labctl.secrets import split_secrets
-from labctl.submit import StageContext, prepare, submit
+from labctl.submit import StageContext, artifact_alias, prepare, submit
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
 
@@ -391,16 +391,35 @@ def _outputs_of(conn: psycopg.Connection[Any], run_id: str, role: str) -> list[t
     ).fetchall()
 
 
-def _input_of_run(conn: psycopg.Connection[Any], run_id: str, role: str, input_role: str) -> InputRef:
+def _input_of_run(
+    conn: psycopg.Connection[Any], run_id: str, role: str, input_role: str, *, newest_step: bool = False
+) -> InputRef:
+    """The input a run's output ``role`` makes: its artifact, or a checkpoint stream's directory of steps.
+
+    ``newest_step``: a stream gives its newest step's artifact instead, as the original's ``from`` pins do.
+    """
     outs = _outputs_of(conn, run_id, role)
     if not outs:
         raise UserError(f"run {run_id} registered no output {role!r}")
+    alias = _output_alias(conn, run_id, role)
     if len(outs) == 1 and outs[0][3] is None:
         aid, path, digest, _ = outs[0]
-        return InputRef(role=input_role, type="stage", path=path, artifact_id=aid, hash=digest)
+        return InputRef(role=input_role, type="stage", path=path, artifact_id=aid, alias=alias, hash=digest)
+    if newest_step:
+        aid, path, digest, step = outs[-1]
+        alias = artifact_alias(conn, aid, path, step)
+        return InputRef(role=input_role, type="stage", path=path, artifact_id=aid, alias=alias, hash=digest)
     # A checkpoint stream: the directory holding the steps.
     digest = hashlib.sha256("\n".join(o[2] for o in outs).encode()).hexdigest()
-    return InputRef(role=input_role, type="stage", path=str(Path(outs[0][1]).parent), hash=digest)
+    return InputRef(role=input_role, type="stage", path=str(Path(outs[0][1]).parent), alias=alias, hash=digest)
+
+
+def _output_alias(conn: psycopg.Connection[Any], run_id: str, role: str) -> str | None:
+    """The alias a run gave its output ``role`` (its recipe as submitted, rendered)."""
+    row = conn.execute(
+        "SELECT recipe -> 'outputs' -> %s ->> 'alias' FROM runs WHERE id = %s", (role, run_id)
+    ).fetchone()
+    return row[0] if row and row[0] else None
 
 
 def _resolve_stage_input(
@@ -412,7 +431,7 @@ def _resolve_stage_input(
     role: str,
 ) -> InputRef:
     if isinstance(spec, FromInput):
-        ref = _input_of_run(conn, pipeline[2], spec.role, role)
+        ref = _input_of_run(conn, pipeline[2], spec.role, role, newest_step=True)
         return msgspec.structs.replace(ref, type="from")
     parent_runs = run_ids_of[spec.stage]
     if len(parent_runs) == 1:

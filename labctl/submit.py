@@ -33,7 +33,14 @@ from events.types import (
 )
 from labctl import cache
 from labctl.app import App
-from labctl.artifacts import ContextInput, ContextOutput, RunContext, path_identity_hash, write_context
+from labctl.artifacts import (
+    ContextInput,
+    ContextOutput,
+    RunContext,
+    artifact_id,
+    path_identity_hash,
+    write_context,
+)
 from labctl.errors import DatabaseUnavailable, InputError
 from labctl.files import (
     ArtifactInput,
@@ -146,11 +153,15 @@ def resolve_alias(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[s
     shared by all users (``owner/name`` picks one user's alias).
     """
     if ref.startswith("artifact_"):
-        row = conn.execute(
-            "SELECT id, path, hash, id FROM artifacts WHERE id LIKE %s AND removed_at IS NULL ORDER BY id LIMIT 2",
+        rows = conn.execute(
+            "SELECT id, path, hash, (metadata ->> 'step')::bigint FROM artifacts "
+            "WHERE id LIKE %s AND removed_at IS NULL ORDER BY id LIMIT 2",
             (ref + "%",),
         ).fetchall()
-        return row[0] if len(row) == 1 else None
+        if len(rows) != 1:
+            return None
+        aid, apath, digest, step = rows[0]
+        return aid, apath, digest, artifact_alias(conn, aid, apath, step)
     target = alias_target(conn, ref)
     if target is None:
         return None
@@ -161,12 +172,30 @@ def resolve_alias(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[s
     return found
 
 
+def artifact_alias(conn: psycopg.Connection[Any], artifact_id: str, path: str, step: int | None) -> str:
+    """What ``{inputs.R.alias}`` reads for an input given as an artifact rather than by its alias.
+
+    A checkpoint step reads ``<stream alias>_<step dir>`` (the stream's alias moves on to
+    newer steps, so it cannot tell two evals apart); any other artifact reads the alias
+    last set on it, else its id.
+    """
+    if step is not None:
+        where = Path(path)
+        return f"{where.parent.name}_{where.name}"
+    row = conn.execute(
+        "SELECT alias FROM aliases WHERE artifact_id = %s ORDER BY set_at DESC, user_name LIMIT 1", (artifact_id,)
+    ).fetchone()
+    return str(row[0]) if row else artifact_id
+
+
 def _resolve_inputs(
     conn: psycopg.Connection[Any], recipe: Recipe, path: str, user: str, stage: StageContext
 ) -> list[InputRef]:
     resolved = []
     for role, spec in recipe.inputs.items():
-        if isinstance(spec, ArtifactInput):
+        if role in stage.inputs:  # filled by the caller: a pipeline stage, a pin, an eval policy's checkpoint
+            resolved.append(stage.inputs[role])
+        elif isinstance(spec, ArtifactInput):
             found = resolve_alias(conn, user, spec.artifact)
             if found is None:
                 raise FileFormatError(
@@ -181,14 +210,18 @@ def _resolve_inputs(
                 raise FileFormatError(path, f"inputs.{role}.path", f"{spec.path} does not exist")
             resolved.append(InputRef(role=role, type="external", path=spec.path, hash=path_identity_hash(spec.path)))
         elif isinstance(spec, StageInput | FromInput | CheckpointInput):
-            given = stage.inputs.get(role)
-            if given is None:
-                kind = {StageInput: "a pipeline stage", FromInput: "a pinned run", CheckpointInput: "an eval policy"}
-                raise FileFormatError(
-                    path, f"inputs.{role}.type", f"this input is filled by {kind[type(spec)]}; run it through that"
-                )
-            resolved.append(given)
+            kind = {StageInput: "a pipeline stage", FromInput: "a pinned run", CheckpointInput: "an eval policy"}
+            raise FileFormatError(
+                path, f"inputs.{role}.type", f"this input is filled by {kind[type(spec)]}; run it through that"
+            )
     return resolved
+
+
+def _template_input(ref: InputRef) -> TemplateInput:
+    """An external path's id is the one ``register-external`` gives that path; it has no alias."""
+    if ref.type == "external" and ref.hash:
+        return TemplateInput(path=ref.path, id=artifact_id(ref.hash))
+    return TemplateInput(path=ref.path, id=ref.artifact_id, alias=ref.alias)
 
 
 def _output_specs(app: App, recipe: Recipe, path: str, aliases: Mapping[str, str]) -> list[OutputSpec]:
@@ -259,7 +292,7 @@ def prepare(
             known = ", ".join(sorted(app.config.repos)) or "none"
             raise FileFormatError(path, "repo", f"unknown repo {recipe.repo!r} (the cluster config has: {known})")
         source = inspect_repo(recipe.repo, repo_path)
-    refs = {i.role: TemplateInput(path=i.path, id=i.artifact_id or "", alias=i.alias or "") for i in inputs}
+    refs = {i.role: _template_input(i) for i in inputs}
     values = template_values(run_id=run_id, run_dir=run_dir, user=app.user, inputs=refs)
     outputs = _output_specs(app, recipe, path, render_aliases(recipe, values, path))
     values = template_values(

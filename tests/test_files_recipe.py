@@ -130,7 +130,7 @@ BAD_RECIPES = [
         id="alias-uses-output-path",
     ),
     pytest.param(BASE + "[args]\nx = [1, 2]\n", "args.x", "expected `str`", id="arg-not-scalar"),
-    pytest.param(BASE + '[args]\na = "1"\nb = "{args.a}"\n', "args.b", "other args", id="arg-uses-arg"),
+    pytest.param(BASE + '[args]\na = "{args.b}"\nb = "{args.a}"\n', "args.a", "in a cycle", id="args-cycle"),
     pytest.param('name = "x"\ncommand = [\n', "", "invalid TOML", id="toml-syntax-error"),
 ]
 

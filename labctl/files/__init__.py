@@ -29,7 +29,15 @@ from labctl.files.cluster import (
 from labctl.files.detect import file_kind, validate_path
 from labctl.files.errors import FileFormatError
 from labctl.files.pipeline import PipelineFile, PipelinePlan, PlannedStage, Stage, load_pipeline
-from labctl.files.policy import AppliesTo, Cadence, EvalPolicy, load_policies, load_policy, policy_recipe
+from labctl.files.policy import (
+    AppliesTo,
+    Cadence,
+    EvalPolicy,
+    checkpoint_role,
+    load_policies,
+    load_policy,
+    policy_recipe,
+)
 from labctl.files.recipe import (
     ArtifactInput,
     CheckpointInput,
@@ -93,6 +101,7 @@ __all__ = [
     "UnresolvedTokens",
     "Wandb",
     "canonical_recipe_bytes",
+    "checkpoint_role",
     "dump_cluster_toml",
     "file_kind",
     "find_cluster_config",

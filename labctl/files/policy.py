@@ -8,7 +8,7 @@ import msgspec
 
 from labctl.files.decode import beside, convert, dotted, line_of, read_toml
 from labctl.files.errors import FileFormatError
-from labctl.files.recipe import NAME, CheckpointInput, Recipe, load_recipe
+from labctl.files.recipe import NAME, CheckpointInput, FromInput, Recipe, StageInput, load_recipe
 
 
 class AppliesTo(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -49,13 +49,28 @@ def load_policy(path: str | Path) -> EvalPolicy:
     if not recipe_path.is_file():
         raise fail(["recipe"], f"recipe file not found: {recipe_path}")
     recipe = load_recipe(recipe_path, eval_policy=True)
-    if not any(isinstance(spec, CheckpointInput) for spec in recipe.inputs.values()):
+    if checkpoint_role(recipe) is None:
         raise FileFormatError(
             recipe_path,
             "inputs",
-            f'eval recipe of policy {policy.name!r} has no input with type = "checkpoint" to receive the artifact',
+            f'eval recipe of policy {policy.name!r} has no input named "checkpoint" (nor exactly one with '
+            'type = "checkpoint") to receive the artifact',
         )
     return msgspec.structs.replace(policy, recipe=str(recipe_path))
+
+
+def checkpoint_role(recipe: Recipe) -> str | None:
+    """The input an eval policy fills with the checkpoint.
+
+    The original's rule: the input named ``checkpoint``, whatever its type
+    (an ``artifact`` input there names what a manual ``labctl run`` reads).
+    Ours also takes a recipe's one ``type = "checkpoint"`` input under another name.
+    """
+    named = recipe.inputs.get("checkpoint")
+    if named is not None and not isinstance(named, StageInput | FromInput):
+        return "checkpoint"
+    typed = [role for role, spec in recipe.inputs.items() if isinstance(spec, CheckpointInput)]
+    return typed[0] if len(typed) == 1 else None
 
 
 def policy_recipe(policy: EvalPolicy) -> Recipe:

@@ -302,7 +302,7 @@ def template_fields(recipe: Recipe) -> list[tuple[list[Part], str]]:
 def unknown_token_reason(recipe: Recipe, token: str, *, in_alias: bool) -> str | None:
     """Why ``token`` can never resolve for this recipe, or None if it can."""
     head, _, rest = token.partition(".")
-    if token in ("run.id", "run.dir", "user"):
+    if token in ("run.id", "run.dir", "user", "recipe.name"):
         return None
     if head == "params":
         return None if _param_exists(recipe.params, rest) else f"no [params] key {rest!r}"
@@ -313,6 +313,8 @@ def unknown_token_reason(recipe: Recipe, token: str, *, in_alias: bool) -> str |
     if head == "inputs":
         if role not in recipe.inputs:
             return f"no input role {role!r}"
+        if attr == "alias" and isinstance(recipe.inputs[role], ExternalInput):
+            return "an external input has no alias; use .path or .id"
         return None if attr in INPUT_FIELDS else f"expected inputs.{role}.path, .id or .alias"
     if head == "outputs":
         if in_alias:
@@ -320,7 +322,7 @@ def unknown_token_reason(recipe: Recipe, token: str, *, in_alias: bool) -> str |
         if role not in recipe.outputs:
             return f"no output role {role!r}"
         return None if attr in OUTPUT_FIELDS else f"expected outputs.{role}.path or .dir"
-    return "expected run.id, run.dir, user, params.K, args.K, inputs.R.path|id|alias or outputs.R.path"
+    return "expected run.id, run.dir, user, recipe.name, params.K, args.K, inputs.R.path|id|alias or outputs.R.path"
 
 
 def _param_exists(params: Any, dotted_key: str) -> bool:
@@ -336,10 +338,34 @@ def _validate_tokens(recipe: Recipe, fail: Any) -> None:
         in_alias = where[0] == "outputs"
         for token in tokens_in(text):
             reason = unknown_token_reason(recipe, token, in_alias=in_alias)
-            if where[0] == "args" and token.startswith("args."):
-                reason = "an [args] value cannot use other args"
+            if reason is None and in_alias and token.startswith("args."):
+                used = _args_used(recipe, token[5:])
+                if used is None or any(t.startswith("outputs.") for k in used for t in tokens_in(recipe.args[k])):
+                    reason = "that arg uses output paths (they are made from the alias)"
             if reason is not None:
                 fail(where, f"template token {{{token}}} cannot be resolved: {reason}")
+    for key in recipe.args:
+        if _args_used(recipe, key) is None:
+            fail(["args", key], "[args] use each other in a cycle")
+
+
+def _args_used(recipe: Recipe, key: str) -> set[str] | None:
+    """The args ``key`` uses, itself included, directly or through others; None if they form a cycle."""
+    seen: set[str] = set()
+    path: list[str] = []
+
+    def visit(k: str) -> bool:
+        if k in path:
+            return False
+        if k in seen or k not in recipe.args:
+            return True
+        seen.add(k)
+        path.append(k)
+        ok = all(visit(t[5:]) for t in tokens_in(recipe.args[k]) if t.startswith("args."))
+        path.pop()
+        return ok
+
+    return seen if visit(key) else None
 
 
 # ---- cache key

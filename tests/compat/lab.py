@@ -65,7 +65,9 @@ class Lab:
         self.repo = root / "src" / "myrepo"
         self.policies = root / "policies"
         self.cluster = root / "cluster.toml"
-        self.env = {**env, "LABCTL_CLUSTER": str(self.cluster)}
+        self.bin = root / "bin"
+        # `uv run X` (the original's examples) runs X: no uv on test machines
+        self.env = {**env, "LABCTL_CLUSTER": str(self.cluster), "PATH": f"{self.bin}:{env.get('PATH', '')}"}
 
     def write(self) -> None:
         for sub in ("scripts",):
@@ -78,6 +80,9 @@ class Lab:
         subprocess.run(["git", "-C", str(self.repo), "add", "."], check=True)
         subprocess.run(["git", "-C", str(self.repo), "commit", "-qm", "scripts"], check=True)
         self.policies.mkdir(parents=True, exist_ok=True)
+        self.bin.mkdir(parents=True, exist_ok=True)
+        (self.bin / "uv").write_text('#!/bin/bash\n[ "$1" = run ] && shift\nexec "$@"\n')
+        (self.bin / "uv").chmod(0o755)
         shared = self.root / "shared"
         lines = [
             'name = "compat"',
