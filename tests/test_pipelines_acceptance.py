@@ -133,6 +133,11 @@ def submitted_inputs(conn: psycopg.Connection[Any], run_id: str) -> dict[str, di
     return {i["role"]: i for i in data.get("inputs", [])}
 
 
+def artifacts_read(conn: psycopg.Connection[Any], run_id: str) -> dict[str, dict[str, Any]]:
+    """The inputs a run was submitted with, less the aliases (which name the parent run of each)."""
+    return {r: {k: v for k, v in i.items() if k != "alias"} for r, i in submitted_inputs(conn, run_id).items()}
+
+
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     """stderr is exactly one ``labctl: error:`` line, without a traceback."""
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -275,8 +280,12 @@ def test_the_same_pipeline_again_is_all_cache_hits_resolved_within_the_run_pipel
         _, hit = only_event(conn, run_id, "RunCacheHit")
         assert hit["producer_run_id"] == first.run(stage)
         assert events_of(conn, run_id, "RunStarted") == [] and events_of(conn, run_id, "JobSubmitted") == []
-    # The chain resolved on the same artifacts: d read b's and c's outputs of the first pipeline.
-    assert submitted_inputs(conn, second.run("d")) == submitted_inputs(conn, first.run("d"))
+    # The chain resolved on the same artifacts: d read b's and c's outputs of the first pipeline
+    # (each under the alias its own parent run gave it).
+    assert artifacts_read(conn, second.run("d")) == artifacts_read(conn, first.run("d"))
+    assert {i["alias"] for i in submitted_inputs(conn, second.run("d")).values()} == {
+        f"{stage}-{second.run(stage)}" for stage in "bc"
+    }
     assert live_agents(conn) == {}
 
 
@@ -716,4 +725,4 @@ def test_a_second_identical_pipeline_in_flight_waits_on_the_first_ones_stages_an
     assert_each_run_submitted_once(conn, first.run_ids + second.run_ids)
     for run_id in second.run_ids:
         assert events_of(conn, run_id, "RunStarted") == [], f"{run_id} ran a job its twin already ran"
-    assert submitted_inputs(conn, second.run("c")) == submitted_inputs(conn, first.run("c"))
+    assert artifacts_read(conn, second.run("c")) == artifacts_read(conn, first.run("c"))
