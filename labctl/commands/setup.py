@@ -133,12 +133,6 @@ def init(
         typer.echo(f"wrote {dest}")
 
     written = load_cluster_config(dest)
-    if migrate_from is not None and written.postgres is not None:
-        # the original's registry stays where it is; bringing its runs into the log is `labctl import`
-        typer.echo(
-            f"{migrate_from} names the original labctl's registry ([postgres]); "
-            "importing it is not done by init in this version"
-        )
     if not no_create_dirs:
         from labctl.app import current_user
 
@@ -146,14 +140,29 @@ def init(
             typer.echo(change.describe())
     if not no_agent:
         typer.echo(setup.install_agent_for_init(dest.absolute(), force=force))
+    foreign = load_cluster_config(migrate_from) if migrate_from is not None else None
     if no_doctor:
+        if foreign is not None and foreign.postgres is not None:
+            typer.echo(f"its registry is not imported (--no-doctor): run `labctl import --from {migrate_from}`")
         typer.echo("doctor skipped: run `labctl doctor` when ready")
         return
-    with connect(url_of(written.database.url, written.postgres)) as conn:
-        before, after = ensure_schema(conn)
+    url = url_of(written.database.url, written.postgres)
+    importing = foreign is not None and foreign.postgres is not None
+    with connect(url) as conn:
+        # adapting a cluster whose registry this database may hold: our tables go beside it
+        before, after = ensure_schema(conn, beside_original=importing)
     typer.echo(
         f"schema version {after}" + (" (created)" if before is None else f" (was {before})" if before != after else "")
     )
+    if importing and foreign is not None and foreign.postgres is not None:
+        # the original's registry named by the adapted config: its runs, artifacts and aliases join the log
+        from labctl.app import current_user
+        from labctl.db import postgres_url
+        from labctl.importer import import_registry, print_report
+
+        stores = [Path(root) for root in foreign.filesystem.artifact_roots.values()]
+        report = import_registry(url, postgres_url(foreign.postgres), actor=current_user(), stores=stores)
+        print_report(report, typer.echo)
     _Global.cluster = dest
     doctor()
 

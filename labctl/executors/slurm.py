@@ -293,8 +293,10 @@ class SlurmExecutor:
         return rows
 
     def hold(self, job_ids: Sequence[str]) -> None:
-        """``scontrol hold`` (a pending job stays pending, reason JobHeldUser, until released)."""
-        self._scontrol("hold", job_ids)
+        """``scontrol uhold``: a pending job stays pending, reason JobHeldUser, until released (``hold``
+        run by an administrator, root included, would be JobHeldAdmin, which the throttle does not count
+        as its own)."""
+        self._scontrol("uhold", job_ids)
 
     def release(self, job_ids: Sequence[str]) -> None:
         """``scontrol release``: held jobs become eligible again."""
