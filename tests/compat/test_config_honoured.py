@@ -107,12 +107,11 @@ def begin_later_jobs(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     name = f"compat_throttle_{uuid.uuid4().hex[:8]}"
     ids = [
         subprocess.run(
-            ["sbatch", "--parsable", f"--job-name={name}", "--begin=now+1hour", "--mem=10M", "-o", "/dev/null"]
-            + ["--wrap", "true"],
+            ["sbatch", "--parsable", f"--job-name={name}", "--begin=now+1hour", "--mem=10M", "--wrap", "true"],
             capture_output=True,
             text=True,
             check=True,
-            cwd=tmp_path,
+            cwd=tmp_path,  # its slurm-<id>.out lands in the test's directory
         ).stdout.strip()
         for _ in range(3)
     ]
