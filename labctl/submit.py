@@ -491,7 +491,10 @@ def submit(
     except DatabaseUnavailable:
         raise  # the commit may have happened unanswered: the run dir may be needed
     except BaseException:
-        shutil.rmtree(run.run_dir, ignore_errors=True)  # nothing was recorded: leave no orphan run dir
+        # Nothing was recorded: leave no orphan run dir. A pre-assigned id (a pipeline stage) may have
+        # been recorded by a racing submitter (the CLI and an agent's advancer): that dir is theirs.
+        if run_id is None:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
     if result.status != "cache_hit" and will_hit:
         write_run_dir(run)  # the cache entry vanished between the peek and the decision
