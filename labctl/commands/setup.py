@@ -190,7 +190,10 @@ def add_user(
         typer.echo(f"postgres role {name}: skipped (this version of labctl has no per-user Postgres roles yet)")
 
 
-def _services(agent: bool, ui: bool) -> list[ServiceName]:
+def _services(agent: bool, ui: bool, *, default_installed: bool = False) -> list[ServiceName]:
+    """The services named by --agent/--ui; with neither, the installed ones when ``default_installed``
+    (as the original's ``service status`` and ``restart``), else an error."""
+    from labctl import setup
     from labctl.cli import _fail
 
     chosen: list[ServiceName] = []
@@ -198,6 +201,10 @@ def _services(agent: bool, ui: bool) -> list[ServiceName]:
         chosen.append("agent")
     if ui:
         chosen.append("ui")
+    if not chosen and default_installed:
+        chosen = [s for s in setup.UNIT_NAMES if (setup.unit_dir() / setup.UNIT_NAMES[s]).exists()]
+        if not chosen:
+            _fail("no labctl units installed (labctl service install --agent, --ui)", 1)
     if not chosen:
         _fail("say which service: --agent, --ui or both", 2)
     return chosen
@@ -270,14 +277,14 @@ def service_uninstall(agent: AgentFlag = False, ui: UiFlag = False) -> None:
 
 @service_app.command("status")
 def service_status(agent: AgentFlag = False, ui: UiFlag = False) -> None:
-    """systemctl --user status of the unit(s)."""
-    _pass_through("status", _services(agent, ui))
+    """systemctl --user status of the unit(s) (neither flag: every installed one)."""
+    _pass_through("status", _services(agent, ui, default_installed=True))
 
 
 @service_app.command("restart")
 def service_restart(agent: AgentFlag = False, ui: UiFlag = False) -> None:
-    """Restart the unit(s) (e.g. after upgrading labctl)."""
-    _pass_through("restart", _services(agent, ui))
+    """Restart the unit(s) (e.g. after upgrading labctl; neither flag: every installed one)."""
+    _pass_through("restart", _services(agent, ui, default_installed=True))
 
 
 def _pass_through(verb: str, chosen: list[ServiceName]) -> None:

@@ -176,3 +176,19 @@ def test_admin_add_user_no_create_dirs_leaves_the_filesystem_alone(
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_service_status_and_restart_without_a_flag_mean_the_installed_units(
+    labctl_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**labctl_env, "HOME": str(tmp_path / "user")}
+    for var in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"):
+        env.pop(var, None)
+
+    none = run_cli(env, "service", "restart")
+    run_cli(env, "service", "install", "--agent", check=True)
+    one = run_cli(env, "service", "status")
+
+    assert none.returncode == 1 and "no labctl units installed" in none.stderr
+    # no user session here: the one line names exactly the installed unit
+    assert one.returncode == 1 and "labctl-agent.service" in one.stderr and "labctl-ui" not in one.stderr
