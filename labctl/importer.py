@@ -735,29 +735,14 @@ def resolve_source(ref: str | None, database_url: str) -> tuple[str, list[Path]]
 
 def cluster_source(path: Path) -> tuple[str, list[Path]]:
     """The registry URL in an original cluster.toml's ``[postgres]`` and its artifact roots."""
-    import getpass
-    import tomllib
+    from labctl.db import postgres_url
+    from labctl.files import load_cluster_config
 
-    from psycopg.conninfo import make_conninfo
-
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"--from {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"--from {path}: not TOML: {exc}") from None
-    pg = raw.get("postgres")
-    if not isinstance(pg, dict):
+    config = load_cluster_config(path)
+    if config.postgres is None:
         raise InputError(f"--from {path}: no [postgres] section (the original registry's database)")
-    params = {
-        "host": pg.get("host"),
-        "port": pg.get("port"),
-        "dbname": pg.get("database") or "labctl",
-        "user": pg.get("user") or getpass.getuser(),
-    }
-    url = make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
-    roots = (raw.get("filesystem") or {}).get("artifact_roots") or {}
-    return url, sorted({Path(str(v)).expanduser() for v in roots.values()})
+    roots = config.filesystem.artifact_roots.values()
+    return postgres_url(config.postgres), sorted({Path(root) for root in roots})
 
 
 def print_report(report: ImportReport, echo: Callable[[str], None]) -> None:

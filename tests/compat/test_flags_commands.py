@@ -9,7 +9,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -35,10 +34,8 @@ def original_registry(server_url: str, tmp_path: Path) -> Iterator[tuple[str, in
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_init_migrate_from_a_cluster_with_a_registry_imports_it_into_the_log(
-    labctl_env: dict[str, str], tmp_path: Path, original_registry: tuple[str, int]
-) -> None:
-    url, runs = original_registry
+def _foreign_cluster(tmp_path: Path, url: str) -> Path:
+    """The original cluster.toml of the registry at ``url``: its [postgres] names that database."""
     params = conninfo_to_dict(url)
     foreign = tmp_path / "foreign.toml"
     foreign.write_text(
@@ -47,6 +44,26 @@ def test_init_migrate_from_a_cluster_with_a_registry_imports_it_into_the_log(
         f'[postgres]\nhost = "{params["host"]}"\nport = {params["port"]}\ndatabase = "{params["dbname"]}"\n'
         f'user = "{params["user"]}"\n'
     )
+    return foreign
+
+
+def test_import_from_an_original_cluster_toml_reads_the_registry_its_postgres_names(
+    labctl_env: dict[str, str], tmp_path: Path, original_registry: tuple[str, int]
+) -> None:
+    url, runs = original_registry
+    foreign = _foreign_cluster(tmp_path, url)
+
+    proc = run_cli(labctl_env, "import", "--from", str(foreign), "--dry-run", "--json", check=True)
+
+    report = json.loads(proc.stdout)
+    assert report["dry_run"] and report["kinds"]["runs"]["new"] == runs
+
+
+def test_init_migrate_from_a_cluster_with_a_registry_imports_it_into_the_log(
+    labctl_env: dict[str, str], tmp_path: Path, original_registry: tuple[str, int]
+) -> None:
+    url, runs = original_registry
+    foreign = _foreign_cluster(tmp_path, url)
     env = {k: v for k, v in labctl_env.items() if k != "LABCTL_DATABASE_URL"}
     out = tmp_path / "cluster.toml"
 
@@ -172,10 +189,6 @@ def test_admin_add_user_no_create_dirs_leaves_the_filesystem_alone(
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "runs" / "bob").is_dir() is (not flags)
     assert "postgres role" not in proc.stdout  # --no-pg-role: not even mentioned
-
-
-def _json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_service_status_and_restart_without_a_flag_mean_the_installed_units(
