@@ -136,6 +136,8 @@ class JobSubmitted(Event, frozen=True, kw_only=True, omit_defaults=True):
     executor: str
     job_id: str
     agent_id: str | None = None
+    #: a local job's process start time (clock ticks after boot): a reused pid is never mistaken for it
+    process_start: int | None = None
 
 
 class SubmissionIntended(Event, frozen=True, kw_only=True):

@@ -31,7 +31,7 @@ from events.types import JobSubmitted, RunClaimed, RunStarted
 from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
 from labctl.db import connect
-from labctl.errors import DatabaseUnavailable
+from labctl.errors import DatabaseUnavailable, InputError
 from labctl.executors.base import JobSpec, JobState
 from labctl.executors.local import HOST, LocalExecutor, kill_orphan
 from labctl.executors.sbatch_script import render_script_body
@@ -69,6 +69,24 @@ class Scope(msgspec.Struct, frozen=True):
         )
 
 
+def _process_start_of(conn: psycopg.Connection[Any], run_id: str) -> int | None:
+    """The start time recorded with the run's local job pid (None for jobs recorded without one)."""
+    found = None
+    for e in events.read_stream(conn, f"run-{run_id}"):
+        if isinstance(e.data, JobSubmitted):
+            found = e.data.process_start
+    return found
+
+
+def check_service(app: App) -> None:
+    """Only the account the cluster config names as the group's service may act for every user."""
+    allowed = app.config.dispatch.service_user
+    if allowed is None:
+        raise InputError("--service: the cluster config names no service account ([dispatch] service_user)")
+    if app.user != allowed:
+        raise InputError(f"--service: only {allowed} (the cluster's [dispatch] service_user) may act for every user")
+
+
 def live_agents(conn: psycopg.Connection[Any], *, include_scoped: bool = False) -> list[str]:
     """Agents whose heartbeat is fresh (full agents only, unless ``include_scoped``)."""
     rows = conn.execute(
@@ -90,8 +108,12 @@ class Agent:
         poll_interval: float = 0.25,
         heartbeat_interval: float = 1.0,
         metrics_interval: float = 1.0,
+        service: bool = False,
     ) -> None:
         self.app = app
+        #: whose runs this agent runs, submits, reconciles and advances: its own user's, or everyone's
+        #: when it is the group's service account (see SECURITY.md)
+        self.serves: str | None = None if service else app.user
         self.id = f"agent_{HOST}_{os.getpid()}_{secrets.token_hex(3)}"
         self.slots = slots or app.config.local.slots or os.cpu_count() or 1
         self.scope = scope
@@ -109,7 +131,7 @@ class Agent:
         if reactors is None:
             from labctl.reactors import default_reactors
 
-            reactors = default_reactors(app)
+            reactors = default_reactors(app, self.serves)
         self.reactors = list(reactors)
 
     # ----------------------------------------------------------- lifecycle
@@ -193,7 +215,9 @@ class Agent:
         """Nothing left to do: no unfinished run, every reactor has read the whole log."""
         conn = self.app.db.conn
         row = conn.execute(
-            "SELECT count(*) FROM runs WHERE status IN ('created', 'submitted', 'running', 'awaiting_peer')"
+            "SELECT count(*) FROM runs WHERE status IN ('created', 'submitted', 'running', 'awaiting_peer') "
+            "AND (%(user)s::text IS NULL OR user_name = %(user)s)",
+            {"user": self.serves},
         ).fetchone()
         if row and row[0]:
             return False
@@ -245,14 +269,16 @@ class Agent:
         """End runs held by agents that stopped or whose heartbeat went stale as ``node_fail``."""
         conn = self.app.db.conn
         held = conn.execute(
-            "SELECT r.id, r.job_id, a.id FROM runs r JOIN agents a ON a.id = r.agent_id "
+            "SELECT r.id, r.job_id, a.id, r.user_name FROM runs r JOIN agents a ON a.id = r.agent_id "
             "WHERE r.executor = 'local' AND r.status IN ('submitted', 'running') AND a.id <> %s "
             "AND (a.stopped_at IS NOT NULL OR a.heartbeat_at < now() - make_interval(secs => %s))",
             (self.id, stale_after()),
         ).fetchall()
-        for run_id, job_id, agent_id in held:
-            if job_id:
-                kill_orphan(job_id)
+        for run_id, job_id, agent_id, user in held:
+            # Any agent may record that a dead agent's run ended; only its own user's agent signals the
+            # job, and only the process that still has the start time recorded with its pid.
+            if job_id and user == self.app.user:
+                kill_orphan(job_id, _process_start_of(conn, run_id))
             self._finish(
                 run_id,
                 JobState(
@@ -329,7 +355,9 @@ class Agent:
         from labctl.throttle import claimable_runs
 
         scope_sql, scope_params = self.scope.sql() if self.scope else ("TRUE", {})
-        return claimable_runs(self.app.db.conn, self.app.config.throttle, limit, scope_sql, scope_params)
+        return claimable_runs(
+            self.app.db.conn, self.app.config.throttle, limit, scope_sql, scope_params, user=self.serves
+        )
 
     def claim_and_start(self) -> bool:
         free = self.free_slots()
@@ -375,7 +403,13 @@ class Agent:
             [
                 NewEvent(
                     f"run-{run_id}",
-                    JobSubmitted(run_id=run_id, executor="local", job_id=job_id, agent_id=self.id),
+                    JobSubmitted(
+                        run_id=run_id,
+                        executor="local",
+                        job_id=job_id,
+                        agent_id=self.id,
+                        process_start=self.local.process_start_of(job_id),
+                    ),
                     version,
                 ),
                 NewEvent(f"run-{run_id}", RunStarted(run_id=run_id, started_at=now, host=HOST, job_id=job_id)),

@@ -403,11 +403,12 @@ def reconcile() -> None:
 
     a = _open()
     executor = SlurmExecutor(scheduler=a.config.scheduler)
-    submitted = submit_queued(a, executor, holder_id())
-    recovered = recover_intents(a, executor, holder_id())
-    report = reconcile_once(a, executor)
-    advanced = sum(advance(a, p) for p in running_pipelines(a.db.conn))
-    submitted |= submit_queued(a, executor, holder_id())  # children the pipelines just released
+    me = a.user  # your own runs only: sbatch would run anyone else's under your account
+    submitted = submit_queued(a, executor, holder_id(), user=me)
+    recovered = recover_intents(a, executor, holder_id(), user=me)
+    report = reconcile_once(a, executor, user=me)
+    advanced = sum(advance(a, p) for p in running_pipelines(a.db.conn, me))
+    submitted |= submit_queued(a, executor, holder_id(), user=me)  # children the pipelines just released
     counts = {
         "submitted": len(submitted),
         "recovered": recovered,
@@ -426,18 +427,24 @@ def reconcile() -> None:
 def agent(
     slots: Annotated[int | None, typer.Option(help="Local jobs at once (default: cores).")] = None,
     drain: Annotated[bool, typer.Option("--drain", help="Exit once nothing is left to run or react to.")] = False,
+    service: Annotated[
+        bool, typer.Option("--service", help="Act for every user (only as the cluster's [dispatch] service_user).")
+    ] = False,
 ) -> None:
-    """Run local jobs and the reactors (pipelines, sweeps, evals, SLURM reconcile) until stopped."""
+    """Run your local jobs and reactors (pipelines, sweeps, evals, SLURM reconcile) until stopped."""
     import logging
 
-    from labctl.agent import Agent
+    from labctl.agent import Agent, check_service
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = _open()
-    worker = Agent(a, slots=slots)
+    if service:
+        check_service(a)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Agent(a, slots=slots, service=service)
     worker.install_signal_handlers()
     typer.echo(
-        f"agent {worker.id}: {worker.slots} slots, reactors: {', '.join(r.name for r in worker.reactors) or 'none'}"
+        f"agent {worker.id} for {'every user (service)' if service else a.user}: {worker.slots} slots, "
+        f"reactors: {', '.join(r.name for r in worker.reactors) or 'none'}"
     )
     if drain:
         settled = []

@@ -77,15 +77,20 @@ def unevaluated(
     return [Checkpoint(*r) for r in rows]
 
 
-def request_evals(app: App, policy: EvalPolicy, artifact_ids: list[str] | None = None) -> list[str]:
-    """Submit the policy's eval for every matching checkpoint not yet evaluated; returns eval run ids."""
+def request_evals(
+    app: App, policy: EvalPolicy, artifact_ids: list[str] | None = None, *, user: str | None = None
+) -> list[str]:
+    """Submit the policy's eval for every matching checkpoint not yet evaluated; returns eval run ids.
+
+    ``user``: only checkpoints of that user (the eval runs as the checkpoint's owner); None: everyone's.
+    """
     recipe = policy_recipe(policy)
     eval_hash = recipe_hash(recipe)
     role = checkpoint_role(recipe)
     assert role is not None  # load_policy refuses a recipe without one
     started = []
     for ckpt in unevaluated(app.db.conn, policy, eval_hash, artifact_ids):
-        if not matches(policy, ckpt):
+        if not matches(policy, ckpt) or (user is not None and ckpt.user != user):
             continue
         key = eval_key(ckpt.id, eval_hash)
         as_user = dataclasses.replace(app, user=ckpt.user)

@@ -568,5 +568,11 @@ def pipelines_list(conn: psycopg.Connection[Any], user: str | None, limit: int =
     ).fetchall()
 
 
-def running_pipelines(conn: psycopg.Connection[Any]) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT id FROM pipelines WHERE status = 'running' ORDER BY created_at")]
+def running_pipelines(conn: psycopg.Connection[Any], user: str | None = None) -> list[str]:
+    """Running pipelines (only ``user``'s when given), oldest first."""
+    rows = conn.execute(
+        "SELECT id FROM pipelines WHERE status = 'running' AND (%(user)s::text IS NULL OR user_name = %(user)s) "
+        "ORDER BY created_at",
+        {"user": user},
+    )
+    return [r[0] for r in rows]

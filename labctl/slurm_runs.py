@@ -145,13 +145,29 @@ def _limits(throttle: Throttle) -> Throttle:
 
 
 def submit_queued(
-    app: App, executor: SlurmExecutor, holder: str, *, run_ids: Sequence[str] | None = None, limit: int = 5000
+    app: App,
+    executor: SlurmExecutor,
+    holder: str,
+    *,
+    run_ids: Sequence[str] | None = None,
+    limit: int = 5000,
+    user: str | None = None,
 ) -> dict[str, str]:
-    """sbatch queued SLURM runs (sweep points of one sweep as one array); returns run id -> job id."""
+    """sbatch queued SLURM runs (sweep points of one sweep as one array); returns run id -> job id.
+
+    ``user``: only that user's runs (sbatch runs them under the caller's account); None: everyone's.
+    """
     conn = app.db.conn
     scope_sql, scope_params = ("id = ANY(%(only)s)", {"only": list(run_ids)}) if run_ids is not None else ("TRUE", {})
     queued = claimable_runs(
-        conn, _limits(app.config.throttle), limit, scope_sql, scope_params, executor="slurm", sweep_throttle=False
+        conn,
+        _limits(app.config.throttle),
+        limit,
+        scope_sql,
+        scope_params,
+        executor="slurm",
+        sweep_throttle=False,
+        user=user,
     )
     if not queued:
         return {}
@@ -222,14 +238,15 @@ def _record_jobs(app: App, holder: str, jobs: list[tuple[str, str]]) -> dict[str
     return dict(jobs)
 
 
-def recover_intents(app: App, executor: SlurmExecutor, holder: str) -> int:
+def recover_intents(app: App, executor: SlurmExecutor, holder: str, *, user: str | None = None) -> int:
     """Intents without a job id, older than the grace: find the job by the run (or sweep) id it carries,
-    else submit again."""
+    else submit again (``user``: only that user's runs; None: everyone's)."""
     conn = app.db.conn
     rows = conn.execute(
         "SELECT id, sweep_id, sweep_index, updated_at, name FROM runs WHERE executor = 'slurm' "
-        "AND status = 'submitted' AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %s",
-        (RECOVERY_GRACE,),
+        "AND status = 'submitted' AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %(grace)s "
+        "AND (%(user)s::text IS NULL OR user_name = %(user)s)",
+        {"grace": RECOVERY_GRACE, "user": user},
     ).fetchall()
     if not rows:
         return 0
@@ -283,8 +300,10 @@ class ReconcileReport(msgspec.Struct):
     metric_points: int = 0
 
 
-def reconcile(app: App, executor: SlurmExecutor, live_files: LiveFiles | None = None) -> ReconcileReport:
-    """One cycle: one sacct call for every active SLURM run; record what changed.
+def reconcile(
+    app: App, executor: SlurmExecutor, live_files: LiveFiles | None = None, *, user: str | None = None
+) -> ReconcileReport:
+    """One cycle: one sacct call for every active SLURM run (``user``'s only, when given); record what changed.
 
     Running jobs' new metrics lines are ingested too (only files that grew since ``live_files`` last
     looked; every file when it is None); a job that ended has its last lines taken as its end is recorded.
@@ -293,7 +312,9 @@ def reconcile(app: App, executor: SlurmExecutor, live_files: LiveFiles | None = 
     rows = conn.execute(
         "SELECT r.id, r.job_id, r.status, r.created_at, s.start_index, s.end_index, r.run_dir FROM runs r "
         "LEFT JOIN sweeps s ON s.id = r.sweep_id "
-        "WHERE r.executor = 'slurm' AND r.status IN ('submitted', 'running') AND r.job_id IS NOT NULL"
+        "WHERE r.executor = 'slurm' AND r.status IN ('submitted', 'running') AND r.job_id IS NOT NULL "
+        "AND (%(user)s::text IS NULL OR r.user_name = %(user)s)",
+        {"user": user},
     ).fetchall()
     report = ReconcileReport(active=len(rows), accounting_ok=executor.accounting_ok)
     if not rows:

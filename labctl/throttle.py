@@ -31,13 +31,18 @@ def claimable_runs(
     scope_params: dict[str, Any] | None = None,
     executor: str = "local",
     sweep_throttle: bool = True,
+    user: str | None = None,
 ) -> list[tuple[str, int]]:
-    """``(run id, stream version)`` of queued runs that may start now, oldest first."""
+    """``(run id, stream version)`` of queued runs that may start now, oldest first.
+
+    ``user``: only that user's runs (an agent acts for its own user); None: everyone's (the service).
+    """
     queued = conn.execute(
         "SELECT id, stream_version, user_name, sweep_id FROM runs "
         f"WHERE status = 'submitted' AND executor = %(executor)s AND agent_id IS NULL AND job_id IS NULL "
+        f"AND (%(user)s::text IS NULL OR user_name = %(user)s) "
         f"AND {scope_sql} ORDER BY created_at, sweep_index NULLS FIRST, id LIMIT %(window)s",
-        {"executor": executor, "window": max(limit * 20, 200), **(scope_params or {})},
+        {"executor": executor, "window": max(limit * 20, 200), "user": user, **(scope_params or {})},
     ).fetchall()
     if not queued:
         return []

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from labctl.executors.base import JobSpec, JobState
 from labctl.secrets import job_inherited_environ
@@ -30,6 +31,7 @@ class _Job:
     proc: subprocess.Popen[bytes]
     started: float
     started_at: datetime
+    process_start: int | None  # see process_start(): recorded, so a reused pid is never signalled
     stopping: str | None = None  # "timeout" | "cancelled" once we began stopping it
     kill_at: float = 0.0
 
@@ -43,10 +45,27 @@ def parse_job_id(job_id: str) -> tuple[str, int] | None:
     return (host, int(pid)) if host and pid.isdigit() else None
 
 
-def kill_orphan(job_id: str) -> bool:
-    """Kill the process group of a job started on this host by an agent that died."""
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot, from /proc), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count fields after its closing ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22, starttime
+
+
+def kill_orphan(job_id: str, started: int | None) -> bool:
+    """Kill the process group of a job started on this host by an agent that died.
+
+    Only if the pid still belongs to that job (same start time): pids are reused, and
+    without a recorded start time nothing is signalled.
+    """
     parsed = parse_job_id(job_id)
-    if parsed is None or parsed[0] != HOST:
+    if parsed is None or parsed[0] != HOST or started is None:
+        return False
+    if process_start(parsed[1]) != started:
         return False
     try:
         os.killpg(parsed[1], signal.SIGKILL)
@@ -76,8 +95,12 @@ class LocalExecutor:
                 start_new_session=True,
             )
         job_id = job_id_of(proc.pid)
-        self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC))
+        self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))
         return job_id
+
+    def process_start_of(self, job_id: str) -> int | None:
+        job = self.jobs.get(job_id)
+        return job.process_start if job else None
 
     def _signal(self, job: _Job, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -77,6 +77,8 @@ class Dispatch(_Section, frozen=True):
     throttle: JobNameThrottle | None = None
     #: None without a [dispatch] table; with one, on by default (the original's agent did nothing without it)
     gc: SourceGc | None = None
+    #: the group's service account: only it may run `labctl agent --service` (act for every user)
+    service_user: str | None = None
 
 
 class Throttle(_Section, frozen=True):

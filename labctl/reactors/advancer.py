@@ -25,13 +25,14 @@ class Advancer(LogReactor):
             ([r for r in run_ids if r],),
         ).fetchall()
         pipelines |= {r[0] for r in rows}
+        ours = set(running_pipelines(conn, self.user))  # never advance (submit as) another user's pipeline
         changed = False
-        for pipeline_id in sorted(p for p in pipelines if p):
+        for pipeline_id in sorted(p for p in pipelines if p in ours):
             changed |= advance(agent.app, pipeline_id)
         return changed
 
     def full_pass(self, agent: Agent) -> bool:
         changed = False
-        for pipeline_id in running_pipelines(agent.app.db.conn):
+        for pipeline_id in running_pipelines(agent.app.db.conn, self.user):
             changed |= advance(agent.app, pipeline_id)
         return changed

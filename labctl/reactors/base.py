@@ -84,7 +84,10 @@ class LogReactor:
     interested: frozenset[str] = frozenset()
     full_pass_every = 10.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, user: str | None = None) -> None:
+        #: whose runs it acts on (None: every user's); one active reactor and one checkpoint per user
+        self.user = user
+        self.name = type(self).name if user is None else f"{type(self).name}:{user}"
         self.leadership = Leadership(url, self.name)
         self.next_full_pass = 0.0
 

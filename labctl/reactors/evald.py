@@ -18,8 +18,8 @@ class Evald(LogReactor):
     name = "evald"
     interested = frozenset({"ArtifactRegistered", "RunFinished"})
 
-    def __init__(self, url: str, interval: float) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, interval: float, user: str | None = None) -> None:
+        super().__init__(url, user)
         self.full_pass_every = interval
         self._policies_loaded = 0.0
 
@@ -40,7 +40,7 @@ class Evald(LogReactor):
         changed = False
         if checkpoints:
             for policy in self._policies(agent):
-                changed |= bool(request_evals(agent.app, policy, checkpoints))
+                changed |= bool(request_evals(agent.app, policy, checkpoints, user=self.user))
         ended = [e.data.run_id for e in batch if isinstance(e.data, RunFinished)]
         if ended:
             changed |= record_metrics(agent.app, ended) > 0
@@ -49,5 +49,5 @@ class Evald(LogReactor):
     def full_pass(self, agent: Agent) -> bool:
         changed = False
         for policy in self._policies(agent):
-            changed |= bool(request_evals(agent.app, policy))
+            changed |= bool(request_evals(agent.app, policy, user=self.user))
         return changed

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 class SlurmReactor:
     name = "slurm"
 
-    def __init__(self, url: str, max_interval: float, config: ClusterConfig) -> None:
+    def __init__(self, url: str, max_interval: float, config: ClusterConfig, user: str | None = None) -> None:
+        #: whose SLURM runs it submits and reconciles (None: every user's, as the service account)
+        self.user = user
+        self.name = type(self).name if user is None else f"{type(self).name}:{user}"
         self.leadership = Leadership(url, self.name)
         self.executor = SlurmExecutor(max_interval=max_interval, scheduler=config.scheduler)
         self.next_reconcile = 0.0
@@ -37,12 +40,12 @@ class SlurmReactor:
     def step(self, agent: Agent) -> bool:
         if not self.leadership.held():
             return False
-        changed = bool(submit_queued(agent.app, self.executor, agent.id))
+        changed = bool(submit_queued(agent.app, self.executor, agent.id, user=self.user))
         now = time.monotonic()
         if now < self.next_reconcile:
             return changed
-        changed |= recover_intents(agent.app, self.executor, agent.id) > 0
-        report = reconcile(agent.app, self.executor, self.metric_files)
+        changed |= recover_intents(agent.app, self.executor, agent.id, user=self.user) > 0
+        report = reconcile(agent.app, self.executor, self.metric_files, user=self.user)
         moved = report.started + report.finished > 0
         self.next_reconcile = now + (self.executor.next_interval(moved) if report.active else 1.0)
         if not report.accounting_ok:
