@@ -74,6 +74,22 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def original_url(server_url: str) -> Iterator[str]:
+    """A database holding an original registry (newest schema) in public, and nothing of ours."""
+    name = f"labctl_o_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = _with_dbname(server_url, name)
+    from tests.original.ddl import VERSIONS
+
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(VERSIONS["0003"].encode())
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     with connect(db_url) as c:
         yield c
@@ -129,6 +145,11 @@ def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def without_user_manager(env: dict[str, str]) -> dict[str, str]:
+    """``env`` that can never reach a real systemd user manager (service tests write units, start nothing)."""
+    return {k: v for k, v in env.items() if k not in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")}
 
 
 @contextmanager

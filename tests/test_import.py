@@ -20,20 +20,6 @@ from tests.original.ddl import VERSIONS
 from tests.original.seed import Seeded, Seeder, seed_registry
 
 
-@pytest.fixture
-def original_url(server_url: str) -> Iterator[str]:
-    """A database holding an original registry (newest schema) in public, and nothing of ours."""
-    name = f"labctl_o_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = _with_dbname(server_url, name)
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute(VERSIONS["0003"].encode())
-    yield url
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def _public_tables(url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as c:
         return c.execute(

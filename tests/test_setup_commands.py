@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labctl.files import load_cluster_config
-from tests.conftest import labctl_bin, run_cli
+from tests.conftest import labctl_bin, run_cli, without_user_manager
 
 
 def xdg_config(env: dict[str, str]) -> Path:
@@ -244,9 +244,7 @@ def test_admin_add_user_rejects_a_reserved_or_invalid_name(
 def test_service_install_writes_a_user_unit_running_this_labctl_and_uninstall_removes_it(
     labctl_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**labctl_env, "HOME": str(tmp_path / "user")}
-    for var in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"):  # never reach a real user manager
-        env.pop(var, None)
+    env = without_user_manager({**labctl_env, "HOME": str(tmp_path / "user")})
     cluster = write_shared_config(tmp_path / "cluster.toml")
     proc = run_cli(env, "--cluster", str(cluster), "service", "install", "--agent", "--ui")
     assert proc.returncode == 0, proc.stderr

@@ -6,32 +6,22 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import _with_dbname, run_cli
-from tests.original.ddl import VERSIONS
+from tests.conftest import labctl_bin, run_cli, wait_for, without_user_manager
 from tests.original.seed import seed_registry
 
 
 @pytest.fixture
-def original_registry(server_url: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
+def original_registry(original_url: str, tmp_path: Path) -> tuple[str, int]:
     """A database holding a seeded original registry (newest schema): its URL and how many runs it has."""
-    name = f"labctl_o_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = _with_dbname(server_url, name)
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute(VERSIONS["0003"].encode())
+    with psycopg.connect(original_url, autocommit=True) as c:
         seeded = seed_registry(c, "0003", tmp_path / "store", users=2, pipelines_per_user=1, sweeps_per_user=0)
-    yield url, len(seeded.run_ids)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return original_url, len(seeded.run_ids)
 
 
 def _foreign_cluster(tmp_path: Path, url: str) -> Path:
@@ -139,14 +129,12 @@ def test_dispatch_gc_makes_the_agent_delete_ended_runs_sources(env: dict[str, st
     assert (run_dir / "source").is_dir()
 
     proc = subprocess.Popen(
-        [*__import__("tests.conftest", fromlist=["labctl_bin"]).labctl_bin(), "--cluster", str(cluster), "agent"],
+        [*labctl_bin(), "--cluster", str(cluster), "agent"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        from tests.conftest import wait_for
-
         wait_for(lambda: not (run_dir / "source").exists(), "the agent's source gc", timeout=60)
     finally:
         proc.terminate()
@@ -156,9 +144,7 @@ def test_dispatch_gc_makes_the_agent_delete_ended_runs_sources(env: dict[str, st
 def test_service_install_takes_bind_and_refuses_to_replace_a_unit_without_force(
     labctl_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**labctl_env, "HOME": str(tmp_path / "user")}
-    for var in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"):  # never reach a real user manager
-        env.pop(var, None)
+    env = without_user_manager({**labctl_env, "HOME": str(tmp_path / "user")})
     unit = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user" / "labctl-ui.service"
 
     run_cli(env, "service", "install", "--ui", "--bind", "0.0.0.0:9999", check=True)
@@ -194,9 +180,7 @@ def test_admin_add_user_no_create_dirs_leaves_the_filesystem_alone(
 def test_service_status_and_restart_without_a_flag_mean_the_installed_units(
     labctl_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**labctl_env, "HOME": str(tmp_path / "user")}
-    for var in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"):
-        env.pop(var, None)
+    env = without_user_manager({**labctl_env, "HOME": str(tmp_path / "user")})
 
     none = run_cli(env, "service", "restart")
     run_cli(env, "service", "install", "--agent", check=True)

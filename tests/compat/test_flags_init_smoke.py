@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from labctl.files import load_cluster_config
-from tests.conftest import run_cli
+from tests.conftest import run_cli, without_user_manager
 
 #: smoke.rs run_init_in_tempdir: the flags every invocation starts with
 SMOKE_FLAGS = ["init", "--yes", "--no-detect", "--no-create-dirs", "--no-agent", "--no-doctor"]
@@ -140,9 +140,7 @@ def test_init_greenfield_without_paths_writes_the_local_profile_where_the_origin
 def test_init_creates_your_directories_and_says_why_it_installs_no_agent_unless_told_not_to(
     labctl_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**labctl_env, "LABCTL_USER": "alice"}
-    for var in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS"):  # never reach a real user manager
-        env.pop(var, None)
+    env = without_user_manager({**labctl_env, "LABCTL_USER": "alice"})
     out = tmp_path / "cluster.toml"
     proc = run_cli(
         env, "init", "--yes", "--no-detect", "--output", str(out), "--runs-base", str(tmp_path / "runs"), check=True
