@@ -65,7 +65,9 @@ _CHECKPOINTS = (
     "SELECT a.id, a.path, a.hash, a.kind, a.user_name, (a.metadata ->> 'step')::int, "
     "a.metadata ->> 'producer_recipe' FROM artifacts a "
     "WHERE a.kind = %(kind)s AND a.removed_at IS NULL "
-    "AND NOT EXISTS (SELECT 1 FROM evals e WHERE e.checkpoint_artifact_id = a.id AND e.eval_recipe_hash = %(hash)s)"
+    "AND NOT EXISTS (SELECT 1 FROM evals e WHERE e.checkpoint_artifact_id = a.id AND (e.eval_recipe_hash = %(hash)s "
+    # An eval the original labctl requested under this policy counts (its recipe hash is computed its own way).
+    "OR (e.policy = %(policy)s AND EXISTS (SELECT 1 FROM imported_evals i WHERE i.eval_key = e.eval_key))))"
 )
 
 
@@ -73,7 +75,9 @@ def unevaluated(
     conn: psycopg.Connection[Any], policy: EvalPolicy, eval_hash: str, ids: list[str] | None
 ) -> list[Checkpoint]:
     query = _CHECKPOINTS + (" AND a.id = ANY(%(ids)s)" if ids is not None else "") + " ORDER BY a.created_at"
-    rows = conn.execute(query, {"kind": policy.applies_to.type, "hash": eval_hash, "ids": ids}).fetchall()
+    rows = conn.execute(
+        query, {"kind": policy.applies_to.type, "hash": eval_hash, "policy": policy.name, "ids": ids}
+    ).fetchall()
     return [Checkpoint(*r) for r in rows]
 
 

@@ -31,6 +31,8 @@ from events.queries import load_queries
 from events.types import (
     AliasImported,
     ArtifactImported,
+    CacheClaimed,
+    CacheReleased,
     EvalImported,
     InputRef,
     OriginalEvent,
@@ -43,8 +45,8 @@ from events.types import (
     TrackingLink,
     UserImported,
 )
-from labctl import __version__
-from labctl.artifacts.hashing import dir_content_hash
+from labctl import __version__, cache
+from labctl.artifacts.hashing import dir_content_hash, path_identity_hash
 from labctl.artifacts.store import META_FILENAME, OBJECTS_DIRNAME
 from labctl.db import connect, describe_url, ensure_schema
 from labctl.errors import InputError, UserError
@@ -144,6 +146,12 @@ def _target(conn: psycopg.Connection[Any]) -> Target:
         users={r[0] for r in conn.execute(Q["target_users"])},
         unowned_mark=int((conn.execute(Q["target_unowned_mark"]).fetchone() or (0,))[0] or 0),
     )
+
+
+def _existing_streams(conn: psycopg.Connection[Any] | None, streams: list[str]) -> set[str]:
+    if conn is None or not streams:
+        return set()
+    return {r[0] for r in conn.execute(Q["target_streams"], {"streams": streams})}
 
 
 # ------------------------------------------------------------------- artifacts
@@ -302,7 +310,15 @@ def _original_events(rows: Iterable[tuple[Any, ...]]) -> list[OriginalEvent]:
     return [OriginalEvent(id=r[0], type=r[2], payload=_json.decode(r[3]), created_at=_ts_req(r[4])) for r in rows]
 
 
-def plan_import(source: Source, target: Target, report: ImportReport, *, stores: Iterable[Path], verify: bool) -> _Plan:
+def plan_import(
+    source: Source,
+    target: Target,
+    report: ImportReport,
+    *,
+    stores: Iterable[Path],
+    verify: bool,
+    target_conn: psycopg.Connection[Any] | None = None,
+) -> _Plan:
     """Everything the source holds that the target lacks, as events."""
     plan = _Plan()
 
@@ -443,6 +459,8 @@ def plan_import(source: Source, target: Target, report: ImportReport, *, stores:
             kc.changed += 1
     kc.new = len(new_ids)
 
+    cache_producers: dict[str, str] = {}
+    no_cache_key = 0
     # Full rows only for runs not seen before, in chunks (a no-change re-run reads none).
     for start in range(0, len(new_ids), 5000):
         chunk = new_ids[start : start + 5000]
@@ -502,6 +520,29 @@ def plan_import(source: Source, target: Target, report: ImportReport, *, stores:
                     NewEvent(f"run-{r[0]}", OriginalEventsImported(run_id=r[0], events=_original_events(rows)))
                 )
             plan.add(*group)
+            key = our_cache_key(recipe, imported_run.inputs, imported_run.repo_commit) if r[3] == "succeeded" else None
+            if key is not None:
+                cache_producers[key] = r[0]  # the latest success wins (rows come in creation order)
+            elif r[3] == "succeeded":
+                no_cache_key += 1
+
+    # A succeeded run's recipe, resubmitted unchanged here, is a cache hit on it: its key as we compute it.
+    kc = report.count("cache entries")
+    existing = _existing_streams(target_conn, [cache.stream_of(k) for k in cache_producers])
+    for key, run_id in sorted(cache_producers.items()):
+        if cache.stream_of(key) in existing:
+            kc.unchanged += 1
+            continue
+        kc.new += 1
+        plan.add(
+            NewEvent(cache.stream_of(key), CacheClaimed(cache_key=key, run_id=run_id), 0),
+            NewEvent(cache.stream_of(key), CacheReleased(cache_key=key, run_id=run_id, succeeded=True)),
+        )
+    if no_cache_key:
+        report.unmapped.append(
+            f"{no_cache_key} succeeded runs will not be cache hits here: their recipe is not in a shape this labctl "
+            "reads, or it names a repo without a recorded commit"
+        )
 
     # ------------------------------------------------ the original's history
     if history_after:
@@ -639,6 +680,24 @@ def plan_import(source: Source, target: Target, report: ImportReport, *, stores:
     return plan
 
 
+def our_cache_key(recipe_json: dict[str, Any], inputs: list[InputRef], commit: str | None) -> str | None:
+    """The cache key this labctl gives the recipe resubmitted unchanged, or None when it cannot tell.
+
+    As ``submit`` computes it: the canonical recipe, each input's hash (an artifact's,
+    or an external path's identity), and for a recipe with a repo its clean commit.
+    """
+    from labctl.files.recipe import Recipe, canonical_recipe_bytes
+
+    try:
+        recipe = msgspec.convert(recipe_json, Recipe)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return None
+    if recipe.repo is not None and commit is None:
+        return None
+    hashes = [(i.role, i.hash or path_identity_hash(i.path)) for i in inputs]
+    return cache.cache_key(canonical_recipe_bytes(recipe), hashes, f"{commit}:" if recipe.repo else None)
+
+
 def check_hash_of(a: _Artifact | None) -> str | None:
     """The hash an input's artifact is known by here (see ``check_integrity``), without reading bytes."""
     if a is None:
@@ -687,7 +746,8 @@ def import_registry(
         src_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         source = Source(src_conn)
         report.schema = source.schema
-        if dry_run and _has_no_schema(conn):
+        has_schema = not (dry_run and _has_no_schema(conn))
+        if not has_schema:
             target = Target(
                 runs={}, outputs=set(), artifacts=set(), aliases={}, pipelines={}, evals={}, users=set(), unowned_mark=0
             )
@@ -699,7 +759,9 @@ def import_registry(
             if not dry_run:
                 projections.catch_up(conn)  # what an interrupted import appended is in the read models
             target = _target(conn)
-        plan = plan_import(source, target, report, stores=stores, verify=verify)
+        plan = plan_import(
+            source, target, report, stores=stores, verify=verify, target_conn=conn if has_schema else None
+        )
         if not dry_run:
             meta = EventMeta(
                 actor=actor,

@@ -84,3 +84,6 @@ SELECT name FROM users;
 
 -- name: target_unowned_mark
 SELECT max((e.data -> 'events' -> -1 ->> 'id')::bigint) FROM events e WHERE e.stream = 'original-events';
+
+-- name: target_streams
+SELECT DISTINCT stream FROM events WHERE stream = ANY (%(streams)s);

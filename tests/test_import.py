@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 from labctl.db import connect, ensure_schema
 from tests.conftest import _with_dbname, labctl_bin, run_cli, wait_for
 from tests.original.ddl import VERSIONS
-from tests.original.seed import Seeded, Seeder, seed_registry
+from tests.original.seed import PREP_TOML, Seeded, Seeder, seed_registry
 
 
 def _public_tables(url: str) -> list[tuple[Any, ...]]:
@@ -312,3 +312,35 @@ def seeded_root(src: str) -> str:
     """Where the first seeding put the store (read back from an artifact's path)."""
     path = _source(src, "SELECT path FROM artifacts LIMIT 1")[0][0]
     return path.split("/artifacts/")[0]
+
+
+def test_a_recipe_that_succeeded_before_the_switch_is_a_cache_hit_when_resubmitted(
+    registry: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    src, seeded = registry("0003", users=2, pipelines_per_user=1, sweeps_per_user=0)
+    run_cli(env, "import", "--from", src, check=True)
+    recipe = tmp_path / "prep.toml"
+    recipe.write_text(PREP_TOML)
+    user_env = {**env, "LABCTL_USER": seeded.users[1]}
+    out = run_cli(user_env, "run", str(recipe), check=True).stdout
+    run_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("run_id:"))
+    shown = json.loads(run_cli(user_env, "show", run_id, check=True).stdout)
+    assert shown["status"] == "cache_hit"
+    assert shown["producer_run_id"] == seeded.prep_runs[1]  # the latest success of that recipe
+
+
+def test_checkpoints_the_original_evaluated_are_not_evaluated_again(
+    registry: Any, db_url: str, env: dict[str, str]
+) -> None:
+    from labctl.evals import unevaluated
+    from labctl.files.policy import AppliesTo, EvalPolicy
+
+    src, _ = registry("0001", users=2, pipelines_per_user=2, sweeps_per_user=0)
+    run_cli(env, "import", "--from", src, check=True)
+    evaluated = {r[0] for r in _source(src, "SELECT checkpoint_artifact_id FROM eval_requests")}
+    assert evaluated
+    policy = EvalPolicy(name="per_ckpt", recipe="/x/eval.toml", applies_to=AppliesTo(type="checkpoint"))
+    other = EvalPolicy(name="another", recipe="/x/eval.toml", applies_to=AppliesTo(type="checkpoint"))
+    with connect(db_url) as c:
+        assert {ck.id for ck in unevaluated(c, policy, "0" * 64, None)} & evaluated == set()
+        assert {ck.id for ck in unevaluated(c, other, "0" * 64, None)} >= evaluated

@@ -23,6 +23,9 @@ import psycopg
 
 from labctl.artifacts.hashing import dir_content_hash
 
+#: a recipe with no repo and no inputs: resubmitted unchanged, it must be a cache hit after an import
+PREP_RECIPE: dict[str, Any] = {"name": "prep", "command": ["python", "prep.py"], "params": {"n": 1000}}
+PREP_TOML = 'name = "prep"\ncommand = ["python", "prep.py"]\n\n[params]\nn = 1000\n'
 T0 = 1_760_000_000  # the registry's first run (epoch seconds)
 TERMINAL = ("succeeded", "succeeded", "succeeded", "failed", "cancelled", "timeout", "oom", "unknown_terminal")
 
@@ -35,6 +38,7 @@ class Seeded:
     succeeded_train: list[str] = field(default_factory=list)
     corrupted: list[str] = field(default_factory=list)  # artifact ids whose bytes were changed after hashing
     users: list[str] = field(default_factory=list)
+    prep_runs: list[str] = field(default_factory=list)  # one succeeded run of PREP_RECIPE per user
 
 
 class _Rows:
@@ -231,6 +235,8 @@ class Seeder:
             for u in names:
                 self.rows.add("users", u, T0 - 100, u)
         for u in names:
+            prep_id, _ = self._run(u, "prep", "succeeded", recipe=PREP_RECIPE)
+            self.out.prep_runs.append(prep_id)
             ds_id, ds_path = self._artifact(
                 "dataset", u, f"ds_{u}", None, self._tick(), {"rows": 1000}, f"data of {u}".encode()
             )
