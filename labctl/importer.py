@@ -116,7 +116,7 @@ class Source:
         )
         with self.conn.cursor() as cur:
             cur.execute(text, params or None)
-            yield from cur
+            yield from cur.fetchall()  # one fetch: iterating a cursor row by row costs more than the query
 
 
 # ------------------------------------------------------------------ the target
