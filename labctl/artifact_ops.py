@@ -8,11 +8,12 @@ can pick an artifact whose bytes are on their way out.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +31,13 @@ from labctl.app import App
 from labctl.artifacts import artifact_id, path_identity_hash, remove_alias_link, remove_object, set_alias_link
 from labctl.artifacts.store import OBJECTS_DIRNAME, alias_link_path
 from labctl.errors import InputError, UserError
+from labctl.files import ClusterConfig
 from labctl.lookup import alias_target
+from labctl.names import OutsideRoot, inside
 from projections.engine import APPEND_LOCK
 from projections.runs import TERMINAL_STATES
+
+log = logging.getLogger(__name__)
 
 EXTERNAL_KIND = "external"
 _RETRIES = 10
@@ -282,6 +287,7 @@ def set_alias(app: App, name: str, ref: str) -> AliasChange:
 
 def remove_alias(app: App, name: str) -> AliasChange:
     """Remove the user's alias ``name`` (the artifact stays; gc may collect it later)."""
+    _check_alias_name(app.user, name)  # refused before anything is appended
     conn = app.db.conn
     for _ in range(_RETRIES):
         row = conn.execute(
@@ -499,6 +505,7 @@ SELECT a.id, a.hash, a.kind, a.path, a.producer_run_id, a.created_at
 FROM artifacts a
 WHERE a.removed_at IS NULL
   AND a.created_at < %(cutoff)s
+  AND (%(user)s::text IS NULL OR a.user_name = %(user)s)
   AND a.kind <> %(external)s
   AND a.producer_run_id IS NOT NULL
   AND coalesce(a.metadata->>'external', 'false') <> 'true'
@@ -546,15 +553,44 @@ def object_root(path: str, content_hash: str) -> Path | None:
     return p.parent.parent.parent
 
 
-def collectable(conn: psycopg.Connection[Any], cutoff: datetime) -> list[Collectable]:
+def collectable(
+    conn: psycopg.Connection[Any], cutoff: datetime, *, user: str | None, stores: Sequence[Path] = ()
+) -> list[Collectable]:
+    """Artifacts gc may delete: ``user``'s only (None: everyone's), whose objects sit in one of ``stores``."""
     rows = conn.execute(
-        _COLLECTABLE, {"cutoff": cutoff, "external": EXTERNAL_KIND, "terminal": sorted(TERMINAL_STATES)}
+        _COLLECTABLE,
+        {"cutoff": cutoff, "external": EXTERNAL_KIND, "terminal": sorted(TERMINAL_STATES), "user": user},
     ).fetchall()
     return [
         Collectable(artifact_id=r[0], hash=r[1], kind=r[2], path=r[3], producer_run_id=r[4], created_at=r[5])
         for r in rows
-        if object_root(r[3], r[1]) is not None
+        if _in_a_store(r[3], r[1], stores)
     ]
+
+
+def _in_a_store(path: str, content_hash: str, stores: Sequence[Path]) -> bool:
+    """Whether ``path`` is an object inside one of the configured stores (nothing else is ever deleted)."""
+    root = object_root(path, content_hash)
+    if root is None:
+        return False
+    for store in stores:
+        try:
+            inside(store, path)
+        except OutsideRoot:
+            continue
+        return True
+    log.warning("gc: %s is not inside a configured artifact root; left alone", path)
+    return False
+
+
+def stores_of(config: ClusterConfig) -> list[Path]:
+    """Where objects may live: each artifact root, and the ``_store`` fallback beside each output root."""
+    fs = config.filesystem
+    return [Path(r) for r in fs.artifact_roots.values()] + [Path(r).parent / "_store" for r in fs.output_roots.values()]
+
+
+#: gc needs --force for a retention shorter than this: an artifact that young may be about to get its alias
+MIN_RETENTION = timedelta(minutes=1)
 
 
 def tree_size(path: str | os.PathLike[str]) -> int:
@@ -571,11 +607,18 @@ def tree_size(path: str | os.PathLike[str]) -> int:
     return total
 
 
-def gc(app: App, *, older_than: timedelta, remove: bool, now: datetime | None = None) -> GcReport:
-    """List (or, with ``remove``, delete) the bytes of artifacts nothing needs any more."""
+def gc(app: App, *, older_than: timedelta, remove: bool, now: datetime | None = None, force: bool = False) -> GcReport:
+    """List (or, with ``remove``, delete) the bytes of artifacts nothing needs any more.
+
+    Only the acting user's artifacts, with a retention of at least MIN_RETENTION, unless ``force``.
+    """
+    if older_than < MIN_RETENTION and not force:
+        raise InputError(f"--older-than {older_than}: at least {MIN_RETENTION} (or --force)")
     cutoff = (now or datetime.now(UTC)) - older_than
+    user = None if force else app.user
+    stores = stores_of(app.config)
     if not remove:
-        found = collectable(app.db.conn, cutoff)
+        found = collectable(app.db.conn, cutoff, user=user, stores=stores)
         for c in found:
             c.size_bytes = tree_size(c.path)
         return GcReport(artifacts=found, bytes_freed=sum(c.size_bytes for c in found), removed=False, cutoff=cutoff)
@@ -587,7 +630,7 @@ def gc(app: App, *, older_than: timedelta, remove: bool, now: datetime | None = 
         # Under the append lock nobody can alias or submit against these artifacts between the check and the record.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
         projections.catch_up(conn)
-        found = collectable(conn, cutoff)
+        found = collectable(conn, cutoff, user=user, stores=stores)
         if not found:
             return [], []
         ids = [c.artifact_id for c in found]

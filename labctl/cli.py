@@ -206,6 +206,19 @@ def audit_verify() -> None:
     _fail(f"audit failed: {first}", 1)
 
 
+@audit_app.command("objects")
+def audit_objects_cmd() -> None:
+    """Re-hash every stored object and report those whose bytes changed since they were registered."""
+    from labctl.maintenance import audit_objects
+
+    report = audit_objects(_open().db.conn)
+    for c in report.changed:
+        typer.echo(f"{c.artifact_id} {c.path}: {c.problem}")
+    if report.changed:
+        _fail(f"audit failed: {len(report.changed)} of {report.checked} stored objects changed", 1)
+    typer.echo(f"ok: {report.checked} stored objects match their hashes ({report.seconds:.1f}s)")
+
+
 # ---------------------------------------------------------------------- runs
 
 

@@ -45,6 +45,7 @@ from labctl.db import Database
 from labctl.executors.base import JobState
 from labctl.files import ClusterConfig
 from labctl.metrics_ingest import ingest_quietly
+from labctl.names import inside
 from projections.runs import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ def register_outputs(
     for out in sub.outputs:
         kind = KIND_OF_OUTPUT.get(out.type, out.type)
         base = Path(out.path)
+        output_root = config.filesystem.output_roots.get(out.type)
+        if output_root:
+            inside(output_root, base)  # a path recorded before aliases were checked must not move anything else
         if out.type == "checkpoint_stream":
             last = None
             for step, step_path in checkpoint_steps(base, out.marker or ""):
@@ -203,7 +207,7 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
     if state == "succeeded" and sub is not None:
         try:
             registered = register_outputs(conn, config, sub, now=now)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a path outside its root, bytes not matching their hash
             state, reason = "failed", f"registering outputs failed: {exc}"
     key = f"finish-{run_id}-{uuid.uuid4().hex}"
     ended_followers: list[RunSubmitted] = []

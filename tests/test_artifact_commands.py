@@ -336,7 +336,7 @@ def test_gc_dry_run_lists_only_the_unreferenced_old_artifact_and_removes_nothing
     before = _types(app.db.conn)
     size = artifact_ops.tree_size(_object(app, world["unreferenced"]))  # its bytes and its .meta.json
     assert size > 1000
-    out = run_cli(env, "gc", "--older-than", "0s", check=True).stdout.splitlines()
+    out = run_cli(env, "gc", "--older-than", "0s", "--force", check=True).stdout.splitlines()
     assert [line.split()[0] for line in out[:-1]] == [world["unreferenced"]]
     assert out[-1].startswith("would remove 1 artifact, freeing ") and f"({size:,} bytes)" in out[-1]
     assert _object(app, world["unreferenced"]).is_dir()
@@ -350,7 +350,7 @@ def test_gc_yes_removes_only_the_unreferenced_bytes_and_records_the_collection(
 ) -> None:
     world = _gc_world(app, tmp_path)
     size = artifact_ops.tree_size(_object(app, world["unreferenced"]))
-    out = run_cli(env, "gc", "--older-than", "0s", "--yes", check=True).stdout.splitlines()
+    out = run_cli(env, "gc", "--older-than", "0s", "--force", "--yes", check=True).stdout.splitlines()
     assert out[0].split()[0] == world["unreferenced"]
     assert f"removed 1 artifact, freed {artifact_ops.human_bytes(size)} ({size:,} bytes)" in out
     assert "invalidated 1 cache entry: identical runs will recompute" in out
@@ -373,7 +373,7 @@ def test_gc_yes_removes_only_the_unreferenced_bytes_and_records_the_collection(
         world["needed"],
         world["external"],
     ]
-    again = run_cli(env, "gc", "--older-than", "0s", "--yes", check=True).stdout.splitlines()
+    again = run_cli(env, "gc", "--older-than", "0s", "--force", "--yes", check=True).stdout.splitlines()
     assert again == ["removed 0 artifacts, freed 0 B (0 bytes)"]
 
 
@@ -410,7 +410,7 @@ def test_gc_never_collects_an_output_of_a_pipeline_that_is_still_running(app: Ap
         if state:
             projections.record(conn, [NewEvent(f"run-{run_id}", RunFinished(run_id=run_id, state=state))])
     _output(app, "run_s1", {"x": b"x"})
-    assert artifact_ops.gc(app, older_than=timedelta(0), remove=False).artifacts == []
+    assert artifact_ops.gc(app, older_than=timedelta(0), remove=False, force=True).artifacts == []
 
 
 def test_gc_rejects_a_malformed_age(env: dict[str, str]) -> None:
@@ -421,6 +421,6 @@ def test_gc_rejects_a_malformed_age(env: dict[str, str]) -> None:
 
 def test_resolving_a_collected_artifact_by_id_says_its_bytes_are_gone(app: App, tmp_path: Path) -> None:
     world = _gc_world(app, tmp_path)
-    artifact_ops.gc(app, older_than=timedelta(0), remove=True)
+    artifact_ops.gc(app, older_than=timedelta(0), remove=True, force=True)
     with pytest.raises(UserError, match="collected by gc"):
         artifact_ops.set_alias(app, "revive", world["unreferenced"])

@@ -12,6 +12,7 @@ from labctl.artifacts.hashing import artifact_id, dir_content_hash, path_identit
 from labctl.artifacts.outputs import checkpoint_steps, hash_outputs, read_output_hashes
 from labctl.artifacts.store import (
     ArtifactMeta,
+    HashMismatch,
     object_dir,
     read_meta,
     remove_alias_link,
@@ -26,6 +27,7 @@ __all__ = [
     "ContextError",
     "ContextInput",
     "ContextOutput",
+    "HashMismatch",
     "RunContext",
     "artifact_id",
     "checkpoint_steps",

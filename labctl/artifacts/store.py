@@ -37,6 +37,10 @@ class ArtifactMeta(msgspec.Struct, kw_only=True):
     source_path: str
 
 
+class HashMismatch(ValueError):
+    """Bytes that do not hash to the hash they are filed under (a lying manifest, or a changed object)."""
+
+
 def object_dir(root: str | os.PathLike[str], content_hash: str) -> Path:
     """`<root>/_objects/<hash[:2]>/<hash>`."""
     check_hash(content_hash)
@@ -68,9 +72,13 @@ def store_output(
     - `src_dir` is left behind as a relative symlink to the object, so paths
       into the run's output location keep resolving (re-hashing through it
       needs ``exclude_top=(".meta.json",)``, as for the object itself).
-    - The caller vouches for `content_hash` (see dir_content_hash); it is not
-      recomputed here. A top-level `.meta.json` in `src_dir` is refused,
-      because the store owns that name.
+    - The caller vouches for `content_hash` (see dir_content_hash) for a new
+      object. Before dropping `src_dir` in favour of an existing object, both
+      are re-hashed: the hash may come from a file the job's user can rewrite
+      (`.lab/output_hashes.json`), and another user's artifact must never end
+      up pointing at different bytes. A mismatch raises HashMismatch and
+      leaves `src_dir` in place. A top-level `.meta.json` in `src_dir` is
+      refused, because the store owns that name.
     """
     src = Path(src_dir)
     dest = object_dir(root, content_hash)
@@ -83,6 +91,7 @@ def store_output(
     objects = Path(root) / OBJECTS_DIRNAME
     objects.mkdir(parents=True, exist_ok=True)
     if dest.is_dir():
+        _check_duplicate(root, src, content_hash)
         _replace_with_link(src, dest)
         return dest
     tmp = objects / f".tmp-{content_hash[:16]}-{uuid.uuid4().hex}"
@@ -94,6 +103,7 @@ def store_output(
     except OSError as e:
         _undo_move(tmp, src, copied)
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and dest.is_dir():
+            _check_duplicate(root, src, content_hash)
             _replace_with_link(src, dest)  # lost a race to an identical object
             return dest
         raise
@@ -101,6 +111,29 @@ def store_output(
         shutil.rmtree(src)
     _link(src, dest)
     return dest
+
+
+def _check_duplicate(root: str | os.PathLike[str], src: Path, content_hash: str) -> None:
+    """Both copies really are ``content_hash`` before one is dropped for the other."""
+    actual = dir_content_hash(src)
+    if actual != content_hash:
+        raise HashMismatch(
+            f"{src}: its bytes hash to {actual}, not to {content_hash} as recorded (was .lab/output_hashes.json "
+            "rewritten?); not registered"
+        )
+    if not verify_object(root, content_hash):
+        raise HashMismatch(
+            f"the stored object {object_dir(root, content_hash)} no longer matches its hash; not deduplicated "
+            "onto it (see labctl audit objects)"
+        )
+
+
+def root_of_object(path: str | os.PathLike[str], content_hash: str) -> Path | None:
+    """``<root>`` when ``path`` is ``<root>/_objects/<hash[:2]>/<hash>`` (bytes labctl moved in), else None."""
+    p = Path(path)
+    if p.name != content_hash or p.parent.name != content_hash[:2] or p.parent.parent.name != OBJECTS_DIRNAME:
+        return None
+    return p.parent.parent.parent
 
 
 def read_meta(root: str | os.PathLike[str], content_hash: str) -> ArtifactMeta:

@@ -138,6 +138,9 @@ def gc(
             help="Instead: delete the source/ snapshot of your runs that ended (as the original).",
         ),
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Every user's artifacts, and a retention under a minute.")
+    ] = False,
 ) -> None:
     """Remove the bytes of artifacts nothing needs: no alias, no unfinished reader, not external, old enough."""
     from labctl.artifact_ops import gc as collect
@@ -154,7 +157,7 @@ def gc(
         return
 
     age = parse_age(older_than)
-    report = collect(_open(), older_than=age, remove=yes)
+    report = collect(_open(), older_than=age, remove=yes, force=force)
     for c in report.artifacts:
         typer.echo(f"{c.artifact_id}  {c.kind:<12}  {human_bytes(c.size_bytes):>10}  {c.path}")
     n = len(report.artifacts)
