@@ -195,6 +195,17 @@ CREATE TABLE reactor_checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Content hashes of external inputs and scripts, kept with a digest of their files' sizes,
+-- mtimes and inodes: while that digest holds, the hash is reused instead of re-reading the bytes.
+CREATE TABLE file_fingerprints (
+    path          text        PRIMARY KEY,
+    stat_digest   text        NOT NULL,
+    content_hash  text        NOT NULL,
+    files         bigint      NOT NULL,
+    bytes         bigint      NOT NULL,
+    hashed_at     timestamptz NOT NULL
+);
+
 -- Agents are workers with heartbeats (plain rows, not events).
 CREATE TABLE agents (
     id            text        PRIMARY KEY,
@@ -404,4 +415,4 @@ CREATE TABLE live.imported_artifacts (
     alias_segment  text
 );
 
-INSERT INTO schema_version (version) VALUES (5);
+INSERT INTO schema_version (version) VALUES (6);

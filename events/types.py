@@ -72,6 +72,7 @@ class RunSubmitted(Event, frozen=True, kw_only=True, omit_defaults=True):
     sweep_index: int | None = None
     no_cache: bool = False
     tracking_url: str | None = None  # the W&B run page when [tracking.wandb] is set
+    cache_parts: CacheKeyParts | None = None  # what cache_key covers (absent before labctl recorded it)
 
 
 class RunPending(Event, frozen=True, kw_only=True, omit_defaults=True):
@@ -454,3 +455,17 @@ class UserImported(Event, frozen=True, kw_only=True, omit_defaults=True):
     name: str
     created_at: datetime
     pg_role: str | None = None
+
+
+class CacheKeyParts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a run's cache key covers; the key is the sha256 of these parts' canonical JSON.
+
+    ``inputs``: role -> content hash (an ``external`` input, or an artifact known only by
+    its path, by the content of its files); ``files``: the files a recipe without ``repo``
+    names in its command (scripts), path -> content hash.
+    """
+
+    recipe: str  # sha256 of the canonical recipe (command, params, args, env, inputs and outputs as written)
+    source: str | None = None  # the repo's commit, and a hash of its uncommitted changes
+    inputs: dict[str, str] = {}
+    files: dict[str, str] = {}

@@ -228,7 +228,7 @@ def _echo_change(run_id: str, status: str, info: dict[str, Any]) -> None:
         extra.append(f"exit_code={info['exit_code']}")
     if info.get("producer"):
         extra.append(f"peer={info['producer']}")
-    if info.get("reason") and status not in ("succeeded", "cache_hit"):
+    if info.get("reason") and status != "cache_hit":
         extra.append(f"({info['reason']})")
     typer.echo(f"{run_id}: {status}{' ' + ' '.join(extra) if extra else ''}")
 
@@ -240,6 +240,9 @@ def run(
     executor: Annotated[str | None, typer.Option(help="local or slurm (default: the cluster's).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the run ends.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run even if an identical run succeeded.")] = False,
+    explain_cache: Annotated[
+        bool, typer.Option("--explain-cache", help="Print what the cache key covers (recipe, code, inputs, files).")
+    ] = False,
 ) -> None:
     """Submit one run of a recipe (prints run_id, job_id, run_dir)."""
     from labctl.agent import Scope
@@ -262,6 +265,13 @@ def run(
     typer.echo(f"job_id: {result.job_id or '-'}")
     typer.echo(f"run_dir: {result.run_dir}")
     typer.echo(f"status: {result.status}" + (f" (peer {result.producer_run_id})" if result.producer_run_id else ""))
+    if result.status == "cache_hit" and result.producer_run_id:
+        from labctl.runs import reuse_line
+
+        typer.echo(reuse_line(a.db.conn, result.producer_run_id))
+    if explain_cache:
+        for line in result.explanation:
+            typer.echo(line)
     if not wait:
         return
     scope = Scope(run_ids=frozenset({result.run_id, *([result.producer_run_id] if result.producer_run_id else [])}))

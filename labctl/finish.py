@@ -193,6 +193,17 @@ def write_linked_alias_links(
             _alias_link(config, user, out.alias, KIND_OF_OUTPUT.get(out.type, out.type), targets[out.role])
 
 
+def missing_outputs(sub: RunSubmitted, registered: Registered) -> list[str]:
+    """Declared outputs with a marker that a succeeded run did not write (so nothing was registered for them)."""
+    roles = {role for role, *_ in registered.linked}
+    missing = []
+    for out in sub.outputs:
+        if out.marker and out.role not in roles:
+            where = f"{out.path}/<step>/{out.marker}" if out.type == "checkpoint_stream" else f"{out.path}/{out.marker}"
+            missing.append(f"output {out.role} has no marker ({where})")
+    return missing
+
+
 def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> str | None:
     """Record that ``run_id`` ended as ``outcome``; returns the recorded state (None if it had already ended)."""
     conn = db.conn
@@ -204,11 +215,18 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
     registered = Registered(events=[], linked=[])
     state = outcome.state
     reason = outcome.reason
+    cacheable = True
     if state == "succeeded" and sub is not None:
         try:
             registered = register_outputs(conn, config, sub, now=now)
         except (OSError, ValueError) as exc:  # ValueError: a path outside its root, bytes not matching their hash
             state, reason = "failed", f"registering outputs failed: {exc}"
+        missing = missing_outputs(sub, registered)
+        if state == "succeeded" and missing:
+            # As the original: still succeeded (exit 0), the output is not registered; and no later run
+            # may cache-hit on a run that did not write what it declared.
+            cacheable = False
+            reason = f"exit 0 but {'; '.join(missing)}: not registered, not cached"
     key = f"finish-{run_id}-{uuid.uuid4().hex}"
     ended_followers: list[RunSubmitted] = []
 
@@ -229,7 +247,9 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
         )
         batch = [NewEvent(f"run-{run_id}", finished, version), *registered.events]
         if cache_key:
-            batch += release_cache_key(c, cache_key, run_id, state, outcome, registered, ended_followers)
+            batch += release_cache_key(
+                c, cache_key, run_id, state, outcome, registered, ended_followers, cacheable=cacheable
+            )
         projections.record(c, batch, idempotency_key=key, meta=meta)
         return state
 
@@ -252,6 +272,8 @@ def release_cache_key(
     outcome: JobState,
     registered: Registered,
     linked_followers: list[RunSubmitted],
+    *,
+    cacheable: bool = True,
 ) -> list[NewEvent]:
     """Release the cache key if this run produces it, and end every run waiting on it.
 
@@ -262,7 +284,7 @@ def release_cache_key(
     st = cache.load(conn, key)
     if st.state != "claimed" or st.producer != run_id:
         return []
-    ok = state == "succeeded"
+    ok = state == "succeeded" and cacheable
     batch = [NewEvent(cache.stream_of(key), CacheReleased(cache_key=key, run_id=run_id, succeeded=ok), st.version)]
     for follower in st.followers:
         row = conn.execute("SELECT status, stream_version FROM runs WHERE id = %s", (follower,)).fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 
 from labctl.errors import UserError
@@ -103,7 +104,36 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
         # Imported from an original labctl registry: its own fields, as they were there.
         keys = ("recipe_hash", "source_path", "context", "dependency_on", "tracking", "original_events")
         shown["original"] = dict(zip(keys, original, strict=True))
+    shown["cache"] = cache_view(conn, run_id, shown)
     return shown
+
+
+def cache_view(conn: psycopg.Connection[Any], run_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The run's cache key, what it covers, and the run whose outputs it reused (if any)."""
+    from labctl.cache_key import explain
+    from labctl.finish import submission_of
+
+    sub = submission_of(conn, run_id)
+    parts = sub.cache_parts if sub else None
+    view: dict[str, Any] = {"key": row.get("cache_key"), "parts": msgspec.to_builtins(parts) if parts else None}
+    if sub is not None and sub.no_cache:
+        view["no_cache"] = True
+    if row.get("cache_key"):
+        view["explained"] = explain(row["cache_key"], parts, inputs=sub.inputs if sub else (), repo=row.get("repo"))
+    producer = row.get("producer_run_id")
+    if producer:
+        found = conn.execute("SELECT status, finished_at FROM runs WHERE id = %s", (producer,)).fetchone()
+        view["reused"] = {"run_id": producer, "status": found[0] if found else None}
+        view["reused"]["finished_at"] = found[1] if found else None
+    return view
+
+
+def reuse_line(conn: psycopg.Connection[Any], producer: str) -> str:
+    """``cache hit: reused the outputs of run_… (succeeded <when>)``."""
+    from labctl.cache_key import hit_line
+
+    found = conn.execute("SELECT status, finished_at FROM runs WHERE id = %s", (producer,)).fetchone()
+    return hit_line(producer, found[1] if found else None, found[0] if found else None)
 
 
 def to_json(value: Any) -> str:

@@ -41,6 +41,7 @@ from labctl.artifacts import (
     path_identity_hash,
     write_context,
 )
+from labctl.cache_key import KeyParts, explain, key_parts
 from labctl.errors import DatabaseUnavailable, InputError
 from labctl.files import (
     ArtifactInput,
@@ -50,7 +51,6 @@ from labctl.files import (
     FromInput,
     Recipe,
     StageInput,
-    canonical_recipe_bytes,
     render_aliases,
     render_recipe,
     template_values,
@@ -90,6 +90,7 @@ class PreparedRun(msgspec.Struct, kw_only=True):
     inputs: list[InputRef]
     outputs: list[OutputSpec]
     cache_key: str
+    key_parts: KeyParts
     source: Source | None
     stage: StageContext
     #: secret env values, kept out of the log: written to the run dir's 0600 ``.lab/secrets.env``
@@ -103,6 +104,7 @@ class Submitted(msgspec.Struct, kw_only=True):
     cache_key: str | None = None
     producer_run_id: str | None = None
     job_id: str | None = None
+    explanation: list[str] = []  # the cache key's parts, one per line (``run --explain-cache``)
 
 
 # ------------------------------------------------------------ overrides
@@ -299,11 +301,7 @@ def prepare(
         run_id=run_id, run_dir=run_dir, user=app.user, inputs=refs, output_paths={o.role: o.path for o in outputs}
     )
     rendered = render_recipe(recipe, values, path)
-    key = cache.cache_key(
-        canonical_recipe_bytes(recipe),
-        [(i.role, i.hash or i.path) for i in inputs],
-        source.fingerprint if source else None,
-    )
+    parts = key_parts(app.db.conn, recipe, inputs, source)
     return PreparedRun(
         run_id=run_id,
         run_dir=run_dir,
@@ -313,7 +311,8 @@ def prepare(
         recipe_path=str(Path(path).resolve()) if path else "",
         inputs=inputs,
         outputs=outputs,
-        cache_key=key,
+        cache_key=parts.key,
+        key_parts=parts,
         source=source,
         stage=stage,
         secrets=secrets,
@@ -378,6 +377,7 @@ def submitted_event(run: PreparedRun, *, no_cache: bool) -> RunSubmitted:
         sweep_index=run.stage.sweep_index,
         no_cache=no_cache,
         tracking_url=wandb_url(run.recipe, run.run_id),
+        cache_parts=run.key_parts.parts,
     )
 
 
@@ -496,6 +496,13 @@ def submit(
         if run_id is None:
             shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
+    result.explanation = explain(
+        run.cache_key,
+        run.key_parts.parts,
+        fingerprints=run.key_parts.fingerprints,
+        inputs=run.inputs,
+        repo=run.recipe.repo,
+    )
     if result.status != "cache_hit" and will_hit:
         write_run_dir(run)  # the cache entry vanished between the peek and the decision
     if result.status == "cache_hit" and result.producer_run_id:

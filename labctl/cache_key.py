@@ -1,0 +1,153 @@
+"""What a run's cache key covers, computed at submission and explained on request.
+
+The key is the sha256 of ``CacheKeyParts``: the canonical recipe, the repo's
+commit and uncommitted changes, each input's content hash, and, for a recipe
+without ``repo``, the content of every file its command names (its scripts).
+An ``external`` input counts by the content of its files (a stored hash is
+reused while every file's size, mtime and inode are unchanged, see
+``labctl.fingerprints``), so appending to a dataset file makes a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+
+from events.types import CacheKeyParts, InputRef
+from labctl.artifacts import path_identity_hash
+from labctl.files import Recipe, canonical_recipe_bytes
+from labctl.fingerprints import Fingerprint, fingerprint
+from labctl.provenance import Source
+
+_ENCODER = msgspec.json.Encoder(order="sorted")
+
+
+class KeyParts(msgspec.Struct, kw_only=True):
+    """The parts, and how each content hash was obtained (for ``--explain-cache``)."""
+
+    parts: CacheKeyParts
+    fingerprints: dict[str, Fingerprint] = {}  # role or file path -> how it was hashed
+
+    @property
+    def key(self) -> str:
+        return key_of(self.parts)
+
+
+def key_of(parts: CacheKeyParts) -> str:
+    return hashlib.sha256(_ENCODER.encode(parts)).hexdigest()
+
+
+def command_files(recipe: Recipe) -> list[str]:
+    """Absolute paths of the existing regular files the command names: arguments, ``--k=v`` values,
+    and the words of a ``bash -c`` script (``~`` expanded). Template tokens are never files."""
+    words: list[str] = []
+    for arg in [*recipe.command, *recipe.args.values()]:
+        words.append(arg)
+        if " " in arg or "\n" in arg:
+            try:
+                words += shlex.split(arg, comments=True)
+            except ValueError:
+                words += arg.split()
+    found: list[str] = []
+    for word in words:
+        for candidate in (word, word.partition("=")[2]):
+            if not candidate or "{" in candidate:
+                continue
+            path = os.path.expanduser(candidate)
+            if os.path.isabs(path) and os.path.isfile(path):
+                real = os.path.realpath(path)
+                if real not in found:
+                    found.append(real)
+    return sorted(found)
+
+
+def _known_by_path(ref: InputRef) -> bool:
+    """An input whose recorded hash is only its location (external inputs and external artifacts)."""
+    return ref.type == "external" or (ref.type == "artifact" and ref.hash == path_identity_hash(ref.path))
+
+
+def key_parts(
+    conn: psycopg.Connection[Any], recipe: Recipe, inputs: Sequence[InputRef], source: Source | None
+) -> KeyParts:
+    """The parts of the key of a run of ``recipe`` (unrendered) with these resolved inputs."""
+    prints: dict[str, Fingerprint] = {}
+    by_role: dict[str, str] = {}
+    for ref in inputs:
+        if _known_by_path(ref) and os.path.exists(ref.path):
+            prints[ref.role] = fingerprint(conn, ref.path)
+            by_role[ref.role] = prints[ref.role].content_hash
+        else:
+            by_role[ref.role] = ref.hash or ref.path
+    files: dict[str, str] = {}
+    if recipe.repo is None:
+        for path in command_files(recipe):
+            prints[path] = fingerprint(conn, path)
+            files[path] = prints[path].content_hash
+    parts = CacheKeyParts(
+        recipe=hashlib.sha256(canonical_recipe_bytes(recipe)).hexdigest(),
+        source=source.fingerprint if source else None,
+        inputs=by_role,
+        files=files,
+    )
+    return KeyParts(parts=parts, fingerprints=prints)
+
+
+def explain(
+    key: str,
+    parts: CacheKeyParts | None,
+    *,
+    fingerprints: dict[str, Fingerprint] | None = None,
+    inputs: Sequence[InputRef] = (),
+    repo: str | None = None,
+) -> list[str]:
+    """Lines naming each part of the key (what a change to would make a new key)."""
+    lines = [f"cache key {key}"]
+    if parts is None:
+        return [*lines, "  (recorded before labctl kept the key's parts)"]
+    prints = fingerprints or {}
+    refs = {i.role: i for i in inputs}
+    lines.append(f"  recipe  {parts.recipe[:16]}  command, params, args, env, inputs and outputs as written")
+    if parts.source:
+        commit, _, changes = parts.source.partition(":")
+        state = f"uncommitted changes {changes[:16]}" if changes else "clean"
+        lines.append(f"  source  {commit[:16]}  repo {repo or '?'} at this commit, {state}")
+    elif repo is None:
+        lines.append("  source  -  no repo: the files the command names stand for the code (below)")
+    for role, digest in sorted(parts.inputs.items()):
+        ref = refs.get(role)
+        what = f"{ref.type} {ref.alias or ref.artifact_id or ref.path}" if ref else "input"
+        lines.append(f"  input   {digest[:16]}  {role}: {what}{_how(prints.get(role))}")
+    for path, digest in sorted(parts.files.items()):
+        lines.append(f"  file    {digest[:16]}  {path}{_how(prints.get(path))}")
+    return lines
+
+
+def _how(fp: Fingerprint | None) -> str:
+    if fp is None:
+        return ""
+    size = f"{fp.files:,} file{'s' if fp.files != 1 else ''}, {_bytes(fp.bytes)}"
+    if fp.reused:
+        return f" ({size}; content hash reused: sizes, mtimes and inodes unchanged)"
+    return f" ({size}; content hashed now)"
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def hit_line(producer: str, finished_at: datetime | None, status: str | None = None) -> str:
+    """What a cache hit says: the run it reused and when that run ended."""
+    when = finished_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if finished_at else "(end time unknown)"
+    return f"cache hit: reused the outputs of {producer} ({status or 'succeeded'} {when})"

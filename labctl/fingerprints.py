@@ -1,0 +1,90 @@
+"""Content hashes of files a run reads outside labctl's store (``external`` inputs, scripts a command names).
+
+Hashing every byte on every submission would cost minutes for a large dataset,
+so a hash is kept with a *stat digest* of the tree (each regular file's path,
+size, mtime and inode): while none of those changed, the stored content hash is
+reused; when any did, the whole tree is hashed again. A file whose mtime is
+within ``RACY_SECONDS`` of the hashing is not trusted to its stat (it could
+change again within the same clock tick), so such a tree is hashed every time
+until it settles, as git does for racily clean files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import msgspec
+import psycopg
+
+from labctl.artifacts.hashing import dir_content_hash
+
+RACY_SECONDS = 2.0
+
+
+class TreeStat(msgspec.Struct, frozen=True, kw_only=True):
+    digest: str
+    files: int
+    bytes: int
+    newest_mtime_ns: int
+
+
+class Fingerprint(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    content_hash: str
+    files: int
+    bytes: int
+    reused: bool  # sizes and mtimes unchanged since the stored hash: no byte was read
+
+
+def tree_stat(path: str) -> TreeStat:
+    """One digest over the path, size, mtime and inode of every regular file under ``path`` (or of ``path``)."""
+    digest = hashlib.sha256()
+    files = total = newest = 0
+    root = os.path.realpath(path)
+    if os.path.isfile(root):
+        st = os.stat(root)
+        digest.update(f".\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode())
+        return TreeStat(digest=digest.hexdigest(), files=1, bytes=st.st_size, newest_mtime_ns=st.st_mtime_ns)
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                rel = os.path.relpath(entry.path, root)
+                digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode(errors="surrogateescape"))
+                files += 1
+                total += st.st_size
+                newest = max(newest, st.st_mtime_ns)
+    return TreeStat(digest=digest.hexdigest(), files=files, bytes=total, newest_mtime_ns=newest)
+
+
+_LOOKUP = "SELECT content_hash FROM file_fingerprints WHERE path = %s AND stat_digest = %s"
+_STORE = (
+    "INSERT INTO file_fingerprints (path, stat_digest, content_hash, files, bytes, hashed_at) "
+    "VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (path) DO UPDATE SET stat_digest = EXCLUDED.stat_digest, "
+    "content_hash = EXCLUDED.content_hash, files = EXCLUDED.files, bytes = EXCLUDED.bytes, hashed_at = now()"
+)
+
+
+def fingerprint(conn: psycopg.Connection[Any], path: str) -> Fingerprint:
+    """The content hash of the file or tree at ``path``, reusing the stored one while its stat digest holds."""
+    real = os.path.realpath(path)
+    before = tree_stat(real)
+    row = conn.execute(_LOOKUP, (real, before.digest)).fetchone()
+    if row is not None:
+        return Fingerprint(path=real, content_hash=row[0], files=before.files, bytes=before.bytes, reused=True)
+    started = time.time_ns()
+    content = dir_content_hash(real)
+    after = tree_stat(real)
+    settled = after.digest == before.digest and after.newest_mtime_ns < started - int(RACY_SECONDS * 1e9)
+    if settled:
+        conn.execute(_STORE, (real, after.digest, content, after.files, after.bytes))
+    return Fingerprint(path=real, content_hash=content, files=after.files, bytes=after.bytes, reused=False)
