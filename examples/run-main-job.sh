@@ -59,10 +59,18 @@ report_dir=$(labctl show "$report_run" | python3 -c 'import json,sys; print(json
 echo
 echo "== report ($report_dir/report.md)"
 cat "$report_dir/report.md"
+train_runs=$(labctl pipeline-show "$pipeline" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(" ".join(r["id"] for r in [s for s in v["stages"] if s["name"]=="train"][0]["runs"]))')
+echo
+echo "== the sweep's points side by side (metrics each logged per epoch with labctl.log; * = differs)"
+labctl compare $train_runs --diff
+echo
+echo "== validation accuracy by epoch, one curve per learning rate"
+labctl metrics $train_runs --metric val_accuracy --plot
 echo
 echo "done in $(( $(date +%s) - started ))s"
 echo "  pipeline:   labctl --cluster $cluster pipeline-show $pipeline"
 echo "  report:     $report_dir/report.md  (best: $report_dir/best.json)"
 echo "  runs:       $home/runs/$(id -un)/"
 echo "  history:    labctl --cluster $cluster history $report_run"
+echo "  metrics:    labctl --cluster $cluster metrics $train_runs --metric val_accuracy --plot curves.svg"
 echo "  audit:      labctl --cluster $cluster audit verify"

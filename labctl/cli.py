@@ -289,6 +289,13 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Redraw whenever something changes.")] = False,
     as_of: Annotated[str | None, typer.Option(help="Show the world as of a POSITION or ISO timestamp.")] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Add columns: params (those that differ), params.KEY, args.KEY, metrics (last values), "
+            "metrics.NAME, duration; comma-separated."
+        ),
+    ] = None,
 ) -> None:
     """Runs: your unfinished ones and the latest 20 (``--all``: everything)."""
     from labctl import runs
@@ -310,10 +317,21 @@ def status(
         runs.write_status_json(conn, sys.stdout.buffer, user=who, state=state, everything=all_)
         return
 
+    extra = None
+    if columns is not None:
+        from labctl.run_columns import extra_columns, parse_columns
+
+        extra = parse_columns(columns)
+
     def draw() -> None:
         rows = runs.status_rows(conn, user=who, state=state, everything=all_)
-        table = [(r[0], r[1], r[2], r[3], r[4], r[5], (r[10] and f"{r[9]}/{r[10]}") or "") for r in rows]
-        typer.echo(format_table(["RUN", "NAME", "STATUS", "EXIT", "USER", "CREATED", "STAGE"], table))
+        table = [[r[0], r[1], r[2], r[3], r[4], r[5], (r[10] and f"{r[9]}/{r[10]}") or ""] for r in rows]
+        headers = ["RUN", "NAME", "STATUS", "EXIT", "USER", "CREATED", "STAGE"]
+        if extra is not None:
+            more, cells = extra_columns(conn, [(r[0], r[6], r[7]) for r in rows], extra)
+            headers += more
+            table = [[*t, *cells[t[0]]] for t in table]
+        typer.echo(format_table(headers, table))
 
     draw()
     if watch:

@@ -53,16 +53,21 @@ def metric_sources(conn: psycopg.Connection[Any], run_ids: Sequence[str]) -> dic
     return {r: found.get(r, r) for r in run_ids}
 
 
-def run_labels(conn: psycopg.Connection[Any], run_ids: Sequence[str]) -> dict[str, str]:
-    """A short name per run: ``<run id> <swept arg>=<index>`` for sweep points, else the run id."""
+def run_labels(conn: psycopg.Connection[Any], run_ids: Sequence[str], *, short: bool = False) -> dict[str, str]:
+    """A name per run: ``<run id> <swept arg>=<index>`` for sweep points, else the run id.
+
+    ``short`` (plot legends): points of one sweep are named by ``<arg>=<index>`` alone.
+    """
     rows = conn.execute(
-        "SELECT r.id, s.arg, r.sweep_index FROM runs r LEFT JOIN sweeps s ON s.id = r.sweep_id WHERE r.id = ANY(%s)",
+        "SELECT r.id, s.id, s.arg, r.sweep_index FROM runs r LEFT JOIN sweeps s ON s.id = r.sweep_id "
+        "WHERE r.id = ANY(%s)",
         (list(run_ids),),
     ).fetchall()
+    one_sweep = len(rows) == len(run_ids) and len({r[1] for r in rows}) == 1 and rows[0][1] is not None
     labels = {r: r for r in run_ids}
-    for run_id, arg, index in rows:
+    for run_id, _sweep, arg, index in rows:
         if arg is not None and index is not None:
-            labels[run_id] = f"{run_id} {arg}={index}"
+            labels[run_id] = f"{arg}={index}" if short and one_sweep else f"{run_id} {arg}={index}"
     return labels
 
 

@@ -1,4 +1,4 @@
-"""Reading sweeps: each point's parameter, state and key metric."""
+"""Reading sweeps: each point's parameter, state and metrics (logged, else from its evals)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from typing import Any
 
 import psycopg
 
+from labctl.eval_table import split_result
 from labctl.lookup import resolve_id
+from labctl.metrics import format_value, lower_is_better, summaries
+from labctl.metrics_view import metric_sources
 from labctl.table import format_table
 
 
@@ -14,33 +17,14 @@ def resolve_sweep(conn: psycopg.Connection[Any], ref: str) -> str:
     return resolve_id(conn, "sweeps", "sweep", ref)
 
 
-def _metrics_of(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any] | None:
-    """The latest eval of the run's checkpoints, else its own eval_result output."""
-    row = conn.execute(
-        "SELECT e.metrics FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id "
-        "WHERE a.producer_run_id = %s AND e.metrics IS NOT NULL ORDER BY e.step DESC NULLS LAST LIMIT 1",
-        (run_id,),
-    ).fetchone()
-    if row:
-        return dict(row[0])
-    row = conn.execute(
-        "SELECT a.metadata -> 'result' FROM artifacts a JOIN run_outputs o ON o.artifact_id = a.id "
-        "WHERE o.run_id = %s AND a.kind = 'eval_result' LIMIT 1",
-        (run_id,),
-    ).fetchone()
-    return dict(row[0]) if row and isinstance(row[0], dict) else None
+def sweep_rows(
+    conn: psycopg.Connection[Any], ref: str, metric: str | None = None
+) -> tuple[tuple[Any, ...], list[str], list[tuple[Any, ...]]]:
+    """The sweep, its metric headers, and per point (index, run, status, exit, *metric cells).
 
-
-def key_metric(metrics: dict[str, Any] | None) -> tuple[str, Any] | None:
-    if not metrics:
-        return None
-    for name, value in metrics.items():
-        if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
-            return name, value
-    return None
-
-
-def sweep_rows(conn: psycopg.Connection[Any], ref: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    With ``metric``: its final and best value. Without: the final value of each metric the
+    points logged (``labctl.log``), else of each metric their evals recorded (params left out).
+    """
     sweep_id = resolve_sweep(conn, ref)
     info = conn.execute(
         "SELECT id, name, arg, start_index, end_index, throttle, status, aggregate_run_id FROM sweeps WHERE id = %s",
@@ -48,18 +32,76 @@ def sweep_rows(conn: psycopg.Connection[Any], ref: str) -> tuple[tuple[Any, ...]
     ).fetchone()
     assert info is not None
     rows = conn.execute(
-        "SELECT sweep_index, id, status, exit_code FROM runs WHERE sweep_id = %s ORDER BY sweep_index", (sweep_id,)
+        "SELECT sweep_index, id, status, exit_code, recipe FROM runs WHERE sweep_id = %s ORDER BY sweep_index",
+        (sweep_id,),
     ).fetchall()
+    run_ids = [r[1] for r in rows]
+    sources = metric_sources(conn, run_ids)
+    logged = summaries(conn, list(set(sources.values())), [metric] if metric else None)
+    evals = {r[1]: _eval_series(conn, r[1], r[4]) for r in rows}
+    if metric:
+        best_word = "min" if lower_is_better(metric) else "max"
+        headers = [f"{metric} (final)", f"{metric} (best, {best_word})"]
+    else:
+        names = sorted({n for s in logged.values() for n in s}) or sorted({n for e in evals.values() for n in e})
+        headers = names[:MAX_COLUMNS]
     points = []
-    for index, run_id, status, exit_code in rows:
-        metric = key_metric(_metrics_of(conn, run_id))
-        points.append((index, run_id, status, exit_code, f"{metric[0]}={metric[1]:.4g}" if metric else "-"))
-    return info, points
+    for index, run_id, status, exit_code, _recipe in rows:
+        mine = logged.get(sources[run_id], {})
+        cells: list[str] = []
+        if metric:
+            summary = mine.get(metric)
+            if summary is not None:
+                cells = [format_value(summary.last), f"{format_value(summary.best)} @ {summary.best_step}"]
+            else:
+                cells = _eval_final_and_best(evals[run_id].get(metric, []), lower_is_better(metric))
+        else:
+            for name in headers:
+                summary = mine.get(name)
+                series = evals[run_id].get(name, [])
+                cells.append(format_value(summary.last) if summary else (format_value(series[-1][1]) if series else ""))
+        points.append((index, run_id, status, exit_code, *cells))
+    return info, headers, points
 
 
-def render_sweep(info: tuple[Any, ...], points: list[tuple[Any, ...]]) -> str:
+#: metric columns ``sweep show`` adds without --metric
+MAX_COLUMNS = 4
+
+
+def _eval_series(
+    conn: psycopg.Connection[Any], run_id: str, recipe: dict[str, Any]
+) -> dict[str, list[tuple[int, float]]]:
+    """The run's checkpoints' eval metrics by step (params left out), else its own eval_result output."""
+    found = conn.execute(
+        "SELECT e.step, e.metrics FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id "
+        "WHERE a.producer_run_id = %s AND e.metrics IS NOT NULL ORDER BY e.step NULLS FIRST",
+        (run_id,),
+    ).fetchall()
+    if not found:
+        own = conn.execute(
+            "SELECT a.metadata -> 'result' FROM artifacts a JOIN run_outputs o ON o.artifact_id = a.id "
+            "WHERE o.run_id = %s AND a.kind = 'eval_result' LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        found = [(None, own[0])] if own and isinstance(own[0], dict) else []
+    series: dict[str, list[tuple[int, float]]] = {}
+    for step, result in found:
+        _params, metrics = split_result(result, recipe)
+        for name, value in metrics.items():
+            series.setdefault(name, []).append((step or 0, value))
+    return series
+
+
+def _eval_final_and_best(series: list[tuple[int, float]], lower: bool) -> list[str]:
+    if not series:
+        return ["", ""]
+    best = (min if lower else max)(series, key=lambda p: p[1])
+    return [format_value(series[-1][1]), f"{format_value(best[1])} @ {best[0]}"]
+
+
+def render_sweep(info: tuple[Any, ...], headers: list[str], points: list[tuple[Any, ...]]) -> str:
     sweep_id, name, arg, start, end, throttle, status, aggregate = info
     head = f"{sweep_id}  {name}  {status}  {arg}={start}..{end}" + (f"  throttle {throttle}" if throttle else "")
-    table = format_table([arg.upper(), "RUN", "STATUS", "EXIT", "KEY METRIC"], points)
+    table = format_table([arg.upper(), "RUN", "STATUS", "EXIT", *headers], points)
     tail = f"\naggregate: {aggregate}" if aggregate else ""
     return f"{head}\n{table}{tail}"

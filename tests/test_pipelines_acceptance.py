@@ -693,10 +693,10 @@ def test_evald_once_evaluates_each_checkpoint_once_and_eval_ls_shows_metrics_by_
     assert {status_of(conn, r) for r in eval_runs} == {"succeeded"}
 
     listed = run_cli(env, "eval", "ls", check=True).stdout.splitlines()
-    assert listed[0].split() == ["POLICY", "TRAIN", "RUN", "STEP", "EVAL", "RUN", "STATE", "METRICS"]
+    assert listed[0].split() == ["POLICY", "TRAIN", "RUN", "STEP", "score", "EVAL", "RUN", "STATE"]
     rows = [line.split() for line in listed[1:]]
-    assert [(r[0], r[1], r[2], r[4], r[5]) for r in rows] == [
-        ("every-step", train_run, str(step), "succeeded", f"score={step / 10:.4g}") for step in (1, 2, 3)
+    assert [(r[0], r[1], r[2], r[3], r[5]) for r in rows] == [
+        ("every-step", train_run, str(step), f"{step / 10:.6g}", "succeeded") for step in (1, 2, 3)
     ]
     shown = run_cli(env, "eval", "show", train_run, check=True).stdout.splitlines()
     assert shown[0] == f"{train_run}: 3 eval(s)"

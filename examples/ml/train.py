@@ -14,7 +14,14 @@ from pathlib import Path
 
 from checkpoints import MARKER, TRAIN_METRICS_FILE, WEIGHTS_FILE, step_dir_name, write_json_atomic
 from dataset import read_meta, read_split
-from model import init_weights, sgd_epoch
+from model import evaluate, init_weights, sgd_epoch
+
+try:  # labctl.log appends to $LABCTL_RUN_DIR/.lab/metrics.jsonl; labctl ingests it (no database needed here)
+    from labctl import log as log_metrics
+except ImportError:  # run by a Python without labctl: train all the same, without logged metrics
+
+    def log_metrics(step: int | None = None, **values: float) -> None:
+        return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -58,6 +65,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     meta = read_meta(args.data)
     xs, ys = read_split(args.data, "train")
+    val_xs, val_ys = read_split(args.data, "val")
     rng = random.Random(args.seed)
     weights = init_weights(meta["features"], meta["classes"], rng)
     info = {"lr": args.lr, "lr_index": args.lr_index, "seed": args.seed, "classes": meta["classes"]}
@@ -66,11 +74,20 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         loss, accuracy = sgd_epoch(weights, xs, ys, args.lr, rng)
         seconds = time.monotonic() - started
+        val_loss, val_accuracy = evaluate(weights, val_xs, val_ys)
         metrics = {"epoch": epoch, "lr": args.lr, "train_loss": loss, "train_accuracy": accuracy}
         step_dir = write_checkpoint(args.out, epoch, weights, info, metrics)
+        log_metrics(
+            step=epoch,
+            train_loss=loss,
+            train_accuracy=accuracy,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            epoch_seconds=seconds,
+        )
         print(
             f"epoch {epoch}/{args.epochs} lr={args.lr:g} loss={loss:.4f} "
-            f"acc={accuracy:.3f} ({seconds:.2f}s) -> {step_dir.name}",
+            f"acc={accuracy:.3f} val_acc={val_accuracy:.3f} ({seconds:.2f}s) -> {step_dir.name}",
             flush=True,
         )
     return 0

@@ -26,17 +26,16 @@ def eval_ls(
     policy: Annotated[str | None, typer.Option(help="Only this policy.")] = None,
     run: Annotated[str | None, typer.Option(help="Only checkpoints of this training run.")] = None,
 ) -> None:
-    """Every eval: policy, training run, step, eval run state, metrics."""
+    """Every eval, by the swept parameter and step: params and metrics in columns of their own."""
     from labctl.cli import _open
-    from labctl.evals import eval_rows, metrics_cell
+    from labctl.eval_table import eval_table
     from labctl.runs import resolve_run
     from labctl.table import format_table
 
     a = _open()
     producer = resolve_run(a.db.conn, run) if run else None
-    rows = eval_rows(a.db.conn, policy=policy, producer=producer)
-    table = [(p, prod, step, er, st, metrics_cell(m)) for p, prod, step, _, er, st, m in rows]
-    typer.echo(format_table(["POLICY", "TRAIN RUN", "STEP", "EVAL RUN", "STATE", "METRICS"], table))
+    headers, rows = eval_table(a.db.conn, policy=policy, producer=producer)
+    typer.echo(format_table(headers, rows))
 
 
 @eval_app.command("show")

@@ -67,7 +67,7 @@ def metrics(
     if not series:
         what = f" named {', '.join(metric)}" if metric else ""
         raise UserError(f"no metrics{what} logged by {', '.join(run_ids)} (a job logs them with labctl.log)")
-    labels = run_labels(conn, run_ids)
+    labels = run_labels(conn, run_ids, short=plot is not None)
     if as_json:
         typer.echo(
             to_json([{"run_id": s.run_id, "name": s.name, "steps": s.steps, "values": s.values} for s in series])

@@ -115,13 +115,16 @@ def pipeline_ls(
     typer.echo(format_table(["PIPELINE", "NAME", "STATUS", "USER", "CREATED", "FINISHED"], rows))
 
 
-def sweep_show(ref: Annotated[str, typer.Argument(help="Sweep id (or unambiguous prefix).")]) -> None:
-    """Each point: its parameter, state, and key metric."""
+def sweep_show(
+    ref: Annotated[str, typer.Argument(help="Sweep id (or unambiguous prefix).")],
+    metric: Annotated[str | None, typer.Option(help="Show this metric's final and best value.")] = None,
+) -> None:
+    """Each point: its parameter, state, and metrics (final values; --metric M: M's final and best)."""
     from labctl.cli import _open
     from labctl.sweeps import render_sweep, sweep_rows
 
     a = _open()
-    typer.echo(render_sweep(*sweep_rows(a.db.conn, ref)))
+    typer.echo(render_sweep(*sweep_rows(a.db.conn, ref, metric)))
 
 
 def register(app: typer.Typer) -> None:
