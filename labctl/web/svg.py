@@ -170,7 +170,7 @@ def dag(nodes: Sequence[Node]) -> Markup:
         return Markup(f'<p class="muted">{len(nodes)} nodes: too many to draw; see the table</p>')
     rows = layers(nodes)
     widest = max(len(r) for r in rows)
-    width = widest * (NODE_W + GAP_X) + GAP_X
+    width = widest * (NODE_W + GAP_X) + GAP_X + NODE_W / 2  # room on the right for edges that skip a layer
     height = len(rows) * (NODE_H + GAP_Y) + GAP_Y - 10
     where: dict[str, tuple[float, float]] = {}
     for d, row in enumerate(rows):
@@ -190,10 +190,14 @@ def dag(nodes: Sequence[Node]) -> Markup:
             (x1, y1), (x2, y2) = where[p], where[n.id]
             sx, sy, ex, ey = x1 + NODE_W / 2, y1 + NODE_H, x2 + NODE_W / 2, y2
             mid = (sy + ey) / 2
-            out.append(
-                f'<path class="edge" d="M{sx:.1f},{sy:.1f} C{sx:.1f},{mid:.1f} {ex:.1f},{mid:.1f} '
-                f'{ex:.1f},{ey - 2:.1f}" marker-end="url(#arrow)"/>'
-            )
+            if ey - sy > NODE_H + GAP_Y and abs(sx - ex) < NODE_W:
+                # Skips a layer: bow out to the right so the line does not run under the boxes between.
+                bow = max(sx, ex) + NODE_W / 2 + GAP_X / 2
+                start = f"M{sx + NODE_W / 2:.1f},{y1 + NODE_H / 2:.1f}"
+                d = f"{start} C{bow:.1f},{sy:.1f} {bow:.1f},{ey:.1f} {ex + 8:.1f},{ey - 2:.1f}"
+            else:
+                d = f"M{sx:.1f},{sy:.1f} C{sx:.1f},{mid:.1f} {ex:.1f},{mid:.1f} {ex:.1f},{ey - 2:.1f}"
+            out.append(f'<path class="edge" d="{d}" marker-end="url(#arrow)"/>')
     for n in nodes:
         x, y = where[n.id]
         label = n.label if len(n.label) <= 22 else n.label[:21] + "…"
