@@ -194,10 +194,10 @@ def dag(nodes: Sequence[Node]) -> Markup:
                 # Skips a layer: bow out to the right so the line does not run under the boxes between.
                 bow = max(sx, ex) + NODE_W / 2 + GAP_X / 2
                 start = f"M{sx + NODE_W / 2:.1f},{y1 + NODE_H / 2:.1f}"
-                d = f"{start} C{bow:.1f},{sy:.1f} {bow:.1f},{ey:.1f} {ex + 8:.1f},{ey - 2:.1f}"
+                curve = f"{start} C{bow:.1f},{sy:.1f} {bow:.1f},{ey:.1f} {ex + 8:.1f},{ey - 2:.1f}"
             else:
-                d = f"M{sx:.1f},{sy:.1f} C{sx:.1f},{mid:.1f} {ex:.1f},{mid:.1f} {ex:.1f},{ey - 2:.1f}"
-            out.append(f'<path class="edge" d="{d}" marker-end="url(#arrow)"/>')
+                curve = f"M{sx:.1f},{sy:.1f} C{sx:.1f},{mid:.1f} {ex:.1f},{mid:.1f} {ex:.1f},{ey - 2:.1f}"
+            out.append(f'<path class="edge" d="{curve}" marker-end="url(#arrow)"/>')
     for n in nodes:
         x, y = where[n.id]
         label = n.label if len(n.label) <= 22 else n.label[:21] + "…"
