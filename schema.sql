@@ -17,8 +17,11 @@ CREATE TABLE schema_version (
 );
 
 -- ---------------------------------------------------------------- event log
-
-CREATE SEQUENCE events_position_seq AS bigint;
+--
+-- The log belongs to the role labctl_owner (see labctl/roles.sql). Everyone
+-- else reads it and appends only through labctl_append, a SECURITY DEFINER
+-- function: not even labctl's own role can alter, delete, disable the
+-- trigger below, or replace the function.
 
 CREATE TABLE events (
     position     bigint      PRIMARY KEY,
@@ -38,35 +41,62 @@ CREATE TABLE event_idempotency (
     recorded_at  timestamptz NOT NULL
 );
 
--- The bytes of one event that its hash covers, and the hash chained to its
--- predecessor's. Appending and verifying both go through these two functions.
--- STABLE, as what they call is: that lets the planner inline them (7x faster appends).
+-- Which bytes each event's hash covers, by the first position an encoding
+-- applies to: 1 = fields joined by \x1f (logs written before schema 7),
+-- 2 = length-prefixed fields (labctl_event_payload). The verifier, in
+-- Python, reads this and never calls a function stored in the database.
+CREATE TABLE event_hash_encodings (
+    encoding       integer PRIMARY KEY,
+    from_position  bigint  NOT NULL UNIQUE
+);
+
+-- Each successful `labctl audit verify`: the position and hash it verified up
+-- to. The next verify starts there (incremental), and a log that now ends
+-- before a verified position, or has another hash there, was truncated.
+CREATE TABLE audit_checkpoints (
+    position     bigint      NOT NULL,
+    hash         bytea       NOT NULL,
+    verified_at  timestamptz NOT NULL DEFAULT now(),
+    verified_by  text        NOT NULL DEFAULT session_user
+);
+CREATE INDEX audit_checkpoints_verified_at_idx ON audit_checkpoints (verified_at DESC);
+
+-- The bytes of one event that its hash covers (encoding 2): position,
+-- version and recorded_at (microseconds since 1970) as big-endian integers,
+-- then stream, type, data and meta as UTF-8 text, each after its length.
+-- Nothing can be moved from one field into the next without changing a length.
 CREATE FUNCTION labctl_event_payload(
     p_position bigint, p_stream text, p_version integer,
     p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
 ) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT convert_to(
-        concat_ws(E'\x1f', p_position, p_stream, p_version, p_type,
-                  p_data::text, p_meta::text, extract(epoch FROM p_recorded_at)),
-        'UTF8')
+    SELECT int8send(p_position) || int4send(p_version)
+        || int8send((extract(epoch FROM p_recorded_at) * 1000000)::bigint)
+        || int4send(octet_length(p_stream)) || convert_to(p_stream, 'UTF8')
+        || int4send(octet_length(p_type)) || convert_to(p_type, 'UTF8')
+        || int4send(octet_length(t.data)) || convert_to(t.data, 'UTF8')
+        || int4send(octet_length(t.meta)) || convert_to(t.meta, 'UTF8')
+    FROM (SELECT p_data::text AS data, p_meta::text AS meta OFFSET 0) t
 $$;
 
-CREATE FUNCTION labctl_event_digest(
-    prev bytea, p_position bigint, p_stream text, p_version integer,
-    p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
-) RETURNS bytea
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT sha256(coalesce(prev, '\x'::bytea)
-                  || labctl_event_payload(p_position, p_stream, p_version, p_type, p_data, p_meta, p_recorded_at))
+-- True when the session is a person's own role (a member of labctl_user that
+-- is neither a superuser nor a service account): their events carry the
+-- session's role as the actor, whatever the client says.
+CREATE FUNCTION labctl_session_is_personal() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT NOT r.rolsuper
+       AND pg_has_role(session_user, 'labctl_user', 'MEMBER')
+       AND NOT pg_has_role(session_user, 'labctl_service', 'MEMBER')
+    FROM pg_roles r WHERE r.rolname = session_user
 $$;
 
 -- Append events to one or more streams in one transaction.
 --
--- Appends are serialized by a transaction-scoped advisory lock, so positions
--- are handed out in commit order: a reader of "after P" can never miss an
--- event that commits later with a smaller position, and the hash chain has a
--- single well-defined predecessor.
+-- Appends are serialized by a transaction-scoped advisory lock, and positions
+-- are the last one + 1, 2, ... under it: they are handed out in commit order
+-- (a reader of "after P" can never miss an event that commits later with a
+-- smaller position), a rolled-back append leaves no hole (so a deleted event
+-- is a visible gap), and the hash chain has one well-defined predecessor.
 --
 -- p_expected[i], when not NULL, is the version event i's stream must be at
 -- just before event i (0 = a new stream), counting earlier events of the batch.
@@ -75,7 +105,7 @@ CREATE FUNCTION labctl_append(
     p_data text[], p_meta text[], p_idempotency_key text
 ) RETURNS TABLE (out_positions bigint[], out_versions integer[], out_recorded_at timestamptz[],
                out_replayed boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp AS $$
 DECLARE
     n           integer := cardinality(p_streams);
     existing    bigint[];
@@ -87,9 +117,11 @@ DECLARE
     hashes      bytea[];
     payloads    bytea[];
     prev        bytea;
+    last_pos    bigint;
     now_ts      timestamptz := clock_timestamp();
     datas       jsonb[];
     metas       jsonb[];
+    claimed     text;
 BEGIN
     IF n IS NULL OR n = 0 THEN
         RETURN;
@@ -132,11 +164,24 @@ BEGIN
 
     datas := p_data::jsonb[];
     metas := p_meta::jsonb[];
-    SELECT array_agg(nextval('events_position_seq') ORDER BY g) INTO positions FROM generate_series(1, n) AS g;
+    IF labctl_session_is_personal() THEN
+        -- A person's own role: the actor is who the database says is connected.
+        SELECT m.j ->> 'actor' INTO claimed FROM unnest(metas) AS m(j)
+        WHERE coalesce(m.j ->> 'actor', '') NOT IN ('', session_user) LIMIT 1;
+        IF claimed IS NOT NULL THEN
+            RAISE EXCEPTION 'connected as database role %, refusing to record events as %: only members of labctl_service may act for another user',
+                session_user, claimed
+                USING ERRCODE = 'LB003';
+        END IF;
+        SELECT array_agg(jsonb_set(m.j, '{actor}', to_jsonb(session_user::text)) ORDER BY m.ord) INTO metas
+        FROM unnest(metas) WITH ORDINALITY AS m(j, ord);
+    END IF;
+
+    SELECT e.position, e.hash INTO last_pos, prev FROM events e ORDER BY e.position DESC LIMIT 1;
+    positions := ARRAY(SELECT coalesce(last_pos, 0) + g FROM generate_series(1, n) AS g);
     SELECT array_agg(labctl_event_payload(u.p, u.s, u.v, u.t, u.d, u.m, now_ts) ORDER BY u.ord) INTO payloads
     FROM unnest(positions, p_streams, versions, p_types, datas, metas) WITH ORDINALITY AS u(p, s, v, t, d, m, ord);
     -- Only the chaining is sequential.
-    SELECT e.hash INTO prev FROM events e ORDER BY e.position DESC LIMIT 1;
     hashes := array_fill('\x'::bytea, ARRAY[n]);
     FOR i IN 1..n LOOP
         prev := sha256(coalesce(prev, '\x'::bytea) || payloads[i]);
@@ -173,6 +218,18 @@ BEGIN
 END
 $$;
 
+-- Record a verified prefix of the log (called by `labctl audit verify`).
+-- Only a position whose stored hash is the one verified can be recorded.
+CREATE FUNCTION labctl_record_verified(p_position bigint, p_hash bytea) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM events e WHERE e.position = p_position AND e.hash = p_hash) THEN
+        RAISE EXCEPTION 'no event at position % has the verified hash', p_position USING ERRCODE = 'LB004';
+    END IF;
+    INSERT INTO audit_checkpoints (position, hash) VALUES (p_position, p_hash);
+END
+$$;
+
 CREATE FUNCTION labctl_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -185,6 +242,11 @@ CREATE TRIGGER events_are_immutable
     BEFORE UPDATE OR DELETE OR TRUNCATE ON events
     FOR EACH STATEMENT
     EXECUTE FUNCTION labctl_refuse_change('the event log is append-only');
+
+CREATE TRIGGER audit_checkpoints_are_immutable
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION labctl_refuse_change('audit checkpoints are append-only');
 
 -- ------------------------------------------------------ operational tables
 
@@ -415,4 +477,5 @@ CREATE TABLE live.imported_artifacts (
     alias_segment  text
 );
 
-INSERT INTO schema_version (version) VALUES (6);
+INSERT INTO event_hash_encodings (encoding, from_position) VALUES (2, 1);
+INSERT INTO schema_version (version) VALUES (7);

@@ -1,15 +1,14 @@
 """The event log: event types, and the store that appends, reads and follows them."""
 
-from events import types
+from events import types, verify
 from events.codec import Event, EventMeta, StoredEvent, UnknownEvent, event_types
-from events.errors import ConcurrencyError, EventStoreError, ImmutableLogError
+from events.errors import ActorRefused, ConcurrencyError, EventStoreError, ImmutableLogError
 from events.store import (
     CHANNEL,
     NewEvent,
     append,
     append_batch,
     event_count,
-    first_broken_link,
     last_position,
     position_at,
     read_all,
@@ -20,6 +19,7 @@ from events.store import (
 
 __all__ = [
     "CHANNEL",
+    "ActorRefused",
     "ConcurrencyError",
     "Event",
     "EventMeta",
@@ -32,7 +32,6 @@ __all__ = [
     "append_batch",
     "event_count",
     "event_types",
-    "first_broken_link",
     "last_position",
     "position_at",
     "read_all",
@@ -40,4 +39,5 @@ __all__ = [
     "stream_version",
     "streams_matching",
     "types",
+    "verify",
 ]

@@ -19,3 +19,7 @@ class ConcurrencyError(EventStoreError):
 
 class ImmutableLogError(EventStoreError):
     """An UPDATE, DELETE or TRUNCATE on the event log was refused."""
+
+
+class ActorRefused(EventStoreError):
+    """A person's own database role tried to record events as someone else."""

@@ -1,17 +1,20 @@
+-- The log is always named with its schema: the read-model schema comes first on the search path and
+-- belongs to labctl_app, which must not be able to shadow the log or its append function there.
+
 -- name: append
 SELECT out_positions, out_versions, out_recorded_at, out_replayed
-FROM labctl_append(%(streams)b, %(expected)b::integer[], %(types)b, %(data)b, %(meta)b, %(key)s);
+FROM labctl.labctl_append(%(streams)b, %(expected)b::integer[], %(types)b, %(data)b, %(meta)b, %(key)s);
 
 -- name: read_all
 SELECT position, stream, version, type, data::text, meta::text, recorded_at
-FROM events
+FROM labctl.events
 WHERE position > %(after)s
 ORDER BY position
 LIMIT %(limit)s;
 
 -- name: read_all_filtered
 SELECT position, stream, version, type, data::text, meta::text, recorded_at
-FROM events
+FROM labctl.events
 WHERE position > %(after)s
   AND (%(stream)s::text IS NULL OR stream = %(stream)s)
   AND (%(types)s::text[] IS NULL OR type = ANY (%(types)s))
@@ -21,31 +24,21 @@ LIMIT %(limit)s;
 
 -- name: read_stream
 SELECT position, stream, version, type, data::text, meta::text, recorded_at
-FROM events
+FROM labctl.events
 WHERE stream = %(stream)s AND version > %(after_version)s
 ORDER BY version;
 
 -- name: streams_like
-SELECT DISTINCT stream FROM events WHERE stream LIKE %(pattern)s ORDER BY stream LIMIT 20;
+SELECT DISTINCT stream FROM labctl.events WHERE stream LIKE %(pattern)s ORDER BY stream LIMIT 20;
 
 -- name: stream_version
-SELECT coalesce(max(version), 0) FROM events WHERE stream = %(stream)s;
+SELECT coalesce(max(version), 0) FROM labctl.events WHERE stream = %(stream)s;
 
 -- name: last_position
-SELECT coalesce(max(position), 0) FROM events;
+SELECT coalesce(max(position), 0) FROM labctl.events;
 
 -- name: position_at
-SELECT coalesce(max(position), 0) FROM events WHERE recorded_at <= %(at)s;
+SELECT coalesce(max(position), 0) FROM labctl.events WHERE recorded_at <= %(at)s;
 
 -- name: event_count
-SELECT count(*) FROM events;
-
--- name: first_broken_link
-WITH chain AS (
-    SELECT position, hash,
-           labctl_event_digest(lag(hash) OVER (ORDER BY position), position, stream,
-                               version, type, data, meta, recorded_at) AS expected
-    FROM events
-    WHERE %(until)s::bigint IS NULL OR position <= %(until)s
-)
-SELECT position FROM chain WHERE hash <> expected ORDER BY position LIMIT 1;
+SELECT count(*) FROM labctl.events;

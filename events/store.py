@@ -12,7 +12,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from events.codec import Event, EventMeta, StoredEvent, decode_meta, encode
-from events.errors import ConcurrencyError, ImmutableLogError
+from events.errors import ActorRefused, ConcurrencyError, ImmutableLogError
 from events.queries import load_queries
 
 Q = load_queries("events")
@@ -108,6 +108,8 @@ def _translate(exc: psycopg.Error) -> Exception:
             return ConcurrencyError(m.group(1), int(m.group(2)), int(m.group(3)))
     if state == "LB002":
         return ImmutableLogError(message)
+    if state == "LB003":
+        return ActorRefused(message)
     return exc
 
 
@@ -191,9 +193,3 @@ def position_at(conn: psycopg.Connection[Any], at: datetime) -> int:
 def event_count(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(Q["event_count"]).fetchone()
     return int(row[0]) if row else 0
-
-
-def first_broken_link(conn: psycopg.Connection[Any], until: int | None = None) -> int | None:
-    """The first position whose hash does not chain from its predecessor, if any."""
-    row = conn.execute(Q["first_broken_link"], {"until": until}).fetchone()
-    return int(row[0]) if row else None

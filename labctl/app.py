@@ -14,7 +14,7 @@ import psycopg
 
 from events import EventMeta, NewEvent
 from labctl import __version__
-from labctl.db import Database, database_url, labctl_home
+from labctl.db import Database, labctl_home, open_database
 from labctl.errors import InputError, UserError
 from labctl.files import ClusterConfig, find_cluster_config, load_cluster_config, local_profile
 from labctl.names import BadName, check_name
@@ -85,6 +85,6 @@ def open_app(cluster: Path | None = None) -> App:
         config=config,
         config_path=path,
         home=labctl_home(),
-        db=Database(database_url(config.database.url, config.postgres)),
+        db=open_database(config.database.url, config.postgres),
         user=current_user(),
     )

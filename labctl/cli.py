@@ -62,12 +62,11 @@ def _main(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create or upgrade the schema (idempotent); beside an original labctl registry too."""
-    from labctl.db import connect, ensure_schema
+    """Create or upgrade the schema, roles and grants (idempotent); beside an original labctl registry too."""
+    from labctl.db import upgrade
 
     a = _open()
-    with connect(a.db.url) as conn:
-        before, after = ensure_schema(conn, beside_original=True)
+    before, after = upgrade(a.db, beside_original=True)
     if before == after:
         typer.echo(f"schema is current (version {after})")
     elif before is None:
@@ -162,13 +161,16 @@ def replay(
     ] = None,
 ) -> None:
     """Rebuild every read model from the log (atomically swapped in), or as of a past moment."""
+    import events
     import projections
     from labctl.maintenance import parse_until
+    from labctl.progress import ProgressBar
 
     a = _open()
     conn = a.db.conn
     if until is None:
-        report = projections.replay_live(conn)
+        with ProgressBar("replaying", events.last_position(conn)) as bar:
+            report = projections.replay_live(conn, progress=bar)
         rate = report.events / report.fold_seconds if report.fold_seconds else 0
         typer.echo(
             f"rebuilt {report.events} events into the live read models in {report.total_seconds:.2f}s "
@@ -176,31 +178,45 @@ def replay(
         )
         return
     position = parse_until(conn, until)
-    report = projections.replay_as_of(conn, position)
+    with ProgressBar("replaying", position) as bar:
+        report = projections.replay_as_of(conn, position, progress=bar)
     typer.echo(f"built the read models as of position {position} ({report.events} events) into schema {report.schema}")
     typer.echo(f"query it with:  SET search_path = {report.schema}, labctl;  or  labctl status --as-of {position}")
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Verify the hash chain and that a shadow rebuild equals the live read models."""
-    from labctl.maintenance import audit
+def audit_verify(
+    full: Annotated[
+        bool, typer.Option("--full", help="Re-check the whole chain and diff the read models with a rebuild.")
+    ] = False,
+    expect: Annotated[
+        str | None,
+        typer.Option(help="POSITION:HASH from `labctl audit head`: the log must still hold exactly that prefix."),
+    ] = None,
+) -> None:
+    """Recompute the hash chain from the last verified position (--full: from the start, and the read models)."""
+    from labctl.maintenance import audit, parse_anchor
 
+    anchor = parse_anchor(expect) if expect is not None else None
     a = _open()
-    report = audit(a.db.conn)
+    report = audit(a.db.conn, full=full, expect=anchor)
+    for problem in report.problems:
+        typer.echo(problem)
     if report.broken_at is not None:
-        typer.echo(f"hash chain broken at position {report.broken_at}: the event there was altered")
+        typer.echo(f"hash chain broken at position {report.broken_at}")
     for d in report.differences:
         detail = "; ".join(f"{c}: live={v[0]!r} log={v[1]!r}" for c, v in d.columns.items())
         typer.echo(f"{d.table} {d.key}: {d.problem}{' (' + detail + ')' if detail else ''}")
     if report.clean:
-        typer.echo(
-            f"ok: {report.events_checked} events chained, read models equal a rebuild at position {report.position}"
-        )
+        since = f" after position {report.checked_after}" if report.checked_after else ""
+        models = ", read models equal a rebuild" if report.models_checked else ""
+        typer.echo(f"ok: {report.events_checked} events{since} chained up to position {report.position}{models}")
         return
     first = (
         f"hash chain broken at position {report.broken_at}"
         if report.broken_at is not None
+        else report.problems[0]
+        if report.problems
         else f"{len(report.differences)} read-model rows differ from a rebuild"
     )
     _fail(f"audit failed: {first}", 1)
@@ -217,6 +233,14 @@ def audit_objects_cmd() -> None:
     if report.changed:
         _fail(f"audit failed: {len(report.changed)} of {report.checked} stored objects changed", 1)
     typer.echo(f"ok: {report.checked} stored objects match their hashes ({report.seconds:.1f}s)")
+
+
+@audit_app.command("head")
+def audit_head() -> None:
+    """Print POSITION:HASH of the last event: keep it elsewhere and check it later with `verify --expect`."""
+    from labctl.maintenance import anchor
+
+    typer.echo(anchor(_open().db.conn))
 
 
 # ---------------------------------------------------------------------- runs
@@ -303,20 +327,7 @@ def status(
 
     a = _open()
     conn = a.db.conn
-    if as_of is not None:
-        import projections
-        from labctl.maintenance import parse_until
-
-        position = parse_until(conn, as_of, "--as-of")
-        exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (f"asof_{position}",)).fetchone()
-        if not (exists and exists[0]):
-            projections.replay_as_of(conn, position)
-        runs.set_search_path(conn, f"asof_{position}")
     who = None if all_ else (user or a.user)
-    if as_json:
-        runs.write_status_json(conn, sys.stdout.buffer, user=who, state=state, everything=all_)
-        return
-
     extra = None
     if columns is not None:
         from labctl.run_columns import extra_columns, parse_columns
@@ -332,6 +343,32 @@ def status(
             headers += more
             table = [[*t, *cells[t[0]]] for t in table]
         typer.echo(format_table(headers, table))
+
+    def show() -> None:
+        if as_json:
+            runs.write_status_json(conn, sys.stdout.buffer, user=who, state=state, everything=all_)
+        else:
+            draw()
+
+    if as_of is not None:
+        import projections
+        from labctl.maintenance import parse_until
+        from labctl.progress import ProgressBar
+
+        position = parse_until(conn, as_of, "--as-of")
+        # Reading leaves nothing behind: the snapshot is built in a transaction that is rolled back
+        # (one kept by `replay --until` is used as it is).
+        with conn.transaction(force_rollback=True):
+            exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (f"asof_{position}",)).fetchone()
+            if not (exists and exists[0]):
+                with ProgressBar("replaying", position) as bar:
+                    projections.replay_as_of(conn, position, progress=bar)
+            runs.set_search_path(conn, f"asof_{position}")
+            show()
+        return
+    if as_json:
+        show()
+        return
 
     draw()
     if watch:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,7 +19,8 @@ from urllib.parse import quote
 
 import psycopg
 import tenacity
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from labctl.errors import DatabaseUnavailable, InputError, UserError
 
@@ -46,6 +48,41 @@ def embedded_url(home: Path | None = None) -> str:
     return embedded.start(home or labctl_home())
 
 
+#: The role labctl's commands use on the embedded server. Not the superuser: a member of
+#: labctl_app, so not even labctl itself can rewrite the log it keeps (roles.sql).
+EMBEDDED_APP_ROLE = "labctl"
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` connecting as ``role`` instead."""
+    params = conninfo_to_dict(url)
+    params["user"] = role
+    return make_conninfo("", **params)
+
+
+def embedded_app_url(home: Path | None = None) -> str:
+    """The embedded server's URL for everyday commands (role ``labctl``)."""
+    return as_role(embedded_url(home), EMBEDDED_APP_ROLE)
+
+
+def prepare_embedded(admin_url: str) -> tuple[int | None, int]:
+    """Create or upgrade the schema as the superuser, and the everyday login role."""
+    with connect(admin_url) as conn:
+        versions = ensure_schema(conn)
+        ensure_login_role(conn, EMBEDDED_APP_ROLE, "labctl_app")
+    return versions
+
+
+def ensure_login_role(conn: psycopg.Connection[Any], name: str, group: str) -> bool:
+    """Create login role ``name`` if missing and make it a member of ``group``; True when created."""
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+    if not exists:
+        with suppress(psycopg.errors.DuplicateObject):
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name)))
+    return not exists
+
+
 def stop_embedded(home: Path | None = None) -> bool:
     """Stop the embedded server if it runs; True when it was running."""
     from labctl import embedded
@@ -67,7 +104,15 @@ def database_url(configured: str | None = None, postgres: Postgres | None = None
         return url
     if postgres is not None:
         return postgres_url(postgres)
-    return embedded_url()
+    return embedded_app_url()
+
+
+def open_database(configured: str | None = None, postgres: Postgres | None = None) -> Database:
+    """The database in effect; on the embedded server, with the superuser for schema upgrades."""
+    if os.environ.get("LABCTL_DATABASE_URL") or configured or postgres is not None:
+        return Database(database_url(configured, postgres))
+    admin = embedded_url()
+    return Database(as_role(admin, EMBEDDED_APP_ROLE), admin_url=admin)
 
 
 def postgres_url(pg: Postgres) -> str:
@@ -166,19 +211,34 @@ def connect(url: str, *, budget: float | None = None, **kwargs: Any) -> psycopg.
 class Database:
     """A database URL plus one lazily opened connection, reopened after failures."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, admin_url: str | None = None) -> None:
         self.url = url
+        #: a role that may create the schema and roles (the embedded server's superuser), if known
+        self.admin_url = admin_url
         self._conn: psycopg.Connection[Any] | None = None
         self._schema_checked = False
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = connect(self.url)
+            self._conn = self._open()
             if not self._schema_checked:
-                ensure_schema(self._conn)
+                if self.admin_url is not None and current_schema_version(self._conn) != _target_version():
+                    prepare_embedded(self.admin_url)
+                else:
+                    ensure_schema(self._conn)
                 self._schema_checked = True
         return self._conn
+
+    def _open(self) -> psycopg.Connection[Any]:
+        if self.admin_url is None or self._schema_checked:
+            return connect(self.url)
+        try:
+            return connect(self.url, budget=0)
+        except DatabaseUnavailable:
+            # The everyday role is missing (a server set up by an older labctl): create it.
+            prepare_embedded(self.admin_url)
+            return connect(self.url)
 
     def run(self, work: Callable[[psycopg.Connection[Any]], T], *, budget: float | None = None) -> T:
         """Run ``work`` in one transaction; a transient failure retries the whole of it.
@@ -224,6 +284,11 @@ def schema_sql() -> str:
     return (Path(__file__).resolve().parent.parent / "schema.sql").read_text()
 
 
+def roles_sql() -> str:
+    """Roles, ownership and grants (labctl/roles.sql): applied after every create or upgrade."""
+    return resources.files("labctl").joinpath("roles.sql").read_text()
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """Upgrade steps as ``(version, name, sql)``, in order."""
     steps = []
@@ -252,6 +317,10 @@ def current_schema_version(conn: psycopg.Connection[Any]) -> int | None:
     table = "labctl.schema_version" if row[0] else "public.schema_version"
     row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
     return int(row[0]) if row and row[0] is not None else None
+
+
+def _target_version() -> int:
+    return schema_version_of_file(schema_sql())
 
 
 def original_registry_runs(conn: psycopg.Connection[Any]) -> int | None:
@@ -307,6 +376,21 @@ def ensure_schema(conn: psycopg.Connection[Any], *, beside_original: bool = Fals
                     for version, _name, sql in migrations():
                         if before < version <= target:
                             conn.execute(sql.encode())
+                conn.execute(roles_sql().encode())
+    except psycopg.errors.InsufficientPrivilege as exc:
+        role = conn.info.user
+        raise DatabaseUnavailable(
+            f"the database schema is version {before}, this labctl needs {target}, and role {role} may not "
+            "create or upgrade it: run `labctl db upgrade` with the URL of a superuser or the database owner"
+        ) from exc
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
     return before, target
+
+
+def upgrade(db: Database, *, beside_original: bool = False) -> tuple[int | None, int]:
+    """``labctl db upgrade``: create or upgrade the schema, roles and grants (as the admin role if known)."""
+    if db.admin_url is not None:
+        return prepare_embedded(db.admin_url)
+    with connect(db.url) as conn:
+        return ensure_schema(conn, beside_original=beside_original)

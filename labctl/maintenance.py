@@ -12,8 +12,10 @@ import psycopg
 
 import events
 import projections
+from events import verify
 from labctl.db import Database, current_schema_version, describe_url, schema_sql, schema_version_of_file
 from labctl.errors import InputError
+from labctl.progress import ProgressBar
 
 
 class Check(msgspec.Struct):
@@ -70,20 +72,95 @@ def check_position(value: int, option: str) -> int:
 
 class AuditReport(msgspec.Struct):
     events_checked: int
-    position: int
+    checked_after: int  # the chain was recomputed from the event after this position (0: from the start)
+    position: int  # the last position checked
+    head_hash: bytes
+    problems: list[str]
     broken_at: int | None
     differences: list[projections.engine.RowDiff]
+    models_checked: bool
 
     @property
     def clean(self) -> bool:
-        return self.broken_at is None and not self.differences
+        return not self.problems and not self.differences
 
 
-def audit(conn: psycopg.Connection[Any]) -> AuditReport:
-    """Verify the hash chain, then rebuild in memory and diff with the live tables."""
-    broken = events.first_broken_link(conn)
-    position, diffs = projections.diff_live(conn)
-    return AuditReport(events.event_count(conn), position, broken, diffs)
+def parse_anchor(text: str) -> tuple[int, bytes]:
+    """``POSITION:HASH`` (as ``labctl audit head`` prints it)."""
+    position, _, digest = text.partition(":")
+    try:
+        value = (int(position), bytes.fromhex(digest))
+    except ValueError:
+        value = (0, b"")
+    if value[0] <= 0 or len(value[1]) != 32:
+        raise InputError(f"--expect {text!r}: expected POSITION:HASH as printed by `labctl audit head`")
+    return value
+
+
+def anchor(conn: psycopg.Connection[Any]) -> str:
+    """``POSITION:HASH`` of the log's last event, to keep outside the database."""
+    position, digest = verify.head(conn)
+    return f"{position}:{digest.hex()}"
+
+
+def _truncation(conn: psycopg.Connection[Any], last: int) -> str | None:
+    """Signs that events were removed from the log's end: things that point past it."""
+    verified = verify.last_verified(conn)
+    if verified is not None:
+        position, digest = verified
+        if position > last:
+            return (
+                f"the log ends at position {last} but was verified up to {position} before: "
+                "events were removed from its end"
+            )
+        if verify.hash_at(conn, position) != digest:
+            return f"the event at position {position} changed since it was verified"
+    for name, position in conn.execute("SELECT name, position FROM reactor_checkpoints WHERE position > %s", (last,)):
+        return f"reactor {name} has handled events up to {position}, past the log's end at {last}: events were removed"
+    return None
+
+
+def audit(
+    conn: psycopg.Connection[Any],
+    *,
+    full: bool = False,
+    expect: tuple[int, bytes] | None = None,
+) -> AuditReport:
+    """Recompute the hash chain in Python, from the last verified position (or, ``full``, the start).
+
+    ``full`` also rebuilds the read models in memory and diffs them with the
+    live tables. ``expect`` is an anchor kept elsewhere: the log must still
+    hold exactly that prefix. A clean audit records the position it reached.
+    """
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        last, _ = verify.head(conn)
+        truncated = _truncation(conn, last)
+        start: tuple[int, bytes] = (0, b"")
+        if not full and expect is None and truncated is None:
+            start = verify.last_verified(conn) or start
+        with ProgressBar("verifying", last - start[0]) as bar:
+            chain = verify.verify_chain(conn, after=start[0], previous=start[1], progress=bar)
+        problems = [p for p in (truncated, chain.problem) if p is not None]
+        if expect is not None and chain.problem is None:
+            problems += [p for p in [_expect_problem(conn, expect, chain.last_position)] if p is not None]
+    diffs: list[projections.engine.RowDiff] = []
+    if full:
+        _position, diffs = projections.diff_live(conn)
+    if not problems and not diffs and chain.last_position > 0:
+        verify.record_verified(conn, chain.last_position, chain.last_hash)
+    return AuditReport(
+        chain.checked, start[0], chain.last_position, chain.last_hash, problems, chain.broken_at, diffs, full
+    )
+
+
+def _expect_problem(conn: psycopg.Connection[Any], expect: tuple[int, bytes], last: int) -> str | None:
+    position, digest = expect
+    if position > last:
+        return f"the log ends at position {last}, before the expected {position}: events were removed from its end"
+    if verify.hash_at(conn, position) != digest:
+        return f"the log no longer holds the expected prefix: the hash at position {position} differs"
+    return None
 
 
 class ChangedObject(msgspec.Struct):

@@ -284,6 +284,25 @@ def prepare_user_dirs(config: ClusterConfig, user: str) -> list[DirChange]:
     return changes
 
 
+def add_database_role(url: str, user: str, *, service: bool = False) -> str:
+    """Give ``user`` a login role of their own (a member of labctl_user, or labctl_service); one line saying so."""
+    import psycopg
+
+    from labctl.db import connect, ensure_login_role
+
+    check_user_name(user)
+    group = "labctl_service" if service else "labctl_user"
+    try:
+        with connect(url) as conn:
+            created = ensure_login_role(conn, user, group)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise UserError(
+            f"cannot create database role {user}: {exc.diag.message_primary or exc} "
+            "(run as the database owner, or pass --no-db-role)"
+        ) from exc
+    return f"postgres role {user}: {'created' if created else 'already there'}, member of {group}"
+
+
 def _shared_gid(group: str | None) -> tuple[int, str | None]:
     if not group:
         return -1, None

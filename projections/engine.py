@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -19,6 +19,7 @@ from projections.registry import PROJECTIONS
 LIVE = "live"
 CHECKPOINTS = "projection_checkpoints"
 APPEND_LOCK = 7146011  # the advisory lock labctl_append takes
+READ_MODEL_OWNER = "labctl_app"  # owns the projection schemas, so any member may rebuild them
 
 
 def _handlers() -> dict[str, list[Any]]:
@@ -151,28 +152,38 @@ class FoldResult(msgspec.Struct):
 
 _SCAN = (
     "SELECT position, stream, version, type, data::text, meta::text, recorded_at "
-    "FROM events WHERE position <= %s ORDER BY position"
+    "FROM labctl.events WHERE position <= %s ORDER BY position"
 )
 
 
-def scan_events(conn: psycopg.Connection[Any], until: int) -> Iterator[StoredEvent]:
-    """Every event up to ``until`` through a server-side cursor (call inside a transaction)."""
+Progress = Callable[[int], None]
+
+
+def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | None = None) -> Iterator[StoredEvent]:
+    """Every event up to ``until`` through a server-side cursor (call inside a transaction).
+
+    ``progress`` is told how many events were read after each page of 20,000.
+    """
+    done = 0
     with conn.cursor(name="labctl_scan", binary=True) as cur:
-        cur.itersize = 20000
         cur.execute(_SCAN, (until,))
-        for pos, stream, ver, typ, data, meta, at in cur:
-            yield StoredEvent(
-                position=pos,
-                stream=stream,
-                version=ver,
-                type=typ,
-                raw=data,
-                meta=decode_meta(meta),
-                recorded_at=at,
-            )
+        while rows := cur.fetchmany(20000):
+            for pos, stream, ver, typ, data, meta, at in rows:
+                yield StoredEvent(
+                    position=pos,
+                    stream=stream,
+                    version=ver,
+                    type=typ,
+                    raw=data,
+                    meta=decode_meta(meta),
+                    recorded_at=at,
+                )
+            done += len(rows)
+            if progress is not None:
+                progress(done)
 
 
-def fold(conn: psycopg.Connection[Any], until: int | None = None) -> FoldResult:
+def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Progress | None = None) -> FoldResult:
     """Rebuild every projection in memory from the log (up to ``until``)."""
     started = time.perf_counter()
     # The fold builds many long-lived objects; the cyclic collector would rescan them over and over.
@@ -182,7 +193,7 @@ def fold(conn: psycopg.Connection[Any], until: int | None = None) -> FoldResult:
         with conn.transaction():
             end = last_position(conn) if until is None else until
             state = State(MemoryRows)
-            n = apply(state, scan_events(conn, end))
+            n = apply(state, scan_events(conn, end, progress))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -239,8 +250,20 @@ def _copy_rows(conn: psycopg.Connection[Any], schema: str, table: Table[Any], ro
             copy.write_row(table.to_db(row))
 
 
+def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
+    """Create what follows as the read models' owner role (for this transaction), not as whoever runs it:
+    a schema one user builds stays usable by the next."""
+    row = conn.execute(
+        "SELECT CASE WHEN to_regrole(%s) IS NULL THEN false ELSE pg_has_role(%s, 'MEMBER') END",
+        (READ_MODEL_OWNER, READ_MODEL_OWNER),
+    ).fetchone()
+    if row and row[0]:
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(READ_MODEL_OWNER)))
+
+
 def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
     """Create ``schema`` holding the folded projection tables (in the caller's transaction)."""
+    _as_read_model_owner(conn)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     _clone_tables(conn, schema, indexes=False)
@@ -271,17 +294,18 @@ class ReplayReport(msgspec.Struct):
     total_seconds: float
 
 
-def replay_live(conn: psycopg.Connection[Any]) -> ReplayReport:
+def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None) -> ReplayReport:
     """Rebuild every projection into a fresh schema and swap it in atomically."""
     started = time.perf_counter()
     staging = f"live_rebuild_{int(time.time() * 1000)}"
-    result = fold(conn)
+    result = fold(conn, progress=progress)
     with conn.transaction():
         write_schema(conn, staging, result)
     try:
         with conn.transaction():
             # Hold appends while the tail is applied and the schemas swap.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            _as_read_model_owner(conn)
             tail_state = _db_state(conn, staging)
             n = sum(apply(tail_state, page) for page in _pages(conn, result.position, last_position(conn)))
             _flush(tail_state)
@@ -298,11 +322,11 @@ def replay_live(conn: psycopg.Connection[Any]) -> ReplayReport:
     return ReplayReport(LIVE, end, result.events + n, result.seconds, time.perf_counter() - started)
 
 
-def replay_as_of(conn: psycopg.Connection[Any], position: int) -> ReplayReport:
+def replay_as_of(conn: psycopg.Connection[Any], position: int, progress: Progress | None = None) -> ReplayReport:
     """Build the world as it was at ``position`` into a read-only schema ``asof_<position>``."""
     started = time.perf_counter()
     schema = f"asof_{position}"
-    result = fold(conn, until=position)
+    result = fold(conn, until=position, progress=progress)
     with conn.transaction():
         write_schema(conn, schema, result)
         make_read_only(conn, schema, f"{schema} is a read-only snapshot of the past")

@@ -68,6 +68,8 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
     name = f"labctl_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+        # Database-level grants are not copied from a template (roles.sql made them on the template).
+        admin.execute(f"GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {name} TO labctl_app")
     yield _with_dbname(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -91,14 +91,16 @@ def test_immutable_log_error_is_translated_by_the_store(conn: psycopg.Connection
 
 def test_changed_byte_breaks_the_hash_chain_at_that_position(conn: psycopg.Connection[Any]) -> None:
     positions = events.append(conn, "s-a", [Noted(text=f"e{i}") for i in range(5)], expected_version=0)
-    assert events.first_broken_link(conn) is None
+    with conn.transaction():
+        assert events.verify.verify_chain(conn).broken_at is None
     with conn.transaction():
         conn.execute("ALTER TABLE events DISABLE TRIGGER events_are_immutable")
         conn.execute(
             "UPDATE events SET data = jsonb_set(data, '{text}', '\"E2\"') WHERE position = %s", (positions[2],)
         )
         conn.execute("ALTER TABLE events ENABLE TRIGGER events_are_immutable")
-    assert events.first_broken_link(conn) == positions[2]
+    with conn.transaction():
+        assert events.verify.verify_chain(conn).broken_at == positions[2]
 
 
 def test_unknown_fields_and_types_from_newer_writers_are_tolerated(conn: psycopg.Connection[Any]) -> None:

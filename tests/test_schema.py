@@ -32,6 +32,15 @@ CATALOG = {
         SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger
         WHERE NOT tgisinternal ORDER BY 1, 2""",
     "sequences": "SELECT sequence_schema, sequence_name, data_type FROM information_schema.sequences ORDER BY 1, 2",
+    "owners and grants": """
+        SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relacl::text FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('labctl', 'live') ORDER BY 1, 2""",
+    "function owners and grants": """
+        SELECT p.proname, pg_get_userbyid(p.proowner), p.prosecdef, p.proacl::text FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'labctl' ORDER BY 1""",
+    "schema owners": """
+        SELECT nspname, pg_get_userbyid(nspowner), nspacl::text FROM pg_namespace
+        WHERE nspname IN ('labctl', 'live') ORDER BY 1""",
 }
 
 

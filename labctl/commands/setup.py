@@ -67,8 +67,7 @@ def init(
     agent unit, create the schema and run doctor (each step can be skipped)."""
     from labctl import setup
     from labctl.cli import _fail, _Global, doctor
-    from labctl.db import connect, ensure_schema, labctl_home
-    from labctl.db import database_url as url_of
+    from labctl.db import labctl_home, open_database, upgrade
     from labctl.files import ARTIFACT_KINDS, OUTPUT_TYPES, load_cluster_config
 
     if scheduler not in ("auto", "local", "slurm"):
@@ -146,11 +145,11 @@ def init(
             typer.echo(f"its registry is not imported (--no-doctor): run `labctl import --from {migrate_from}`")
         typer.echo("doctor skipped: run `labctl doctor` when ready")
         return
-    url = url_of(written.database.url, written.postgres)
     importing = foreign is not None and foreign.postgres is not None
-    with connect(url) as conn:
+    with open_database(written.database.url, written.postgres) as db:
         # adapting a cluster whose registry this database may hold: our tables go beside it
-        before, after = ensure_schema(conn, beside_original=importing)
+        before, after = upgrade(db, beside_original=importing)
+        url = db.url
     typer.echo(
         f"schema version {after}" + (" (created)" if before is None else f" (was {before})" if before != after else "")
     )
@@ -174,11 +173,17 @@ def add_user(
     no_create_dirs: Annotated[
         bool, typer.Option("--no-create-dirs", help="Do not create the user's directories.")
     ] = False,
+    service: Annotated[
+        bool, typer.Option("--service", help="A group service account: its Postgres role may act for others.")
+    ] = False,
 ) -> None:
-    """Prepare a user: their Postgres role and their run, alias and output directories (shared group,
-    setgid); safe to repeat."""
+    """Prepare a user: their own Postgres role (reached by peer authentication; the events they record carry
+    it as the actor) and their run, alias and output directories (shared group, setgid); safe to repeat."""
+    import os
+
     from labctl.app import check_user_name, load_config
     from labctl.cli import _Global
+    from labctl.setup import add_database_role
     from labctl.setup import add_user as prepare_user
 
     check_user_name(name)
@@ -187,7 +192,12 @@ def add_user(
         for change in prepare_user(config, name):
             typer.echo(change.describe())
     if not no_pg_role:
-        typer.echo(f"postgres role {name}: skipped (this version of labctl has no per-user Postgres roles yet)")
+        if os.environ.get("LABCTL_DATABASE_URL") or config.database.url or config.postgres is not None:
+            from labctl.db import database_url
+
+            typer.echo(add_database_role(database_url(config.database.url, config.postgres), name, service=service))
+        else:
+            typer.echo(f"postgres role {name}: skipped (the embedded single-user database has no per-user roles)")
 
 
 def _services(agent: bool, ui: bool, *, default_installed: bool = False) -> list[ServiceName]:

@@ -1,4 +1,5 @@
-"""Fixtures for the security tests: real OS users beside the one running the tests (CI runs as root)."""
+"""Fixtures for the security tests: real OS users and real Postgres roles beside the ones running the tests
+(CI runs as root)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+
+from labctl.db import as_role, ensure_login_role
 
 
 def _can_run_as_another_user() -> str | None:
@@ -172,3 +177,22 @@ def shared(shared_server: str) -> Iterator[Shared]:
         shutil.rmtree(root, ignore_errors=True)
         with psycopg.connect(shared_server, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def role_url(db_url: str) -> Iterator[Callable[[str], str]]:
+    """``make(group)``: a new login role, member of ``group``; returns this test database's URL as that role."""
+    made: list[str] = []
+
+    def make(group: str) -> str:
+        name = f"sec_{group.removeprefix('labctl_')}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            ensure_login_role(admin, name, group)
+        made.append(name)
+        return as_role(db_url, name)
+
+    yield make
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

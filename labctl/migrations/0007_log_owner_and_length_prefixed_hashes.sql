@@ -1,0 +1,211 @@
+-- Version 7: tamper evidence against labctl's own role. The log moves to the
+-- role labctl_owner (labctl/roles.sql) and is appended to through a SECURITY
+-- DEFINER function; positions are handed out under the append lock (no
+-- sequence: a rolled-back append leaves no hole); new events are hashed over
+-- length-prefixed fields (encoding 2), events already written keep their
+-- \x1f-joined encoding 1, recorded here by the position where 2 begins.
+
+-- Which bytes each event's hash covers, by the first position an encoding
+-- applies to: 1 = fields joined by \x1f (logs written before schema 7),
+-- 2 = length-prefixed fields (labctl_event_payload). The verifier, in
+-- Python, reads this and never calls a function stored in the database.
+CREATE TABLE event_hash_encodings (
+    encoding       integer PRIMARY KEY,
+    from_position  bigint  NOT NULL UNIQUE
+);
+
+-- Each successful `labctl audit verify`: the position and hash it verified up
+-- to. The next verify starts there (incremental), and a log that now ends
+-- before a verified position, or has another hash there, was truncated.
+CREATE TABLE audit_checkpoints (
+    position     bigint      NOT NULL,
+    hash         bytea       NOT NULL,
+    verified_at  timestamptz NOT NULL DEFAULT now(),
+    verified_by  text        NOT NULL DEFAULT session_user
+);
+CREATE INDEX audit_checkpoints_verified_at_idx ON audit_checkpoints (verified_at DESC);
+
+INSERT INTO event_hash_encodings (encoding, from_position)
+SELECT 1, 1 FROM events HAVING count(*) > 0;
+INSERT INTO event_hash_encodings (encoding, from_position)
+SELECT 2, coalesce(max(position), 0) + 1 FROM events;
+
+DROP FUNCTION labctl_event_digest(bytea, bigint, text, integer, text, jsonb, jsonb, timestamptz);
+-- The bytes of one event that its hash covers (encoding 2): position,
+-- version and recorded_at (microseconds since 1970) as big-endian integers,
+-- then stream, type, data and meta as UTF-8 text, each after its length.
+-- Nothing can be moved from one field into the next without changing a length.
+CREATE OR REPLACE FUNCTION labctl_event_payload(
+    p_position bigint, p_stream text, p_version integer,
+    p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
+) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT int8send(p_position) || int4send(p_version)
+        || int8send((extract(epoch FROM p_recorded_at) * 1000000)::bigint)
+        || int4send(octet_length(p_stream)) || convert_to(p_stream, 'UTF8')
+        || int4send(octet_length(p_type)) || convert_to(p_type, 'UTF8')
+        || int4send(octet_length(t.data)) || convert_to(t.data, 'UTF8')
+        || int4send(octet_length(t.meta)) || convert_to(t.meta, 'UTF8')
+    FROM (SELECT p_data::text AS data, p_meta::text AS meta OFFSET 0) t
+$$;
+
+-- True when the session is a person's own role (a member of labctl_user that
+-- is neither a superuser nor a service account): their events carry the
+-- session's role as the actor, whatever the client says.
+CREATE FUNCTION labctl_session_is_personal() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT NOT r.rolsuper
+       AND pg_has_role(session_user, 'labctl_user', 'MEMBER')
+       AND NOT pg_has_role(session_user, 'labctl_service', 'MEMBER')
+    FROM pg_roles r WHERE r.rolname = session_user
+$$;
+
+-- Append events to one or more streams in one transaction.
+--
+-- Appends are serialized by a transaction-scoped advisory lock, and positions
+-- are the last one + 1, 2, ... under it: they are handed out in commit order
+-- (a reader of "after P" can never miss an event that commits later with a
+-- smaller position), a rolled-back append leaves no hole (so a deleted event
+-- is a visible gap), and the hash chain has one well-defined predecessor.
+--
+-- p_expected[i], when not NULL, is the version event i's stream must be at
+-- just before event i (0 = a new stream), counting earlier events of the batch.
+CREATE OR REPLACE FUNCTION labctl_append(
+    p_streams text[], p_expected integer[], p_types text[],
+    p_data text[], p_meta text[], p_idempotency_key text
+) RETURNS TABLE (out_positions bigint[], out_versions integer[], out_recorded_at timestamptz[],
+               out_replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp AS $$
+DECLARE
+    n           integer := cardinality(p_streams);
+    existing    bigint[];
+    bad         bigint;
+    conflict_stream  text;
+    conflict_version integer;
+    versions    integer[];
+    positions   bigint[];
+    hashes      bytea[];
+    payloads    bytea[];
+    prev        bytea;
+    last_pos    bigint;
+    now_ts      timestamptz := clock_timestamp();
+    datas       jsonb[];
+    metas       jsonb[];
+    claimed     text;
+BEGIN
+    IF n IS NULL OR n = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7146011);
+
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT i.positions INTO existing FROM event_idempotency i WHERE i.key = p_idempotency_key;
+        IF FOUND THEN
+            RETURN QUERY SELECT array_agg(e.position ORDER BY e.position), array_agg(e.version ORDER BY e.position),
+                                array_agg(e.recorded_at ORDER BY e.position), true
+                FROM events e WHERE e.position = ANY (existing);
+            RETURN;
+        END IF;
+    END IF;
+
+    -- Each event's version (the stream's current one + its place among the batch's events of
+    -- that stream) and the first event whose expected version disagrees, in one pass. A stream
+    -- whose first event here expects a new stream (0) is not looked up: inserting its version 1
+    -- fails on UNIQUE (stream, version) if it exists after all (handled below).
+    WITH x AS (
+        SELECT s.stream, s.expected, s.ord,
+               row_number() OVER w AS nth,
+               first_value(s.expected) OVER w AS anchor
+        FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)
+        WINDOW w AS (PARTITION BY s.stream ORDER BY s.ord)
+    ), cur AS (
+        SELECT d.stream, (SELECT max(e.version) FROM events e WHERE e.stream = d.stream) AS v
+        FROM (SELECT DISTINCT x.stream FROM x WHERE x.nth = 1 AND x.anchor IS DISTINCT FROM 0) d
+    )
+    SELECT array_agg((coalesce(cur.v, 0) + x.nth)::integer ORDER BY x.ord),
+           min(x.ord) FILTER (WHERE x.expected IS NOT NULL AND x.expected <> coalesce(cur.v, 0) + x.nth - 1)
+      INTO versions, bad
+    FROM x LEFT JOIN cur ON cur.stream = x.stream;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'stream % was expected at version % but is at version %',
+            p_streams[bad], p_expected[bad], versions[bad] - 1
+            USING ERRCODE = 'LB001';
+    END IF;
+
+    datas := p_data::jsonb[];
+    metas := p_meta::jsonb[];
+    IF labctl_session_is_personal() THEN
+        -- A person's own role: the actor is who the database says is connected.
+        SELECT m.j ->> 'actor' INTO claimed FROM unnest(metas) AS m(j)
+        WHERE coalesce(m.j ->> 'actor', '') NOT IN ('', session_user) LIMIT 1;
+        IF claimed IS NOT NULL THEN
+            RAISE EXCEPTION 'connected as database role %, refusing to record events as %: only members of labctl_service may act for another user',
+                session_user, claimed
+                USING ERRCODE = 'LB003';
+        END IF;
+        SELECT array_agg(jsonb_set(m.j, '{actor}', to_jsonb(session_user::text)) ORDER BY m.ord) INTO metas
+        FROM unnest(metas) WITH ORDINALITY AS m(j, ord);
+    END IF;
+
+    SELECT e.position, e.hash INTO last_pos, prev FROM events e ORDER BY e.position DESC LIMIT 1;
+    positions := ARRAY(SELECT coalesce(last_pos, 0) + g FROM generate_series(1, n) AS g);
+    SELECT array_agg(labctl_event_payload(u.p, u.s, u.v, u.t, u.d, u.m, now_ts) ORDER BY u.ord) INTO payloads
+    FROM unnest(positions, p_streams, versions, p_types, datas, metas) WITH ORDINALITY AS u(p, s, v, t, d, m, ord);
+    -- Only the chaining is sequential.
+    hashes := array_fill('\x'::bytea, ARRAY[n]);
+    FOR i IN 1..n LOOP
+        prev := sha256(coalesce(prev, '\x'::bytea) || payloads[i]);
+        hashes[i] := prev;
+    END LOOP;
+
+    BEGIN
+        INSERT INTO events (position, stream, version, type, data, meta, recorded_at, hash)
+        SELECT * FROM unnest(positions, p_streams, versions, p_types, datas, metas,
+                             array_fill(now_ts, ARRAY[n]), hashes);
+    EXCEPTION WHEN unique_violation THEN
+        -- A stream expected to be new already exists: name it.
+        SELECT s.stream, (SELECT max(e.version) FROM events e WHERE e.stream = s.stream)
+          INTO conflict_stream, conflict_version
+        FROM unnest(p_streams, p_expected) AS s(stream, expected)
+        WHERE s.expected = 0 AND EXISTS (SELECT 1 FROM events e WHERE e.stream = s.stream)
+        LIMIT 1;
+        IF conflict_stream IS NULL THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION 'stream % was expected at version % but is at version %',
+            conflict_stream, 0, conflict_version
+            USING ERRCODE = 'LB001';
+    END;
+
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO event_idempotency (key, positions, recorded_at)
+        VALUES (p_idempotency_key, positions, now_ts);
+    END IF;
+
+    PERFORM pg_notify('labctl_events', positions[n]::text);
+    -- One row of arrays: cheaper to send and read than a row per event.
+    RETURN QUERY SELECT positions, versions, ARRAY[now_ts], false;
+END
+$$;
+
+-- Record a verified prefix of the log (called by `labctl audit verify`).
+-- Only a position whose stored hash is the one verified can be recorded.
+CREATE FUNCTION labctl_record_verified(p_position bigint, p_hash bytea) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM events e WHERE e.position = p_position AND e.hash = p_hash) THEN
+        RAISE EXCEPTION 'no event at position % has the verified hash', p_position USING ERRCODE = 'LB004';
+    END IF;
+    INSERT INTO audit_checkpoints (position, hash) VALUES (p_position, p_hash);
+END
+$$;
+
+DROP SEQUENCE events_position_seq;
+
+CREATE TRIGGER audit_checkpoints_are_immutable
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION labctl_refuse_change('audit checkpoints are append-only');
+
+
+INSERT INTO schema_version (version) VALUES (7);
