@@ -41,29 +41,35 @@ class Fingerprint(msgspec.Struct, frozen=True, kw_only=True):
 
 def tree_stat(path: str) -> TreeStat:
     """One digest over the path, size, mtime and inode of every regular file under ``path`` (or of ``path``)."""
-    digest = hashlib.sha256()
-    files = total = newest = 0
     root = os.path.realpath(path)
     if os.path.isfile(root):
         st = os.stat(root)
-        digest.update(f".\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode())
-        return TreeStat(digest=digest.hexdigest(), files=1, bytes=st.st_size, newest_mtime_ns=st.st_mtime_ns)
-    pending = [root]
-    while pending:
-        directory = pending.pop()
+        line = f".\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}"
+        return TreeStat(
+            digest=hashlib.sha256(line.encode()).hexdigest(), files=1, bytes=st.st_size, newest_mtime_ns=st.st_mtime_ns
+        )
+    lines: list[str] = []
+    total = newest = 0
+    pending = [(root, "")]
+    while pending:  # one stat per file (the walk's own syscalls aside); nothing is opened
+        directory, rel = pending.pop()
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_name)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                pending.append(entry.path)
+                pending.append((entry.path, f"{rel}{entry.name}/"))
             elif entry.is_file(follow_symlinks=False):
                 st = entry.stat(follow_symlinks=False)
-                rel = os.path.relpath(entry.path, root)
-                digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode(errors="surrogateescape"))
-                files += 1
+                lines.append(f"{rel}{entry.name}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}")
                 total += st.st_size
-                newest = max(newest, st.st_mtime_ns)
-    return TreeStat(digest=digest.hexdigest(), files=files, bytes=total, newest_mtime_ns=newest)
+                if st.st_mtime_ns > newest:
+                    newest = st.st_mtime_ns
+    digest = hashlib.sha256("\n".join(lines).encode(errors="surrogateescape")).hexdigest()
+    return TreeStat(digest=digest, files=len(lines), bytes=total, newest_mtime_ns=newest)
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 _LOOKUP = "SELECT content_hash FROM file_fingerprints WHERE path = %s AND stat_digest = %s"
