@@ -18,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -324,16 +323,30 @@ def _is_api(path: str) -> bool:
     return path.startswith("/api/")
 
 
-class Guard:
-    """GET only, the token when one is set, and safe headers on every response."""
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8765`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.partition(":")[0]
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+
+class Guard:
+    """The Host header names this server (DNS rebinding), GET only, the token when one is set,
+    and safe headers on every response."""
+
+    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: list[str]) -> None:
         self.app = app
         self.token = token
+        self.allowed_hosts = {h.lower().strip("[]") for h in allowed_hosts}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        host = host_name(Headers(scope=scope).get("host", ""))
+        if host not in self.allowed_hosts:
+            await json_error(400, f"this server does not answer to the host name {host[:80]!r}")(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD"):
             response = json_error(405, f"{scope['method']} is not supported; this server is read-only (GET)")
@@ -458,10 +471,7 @@ def create_app(web: Web, *, allowed_hosts: list[str]) -> Starlette:
     }
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts),
-            Middleware(Guard, token=web.token),
-        ],
+        middleware=[Middleware(Guard, token=web.token, allowed_hosts=allowed_hosts)],
         exception_handlers=handlers,
     )
     app.state.web = web

@@ -110,7 +110,9 @@ def test_a_page_reached_under_a_foreign_host_name_is_refused(web: str, conn: psy
     port = int(web.rsplit(":", 1)[1])
     status, body = _raw_get(port, "/api/runs", {"Host": f"evil.example:{port}"})
     assert status == 400 and b"run_h1" not in body
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+    assert _raw_get(port, "/api/runs", {"Host": "evil.example"})[0] == 400
+    assert _raw_get(port, "/api/runs", {"Host": "[::2]:80"})[0] == 400
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "LOCALHOST"):
         assert _raw_get(port, "/api/runs", {"Host": host})[0] == 200, host
 
 
