@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -372,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default="10k,100k", help="comma-separated event counts, e.g. 10k,100k,1M,10M")
     parser.add_argument("--write", action="store_true", help="replace the section of bench/RESULTS.md")
     args = parser.parse_args(argv)
+    # A plain `kill` still stops the embedded server we started (bench_server's finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     say = step_printer()
     rows = []

@@ -45,7 +45,7 @@ ALTER TABLE labctl.audit_checkpoints OWNER TO labctl_owner;
 ALTER TABLE labctl.schema_version OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_append(text[], integer[], text[], text[], text[], text) OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_record_verified(bigint, bytea) OWNER TO labctl_owner;
-ALTER FUNCTION labctl.labctl_event_payload(bigint, text, integer, text, jsonb, jsonb, timestamptz) OWNER TO labctl_owner;
+ALTER FUNCTION labctl.labctl_event_payload(bigint, text, integer, text, text, text, timestamptz) OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_session_is_personal() OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_refuse_change() OWNER TO labctl_owner;
 REVOKE ALL ON labctl.events, labctl.event_idempotency, labctl.event_hash_encodings, labctl.audit_checkpoints,

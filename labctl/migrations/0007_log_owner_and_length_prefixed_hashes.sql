@@ -35,18 +35,19 @@ DROP FUNCTION labctl_event_digest(bytea, bigint, text, integer, text, jsonb, jso
 -- version and recorded_at (microseconds since 1970) as big-endian integers,
 -- then stream, type, data and meta as UTF-8 text, each after its length.
 -- Nothing can be moved from one field into the next without changing a length.
-CREATE OR REPLACE FUNCTION labctl_event_payload(
+DROP FUNCTION labctl_event_payload(bigint, text, integer, text, jsonb, jsonb, timestamptz);
+-- p_data and p_meta are the jsonb values' text. One expression, so the planner inlines it.
+CREATE FUNCTION labctl_event_payload(
     p_position bigint, p_stream text, p_version integer,
-    p_type text, p_data jsonb, p_meta jsonb, p_recorded_at timestamptz
+    p_type text, p_data text, p_meta text, p_recorded_at timestamptz
 ) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT int8send(p_position) || int4send(p_version)
         || int8send((extract(epoch FROM p_recorded_at) * 1000000)::bigint)
         || int4send(octet_length(p_stream)) || convert_to(p_stream, 'UTF8')
         || int4send(octet_length(p_type)) || convert_to(p_type, 'UTF8')
-        || int4send(octet_length(t.data)) || convert_to(t.data, 'UTF8')
-        || int4send(octet_length(t.meta)) || convert_to(t.meta, 'UTF8')
-    FROM (SELECT p_data::text AS data, p_meta::text AS meta OFFSET 0) t
+        || int4send(octet_length(p_data)) || convert_to(p_data, 'UTF8')
+        || int4send(octet_length(p_meta)) || convert_to(p_meta, 'UTF8')
 $$;
 
 -- True when the session is a person's own role (a member of labctl_user that
@@ -149,8 +150,10 @@ BEGIN
 
     SELECT e.position, e.hash INTO last_pos, prev FROM events e ORDER BY e.position DESC LIMIT 1;
     positions := ARRAY(SELECT coalesce(last_pos, 0) + g FROM generate_series(1, n) AS g);
-    SELECT array_agg(labctl_event_payload(u.p, u.s, u.v, u.t, u.d, u.m, now_ts) ORDER BY u.ord) INTO payloads
-    FROM unnest(positions, p_streams, versions, p_types, datas, metas) WITH ORDINALITY AS u(p, s, v, t, d, m, ord);
+    -- Each jsonb's text once (the lateral subquery), so the payload function inlines.
+    SELECT array_agg(labctl_event_payload(u.p, u.s, u.v, u.t, j.d, j.m, now_ts) ORDER BY u.ord) INTO payloads
+    FROM unnest(positions, p_streams, versions, p_types, datas, metas) WITH ORDINALITY AS u(p, s, v, t, d, m, ord)
+    CROSS JOIN LATERAL (SELECT u.d::text AS d, u.m::text AS m OFFSET 0) j;
     -- Only the chaining is sequential.
     hashes := array_fill('\x'::bytea, ARRAY[n]);
     FOR i IN 1..n LOOP

@@ -193,8 +193,8 @@ def test_a_chain_recomputed_with_the_databases_own_functions_is_caught_by_the_ch
         prev = conn.execute("SELECT hash FROM events WHERE position = 1").fetchone()[0]  # type: ignore[index]
         for position in range(2, 6):
             prev = conn.execute(
-                "UPDATE events SET hash = sha256(%s || labctl_event_payload(position, stream, version, type, data, "
-                "meta, recorded_at)) WHERE position = %s RETURNING hash",
+                "UPDATE events SET hash = sha256(%s || labctl_event_payload(position, stream, version, type, "
+                "data::text, meta::text, recorded_at)) WHERE position = %s RETURNING hash",
                 (prev, position),
             ).fetchone()[0]  # type: ignore[index]
         conn.execute("ALTER TABLE events ENABLE TRIGGER events_are_immutable")
@@ -248,8 +248,8 @@ def test_a_deleted_event_is_a_visible_hole(conn: psycopg.Connection[Any], labctl
         prev = conn.execute("SELECT hash FROM events WHERE position = 1").fetchone()[0]  # type: ignore[index]
         for position in (3, 4):
             prev = conn.execute(
-                "UPDATE events SET hash = sha256(%s || labctl_event_payload(position, stream, version, type, data, "
-                "meta, recorded_at)) WHERE position = %s RETURNING hash",
+                "UPDATE events SET hash = sha256(%s || labctl_event_payload(position, stream, version, type, "
+                "data::text, meta::text, recorded_at)) WHERE position = %s RETURNING hash",
                 (prev, position),
             ).fetchone()[0]  # type: ignore[index]
         conn.execute("ALTER TABLE events ENABLE TRIGGER events_are_immutable")
