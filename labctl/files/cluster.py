@@ -42,7 +42,8 @@ class Scheduler(_Section, frozen=True):
     sacct: str = "sacct"
     scancel: str = "scancel"
     squeue: str = "squeue"
-    #: the original's grace before a job nobody knows is given up; here: before a lost submission is redone
+    #: the original's grace before a job neither sacct nor squeue knows is sealed; accepted, not used
+    #: (a job accounting cannot see is waited for here, see docs/COMPAT.md)
     missing_job_grace_secs: int | None = None
 
 
@@ -55,7 +56,7 @@ class SlurmSettings(_Section, frozen=True):
 
 class JobNameThrottle(_Section, frozen=True):
     """The original's ``[dispatch.throttle]``: at most ``max_concurrent`` of the user's SLURM jobs named
-    ``job_name`` running or eligible; the rest are held (``scontrol hold``) and released as slots free."""
+    ``job_name`` running or eligible; the rest are held (``scontrol uhold``) and released as slots free."""
 
     job_name: str
     max_concurrent: int

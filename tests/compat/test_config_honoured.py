@@ -161,3 +161,14 @@ def test_the_agent_applies_dispatch_throttle_from_cluster_toml(
         wait_for(lambda: len(_held(ids)) == 1, "the agent to hold the third job", timeout=60)
         time.sleep(0.5)
     assert len(_held(ids)) == 1
+
+
+def test_whole_node_memory_and_no_time_limit_run_on_the_local_executor(env: dict[str, str], tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path, "local")
+    recipe = tmp_path / "whole.toml"
+    recipe.write_text('name = "whole"\ncommand = ["true"]\n[resources]\nmem = "0"\ntime = "UNLIMITED"\n')
+
+    assert run_cli(env, "validate", str(recipe), check=True).stdout.startswith('recipe "whole" ok')
+    out = run_cli(env, "--cluster", str(cluster), "run", str(recipe), "--wait", check=True).stdout
+
+    assert "succeeded" in out
