@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
+import events
 import projections
 from events import NewEvent
 from events.types import RunSubmitted
@@ -148,3 +150,24 @@ def test_readers_get_past_an_integer_wider_than_64_bits_already_in_the_log(
     # the web page's /api/events and /api/runs/<id> build their bodies the same way
     assert b"100000000000000000000" in b"".join(event_json(e) for e in events_page(conn, EventsQuery()))
     assert b"100000000000000000000" in json_response(run_detail(conn, "run_poisoned")).body
+
+
+class _Forged(msgspec.Struct, frozen=True, tag="RunFinished", tag_field="type"):
+    """A RunFinished whose exit_code is not an integer, as a buggy or older writer might have left."""
+
+    run_id: str
+    state: str
+    exit_code: str
+
+    @property
+    def type_name(self) -> str:
+        return "RunFinished"
+
+
+def test_an_event_that_no_longer_fits_its_type_is_shown_raw_and_does_not_stop_replay(
+    env: dict[str, str], conn: psycopg.Connection[Any]
+) -> None:
+    events.append_batch(conn, [NewEvent("run-run_forged", _Forged(run_id="run_forged", state="x", exit_code="?"), 0)])  # type: ignore[arg-type]
+    listed = run_cli(env, "events", "--json", check=True)
+    assert '"exit_code":"?"' in listed.stdout
+    assert "rebuilt 1 events" in run_cli(env, "replay", check=True).stdout
