@@ -3,7 +3,7 @@
 On one Postgres (embedded in a temp home, unless LABCTL_DATABASE_URL is set):
 
 1. advancer latency with 1, 100 and 1,000 two-stage pipelines in flight:
-   the pipelines are created with ``labctl.pipelines.create_pipeline`` (stage
+   the pipelines are created with ``labctl.pipelines.plan.create_pipeline`` (stage
    ``a`` writes a tiny dataset, stage ``b`` reads it; tiny bash commands;
    runs_base and artifact roots under a temp LABCTL_HOME), then a real
    ``labctl agent`` subprocess runs them all. Latency is read from the log:
@@ -62,7 +62,7 @@ from labctl.app import App
 from labctl.db import Database, connect, ensure_schema
 from labctl.files import load_pipeline, local_profile
 from labctl.files.pipeline import PipelinePlan
-from labctl.pipelines import create_pipeline
+from labctl.pipelines.plan import create_pipeline
 
 DB, PEER_DB = "bench_pipelines", "bench_pipelines_peer"
 HEADING = "Pipelines"

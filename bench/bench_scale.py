@@ -60,7 +60,7 @@ from events.types import (
     StageSpec,
     SweepCreated,
 )
-from labctl import artifact_ops, eventlog, maintenance, runs
+from labctl import eventlog, lineage, maintenance, runs
 from labctl.db import connect, ensure_schema
 
 DB = "bench_scale"
@@ -294,7 +294,7 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         status_ms = p50_ms(lambda: runs.status_rows(conn, user=who, state=None, everything=False))
         show_ms = p50_ms(lambda: runs.show_run(conn, rid))
         history_ms = p50_ms(lambda: eventlog.history(conn, rid))
-        lineage_ms = p50_ms(lambda: artifact_ops.lineage(conn, who, checkpoint_id(probe)))
+        lineage_ms = p50_ms(lambda: lineage.lineage(conn, who, checkpoint_id(probe)))
         page = api_runs_page()
         api_ms = p50_ms(lambda: page(conn, who)) if page else None
         say(f"{size:,}: audit verify --full")

@@ -2,20 +2,36 @@
 
 ``cache-<key>`` holds CacheClaimed (a run became the producer), CacheJoined
 (a run coalesced onto it), CacheReleased (the producer ended) and
-CacheInvalidated (gc removed the outputs). Folding it gives the key's state.
+CacheInvalidated (gc removed the outputs). Folding it gives the key's state;
+``decide`` (at submission) and ``release`` (at the producer's end) append to it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
 import psycopg
 
 import events
-from events.types import CacheClaimed, CacheInvalidated, CacheJoined, CacheReleased
+from events import NewEvent
+from events.types import (
+    CacheClaimed,
+    CacheInvalidated,
+    CacheJoined,
+    CacheReleased,
+    OutputSpec,
+    RunCacheHit,
+    RunCoalesced,
+    RunFinished,
+    RunSubmitted,
+)
+from labctl.executors.base import JobState
+from labctl.linking import LinkedOutput, link_outputs, producer_outputs
+from labctl.submissions import submission_of
+from projections.runs import TERMINAL_STATES
 
 
 class CacheState(msgspec.Struct, kw_only=True):
@@ -57,3 +73,78 @@ def load(conn: psycopg.Connection[Any], key: str) -> CacheState:
         elif isinstance(d, CacheInvalidated):
             state.state, state.producer, state.followers = "free", None, []
     return state
+
+
+class Decision(msgspec.Struct, kw_only=True):
+    """The cache's part of a submission: the events to append with it, and what the run became."""
+
+    events: list[NewEvent]
+    status: Literal["submitted", "cache_hit", "awaiting_peer"]
+    producer_run_id: str | None = None
+
+
+def decide(conn: psycopg.Connection[Any], run_id: str, user: str, key: str, outputs: Sequence[OutputSpec]) -> Decision:
+    """Hit (link the producer's outputs), coalesce onto a producer in flight, or claim ``key``.
+
+    Every event expects the cache stream's version, so of two racing submitters one wins.
+    """
+    run_stream = f"run-{run_id}"
+    state = load(conn, key)
+    cache_stream = stream_of(key)
+    if state.state == "succeeded" and state.producer:
+        linked = producer_outputs(conn, state.producer)
+        if linked is not None:
+            hit = NewEvent(run_stream, RunCacheHit(run_id=run_id, producer_run_id=state.producer, cache_key=key))
+            batch = [hit, *link_outputs(run_id, user, outputs, linked)]
+            return Decision(events=batch, status="cache_hit", producer_run_id=state.producer)
+        invalidated = NewEvent(cache_stream, CacheInvalidated(cache_key=key, reason="outputs collected"), state.version)
+        claimed = NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run_id))
+        return Decision(events=[invalidated, claimed], status="submitted")
+    if state.state == "claimed" and state.producer:
+        batch = [
+            NewEvent(cache_stream, CacheJoined(cache_key=key, run_id=run_id), state.version),
+            NewEvent(run_stream, RunCoalesced(run_id=run_id, producer_run_id=state.producer, cache_key=key)),
+        ]
+        return Decision(events=batch, status="awaiting_peer", producer_run_id=state.producer)
+    claimed = NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run_id), state.version)
+    return Decision(events=[claimed], status="submitted")
+
+
+def release(
+    conn: psycopg.Connection[Any],
+    key: str,
+    run_id: str,
+    state: str,
+    outcome: JobState,
+    linked: Sequence[LinkedOutput],
+    linked_followers: list[RunSubmitted],
+    *,
+    cacheable: bool = True,
+) -> list[NewEvent]:
+    """Release the cache key if this run produces it, and end every run waiting on it.
+
+    Followers that now link this run's outputs are added to ``linked_followers`` (their alias links follow the commit).
+    """
+    st = load(conn, key)
+    if st.state != "claimed" or st.producer != run_id:
+        return []
+    ok = state == "succeeded" and cacheable
+    batch = [NewEvent(stream_of(key), CacheReleased(cache_key=key, run_id=run_id, succeeded=ok), st.version)]
+    for follower in st.followers:
+        row = conn.execute("SELECT status, stream_version FROM runs WHERE id = %s", (follower,)).fetchone()
+        if row is None or row[0] in TERMINAL_STATES:
+            continue
+        end = RunFinished(
+            run_id=follower,
+            state=state,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            reason=f"its peer {run_id} ended {state}",
+        )
+        batch.append(NewEvent(f"run-{follower}", end, row[1]))
+        if ok:
+            fsub = submission_of(conn, follower)
+            batch += link_outputs(follower, fsub.user if fsub else "", fsub.outputs if fsub else [], linked)
+            if fsub is not None:
+                linked_followers.append(fsub)
+    return batch

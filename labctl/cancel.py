@@ -10,10 +10,10 @@ import msgspec
 
 from events import ConcurrencyError, NewEvent
 from events.types import CancelRequested, RunFinished
+from labctl import cache
 from labctl.app import App
 from labctl.errors import UserError
 from labctl.executors.base import JobState
-from labctl.finish import Registered, release_cache_key
 from projections.runs import TERMINAL_STATES
 
 
@@ -62,9 +62,7 @@ def _cancel_one(app: App, run_id: str, *, force: bool, reason: str | None, slurm
             batch.append(NewEvent(f"run-{run_id}", end))
             if cache_key:  # a queued producer gives its cache key back, or identical runs would wait on it forever
                 ended = JobState(job_id="", state="cancelled", reason=end.reason)
-                batch += release_cache_key(
-                    conn, cache_key, run_id, "cancelled", ended, Registered(events=[], linked=[]), []
-                )
+                batch += cache.release(conn, cache_key, run_id, "cancelled", ended, [], [])
         key = f"cancel-{run_id}-{uuid.uuid4().hex}"
         try:
             app.record(batch, key)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from labctl import __version__
-
-if TYPE_CHECKING:
-    from labctl.app import App
+from labctl.commands._common import Global, echo_change, fail, open_app, print_doctor, wait_for_runs
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,16 +25,6 @@ db_app = typer.Typer(no_args_is_help=True, help="The database: create/upgrade th
 audit_app = typer.Typer(no_args_is_help=True, help="Check that the log and the read models can be trusted.")
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
-
-
-class _Global:
-    cluster: Path | None = None
-
-
-def _open() -> App:
-    from labctl.app import open_app
-
-    return open_app(_Global.cluster)
 
 
 def _version(value: bool) -> None:
@@ -54,7 +42,7 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    _Global.cluster = cluster
+    Global.cluster = cluster
 
 
 # ------------------------------------------------------------------ database
@@ -65,7 +53,7 @@ def db_upgrade() -> None:
     """Create or upgrade the schema, roles and grants (idempotent); beside an original labctl registry too."""
     from labctl.db import upgrade
 
-    a = _open()
+    a = open_app()
     before, after = upgrade(a.db, beside_original=True)
     if before == after:
         typer.echo(f"schema is current (version {after})")
@@ -78,7 +66,7 @@ def db_upgrade() -> None:
 @db_app.command("url")
 def db_url() -> None:
     """Print the database URL in use (starting the embedded server if needed)."""
-    typer.echo(_open().db.url)
+    typer.echo(open_app().db.url)
 
 
 @db_app.command("stop")
@@ -92,16 +80,7 @@ def db_stop() -> None:
 @app.command()
 def doctor() -> None:
     """Where the database is, its versions, event count, checkpoints and lag."""
-    from labctl.maintenance import doctor as run_doctor
-
-    a = _open()
-    checks = run_doctor(a.db)
-    width = max(len(c.name) for c in checks)
-    for c in checks:
-        typer.echo(f"{c.name:<{width}}  {c.value}{'' if c.ok else '  <-- problem'}")
-    bad = [c for c in checks if not c.ok]
-    if bad:
-        _fail(f"{bad[0].name}: {bad[0].value}", 1)
+    print_doctor(open_app())
 
 
 # ----------------------------------------------------------------- event log
@@ -124,8 +103,8 @@ def events_cmd(
 
     check_position(after, "--after")
     if check_position(limit, "--limit") == 0:
-        _fail("--limit 0: expected at least 1", 2)
-    a = _open()
+        fail("--limit 0: expected at least 1", 2)
+    a = open_app()
     page = events.read_all(a.db.conn, after, limit, stream=stream, types=type_)
     print_events(page, as_json=as_json)
     if not follow:
@@ -147,7 +126,7 @@ def history(ref: Annotated[str, typer.Argument(help="A run/artifact/pipeline id 
     from labctl.eventlog import history as load_history
     from labctl.eventlog import history_line
 
-    a = _open()
+    a = open_app()
     stream, found = load_history(a.db.conn, ref)
     typer.echo(f"{stream}  ({len(found)} events)")
     for e in found:
@@ -166,7 +145,7 @@ def replay(
     from labctl.maintenance import parse_until
     from labctl.progress import ProgressBar
 
-    a = _open()
+    a = open_app()
     conn = a.db.conn
     if until is None:
         with ProgressBar("replaying", events.last_position(conn)) as bar:
@@ -198,7 +177,7 @@ def audit_verify(
     from labctl.maintenance import audit, parse_anchor
 
     anchor = parse_anchor(expect) if expect is not None else None
-    a = _open()
+    a = open_app()
     report = audit(a.db.conn, full=full, expect=anchor)
     for problem in report.problems:
         typer.echo(problem)
@@ -219,7 +198,7 @@ def audit_verify(
         if report.problems
         else f"{len(report.differences)} read-model rows differ from a rebuild"
     )
-    _fail(f"audit failed: {first}", 1)
+    fail(f"audit failed: {first}", 1)
 
 
 @audit_app.command("objects")
@@ -227,11 +206,11 @@ def audit_objects_cmd() -> None:
     """Re-hash every stored object and report those whose bytes changed since they were registered."""
     from labctl.maintenance import audit_objects
 
-    report = audit_objects(_open().db.conn)
+    report = audit_objects(open_app().db.conn)
     for c in report.changed:
         typer.echo(f"{c.artifact_id} {c.path}: {c.problem}")
     if report.changed:
-        _fail(f"audit failed: {len(report.changed)} of {report.checked} stored objects changed", 1)
+        fail(f"audit failed: {len(report.changed)} of {report.checked} stored objects changed", 1)
     typer.echo(f"ok: {report.checked} stored objects match their hashes ({report.seconds:.1f}s)")
 
 
@@ -240,21 +219,10 @@ def audit_head() -> None:
     """Print POSITION:HASH of the last event: keep it elsewhere and check it later with `verify --expect`."""
     from labctl.maintenance import anchor
 
-    typer.echo(anchor(_open().db.conn))
+    typer.echo(anchor(open_app().db.conn))
 
 
 # ---------------------------------------------------------------------- runs
-
-
-def _echo_change(run_id: str, status: str, info: dict[str, Any]) -> None:
-    extra = []
-    if info.get("exit_code") is not None:
-        extra.append(f"exit_code={info['exit_code']}")
-    if info.get("producer"):
-        extra.append(f"peer={info['producer']}")
-    if info.get("reason") and status != "cache_hit":
-        extra.append(f"({info['reason']})")
-    typer.echo(f"{run_id}: {status}{' ' + ' '.join(extra) if extra else ''}")
 
 
 @app.command()
@@ -269,14 +237,13 @@ def run(
     ] = False,
 ) -> None:
     """Submit one run of a recipe (prints run_id, job_id, run_dir)."""
-    from labctl.agent import Scope
+    from labctl.agents import Scope
     from labctl.files import load_recipe
     from labctl.submit import apply_overrides, submit
     from labctl.wait import Watch
-    from labctl.wait import wait as wait_for
 
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
-    a = _open()
+    a = open_app()
     result = submit(a, recipe_obj, recipe, executor=executor, no_cache=no_cache)
     if result.status == "submitted" and (executor or a.executor) == "slurm":
         from labctl.executors.slurm import SlurmExecutor
@@ -299,7 +266,7 @@ def run(
     if not wait:
         return
     scope = Scope(run_ids=frozenset({result.run_id, *([result.producer_run_id] if result.producer_run_id else [])}))
-    final = wait_for(a, Watch(a, [result.run_id], _echo_change), scope)
+    final = wait_for_runs(a, Watch(a, [result.run_id], echo_change), scope)
     state = final.get(result.run_id)
     if state not in ("succeeded", "cache_hit"):
         raise typer.Exit(1)
@@ -325,7 +292,7 @@ def status(
     from labctl import runs
     from labctl.table import format_table
 
-    a = _open()
+    a = open_app()
     conn = a.db.conn
     who = None if all_ else (user or a.user)
     extra = None
@@ -387,7 +354,7 @@ def show(ref: Annotated[str, typer.Argument(help="Run id (or unambiguous prefix)
     """One run as JSON: state, provenance, inputs, outputs."""
     from labctl import runs
 
-    a = _open()
+    a = open_app()
     typer.echo(runs.to_json(runs.show_run(a.db.conn, runs.resolve_run(a.db.conn, ref))))
 
 
@@ -401,7 +368,7 @@ def log_cmd(
 
     from labctl import runs
 
-    a = _open()
+    a = open_app()
     run_id = runs.resolve_run(a.db.conn, ref)
     path = Path(runs.show_run(a.db.conn, run_id)["log"])
     offset = 0
@@ -428,11 +395,11 @@ def cancel(
     """Cancel runs (or every unfinished run of a pipeline)."""
     from labctl import runs
 
-    a = _open()
+    a = open_app()
     ids = []
     for ref in refs:
         if ref.startswith("pipeline_"):
-            from labctl.pipelines import resolve_pipeline, unfinished_runs
+            from labctl.pipelines.view import resolve_pipeline, unfinished_runs
 
             ids += unfinished_runs(a.db.conn, resolve_pipeline(a.db.conn, ref))
         else:
@@ -453,7 +420,7 @@ def hash_outputs_cmd(
     try:
         hashes = hash_outputs(run_dir)
     except ContextError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     for role, digest in sorted(hashes.items()):
         typer.echo(f"{role}: {digest}")
 
@@ -474,12 +441,12 @@ def reconcile() -> None:
     """One reconcile cycle by hand: one sacct call for all active SLURM jobs, then pipelines advance
     (children of runs that ended are submitted); prints JSON counts."""
     from labctl.executors.slurm import SlurmExecutor
-    from labctl.pipelines import advance, running_pipelines
+    from labctl.pipelines.advance import advance, running_pipelines
     from labctl.runs import to_json
     from labctl.slurm_runs import holder_id, recover_intents, submit_queued
     from labctl.slurm_runs import reconcile as reconcile_once
 
-    a = _open()
+    a = open_app()
     executor = SlurmExecutor(scheduler=a.config.scheduler)
     me = a.user  # your own runs only: sbatch would run anyone else's under your account
     submitted = submit_queued(a, executor, holder_id(), user=me)
@@ -512,13 +479,17 @@ def agent(
     """Run your local jobs and reactors (pipelines, sweeps, evals, SLURM reconcile) until stopped."""
     import logging
 
-    from labctl.agent import Agent, check_service
+    from labctl.agent import Agent
+    from labctl.agents import check_service, new_agent_id
+    from labctl.reactors import default_reactors
 
-    a = _open()
+    a = open_app()
     if service:
         check_service(a)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Agent(a, slots=slots, service=service)
+    agent_id = new_agent_id()
+    serves = None if service else a.user
+    worker = Agent(a, agent_id=agent_id, slots=slots, service=service, reactors=default_reactors(a, agent_id, serves))
     worker.install_signal_handlers()
     typer.echo(
         f"agent {worker.id} for {'every user (service)' if service else a.user}: {worker.slots} slots, "
@@ -547,6 +518,8 @@ def _register_groups() -> None:
     import labctl.commands
 
     for info in sorted(pkgutil.iter_modules(labctl.commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue  # shared helpers, not a command group
         module = importlib.import_module(f"labctl.commands.{info.name}")
         module.register(app)
 
@@ -555,11 +528,6 @@ _register_groups()
 
 
 # --------------------------------------------------------------------- main
-
-
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"labctl: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def main() -> None:

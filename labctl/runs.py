@@ -111,7 +111,7 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
 def cache_view(conn: psycopg.Connection[Any], run_id: str, row: dict[str, Any]) -> dict[str, Any]:
     """The run's cache key, what it covers, and the run whose outputs it reused (if any)."""
     from labctl.cache_key import explain
-    from labctl.finish import submission_of
+    from labctl.submissions import submission_of
 
     sub = submission_of(conn, run_id)
     parts = sub.cache_parts if sub else None

@@ -34,9 +34,10 @@ from labctl.executors.errors import ExecutorError
 from labctl.executors.sbatch_script import SHEBANG, render_sbatch_header, render_sbatch_script, render_script_body
 from labctl.executors.slurm import SlurmExecutor
 from labctl.files import JobNameThrottle, Recipe, Throttle, parse_mem_mb, parse_time_seconds
-from labctl.finish import finish_run, submission_of
+from labctl.finish import finish_run
 from labctl.jobenv import job_command, job_environment, job_workdir, labctl_executable
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
+from labctl.submissions import submission_of
 from labctl.throttle import claimable_runs, hold_or_release
 
 log = logging.getLogger(__name__)

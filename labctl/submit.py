@@ -20,15 +20,8 @@ import psycopg
 import projections
 from events import ConcurrencyError, NewEvent
 from events.types import (
-    AliasSet,
-    CacheClaimed,
-    CacheInvalidated,
-    CacheJoined,
     InputRef,
-    OutputLinked,
     OutputSpec,
-    RunCacheHit,
-    RunCoalesced,
     RunSubmitted,
 )
 from labctl import cache
@@ -57,9 +50,9 @@ from labctl.files import (
     validate_recipe,
 )
 from labctl.files import InputRef as TemplateInput
-from labctl.finish import write_linked_alias_links
 from labctl.ids import new_run_id
 from labctl.jobenv import wandb_url
+from labctl.linking import producer_outputs, write_linked_alias_links
 from labctl.lookup import alias_target
 from labctl.names import check_name, inside
 from labctl.provenance import Source, inspect_repo, snapshot
@@ -190,7 +183,7 @@ def artifact_alias(conn: psycopg.Connection[Any], artifact_id: str, path: str, s
     return str(row[0]) if row else artifact_id
 
 
-def _resolve_inputs(
+def resolve_inputs(
     conn: psycopg.Connection[Any], recipe: Recipe, path: str, user: str, stage: StageContext
 ) -> list[InputRef]:
     resolved = []
@@ -286,7 +279,7 @@ def prepare(
     executor = executor or app.executor
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
-    inputs = _resolve_inputs(app.db.conn, recipe, path, app.user, stage)
+    inputs = resolve_inputs(app.db.conn, recipe, path, app.user, stage)
     source = None
     if recipe.repo is not None:
         repo_path = app.config.repos.get(recipe.repo)
@@ -381,70 +374,16 @@ def submitted_event(run: PreparedRun, *, no_cache: bool) -> RunSubmitted:
     )
 
 
-def producer_outputs(conn: psycopg.Connection[Any], producer: str) -> list[tuple[str, str, str, int | None]] | None:
-    """The producer's linked outputs ``(role, artifact id, path, step)``; None if any was collected."""
-    rows = conn.execute(
-        "SELECT o.role, o.artifact_id, o.path, o.step, a.removed_at FROM run_outputs o "
-        "JOIN artifacts a ON a.id = o.artifact_id WHERE o.run_id = %s ORDER BY o.role, o.step NULLS FIRST",
-        (producer,),
-    ).fetchall()
-    if any(r[4] is not None for r in rows):
-        return None
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-
-def link_outputs(
-    run_id: str, user: str, outputs: Sequence[OutputSpec], linked: Sequence[tuple[str, str, str, int | None]]
-) -> list[NewEvent]:
-    """OutputLinked for each of another run's outputs, and this run's aliases onto them."""
-    batch = [
-        NewEvent(f"run-{run_id}", OutputLinked(run_id=run_id, role=role, artifact_id=aid, path=p, step=step))
-        for role, aid, p, step in linked
-    ]
-    last_of_role = {role: aid for role, aid, _, _ in linked}
-    for out in outputs:
-        if out.role in last_of_role:
-            batch.append(
-                NewEvent(
-                    f"alias-{user}/{out.alias}",
-                    AliasSet(user=user, alias=out.alias, artifact_id=last_of_role[out.role]),
-                )
-            )
-    return batch
-
-
 def _decide(
     conn: psycopg.Connection[Any], run: PreparedRun, *, no_cache: bool, run_version: int
 ) -> tuple[list[NewEvent], Submitted]:
-    run_stream = f"run-{run.run_id}"
-    batch = [NewEvent(run_stream, submitted_event(run, no_cache=no_cache), run_version)]
+    batch = [NewEvent(f"run-{run.run_id}", submitted_event(run, no_cache=no_cache), run_version)]
     result = Submitted(run_id=run.run_id, run_dir=run.run_dir, status="submitted", cache_key=run.cache_key)
     if no_cache:
         return batch, result
-    key = run.cache_key
-    state = cache.load(conn, key)
-    cache_stream = cache.stream_of(key)
-    if state.state == "succeeded" and state.producer:
-        linked = producer_outputs(conn, state.producer)
-        if linked is not None:
-            batch.append(
-                NewEvent(run_stream, RunCacheHit(run_id=run.run_id, producer_run_id=state.producer, cache_key=key))
-            )
-            batch += link_outputs(run.run_id, run.user, run.outputs, linked)
-            result.status, result.producer_run_id = "cache_hit", state.producer
-            return batch, result
-        batch.append(NewEvent(cache_stream, CacheInvalidated(cache_key=key, reason="outputs collected"), state.version))
-        batch.append(NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run.run_id)))
-        return batch, result
-    if state.state == "claimed" and state.producer:
-        batch.append(NewEvent(cache_stream, CacheJoined(cache_key=key, run_id=run.run_id), state.version))
-        batch.append(
-            NewEvent(run_stream, RunCoalesced(run_id=run.run_id, producer_run_id=state.producer, cache_key=key))
-        )
-        result.status, result.producer_run_id = "awaiting_peer", state.producer
-        return batch, result
-    batch.append(NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run.run_id), state.version))
-    return batch, result
+    decision = cache.decide(conn, run.run_id, run.user, run.cache_key, run.outputs)
+    result.status, result.producer_run_id = decision.status, decision.producer_run_id
+    return batch + decision.events, result
 
 
 def record_submission(

@@ -1,4 +1,4 @@
-"""Waiting for runs to end, showing their state changes; runs an agent in-process if none is alive."""
+"""Waiting for runs to end, showing their state changes, while some agent is alive to run them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 import events
-from labctl.agent import Agent, Scope, live_agents
+from labctl.agents import live_agents
 from labctl.app import App
 from labctl.db import connect
 from projections.runs import TERMINAL_STATES
@@ -52,11 +52,12 @@ class Watch:
         return row is None or row[0] != "running"
 
 
-def wait(app: App, watch: Watch, scope: Scope, *, check_agents_every: float = 2.0) -> dict[str, str]:
-    """Block until every watched run has ended; returns their final states.
+def wait(app: App, watch: Watch, *, check_agents_every: float = 2.0) -> dict[str, str] | None:
+    """Block until every watched run has ended; returns their final states, or None as soon as
+    no agent is alive to run them (the caller decides whether to run one).
 
     Watches with LISTEN (re-opened if the connection drops: a lost wake-up only
-    delays the next check) while some agent is alive; runs one in-process otherwise.
+    delays the next check).
     """
     listener: psycopg.Connection[Any] | None = None
     next_agent_check = 0.0
@@ -68,13 +69,7 @@ def wait(app: App, watch: Watch, scope: Scope, *, check_agents_every: float = 2.
                 now = time.monotonic()
                 if now >= next_agent_check:
                     if not live_agents(app.db.conn):
-                        if listener is not None:
-                            listener.close()
-                        agent = Agent(app, scope=scope)
-                        agent.install_signal_handlers()
-                        agent.run(until=watch.check)
-                        watch.check()
-                        return watch.last
+                        return None
                     next_agent_check = now + check_agents_every
                 if listener is None or listener.closed or listener.broken:
                     listener = connect(app.db.url)

@@ -26,7 +26,7 @@ from events.types import (
     RunFinished,
     RunSubmitted,
 )
-from labctl import artifact_ops, cache
+from labctl import aliases, artifact_queries, cache, external, gc, lineage
 from labctl.app import App
 from labctl.artifacts import ArtifactMeta, artifact_id, dir_content_hash, object_dir, store_output
 from labctl.db import Database
@@ -140,12 +140,12 @@ def test_register_external_of_a_missing_path_exits_2_and_records_nothing(
 def test_registering_the_same_path_again_only_sets_another_alias(app: App, tmp_path: Path) -> None:
     data = tmp_path / "corpus.txt"
     data.write_text("hello")
-    first = artifact_ops.register_external(app, alias="corpus", path=str(data))
-    again = artifact_ops.register_external(app, alias="corpus2", path=str(tmp_path / "." / "corpus.txt"))
+    first = external.register_external(app, alias="corpus", path=str(data))
+    again = external.register_external(app, alias="corpus2", path=str(tmp_path / "." / "corpus.txt"))
     assert first.new and not again.new
     assert first.artifact_id == again.artifact_id
     assert _types(app.db.conn) == ["ArtifactRegistered", "AliasSet", "AliasSet"]
-    listed = artifact_ops.list_artifacts(app.db.conn)
+    listed = artifact_queries.list_artifacts(app.db.conn)
     assert [(a.id, a.aliases, a.size_bytes) for a in listed] == [
         (first.artifact_id, [f"{USER}/corpus", f"{USER}/corpus2"], 5)
     ]
@@ -153,7 +153,7 @@ def test_registering_the_same_path_again_only_sets_another_alias(app: App, tmp_p
 
 def test_register_external_with_a_kind_without_an_artifact_root_is_refused(app: App, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no artifact root for kind 'weird'"):
-        artifact_ops.register_external(app, alias="w", path=str(tmp_path), kind="weird")
+        external.register_external(app, alias="w", path=str(tmp_path), kind="weird")
     assert _types(app.db.conn) == []
 
 
@@ -243,7 +243,7 @@ def _two_step_chain(app: App, tmp_path: Path) -> dict[str, str]:
     """external corpus -> run_prep -> dataset -> run_train -> model, plus run_eval reading the model."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    ext = artifact_ops.register_external(app, alias="corpus", path=str(corpus)).artifact_id
+    ext = external.register_external(app, alias="corpus", path=str(corpus)).artifact_id
     conn = app.db.conn
     _run(conn, "run_prep", inputs=[_input(ext, "raw"), InputRef(role="vocab", type="external", path="/v.txt")])
     data = _output(app, "run_prep", {"d.bin": b"data"}, alias="prepped")
@@ -278,11 +278,11 @@ def test_lineage_of_the_middle_artifact_shows_its_producer_chain_and_its_consume
 
 def test_lineage_of_a_run_follows_inputs_up_and_outputs_down_within_the_depth(app: App, tmp_path: Path) -> None:
     ids = _two_step_chain(app, tmp_path)
-    result = artifact_ops.lineage(app.db.conn, USER, "run_train")
+    result = lineage.lineage(app.db.conn, USER, "run_train")
     assert [n.id for n in result.upstream] == [ids["data"]]
     assert [n.id for n in result.upstream[0].children] == ["run_prep"]
     assert [n.id for n in result.downstream] == [ids["model"]]
-    shallow = artifact_ops.lineage(app.db.conn, USER, "run_train", depth=1)
+    shallow = lineage.lineage(app.db.conn, USER, "run_train", depth=1)
     assert [(n.id, n.children) for n in shallow.upstream] == [(ids["data"], [])]
 
 
@@ -294,8 +294,8 @@ def test_lineage_stops_on_a_cycle_of_identical_content(app: App) -> None:
         app.db.conn,
         [NewEvent("run-run_copy", OutputLinked(run_id="run_copy", role="out", artifact_id=aid, path="/same"))],
     )
-    result = artifact_ops.lineage(app.db.conn, USER, aid, depth=50)
-    lines = list(artifact_ops.render_lineage(result))
+    result = lineage.lineage(app.db.conn, USER, aid, depth=50)
+    lines = list(lineage.render_lineage(result))
     assert len(lines) < 20 and any("(see above)" in line for line in lines)
 
 
@@ -320,7 +320,7 @@ def _gc_world(app: App, tmp_path: Path) -> dict[str, str]:
     ext_dir = tmp_path / "external_data"
     ext_dir.mkdir()
     (ext_dir / "big.bin").write_bytes(b"e" * 100)
-    world["external"] = artifact_ops.register_external(app, alias="ext", path=str(ext_dir)).artifact_id
+    world["external"] = external.register_external(app, alias="ext", path=str(ext_dir)).artifact_id
     projections.record(conn, [NewEvent(f"alias-{USER}/ext", AliasRemoved(user=USER, alias="ext"))])
     return world
 
@@ -334,7 +334,7 @@ def test_gc_dry_run_lists_only_the_unreferenced_old_artifact_and_removes_nothing
 ) -> None:
     world = _gc_world(app, tmp_path)
     before = _types(app.db.conn)
-    size = artifact_ops.tree_size(_object(app, world["unreferenced"]))  # its bytes and its .meta.json
+    size = gc.tree_size(_object(app, world["unreferenced"]))  # its bytes and its .meta.json
     assert size > 1000
     out = run_cli(env, "gc", "--older-than", "0s", "--force", check=True).stdout.splitlines()
     assert [line.split()[0] for line in out[:-1]] == [world["unreferenced"]]
@@ -349,10 +349,10 @@ def test_gc_yes_removes_only_the_unreferenced_bytes_and_records_the_collection(
     app: App, env: dict[str, str], tmp_path: Path
 ) -> None:
     world = _gc_world(app, tmp_path)
-    size = artifact_ops.tree_size(_object(app, world["unreferenced"]))
+    size = gc.tree_size(_object(app, world["unreferenced"]))
     out = run_cli(env, "gc", "--older-than", "0s", "--force", "--yes", check=True).stdout.splitlines()
     assert out[0].split()[0] == world["unreferenced"]
-    assert f"removed 1 artifact, freed {artifact_ops.human_bytes(size)} ({size:,} bytes)" in out
+    assert f"removed 1 artifact, freed {gc.human_bytes(size)} ({size:,} bytes)" in out
     assert "invalidated 1 cache entry: identical runs will recompute" in out
     assert not _object(app, world["unreferenced"]).exists()
     assert _object(app, world["aliased"]).is_dir()
@@ -368,7 +368,7 @@ def test_gc_yes_removes_only_the_unreferenced_bytes_and_records_the_collection(
     assert collected[0][0]["actor"] == USER and collected[0][1] == USER and collected[0][0]["reason"]
     assert cache.load(conn, world["key"]).state == "free"  # the next identical run computes again
     assert resolve_alias(conn, USER, world["unreferenced"]) is None
-    assert [a.id for a in artifact_ops.list_artifacts(conn, include_removed=False)] == [
+    assert [a.id for a in artifact_queries.list_artifacts(conn, include_removed=False)] == [
         world["aliased"],
         world["needed"],
         world["external"],
@@ -380,13 +380,13 @@ def test_gc_yes_removes_only_the_unreferenced_bytes_and_records_the_collection(
 def test_gc_collects_a_needed_artifact_once_its_reader_ends_but_never_an_aliased_one(app: App, tmp_path: Path) -> None:
     world = _gc_world(app, tmp_path)
     later = datetime.now(UTC) + timedelta(days=31)
-    dry = artifact_ops.gc(app, older_than=timedelta(days=30), remove=False, now=later)
+    dry = gc.gc(app, older_than=timedelta(days=30), remove=False, now=later)
     assert [c.artifact_id for c in dry.artifacts] == [world["unreferenced"]]
     projections.record(
         app.db.conn, [NewEvent("run-run_waiting", RunFinished(run_id="run_waiting", state="failed", exit_code=1))]
     )
-    sizes = [artifact_ops.tree_size(_object(app, world[k])) for k in ("unreferenced", "needed")]
-    report = artifact_ops.gc(app, older_than=timedelta(days=30), remove=True, now=later)
+    sizes = [gc.tree_size(_object(app, world[k])) for k in ("unreferenced", "needed")]
+    report = gc.gc(app, older_than=timedelta(days=30), remove=True, now=later)
     assert sorted(c.artifact_id for c in report.artifacts) == sorted([world["unreferenced"], world["needed"]])
     assert report.bytes_freed == sum(sizes)
     assert _object(app, world["aliased"]).is_dir()
@@ -410,7 +410,7 @@ def test_gc_never_collects_an_output_of_a_pipeline_that_is_still_running(app: Ap
         if state:
             projections.record(conn, [NewEvent(f"run-{run_id}", RunFinished(run_id=run_id, state=state))])
     _output(app, "run_s1", {"x": b"x"})
-    assert artifact_ops.gc(app, older_than=timedelta(0), remove=False, force=True).artifacts == []
+    assert gc.gc(app, older_than=timedelta(0), remove=False, force=True).artifacts == []
 
 
 def test_gc_rejects_a_malformed_age(env: dict[str, str]) -> None:
@@ -421,6 +421,6 @@ def test_gc_rejects_a_malformed_age(env: dict[str, str]) -> None:
 
 def test_resolving_a_collected_artifact_by_id_says_its_bytes_are_gone(app: App, tmp_path: Path) -> None:
     world = _gc_world(app, tmp_path)
-    artifact_ops.gc(app, older_than=timedelta(0), remove=True, force=True)
+    gc.gc(app, older_than=timedelta(0), remove=True, force=True)
     with pytest.raises(UserError, match="collected by gc"):
-        artifact_ops.set_alias(app, "revive", world["unreferenced"])
+        aliases.set_alias(app, "revive", world["unreferenced"])

@@ -395,8 +395,8 @@ def submit_then_crash(lab: Lab, monkeypatch: pytest.MonkeyPatch, secs: int) -> t
     from labctl.app import open_app
     from labctl.executors.slurm import SlurmExecutor
     from labctl.files import Recipe, load_recipe
-    from labctl.finish import submission_of
     from labctl.slurm_runs import _render_single, slurm_job_name
+    from labctl.submissions import submission_of
     from labctl.submit import apply_overrides, submit
 
     with monkeypatch.context() as patch:
@@ -493,7 +493,7 @@ def test_reconcile_recovers_every_point_of_a_sweep_array_submitted_before_a_cras
     from labctl.app import open_app
     from labctl.executors.slurm import SlurmExecutor
     from labctl.files import load_recipe
-    from labctl.pipelines import run_sweep
+    from labctl.pipelines.plan import run_sweep
 
     def crash(*args: object, **kwargs: object) -> None:
         raise Crash

@@ -23,10 +23,10 @@ def register_external(
     kind: Annotated[str, typer.Option("--kind", help="Artifact kind (its root holds the alias link).")] = "external",
 ) -> None:
     """Record a file or directory labctl did not produce, under an alias (it is never moved or collected)."""
-    from labctl.artifact_ops import register_external as register_path
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
+    from labctl.external import register_external as register_path
 
-    r = register_path(_open(), alias=alias, path=path, kind=kind)
+    r = register_path(open_app(), alias=alias, path=path, kind=kind)
     typer.echo(f"{'registered' if r.new else 'already registered'} {r.artifact_id} ({r.kind}) at {r.path}")
     typer.echo(f"alias {r.alias} -> {r.artifact_id}" + (f"  (link {r.link})" if r.link else ""))
 
@@ -41,11 +41,11 @@ def artifacts(
     """Artifacts, oldest first: id, kind, aliases, producing run, created, path."""
     import msgspec
 
-    from labctl.artifact_ops import list_artifacts, short_alias
-    from labctl.cli import _open
+    from labctl.artifact_queries import list_artifacts, short_alias
+    from labctl.commands._common import open_app
     from labctl.table import format_table
 
-    a = _open()
+    a = open_app()
     found = list_artifacts(a.db.conn, kind=kind, user=user, include_removed=all_, limit=limit or None)
     if as_json:
         for art in found:
@@ -73,10 +73,10 @@ def alias_set(
     ref: Annotated[str, typer.Argument(help="An artifact id (or prefix) or another alias (name or user/name).")],
 ) -> None:
     """Point an alias at an artifact."""
-    from labctl.artifact_ops import set_alias
-    from labctl.cli import _open
+    from labctl.aliases import set_alias
+    from labctl.commands._common import open_app
 
-    change = set_alias(_open(), name, ref)
+    change = set_alias(open_app(), name, ref)
     typer.echo(f"alias {change.alias} -> {change.artifact_id}" + (f"  (link {change.link})" if change.link else ""))
 
 
@@ -86,11 +86,11 @@ def alias_ls(
     all_: Annotated[bool, typer.Option("--all", help="Every user's aliases.")] = False,
 ) -> None:
     """Aliases and what they point at."""
-    from labctl.artifact_ops import list_aliases
-    from labctl.cli import _open
+    from labctl.aliases import list_aliases
+    from labctl.commands._common import open_app
     from labctl.table import format_table
 
-    a = _open()
+    a = open_app()
     found = list_aliases(a.db.conn, user=None if all_ else (user or a.user))
     rows = [[e.user, e.alias, e.artifact_id, e.kind, e.set_at, e.path] for e in found]
     typer.echo(format_table(["USER", "ALIAS", "ARTIFACT", "KIND", "SET", "PATH"], rows))
@@ -99,10 +99,10 @@ def alias_ls(
 @alias_app.command("rm")
 def alias_rm(name: Annotated[str, typer.Argument(help="Your alias to remove.")]) -> None:
     """Remove an alias (the artifact stays; gc may collect it once nothing refers to it)."""
-    from labctl.artifact_ops import remove_alias
-    from labctl.cli import _open
+    from labctl.aliases import remove_alias
+    from labctl.commands._common import open_app
 
-    change = remove_alias(_open(), name)
+    change = remove_alias(open_app(), name)
     typer.echo(f"removed alias {change.alias} (was {change.artifact_id})")
 
 
@@ -112,12 +112,12 @@ def lineage(
     as_json: Annotated[bool, typer.Option("--json", help="The two trees as JSON.")] = False,
 ) -> None:
     """Where a run or artifact came from (upstream) and what came of it (downstream)."""
-    from labctl.artifact_ops import lineage as trace
-    from labctl.artifact_ops import render_lineage
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
+    from labctl.lineage import lineage as trace
+    from labctl.lineage import render_lineage
     from labctl.runs import to_json
 
-    a = _open()
+    a = open_app()
     result = trace(a.db.conn, a.user, ref, depth=depth)
     if as_json:
         typer.echo(to_json(result.to_json()))
@@ -143,21 +143,21 @@ def gc(
     ] = False,
 ) -> None:
     """Remove the bytes of artifacts nothing needs: no alias, no unfinished reader, not external, old enough."""
-    from labctl.artifact_ops import gc as collect
-    from labctl.artifact_ops import human_bytes, parse_age
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
+    from labctl.gc import gc as collect
+    from labctl.gc import human_bytes, parse_age
 
     if terminal_snapshots:
         from datetime import timedelta
 
         from labctl.snapshots import remove_terminal_sources
 
-        a = _open()
+        a = open_app()
         typer.echo(f"removed_snapshots: {remove_terminal_sources(a.db.conn, a.user, timedelta(0))}")
         return
 
     age = parse_age(older_than)
-    report = collect(_open(), older_than=age, remove=yes, force=force)
+    report = collect(open_app(), older_than=age, remove=yes, force=force)
     for c in report.artifacts:
         typer.echo(f"{c.artifact_id}  {c.kind:<12}  {human_bytes(c.size_bytes):>10}  {c.path}")
     n = len(report.artifacts)

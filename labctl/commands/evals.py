@@ -13,10 +13,10 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evals: metrics by step.")
 @evald_app.command("once")
 def evald_once(policy: Annotated[str, typer.Argument(help="Policy file, or a policy name in policies_dir.")]) -> None:
     """Submit the policy's eval for every matching checkpoint not evaluated yet."""
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.evals import find_policy, request_evals
 
-    a = _open()
+    a = open_app()
     started = request_evals(a, find_policy(a, policy))
     typer.echo(f"{len(started)} eval run(s) submitted" + (f": {', '.join(started)}" if started else ""))
 
@@ -27,12 +27,12 @@ def eval_ls(
     run: Annotated[str | None, typer.Option(help="Only checkpoints of this training run.")] = None,
 ) -> None:
     """Every eval, by the swept parameter and step: params and metrics in columns of their own."""
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.eval_table import eval_table
     from labctl.runs import resolve_run
     from labctl.table import format_table
 
-    a = _open()
+    a = open_app()
     producer = resolve_run(a.db.conn, run) if run else None
     headers, rows = eval_table(a.db.conn, policy=policy, producer=producer)
     typer.echo(format_table(headers, rows))
@@ -41,12 +41,12 @@ def eval_ls(
 @eval_app.command("show")
 def eval_show(run: Annotated[str, typer.Argument(help="The training run whose checkpoints were evaluated.")]) -> None:
     """One training run's metrics by step."""
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.evals import eval_rows, metrics_cell
     from labctl.runs import resolve_run
     from labctl.table import format_table
 
-    a = _open()
+    a = open_app()
     producer = resolve_run(a.db.conn, run)
     rows = eval_rows(a.db.conn, producer=producer)
     typer.echo(f"{producer}: {len(rows)} eval(s)")

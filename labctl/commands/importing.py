@@ -38,10 +38,10 @@ def import_cmd(
     """
     import msgspec
 
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.importer import import_registry, print_report, resolve_source
 
-    a = _open()
+    a = open_app()
     url, roots = resolve_source(source, a.db.url)
     report = import_registry(
         a.db.url, url, actor=a.user, stores=[*roots, *(store or [])], dry_run=dry_run, verify=verify, batch_events=batch

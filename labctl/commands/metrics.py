@@ -47,13 +47,13 @@ def metrics(
     """Metrics the runs logged, by step (a cache hit shows its producer's)."""
     import msgspec
 
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.errors import UserError
     from labctl.metrics import Series, metrics_of
     from labctl.metrics_view import expand_refs, metric_sources, metrics_table, run_labels, terminal_plot, write_plot
     from labctl.runs import to_json
 
-    a = _open()
+    a = open_app()
     conn = a.db.conn
     run_ids = expand_refs(conn, refs)
     sources = metric_sources(conn, run_ids)
@@ -88,12 +88,12 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the table.")] = False,
 ) -> None:
     """Runs side by side: params, resources, inputs, duration, final and best metrics; * marks differences."""
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.compare import compare_runs, render_comparison
     from labctl.metrics_view import expand_refs, run_labels
     from labctl.runs import to_json
 
-    a = _open()
+    a = open_app()
     conn = a.db.conn
     run_ids = expand_refs(conn, refs)
     comparison = compare_runs(conn, run_ids, metric)

@@ -12,13 +12,13 @@ sweep_app = typer.Typer(no_args_is_help=True, help="Sweeps: show points x state 
 
 
 def _wait_pipeline(a: Any, submitted: Any) -> None:
-    from labctl.agent import Scope
-    from labctl.cli import _echo_change
-    from labctl.wait import Watch, wait
+    from labctl.agents import Scope
+    from labctl.commands._common import echo_change, wait_for_runs
+    from labctl.wait import Watch
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    watch = Watch(a, all_runs, _echo_change, pipeline_id=submitted.pipeline_id)
-    final = wait(a, watch, Scope(pipeline_id=submitted.pipeline_id))
+    watch = Watch(a, all_runs, echo_change, pipeline_id=submitted.pipeline_id)
+    final = wait_for_runs(a, watch, Scope(pipeline_id=submitted.pipeline_id))
     row = a.db.conn.execute("SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)).fetchone()
     status = row[0] if row else "unknown"
     typer.echo(f"{submitted.pipeline_id}: {status}" + (f" ({row[1]})" if row and row[1] else ""))
@@ -62,10 +62,10 @@ def run_pipeline(
     wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the pipeline ends.")] = False,
 ) -> None:
     """Submit a pipeline: roots now, the rest as their parents succeed."""
-    from labctl.cli import _open
-    from labctl.pipelines import run_pipeline as start
+    from labctl.commands._common import open_app
+    from labctl.pipelines.plan import run_pipeline as start
 
-    a = _open()
+    a = open_app()
     _after_submit(a, start(a, pipeline, executor=executor), executor, wait=wait)
 
 
@@ -76,13 +76,13 @@ def run_sweep(
     wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the sweep ends.")] = False,
 ) -> None:
     """One run per sweep index (at most `throttle` at once), then the aggregate once all succeeded."""
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.files import load_recipe
-    from labctl.pipelines import run_sweep as start
+    from labctl.pipelines.plan import run_sweep as start
     from labctl.submit import apply_overrides
 
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
-    a = _open()
+    a = open_app()
     _after_submit(a, start(a, recipe_obj, recipe, executor=executor), executor, wait=wait)
 
 
@@ -91,11 +91,11 @@ def pipeline_show(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the tree.")] = False,
 ) -> None:
     """A pipeline's DAG with each stage's state."""
-    from labctl.cli import _open
-    from labctl.pipelines import pipeline_view, render_pipeline, resolve_pipeline
+    from labctl.commands._common import open_app
+    from labctl.pipelines.view import pipeline_view, render_pipeline, resolve_pipeline
     from labctl.runs import to_json
 
-    a = _open()
+    a = open_app()
     view = pipeline_view(a.db.conn, resolve_pipeline(a.db.conn, ref))
     typer.echo(to_json(view) if as_json else render_pipeline(view))
 
@@ -106,11 +106,11 @@ def pipeline_ls(
     all_: Annotated[bool, typer.Option("--all", help="Every user's.")] = False,
 ) -> None:
     """Recent pipelines."""
-    from labctl.cli import _open
-    from labctl.pipelines import pipelines_list
+    from labctl.commands._common import open_app
+    from labctl.pipelines.view import pipelines_list
     from labctl.table import format_table
 
-    a = _open()
+    a = open_app()
     rows = pipelines_list(a.db.conn, None if all_ else (user or a.user))
     typer.echo(format_table(["PIPELINE", "NAME", "STATUS", "USER", "CREATED", "FINISHED"], rows))
 
@@ -120,10 +120,10 @@ def sweep_show(
     metric: Annotated[str | None, typer.Option(help="Show this metric's final and best value.")] = None,
 ) -> None:
     """Each point: its parameter, state, and metrics (final values; --metric M: M's final and best)."""
-    from labctl.cli import _open
+    from labctl.commands._common import open_app
     from labctl.sweeps import render_sweep, sweep_rows
 
-    a = _open()
+    a = open_app()
     typer.echo(render_sweep(*sweep_rows(a.db.conn, ref, metric)))
 
 

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         """The dashboard: runs, pipelines, evals, compare, artifacts and the log, live; JSON under /api."""
         import logging
 
-        from labctl.cli import _open
+        from labctl.commands._common import open_app
         from labctl.errors import InputError, UserError
         from labctl.web import is_loopback, parse_bind, run_server
 
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        a = _open()
+        a = open_app()
         a.db.conn  # noqa: B018 - connects once so the schema is created or upgraded before serving
         cluster = {"name": a.config.name, "runs_base": str(a.config.filesystem.runs_base)}
         a.close()

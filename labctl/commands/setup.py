@@ -66,21 +66,21 @@ def init(
     """Write a cluster.toml (SLURM if found, else the local profile), create your directories, install the
     agent unit, create the schema and run doctor (each step can be skipped)."""
     from labctl import setup
-    from labctl.cli import _fail, _Global, doctor
+    from labctl.commands._common import Global, fail, open_app, print_doctor
     from labctl.db import labctl_home, open_database, upgrade
     from labctl.files import ARTIFACT_KINDS, OUTPUT_TYPES, load_cluster_config
 
     if scheduler not in ("auto", "local", "slurm"):
-        _fail(f"--scheduler {scheduler!r}: expected auto, local or slurm", 2)
+        fail(f"--scheduler {scheduler!r}: expected auto, local or slurm", 2)
     choice = cast("SchedulerChoice", scheduler)
     if sum(p is not None for p in (use, join, migrate_from)) > 1:
-        _fail("--use, --join and --migrate-from exclude each other: adopt, link to or adapt one config", 2)
+        fail("--use, --join and --migrate-from exclude each other: adopt, link to or adapt one config", 2)
     if copy_config and not (use or join):
-        _fail("--copy-config goes with --use or --join", 2)
+        fail("--copy-config goes with --use or --join", 2)
     roots = setup.parse_assignments(artifact_root or [], "--artifact-root", ARTIFACT_KINDS)
     outputs = setup.parse_assignments(output_root or [], "--output-root", OUTPUT_TYPES)
     repos = setup.parse_assignments(repo or [], "--repo")
-    dest = output.expanduser() if output is not None else setup.config_destination(_Global.cluster)
+    dest = output.expanduser() if output is not None else setup.config_destination(Global.cluster)
     setup.check_can_write(dest, force=force)
     changes = bool(name or runs_base or roots or outputs or repos or shared_group or database_url)
     adopted = use or join
@@ -92,7 +92,7 @@ def init(
             f"{dest} -> {shared}  ({'a copy' if copy_config else 'a link: edits to the shared file apply here'})"
         )
         if not yes and not typer.confirm(f"{verb.capitalize()} it?", default=True):
-            _fail("nothing written", 1)
+            fail("nothing written", 1)
         if copy_config:
             setup.copy_config(dest, shared, force=force)
             typer.echo(f"copied {shared} -> {dest}")
@@ -100,7 +100,7 @@ def init(
             setup.link_config(dest, shared, force=force)
             typer.echo(f"linked {dest} -> {shared}")
     elif join:
-        _fail("--join follows the shared file as it is; use --use to copy it with changes", 2)
+        fail("--join follows the shared file as it is; use --use to copy it with changes", 2)
     else:
         if use or migrate_from:
             source_path = use or migrate_from
@@ -127,7 +127,7 @@ def init(
         if not yes:
             typer.echo(f"--- {dest}\n{text}---")
             if not typer.confirm("Write it?", default=True):
-                _fail("nothing written", 1)
+                fail("nothing written", 1)
         setup.write_config(dest, text, force=force)
         typer.echo(f"wrote {dest}")
 
@@ -162,8 +162,8 @@ def init(
         stores = [Path(root) for root in foreign.filesystem.artifact_roots.values()]
         report = import_registry(url, postgres_url(foreign.postgres), actor=current_user(), stores=stores)
         print_report(report, typer.echo)
-    _Global.cluster = dest
-    doctor()
+    Global.cluster = dest
+    print_doctor(open_app())
 
 
 @admin_app.command("add-user")
@@ -182,12 +182,12 @@ def add_user(
     import os
 
     from labctl.app import check_user_name, load_config
-    from labctl.cli import _Global
+    from labctl.commands._common import Global
     from labctl.setup import add_database_role
     from labctl.setup import add_user as prepare_user
 
     check_user_name(name)
-    config, _path = load_config(_Global.cluster)
+    config, _path = load_config(Global.cluster)
     if not no_create_dirs:
         for change in prepare_user(config, name):
             typer.echo(change.describe())
@@ -204,7 +204,7 @@ def _services(agent: bool, ui: bool, *, default_installed: bool = False) -> list
     """The services named by --agent/--ui; with neither, the installed ones when ``default_installed``
     (as the original's ``service status`` and ``restart``), else an error."""
     from labctl import setup
-    from labctl.cli import _fail
+    from labctl.commands._common import fail
 
     chosen: list[ServiceName] = []
     if agent:
@@ -214,9 +214,9 @@ def _services(agent: bool, ui: bool, *, default_installed: bool = False) -> list
     if not chosen and default_installed:
         chosen = [s for s in setup.UNIT_NAMES if (setup.unit_dir() / setup.UNIT_NAMES[s]).exists()]
         if not chosen:
-            _fail("no labctl units installed (labctl service install --agent, --ui)", 1)
+            fail("no labctl units installed (labctl service install --agent, --ui)", 1)
     if not chosen:
-        _fail("say which service: --agent, --ui or both", 2)
+        fail("say which service: --agent, --ui or both", 2)
     return chosen
 
 
@@ -234,15 +234,15 @@ def service_install(
     """Write the unit file(s) and enable and start them."""
     from labctl import setup
     from labctl.app import load_config
-    from labctl.cli import _fail, _Global
+    from labctl.commands._common import Global, fail
 
     chosen = _services(agent, ui)
     setup.check_bind(bind)
-    _config, cluster = load_config(_Global.cluster)
+    _config, cluster = load_config(Global.cluster)
     units = [setup.UNIT_NAMES[s] for s in chosen]
     existing = [setup.unit_dir() / u for u in units if (setup.unit_dir() / u).exists()]
     if existing and not force:
-        _fail(f"{existing[0]} already exists; pass --force to replace it, or `labctl service uninstall` first", 1)
+        fail(f"{existing[0]} already exists; pass --force to replace it, or `labctl service uninstall` first", 1)
     for service in chosen:
         typer.echo(f"wrote {setup.install_unit(service, cluster.absolute() if cluster else None, bind=bind)}")
     if not setup.user_manager_available():
@@ -254,7 +254,7 @@ def service_install(
     for args in (["daemon-reload"], ["enable", "--now", *units]):
         proc = setup.systemctl(*args)
         if proc.returncode != 0:
-            _fail(f"{setup.systemctl_line(*args)} failed: {(proc.stderr or proc.stdout).strip()}", 1)
+            fail(f"{setup.systemctl_line(*args)} failed: {(proc.stderr or proc.stdout).strip()}", 1)
     typer.echo(f"enabled and started {', '.join(units)}")
 
 
@@ -262,7 +262,7 @@ def service_install(
 def service_uninstall(agent: AgentFlag = False, ui: UiFlag = False) -> None:
     """Stop and disable the unit(s) and remove their files."""
     from labctl import setup
-    from labctl.cli import _fail
+    from labctl.commands._common import fail
 
     chosen = _services(agent, ui)
     units = [setup.UNIT_NAMES[s] for s in chosen]
@@ -270,7 +270,7 @@ def service_uninstall(agent: AgentFlag = False, ui: UiFlag = False) -> None:
     if manager:
         proc = setup.systemctl("disable", "--now", *units)
         if proc.returncode != 0 and any((setup.unit_dir() / u).exists() for u in units):
-            _fail(
+            fail(
                 f"{setup.systemctl_line('disable', '--now', *units)} failed: {(proc.stderr or proc.stdout).strip()}", 1
             )
     for service in chosen:
@@ -299,12 +299,12 @@ def service_restart(agent: AgentFlag = False, ui: UiFlag = False) -> None:
 
 def _pass_through(verb: str, chosen: list[ServiceName]) -> None:
     from labctl import setup
-    from labctl.cli import _fail
+    from labctl.commands._common import fail
 
     units = [setup.UNIT_NAMES[s] for s in chosen]
     if not setup.user_manager_available():
-        _fail(f"no systemd user session here; in a login session run: {setup.systemctl_line(verb, *units)}", 1)
+        fail(f"no systemd user session here; in a login session run: {setup.systemctl_line(verb, *units)}", 1)
     proc = setup.systemctl(*([verb, "--no-pager", *units] if verb == "status" else [verb, *units]))
     typer.echo(proc.stdout, nl=False)
     if proc.returncode != 0:
-        _fail(f"{setup.systemctl_line(verb, *units)} exited {proc.returncode}: {proc.stderr.strip()}", proc.returncode)
+        fail(f"{setup.systemctl_line(verb, *units)} exited {proc.returncode}: {proc.stderr.strip()}", proc.returncode)

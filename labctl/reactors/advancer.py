@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from events import StoredEvent
-from labctl.pipelines import advance, running_pipelines
+from labctl.pipelines.advance import advance, running_pipelines
 from labctl.reactors.base import LogReactor
-
-if TYPE_CHECKING:
-    from labctl.agent import Agent
 
 
 class Advancer(LogReactor):
     name = "advancer"
     interested = frozenset({"RunFinished", "RunCacheHit", "PipelineCreated"})
 
-    def handle(self, agent: Agent, batch: list[StoredEvent]) -> bool:
-        conn = agent.app.db.conn
+    def handle(self, batch: list[StoredEvent]) -> bool:
+        conn = self.app.db.conn
         run_ids = [getattr(e.data, "run_id", None) for e in batch]
         pipelines = {getattr(e.data, "pipeline_id", None) for e in batch if e.type == "PipelineCreated"}
         rows = conn.execute(
@@ -28,11 +23,11 @@ class Advancer(LogReactor):
         ours = set(running_pipelines(conn, self.user))  # never advance (submit as) another user's pipeline
         changed = False
         for pipeline_id in sorted(p for p in pipelines if p in ours):
-            changed |= advance(agent.app, pipeline_id)
+            changed |= advance(self.app, pipeline_id)
         return changed
 
-    def full_pass(self, agent: Agent) -> bool:
+    def full_pass(self) -> bool:
         changed = False
-        for pipeline_id in running_pipelines(agent.app.db.conn, self.user):
-            changed |= advance(agent.app, pipeline_id)
+        for pipeline_id in running_pipelines(self.app.db.conn, self.user):
+            changed |= advance(self.app, pipeline_id)
         return changed

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 
@@ -20,9 +20,23 @@ from events import StoredEvent
 from labctl.db import connect
 
 if TYPE_CHECKING:
-    from labctl.agent import Agent
+    from labctl.app import App
 
 log = logging.getLogger(__name__)
+
+
+class Reactor(Protocol):
+    """What the agent runs each tick; a reactor gets what it uses (the app, the holder id) when built."""
+
+    name: str
+
+    def step(self) -> bool:
+        """Do one round of work; True when something changed (the agent ticks again soon)."""
+        ...
+
+    def close(self) -> None:
+        """Give up leadership (the agent is stopping)."""
+        ...
 
 
 def lock_key(name: str) -> int:
@@ -84,22 +98,23 @@ class LogReactor:
     interested: frozenset[str] = frozenset()
     full_pass_every = 10.0
 
-    def __init__(self, url: str, user: str | None = None) -> None:
+    def __init__(self, app: App, user: str | None = None) -> None:
+        self.app = app
         #: whose runs it acts on (None: every user's); one active reactor and one checkpoint per user
         self.user = user
         self.name = type(self).name if user is None else f"{type(self).name}:{user}"
-        self.leadership = Leadership(url, self.name)
+        self.leadership = Leadership(app.db.url, self.name)
         self.next_full_pass = 0.0
 
-    def step(self, agent: Agent) -> bool:
+    def step(self) -> bool:
         if not self.leadership.held():
             return False
-        conn = agent.app.db.conn
+        conn = self.app.db.conn
         changed = False
         now = time.monotonic()
         if now >= self.next_full_pass:
             self.next_full_pass = now + self.full_pass_every
-            changed |= self.full_pass(agent)
+            changed |= self.full_pass()
         done = checkpoint(conn, self.name)
         while True:
             page = events.read_all(conn, done, 500)
@@ -107,17 +122,17 @@ class LogReactor:
                 break
             relevant = [e for e in page if e.type in self.interested]
             if relevant:
-                changed |= self.handle(agent, relevant)
+                changed |= self.handle(relevant)
             done = page[-1].position
             # Effects are exactly-once by stream versions, so a crash here only repeats harmless work.
             set_checkpoint(conn, self.name, done)
         return changed
 
-    def handle(self, agent: Agent, batch: list[StoredEvent]) -> bool:
+    def handle(self, batch: list[StoredEvent]) -> bool:
         raise NotImplementedError
 
     def close(self) -> None:
         self.leadership.release()
 
-    def full_pass(self, agent: Agent) -> bool:
+    def full_pass(self) -> bool:
         return False

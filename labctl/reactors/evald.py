@@ -11,43 +11,42 @@ from labctl.evals import policies, record_metrics, request_evals
 from labctl.reactors.base import LogReactor
 
 if TYPE_CHECKING:
-    from labctl.agent import Agent
+    from labctl.app import App
 
 
 class Evald(LogReactor):
     name = "evald"
     interested = frozenset({"ArtifactRegistered", "RunFinished"})
 
-    def __init__(self, url: str, interval: float, user: str | None = None) -> None:
-        super().__init__(url, user)
+    def __init__(self, app: App, interval: float, user: str | None = None) -> None:
+        super().__init__(app, user)
         self.full_pass_every = interval
         self._policies_loaded = 0.0
 
-    def _policies(self, agent: Agent) -> list:  # type: ignore[type-arg]
+    def _policies(self) -> list:  # type: ignore[type-arg]
         # Re-read the policy files now and then, so edits apply without restarting agents.
         if time.monotonic() - self._policies_loaded > 30:
-            self._cached = policies(agent.app)
+            self._cached = policies(self.app)
             self._policies_loaded = time.monotonic()
         return self._cached
 
-    def handle(self, agent: Agent, batch: list[StoredEvent]) -> bool:
+    def handle(self, batch: list[StoredEvent]) -> bool:
         checkpoints = [
             e.data.artifact_id
             for e in batch
-            if isinstance(e.data, ArtifactRegistered)
-            and e.data.kind in {p.applies_to.type for p in self._policies(agent)}
+            if isinstance(e.data, ArtifactRegistered) and e.data.kind in {p.applies_to.type for p in self._policies()}
         ]
         changed = False
         if checkpoints:
-            for policy in self._policies(agent):
-                changed |= bool(request_evals(agent.app, policy, checkpoints, user=self.user))
+            for policy in self._policies():
+                changed |= bool(request_evals(self.app, policy, checkpoints, user=self.user))
         ended = [e.data.run_id for e in batch if isinstance(e.data, RunFinished)]
         if ended:
-            changed |= record_metrics(agent.app, ended) > 0
+            changed |= record_metrics(self.app, ended) > 0
         return changed
 
-    def full_pass(self, agent: Agent) -> bool:
+    def full_pass(self) -> bool:
         changed = False
-        for policy in self._policies(agent):
-            changed |= bool(request_evals(agent.app, policy, user=self.user))
+        for policy in self._policies():
+            changed |= bool(request_evals(self.app, policy, user=self.user))
         return changed

@@ -15,8 +15,7 @@ from labctl.reactors.base import Leadership
 from labctl.slurm_runs import enforce_job_name_throttle, reconcile, recover_intents, submit_queued
 
 if TYPE_CHECKING:
-    from labctl.agent import Agent
-    from labctl.files import ClusterConfig
+    from labctl.app import App
 
 log = logging.getLogger(__name__)
 
@@ -24,28 +23,30 @@ log = logging.getLogger(__name__)
 class SlurmReactor:
     name = "slurm"
 
-    def __init__(self, url: str, max_interval: float, config: ClusterConfig, user: str | None = None) -> None:
+    def __init__(self, app: App, holder_id: str, max_interval: float, user: str | None = None) -> None:
+        self.app = app
+        self.holder_id = holder_id
         #: whose SLURM runs it submits and reconciles (None: every user's, as the service account)
         self.user = user
         self.name = type(self).name if user is None else f"{type(self).name}:{user}"
-        self.leadership = Leadership(url, self.name)
-        self.executor = SlurmExecutor(max_interval=max_interval, scheduler=config.scheduler)
+        self.leadership = Leadership(app.db.url, self.name)
+        self.executor = SlurmExecutor(max_interval=max_interval, scheduler=app.config.scheduler)
         self.next_reconcile = 0.0
         self.metric_files = LiveFiles()
         # the original's [dispatch.throttle], applied on its evald cadence
-        self.throttle = config.dispatch.throttle
-        self.throttle_every = float(config.dispatch.evald_interval_secs)
+        self.throttle = app.config.dispatch.throttle
+        self.throttle_every = float(app.config.dispatch.evald_interval_secs)
         self.next_throttle = 0.0
 
-    def step(self, agent: Agent) -> bool:
+    def step(self) -> bool:
         if not self.leadership.held():
             return False
-        changed = bool(submit_queued(agent.app, self.executor, agent.id, user=self.user))
+        changed = bool(submit_queued(self.app, self.executor, self.holder_id, user=self.user))
         now = time.monotonic()
         if now < self.next_reconcile:
             return changed
-        changed |= recover_intents(agent.app, self.executor, agent.id, user=self.user) > 0
-        report = reconcile(agent.app, self.executor, self.metric_files, user=self.user)
+        changed |= recover_intents(self.app, self.executor, self.holder_id, user=self.user) > 0
+        report = reconcile(self.app, self.executor, self.metric_files, user=self.user)
         moved = report.started + report.finished > 0
         self.next_reconcile = now + (self.executor.next_interval(moved) if report.active else 1.0)
         if not report.accounting_ok:

@@ -12,7 +12,7 @@ from labctl.reactors.base import Leadership
 from labctl.snapshots import remove_terminal_sources
 
 if TYPE_CHECKING:
-    from labctl.agent import Agent
+    from labctl.app import App
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +20,21 @@ log = logging.getLogger(__name__)
 class SourceGcReactor:
     name = "source-gc"
 
-    def __init__(self, url: str, user: str, settings: SourceGc) -> None:
+    def __init__(self, app: App, settings: SourceGc) -> None:
         # one agent per user does it: each user deletes only what is theirs
-        self.leadership = Leadership(url, f"{self.name}-{user}")
-        self.user = user
+        self.app = app
+        self.leadership = Leadership(app.db.url, f"{self.name}-{app.user}")
+        self.user = app.user
         self.settings = settings
         self.next_pass = time.monotonic() + settings.interval_secs  # as the original: first pass after one interval
 
-    def step(self, agent: Agent) -> bool:
+    def step(self) -> bool:
         now = time.monotonic()
         if now < self.next_pass or not self.leadership.held():
             return False
         self.next_pass = now + self.settings.interval_secs
         removed = remove_terminal_sources(
-            agent.app.db.conn, self.user, timedelta(seconds=self.settings.min_terminal_age_secs)
+            self.app.db.conn, self.user, timedelta(seconds=self.settings.min_terminal_age_secs)
         )
         if removed:
             log.info("source gc: removed %d source snapshot(s) of ended runs", removed)

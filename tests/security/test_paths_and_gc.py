@@ -14,7 +14,7 @@ import pytest
 import projections
 from events import NewEvent
 from events.types import AliasSet, ArtifactRegistered, RunFinished, RunSubmitted
-from labctl import artifact_ops
+from labctl import gc
 from labctl.app import App
 from labctl.db import Database
 from labctl.files import local_profile
@@ -127,11 +127,11 @@ def test_gc_collects_only_your_artifacts_unless_forced(app: App) -> None:
     bobs = _artifact(app, "bob", bobs_path, "run_bobs")
     later = datetime.now(UTC) + timedelta(days=31)
 
-    report = artifact_ops.gc(app, older_than=timedelta(days=30), remove=True, now=later)
+    report = gc.gc(app, older_than=timedelta(days=30), remove=True, now=later)
     assert [c.artifact_id for c in report.artifacts] == [mine]
     assert bobs_path.is_dir()
 
-    forced = artifact_ops.gc(app, older_than=timedelta(days=30), remove=True, now=later, force=True)
+    forced = gc.gc(app, older_than=timedelta(days=30), remove=True, now=later, force=True)
     assert [c.artifact_id for c in forced.artifacts] == [bobs]
 
 
@@ -139,7 +139,7 @@ def test_gc_never_deletes_a_recorded_path_outside_the_artifact_roots(app: App, t
     outside = _object_at(tmp_path / "elsewhere", "victim")  # shaped like an object, but not in a store
     _artifact(app, USER, outside, "run_x")
     later = datetime.now(UTC) + timedelta(days=31)
-    report = artifact_ops.gc(app, older_than=timedelta(days=30), remove=True, now=later, force=True)
+    report = gc.gc(app, older_than=timedelta(days=30), remove=True, now=later, force=True)
     assert report.artifacts == []
     assert (outside / "data").read_text() == "victim"
 

@@ -1,0 +1,141 @@
+"""Runs on the local executor: claim a queued run (one claim per run, by the run stream's version),
+render and start its job, record the start; the agent's loop drives these (beside ``slurm_runs``)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+import events
+import projections
+from events import ConcurrencyError, NewEvent
+from events.types import JobSubmitted, RunClaimed, RunStarted
+from labctl.agents import Scope
+from labctl.app import App
+from labctl.artifacts import ContextError, hash_outputs
+from labctl.executors.base import JobSpec, JobState
+from labctl.executors.local import HOST, LocalExecutor
+from labctl.executors.sbatch_script import render_script_body
+from labctl.files import Recipe, parse_mem_mb, parse_time_seconds
+from labctl.finish import finish_run
+from labctl.jobenv import job_command, job_environment, job_workdir
+from labctl.submissions import submission_of
+from labctl.throttle import claimable_runs
+
+log = logging.getLogger(__name__)
+
+
+def claimable(app: App, scope: Scope | None, limit: int, user: str | None) -> list[tuple[str, int]]:
+    """Queued local runs in submission order, within the throttle limits (and the scope, if any);
+    only ``user``'s unless None (the service account)."""
+    scope_sql, scope_params = scope.sql() if scope else ("TRUE", {})
+    return claimable_runs(app.db.conn, app.config.throttle, limit, scope_sql, scope_params, user=user)
+
+
+def run_dir_of(app: App, run_id: str) -> str:
+    row = app.db.conn.execute("SELECT run_dir FROM runs WHERE id = %s", (run_id,)).fetchone()
+    return row[0] if row else ""
+
+
+def ready(app: App, run_id: str) -> bool:
+    """The submitter has finished writing the run dir."""
+    return (Path(run_dir_of(app, run_id)) / ".lab" / "context.json").exists()
+
+
+def claim(app: App, run_id: str, version: int, agent_id: str) -> bool:
+    """Claim a queued run for ``agent_id``; False when another agent claimed it or it was cancelled."""
+    try:
+        app.record(
+            [NewEvent(f"run-{run_id}", RunClaimed(run_id=run_id, agent_id=agent_id), version)],
+            f"claim-{run_id}-{agent_id}",
+        )
+    except ConcurrencyError:
+        return False
+    return True
+
+
+def finish(app: App, run_id: str, outcome: JobState) -> None:
+    finish_run(app.db, app.config, run_id, outcome, app.meta())
+
+
+def launch(app: App, executor: LocalExecutor, run_id: str) -> tuple[str, str] | None:
+    """Start a claimed run's job; its job id and run dir, or None if it could not start (then it ended failed)."""
+    sub = submission_of(app.db.conn, run_id)
+    if sub is None:
+        return None
+    try:
+        recipe = msgspec.convert(sub.recipe, Recipe)
+        spec = job_spec(app, run_id, sub.run_dir, recipe)
+        return executor.submit(spec), sub.run_dir
+    except (OSError, ValueError, msgspec.ValidationError) as exc:
+        finish(app, run_id, JobState(job_id="", state="failed", reason=f"could not start: {exc}"))
+        return None
+
+
+def record_started(app: App, run_id: str, job_id: str, agent_id: str, process_start: int | None) -> None:
+    conn = app.db.conn
+    version = events.stream_version(conn, f"run-{run_id}")
+    projections.record(
+        conn,
+        [
+            NewEvent(
+                f"run-{run_id}",
+                JobSubmitted(
+                    run_id=run_id, executor="local", job_id=job_id, agent_id=agent_id, process_start=process_start
+                ),
+                version,
+            ),
+            NewEvent(
+                f"run-{run_id}", RunStarted(run_id=run_id, started_at=datetime.now(UTC), host=HOST, job_id=job_id)
+            ),
+        ],
+        meta=app.meta(),
+    )
+
+
+def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
+    """Render ``.lab/submit.sh`` for a local job and describe it."""
+    lab = Path(run_dir) / ".lab"
+    lab.mkdir(parents=True, exist_ok=True)
+    body = render_script_body(
+        env=job_environment(app.config, recipe, run_id, run_dir),
+        modules=app.config.modules,
+        command=job_command(recipe),
+        workdir=job_workdir(run_dir, recipe),
+        labctl_bin=None,  # the agent hashes the outputs itself when the job ends
+        run_dir=Path(run_dir),
+        job_id_expr='"${LABCTL_HOST}:$$"',
+    )
+    script = lab / "submit.sh"
+    script.write_text("#!/bin/bash\n" + body)
+    return JobSpec(
+        run_id=run_id,
+        run_dir=Path(run_dir),
+        script=script,
+        log_path=Path(run_dir) / "log.txt",
+        time_limit_seconds=parse_time_seconds(recipe.resources.time),
+        job_name=run_id,
+        cpus=recipe.resources.cpus,
+        mem_mb=parse_mem_mb(recipe.resources.mem),
+        gpus=recipe.resources.gpus,
+    )
+
+
+def hash_finished_outputs(app: App, run_id: str) -> None:
+    """Write the run's ``.lab/output_hashes.json`` here (on SLURM the job does it on the node)."""
+    try:
+        hash_outputs(run_dir_of(app, run_id))
+    except (ContextError, OSError) as exc:
+        log.warning("run %s: outputs not hashed ahead of registration: %s", run_id, exc)
+
+
+def cancel_requested_jobs(app: App, agent_id: str) -> list[str]:
+    """Job ids of this agent's runs whose cancellation was requested."""
+    rows = app.db.conn.execute(
+        "SELECT job_id FROM runs WHERE agent_id = %s AND cancel_requested AND status IN ('submitted', 'running')",
+        (agent_id,),
+    ).fetchall()
+    return [r[0] for r in rows]

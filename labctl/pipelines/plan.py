@@ -1,0 +1,200 @@
+"""Creating a pipeline or sweep: validate every stage, then record the pipeline and a waiting
+(``created``) run per stage, per point for a sweep stage, in one transaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+
+from events import NewEvent
+from events.types import PipelineCreated, RunPending, StageSpec, SweepCreated
+from labctl.app import App
+from labctl.errors import InputError
+from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pipeline, load_recipe
+from labctl.files.pipeline import PipelinePlan, PlannedStage
+from labctl.ids import new_id, new_run_id
+from labctl.pipelines.advance import advance, with_index
+from labctl.secrets import split_secrets
+from labctl.submit import StageContext, prepare, resolve_inputs
+from projections.runs import SUCCESS_STATES
+
+
+class PipelineSubmitted(msgspec.Struct, kw_only=True):
+    pipeline_id: str
+    name: str
+    runs: dict[str, list[str]]  # stage -> run ids
+    sweep_id: str | None = None
+
+
+def _check_static_inputs(app: App, stage: PlannedStage) -> None:
+    """Inputs that don't depend on parents (artifacts, externals) must resolve now."""
+    if stage.parents or any(isinstance(i, StageInput | FromInput) for i in stage.recipe.inputs.values()):
+        only_static = msgspec.structs.replace(
+            stage.recipe,
+            inputs={r: i for r, i in stage.recipe.inputs.items() if not isinstance(i, StageInput | FromInput)},
+        )
+        resolve_inputs(app.db.conn, only_static, stage.recipe_path, app.user, StageContext())
+        return
+    recipe = with_index(stage.recipe, stage.recipe.sweep.start) if stage.recipe.sweep else stage.recipe
+    prepare(app, recipe, stage.recipe_path)  # renders and resolves: raises on any user mistake
+
+
+def _refuse_literal_secrets(stage: PlannedStage) -> None:
+    """A stage's recipe is recorded before its run dir exists: a secret value has nowhere safe to wait."""
+    _, secrets = split_secrets(stage.recipe.env)
+    for name in secrets:
+        raise FileFormatError(
+            stage.recipe_path,
+            f"env.{name}",
+            f"looks like a secret and would be recorded for everyone to read; write "
+            f'"${{{name}}}" and export {name} where the job starts (the agent, or the shell that submits to SLURM)',
+        )
+
+
+def _pin(conn: psycopg.Connection[Any], plan: PipelinePlan) -> str | None:
+    if plan.from_ is None:
+        return None
+    row = conn.execute("SELECT id, status FROM runs WHERE id = %s", (plan.from_,)).fetchone()
+    if row is None:
+        raise FileFormatError(plan.path, "from", f"no run {plan.from_!r} to pin")
+    if row[1] not in SUCCESS_STATES:
+        raise FileFormatError(plan.path, "from", f"run {plan.from_} ended {row[1]}; a pin must have succeeded")
+    return str(row[0])
+
+
+def _check_pinned_roles(conn: psycopg.Connection[Any], plan: PipelinePlan, from_run: str) -> None:
+    """Every ``type = "from"`` input must name an output the pinned run registered: refuse now, not mid-run."""
+    roles = {r[0] for r in conn.execute("SELECT DISTINCT role FROM run_outputs WHERE run_id = %s", (from_run,))}
+    for stage in plan.stages:
+        for role, spec in stage.recipe.inputs.items():
+            if isinstance(spec, FromInput) and spec.role not in roles:
+                offered = ", ".join(sorted(roles)) or "none"
+                raise FileFormatError(
+                    stage.recipe_path,
+                    f"inputs.{role}.role",
+                    f"the pinned run {from_run} has no output {spec.role!r}; its outputs are: {offered}",
+                )
+
+
+def _pending_runs(
+    app: App, pipeline_id: str, stage: PlannedStage, run_ids: list[str], sweep_id: str | None, executor: str
+) -> list[NewEvent]:
+    batch = []
+    for i, run_id in enumerate(run_ids):
+        index = stage.recipe.sweep.start + i if stage.recipe.sweep else None
+        pending = RunPending(
+            run_id=run_id,
+            name=stage.recipe.name,
+            user=app.user,
+            executor=executor,
+            run_dir=str(Path(app.config.filesystem.runs_base) / app.user / run_id),
+            recipe=msgspec.to_builtins(stage.recipe),
+            pipeline_id=pipeline_id,
+            stage_name=stage.name,
+            parents=stage.parents,
+            recipe_path=stage.recipe_path,
+            sweep_id=sweep_id,
+            sweep_index=index,
+        )
+        batch.append(NewEvent(f"run-{run_id}", pending, 0))
+    return batch
+
+
+def create_pipeline(
+    app: App, plan: PipelinePlan, *, executor: str | None = None, sweep_of: str | None = None
+) -> PipelineSubmitted:
+    """Validate everything, then record the pipeline and a ``created`` run per stage (per point)."""
+    executor = executor or app.executor
+    if executor not in {"local", "slurm"}:
+        raise InputError(f"--executor {executor!r}: expected local or slurm")
+    from_run = _pin(app.db.conn, plan)
+    if from_run is not None:
+        _check_pinned_roles(app.db.conn, plan, from_run)
+    for stage in plan.stages:
+        _refuse_literal_secrets(stage)
+        _check_static_inputs(app, stage)
+    pipeline_id = new_id("pipeline")
+    specs: list[StageSpec] = []
+    batch: list[NewEvent] = []
+    runs: dict[str, list[str]] = {}
+    sweep_ids: dict[str, str] = {}
+    for stage in plan.stages:
+        sweep = stage.recipe.sweep
+        count = sweep.end - sweep.start + 1 if sweep else 1
+        run_ids = [new_run_id() for _ in range(count)]
+        sweep_id = new_id("sweep") if sweep else None
+        if sweep_id:
+            sweep_ids[stage.name] = sweep_id
+        runs[stage.name] = run_ids
+        specs.append(StageSpec(name=stage.name, run_ids=run_ids, parents=stage.parents, sweep_id=sweep_id))
+        batch += _pending_runs(app, pipeline_id, stage, run_ids, sweep_id, executor)
+    created = PipelineCreated(
+        pipeline_id=pipeline_id, name=plan.name, user=app.user, stages=specs, file_path=plan.path, from_run=from_run
+    )
+    head = [NewEvent(f"pipeline-{pipeline_id}", created, 0)]
+    for stage in plan.stages:
+        if stage.name in sweep_ids:
+            sweep = stage.recipe.sweep
+            assert sweep is not None
+            aggregate = next((s for s in plan.stages if stage.name in s.parents), None) if sweep_of else None
+            head.append(
+                NewEvent(
+                    f"sweep-{sweep_ids[stage.name]}",
+                    SweepCreated(
+                        sweep_id=sweep_ids[stage.name],
+                        name=stage.recipe.name,
+                        user=app.user,
+                        arg=sweep.arg,
+                        start=sweep.start,
+                        end=sweep.end,
+                        run_ids=runs[stage.name],
+                        throttle=sweep.throttle,
+                        aggregate_run_id=runs[aggregate.name][0] if aggregate else None,
+                        pipeline_id=pipeline_id,
+                    ),
+                    0,
+                )
+            )
+    app.record([*head, *batch], f"pipeline-{pipeline_id}")
+    advance(app, pipeline_id)
+    return PipelineSubmitted(
+        pipeline_id=pipeline_id, name=plan.name, runs=runs, sweep_id=next(iter(sweep_ids.values()), None)
+    )
+
+
+def run_pipeline(app: App, path: str | Path, *, executor: str | None = None) -> PipelineSubmitted:
+    return create_pipeline(app, load_pipeline(path), executor=executor)
+
+
+def sweep_plan(recipe: Recipe, recipe_path: str | Path) -> PipelinePlan:
+    """A sweep as a pipeline: the points' stage, then the aggregate stage if the recipe names one."""
+    if recipe.sweep is None:
+        raise FileFormatError(recipe_path, "sweep", "this recipe has no [sweep] table; use `labctl run`")
+    path = str(Path(recipe_path).resolve())
+    stages = [PlannedStage(name=recipe.name, recipe_path=path, recipe=recipe, parents=[])]
+    if recipe.sweep.aggregate:
+        aggregate = load_recipe(recipe.sweep.aggregate, pipeline=True)
+        for role, spec in aggregate.inputs.items():
+            # The points' stage is named after the swept recipe; any other name would crash the advancer later.
+            if isinstance(spec, StageInput) and spec.stage != recipe.name:
+                raise FileFormatError(
+                    recipe.sweep.aggregate,
+                    f"inputs.{role}.stage",
+                    f"no stage {spec.stage!r} in this sweep; the points' stage is named after the swept recipe: "
+                    f"{recipe.name!r}",
+                )
+            if isinstance(spec, StageInput) and spec.role not in recipe.outputs:
+                raise FileFormatError(
+                    recipe.sweep.aggregate, f"inputs.{role}.role", f"the swept recipe has no output {spec.role!r}"
+                )
+        stages.append(
+            PlannedStage(name="aggregate", recipe_path=recipe.sweep.aggregate, recipe=aggregate, parents=[recipe.name])
+        )
+    return PipelinePlan(name=f"sweep-{recipe.name}", path=path, from_=None, stages=stages)
+
+
+def run_sweep(app: App, recipe: Recipe, recipe_path: str | Path, *, executor: str | None = None) -> PipelineSubmitted:
+    return create_pipeline(app, sweep_plan(recipe, recipe_path), executor=executor, sweep_of=recipe.name)
