@@ -16,7 +16,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_cli", "bench_status", "bench_eventstore", "bench_hashing", "bench_slurm", "bench_pipelines"]
+SCRIPTS = [
+    "bench_cli",
+    "bench_status",
+    "bench_eventstore",
+    "bench_hashing",
+    "bench_slurm",
+    "bench_pipelines",
+    "bench_metrics",
+    "bench_fingerprints",
+]
 
 
 def slurm_answers() -> bool:

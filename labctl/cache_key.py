@@ -130,21 +130,14 @@ def explain(
 
 
 def _how(fp: Fingerprint | None) -> str:
+    from labctl.artifact_ops import human_bytes
+
     if fp is None:
         return ""
-    size = f"{fp.files:,} file{'s' if fp.files != 1 else ''}, {_bytes(fp.bytes)}"
+    size = f"{fp.files:,} file{'s' if fp.files != 1 else ''}, {human_bytes(fp.bytes)}"
     if fp.reused:
         return f" ({size}; content hash reused: sizes, mtimes and inodes unchanged)"
     return f" ({size}; content hashed now)"
-
-
-def _bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def hit_line(producer: str, finished_at: datetime | None, status: str | None = None) -> str:
