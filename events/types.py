@@ -469,3 +469,15 @@ class CacheKeyParts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     source: str | None = None  # the repo's commit, and a hash of its uncommitted changes
     inputs: dict[str, str] = {}
     files: dict[str, str] = {}
+
+
+class RegistryImported(Event, frozen=True, kw_only=True):
+    """An import from an original registry finished (stream ``import-<source id>``).
+
+    ``fingerprint`` sums up the source's tables as read: a later import that finds
+    the same one has nothing to do.
+    """
+
+    source: str
+    fingerprint: str
+    events: int

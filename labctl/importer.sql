@@ -87,3 +87,9 @@ SELECT max((e.data -> 'events' -> -1 ->> 'id')::bigint) FROM events e WHERE e.st
 
 -- name: target_streams
 SELECT DISTINCT stream FROM events WHERE stream = ANY (%(streams)s);
+
+-- name: source_events_mark
+SELECT count(*), coalesce(max(id), 0) FROM public.events;
+
+-- name: target_last_fingerprint
+SELECT data ->> 'fingerprint' FROM events WHERE stream = %(stream)s ORDER BY version DESC LIMIT 1;
