@@ -47,7 +47,7 @@ from events.types import (
     UserImported,
 )
 from labctl import __version__, cache
-from labctl.artifacts.hashing import dir_content_hash, path_identity_hash
+from labctl.artifacts.hashing import dir_content_hash
 from labctl.artifacts.store import META_FILENAME, OBJECTS_DIRNAME
 from labctl.db import connect, describe_url, ensure_schema
 from labctl.errors import InputError, UserError
@@ -567,10 +567,14 @@ def plan_import(
                     NewEvent(f"run-{r[0]}", OriginalEventsImported(run_id=r[0], events=_original_events(rows)))
                 )
             plan.add(*group)
-            key = our_cache_key(recipe, imported_run.inputs, imported_run.repo_commit) if r[3] == "succeeded" else None
+            key = (
+                our_cache_key(target_conn, recipe, imported_run.inputs, imported_run.repo_commit)
+                if r[3] == "succeeded" and target_conn is not None
+                else None
+            )
             if key is not None:
                 cache_producers[key] = r[0]  # the latest success wins (rows come in creation order)
-            elif r[3] == "succeeded":
+            elif r[3] == "succeeded" and target_conn is not None:
                 no_cache_key += 1
 
     # A succeeded run's recipe, resubmitted unchanged here, is a cache hit on it: its key as we compute it.
@@ -732,13 +736,17 @@ def plan_import(
     return plan
 
 
-def our_cache_key(recipe_json: dict[str, Any], inputs: list[InputRef], commit: str | None) -> str | None:
-    """The cache key this labctl gives the recipe resubmitted unchanged, or None when it cannot tell.
+def our_cache_key(
+    conn: psycopg.Connection[Any], recipe_json: dict[str, Any], inputs: list[InputRef], commit: str | None
+) -> str | None:
+    """The cache key ``submit`` gives this recipe resubmitted unchanged, or None when it cannot tell.
 
-    As ``submit`` computes it: the canonical recipe, each input's hash (an artifact's,
-    or an external path's identity), and for a recipe with a repo its clean commit.
+    The same parts as there (``labctl.cache_key``): for a recipe with a repo, its recorded
+    commit taken as a clean checkout; inputs and named scripts as they are on disk now.
     """
-    from labctl.files.recipe import Recipe, canonical_recipe_bytes
+    from labctl.cache_key import key_parts
+    from labctl.files.recipe import Recipe
+    from labctl.provenance import Source as RepoSource
 
     try:
         recipe = msgspec.convert(recipe_json, Recipe)
@@ -746,8 +754,8 @@ def our_cache_key(recipe_json: dict[str, Any], inputs: list[InputRef], commit: s
         return None
     if recipe.repo is not None and commit is None:
         return None
-    hashes = [(i.role, i.hash or path_identity_hash(i.path)) for i in inputs]
-    return cache.cache_key(canonical_recipe_bytes(recipe), hashes, f"{commit}:" if recipe.repo else None)
+    source = RepoSource(repo=recipe.repo, path="", commit=commit, dirty=False, diff=None) if recipe.repo else None
+    return key_parts(conn, recipe, inputs, source).key
 
 
 def check_hash_of(a: _Artifact | None) -> str | None:
@@ -821,7 +829,7 @@ def import_registry(
                 report.seconds = time.perf_counter() - started
                 return report
         plan = plan_import(
-            source, target, report, stores=stores, verify=verify, target_conn=conn if has_schema else None
+            source, target, report, stores=stores, verify=verify, target_conn=None if dry_run else conn
         )
         if not dry_run:
             meta = EventMeta(
