@@ -828,9 +828,7 @@ def import_registry(
                 report.unchanged_since_last = True
                 report.seconds = time.perf_counter() - started
                 return report
-        plan = plan_import(
-            source, target, report, stores=stores, verify=verify, target_conn=None if dry_run else conn
-        )
+        plan = plan_import(source, target, report, stores=stores, verify=verify, target_conn=None if dry_run else conn)
         if not dry_run:
             meta = EventMeta(
                 actor=actor,
