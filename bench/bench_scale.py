@@ -382,8 +382,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with bench_server([DB], prefix="labctl-scale-") as srv:
             rows.append(measure(srv.url(DB), size, say))
             version = srv.describe()
-    header, body = table(rows)
-    print(text_table(header, body))
+        header, body = table(rows)
+        print(text_table(header, body), flush=True)  # after each size: a long run's early sizes are kept
     intro = (
         "`bench/bench_scale.py`: per size, a fresh database filled by the store's batched append with a realistic "
         "log (50 users; runs submitted/started/finished, 1 in 10 failed, 1% queued or running; checkpoints "
