@@ -10,9 +10,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from labctl.db import remove_embedded
 from tests.conftest import run_cli
@@ -55,9 +55,9 @@ def test_embedded_postgres_keeps_its_socket_private_and_never_opens_the_users_di
     assert run_cli(env, "status", check=True).returncode == 0  # usable by its owner
 
     assert _modes(private_home.parent) == before, "labctl changed the permissions of the user's directories"
-    query = parse_qs(urlparse(url).query)
-    socket_dir = Path(query["host"][0])
-    socket_path = socket_dir / f".s.PGSQL.{query['port'][0]}"
+    params = conninfo_to_dict(url)
+    socket_dir = Path(str(params["host"]))
+    socket_path = socket_dir / f".s.PGSQL.{params.get('port') or 5432}"
     assert stat.S_ISSOCK(socket_path.stat().st_mode)
     assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
     assert not str(socket_dir).startswith(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent")
