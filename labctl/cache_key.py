@@ -130,7 +130,7 @@ def explain(
 
 
 def _how(fp: Fingerprint | None) -> str:
-    from labctl.artifact_ops import human_bytes
+    from labctl.gc import human_bytes
 
     if fp is None:
         return ""
