@@ -15,15 +15,14 @@ import msgspec
 import psycopg
 
 import events
-from events import ConcurrencyError, NewEvent
+from events import NewEvent
 from events.types import AliasRemoved, AliasSet
 from labctl.app import App
 from labctl.artifact_queries import resolve_artifact
 from labctl.artifacts import remove_alias_link, set_alias_link
 from labctl.artifacts.store import alias_link_path
 from labctl.errors import InputError, UserError
-
-_RETRIES = 10
+from labctl.retry import retry_on_conflict
 
 
 def kind_root(app: App, kind: str) -> Path | None:
@@ -110,7 +109,8 @@ def remove_alias(app: App, name: str) -> AliasChange:
     """Remove the user's alias ``name`` (the artifact stays; gc may collect it later)."""
     check_alias_name(app.user, name)  # refused before anything is appended
     conn = app.db.conn
-    for _ in range(_RETRIES):
+
+    def attempt() -> AliasChange:
         row = conn.execute(
             "SELECT artifact_id FROM aliases WHERE user_name = %s AND alias = %s", (app.user, name)
         ).fetchone()
@@ -119,10 +119,9 @@ def remove_alias(app: App, name: str) -> AliasChange:
         kinds_before = alias_kinds(conn, app.user, name)
         stream = f"alias-{app.user}/{name}"
         removed = NewEvent(stream, AliasRemoved(user=app.user, alias=name), events.stream_version(conn, stream))
-        try:
-            app.record([removed], f"alias-rm-{uuid.uuid4().hex}")
-        except ConcurrencyError:
-            continue  # it was just re-pointed or removed: look again
+        app.record([removed], f"alias-rm-{uuid.uuid4().hex}")
         sync_alias_link(app, app.user, name, kinds_before)
         return AliasChange(user=app.user, alias=name, artifact_id=row[0], link=None)
-    raise UserError(f"could not remove alias {name!r}: it keeps changing")
+
+    # It was just re-pointed or removed: look again.
+    return retry_on_conflict(attempt, what=f"remove alias {name!r}")

@@ -7,16 +7,16 @@ import uuid
 
 import msgspec
 
-from events import ConcurrencyError, NewEvent
+from events import NewEvent
 from events.types import AliasSet, ArtifactRegistered
 from labctl.aliases import alias_kinds, check_alias_name, kind_root, sync_alias_link
 from labctl.app import App
 from labctl.artifact_queries import find_artifact
 from labctl.artifacts import artifact_id, path_identity_hash
-from labctl.errors import InputError, UserError
+from labctl.errors import InputError
+from labctl.retry import retry_on_conflict
 
 EXTERNAL_KIND = "external"
-_RETRIES = 10
 
 
 class Registration(msgspec.Struct, kw_only=True):
@@ -41,7 +41,8 @@ def register_external(app: App, *, alias: str, path: str, kind: str = EXTERNAL_K
     aid = artifact_id(digest)
     size = os.path.getsize(canonical) if os.path.isfile(canonical) else None
     conn = app.db.conn
-    for _ in range(_RETRIES):
+
+    def attempt() -> Registration:
         kinds_before = alias_kinds(conn, app.user, alias)
         existing = find_artifact(conn, aid)
         batch = []
@@ -57,10 +58,7 @@ def register_external(app: App, *, alias: str, path: str, kind: str = EXTERNAL_K
             )
             batch.append(NewEvent(f"artifact-{aid}", registered, 0))
         batch.append(NewEvent(f"alias-{app.user}/{alias}", AliasSet(user=app.user, alias=alias, artifact_id=aid)))
-        try:
-            app.record(batch, f"register-external-{uuid.uuid4().hex}")
-        except ConcurrencyError:
-            continue  # someone registered the same path at the same moment: it exists now
+        app.record(batch, f"register-external-{uuid.uuid4().hex}")
         link = sync_alias_link(app, app.user, alias, kinds_before)
         recorded_kind = existing.kind if existing else kind
         return Registration(
@@ -71,4 +69,6 @@ def register_external(app: App, *, alias: str, path: str, kind: str = EXTERNAL_K
             new=existing is None,
             link=str(link) if link is not None else None,
         )
-    raise UserError(f"could not register {canonical}: it keeps changing")
+
+    # Someone registered the same path at the same moment: it exists now, look again.
+    return retry_on_conflict(attempt, what=f"register {canonical}")

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 import projections
-from events import ConcurrencyError, EventMeta, NewEvent
+from events import EventMeta, NewEvent
 from events.types import RunFinished, RunSubmitted
 from labctl import cache
 from labctl.db import Database
@@ -23,6 +23,7 @@ from labctl.files import ClusterConfig
 from labctl.linking import write_linked_alias_links
 from labctl.metrics_ingest import ingest_quietly
 from labctl.registration import Registered, missing_outputs, register_outputs
+from labctl.retry import retry_on_conflict
 from labctl.submissions import submission_of
 from projections.runs import TERMINAL_STATES
 
@@ -76,12 +77,8 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
         projections.record(c, batch, idempotency_key=key, meta=meta)
         return state
 
-    for _ in range(20):
-        try:
-            recorded = db.run(attempt)
-        except ConcurrencyError:
-            continue  # a follower joined or the run moved on: look again
-        for fsub in ended_followers:
-            write_linked_alias_links(config, fsub.user, fsub.outputs, registered.linked)
-        return recorded
-    raise RuntimeError(f"could not record the end of {run_id}")
+    # A follower joined or the run moved on: look again.
+    recorded = retry_on_conflict(lambda: db.run(attempt), what=f"record the end of {run_id}")
+    for fsub in ended_followers:
+        write_linked_alias_links(config, fsub.user, fsub.outputs, registered.linked)
+    return recorded

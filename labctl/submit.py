@@ -18,7 +18,7 @@ import msgspec
 import psycopg
 
 import projections
-from events import ConcurrencyError, NewEvent
+from events import NewEvent
 from events.types import (
     InputRef,
     OutputSpec,
@@ -56,9 +56,8 @@ from labctl.linking import producer_outputs, write_linked_alias_links
 from labctl.lookup import alias_target
 from labctl.names import check_name, inside
 from labctl.provenance import Source, inspect_repo, snapshot
+from labctl.retry import retry_on_conflict
 from labctl.secrets import split_secrets, write_secrets
-
-_RETRIES = 20
 
 
 class StageContext(msgspec.Struct, kw_only=True):
@@ -397,13 +396,13 @@ def record_submission(
         projections.record(conn, [*extra, *batch], idempotency_key=idempotency, meta=app.meta())
         return result
 
-    for _ in range(_RETRIES):
-        try:
-            return app.db.run(attempt)
-        except ConcurrencyError as exc:
-            if not exc.stream.startswith("cache-"):
-                raise
-    raise InputError(f"could not settle the cache decision for {run.cache_key} after {_RETRIES} tries")
+    # Only a lost cache race is worth deciding again; another conflict (a pipeline stage already
+    # submitted by someone else) is the caller's to handle.
+    return retry_on_conflict(
+        lambda: app.db.run(attempt),
+        what=f"settle the cache decision for {run.cache_key}",
+        only=lambda exc: exc.stream.startswith("cache-"),
+    )
 
 
 def submit(
