@@ -15,7 +15,7 @@ from contextlib import suppress
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import tenacity
@@ -140,17 +140,24 @@ def postgres_url(pg: Postgres) -> str:
     return f"postgresql://{who}@{host}:{pg.port}/{database}"
 
 
-_URL_USERINFO = re.compile(r"://([^:/@?#]*):.*@(?=[^@]*$)")
-_URL_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.I)
-_CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
-
-
 def describe_url(url: str) -> str:
     """The URL (or ``key=value`` conninfo) with every password masked, for messages."""
     if "://" not in url:
-        return _CONNINFO_PASSWORD.sub(r"\1***", url)
-    url = _URL_USERINFO.sub(r"://\1:***@", url)
-    return _URL_PASSWORD_PARAM.sub(r"\1***", url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            return "(a connection string libpq cannot read)"
+        if "password" in params:
+            params["password"] = "***"
+        return make_conninfo("", **params)
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")  # the last @: a password may hold one
+    netloc = f"{userinfo.partition(':')[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key.lower() == "password" for key, _ in query):
+        masked = [(key, "***" if key.lower() == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="/:*"))
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # ---------------------------------------------------------------- connecting

