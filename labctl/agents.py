@@ -50,12 +50,20 @@ def new_agent_id() -> str:
     return f"agent_{HOST}_{os.getpid()}_{secrets.token_hex(3)}"
 
 
-def live_agents(conn: psycopg.Connection[Any], *, include_scoped: bool = False) -> list[str]:
-    """Agents whose heartbeat is fresh (full agents only, unless ``include_scoped``)."""
+def live_agents(
+    conn: psycopg.Connection[Any],
+    *,
+    include_scoped: bool = False,
+    serving: str | None = None,
+    service_user: str | None = None,
+) -> list[str]:
+    """Agents whose heartbeat is fresh (full agents only, unless ``include_scoped``); with ``serving``,
+    only those that run that user's runs: the user's own, or the group's service account's."""
     rows = conn.execute(
-        "SELECT id FROM agents WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => %s)"
+        "SELECT id FROM agents WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => %(stale)s)"
+        " AND (%(user)s::text IS NULL OR user_name = %(user)s OR user_name = %(service)s)"
         + ("" if include_scoped else " AND scope IS NULL"),
-        (stale_after(),),
+        {"stale": stale_after(), "user": serving, "service": service_user},
     ).fetchall()
     return [r[0] for r in rows]
 

@@ -264,6 +264,15 @@ def run(
         for line in result.explanation:
             typer.echo(line)
     if not wait:
+        if result.status in ("submitted", "awaiting_peer") and (executor or a.executor) == "local":
+            from labctl.wait import agent_for
+
+            if not agent_for(a):
+                typer.echo(
+                    "note: no agent is running your local runs; start one with `labctl agent` "
+                    "(or submit with --wait to run it now)",
+                    err=True,
+                )
         return
     scope = Scope(run_ids=frozenset({result.run_id, *([result.producer_run_id] if result.producer_run_id else [])}))
     final = wait_for_runs(a, Watch(a, [result.run_id], echo_change), scope)

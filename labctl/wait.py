@@ -52,6 +52,11 @@ class Watch:
         return row is None or row[0] != "running"
 
 
+def agent_for(app: App) -> bool:
+    """Whether an agent that runs this user's runs is alive (another user's agent never does)."""
+    return bool(live_agents(app.db.conn, serving=app.user, service_user=app.config.dispatch.service_user))
+
+
 def wait(app: App, watch: Watch, *, check_agents_every: float = 2.0) -> dict[str, str] | None:
     """Block until every watched run has ended; returns their final states, or None as soon as
     no agent is alive to run them (the caller decides whether to run one).
@@ -68,7 +73,7 @@ def wait(app: App, watch: Watch, *, check_agents_every: float = 2.0) -> dict[str
                     return watch.last
                 now = time.monotonic()
                 if now >= next_agent_check:
-                    if not live_agents(app.db.conn):
+                    if not agent_for(app):
                         return None
                     next_agent_check = now + check_agents_every
                 if listener is None or listener.closed or listener.broken:
