@@ -66,6 +66,17 @@ class KindCounts(msgspec.Struct, kw_only=True):
     changed: int = 0
     unchanged: int = 0
 
+    def tally(self, known: bool, same: bool) -> bool:
+        """Count one entity the source holds; True when it is new or changed (to import)."""
+        if known and same:
+            self.unchanged += 1
+            return False
+        if known:
+            self.changed += 1
+        else:
+            self.new += 1
+        return True
+
 
 class ImportReport(msgspec.Struct, kw_only=True):
     """What an import did (or, with ``dry_run``, would do)."""
@@ -640,13 +651,8 @@ def plan_import(
         have = target.aliases.get((user, alias))
         set_at = _ts_req(created)
         # An alias changed here after the original last set it stays as it is here.
-        if have is not None and (have[0] == artifact_id or have[1] >= set_at):
-            kc.unchanged += 1
+        if not kc.tally(have is not None, have is not None and (have[0] == artifact_id or have[1] >= set_at)):
             continue
-        if have is None:
-            kc.new += 1
-        else:
-            kc.changed += 1
         plan.add(
             NewEvent(
                 f"alias-{user}/{alias}",
@@ -665,13 +671,8 @@ def plan_import(
         stages = _stages(members)
         status, ended = _pipeline_status([(m[1], _ts(m[3])) for m in members])
         pipe_have = target.pipelines.get(pid)
-        if pipe_have is not None and pipe_have == (status, ended, len(stages)):
-            kc.unchanged += 1
+        if not kc.tally(pipe_have is not None, pipe_have == (status, ended, len(stages))):
             continue
-        if pipe_have is None:
-            kc.new += 1
-        else:
-            kc.changed += 1
         plan.add(
             NewEvent(
                 f"pipeline-{pid}",
@@ -697,13 +698,8 @@ def plan_import(
         ):
             metrics = _eval_metrics(run_id, outputs_by_run, artifacts)
             eval_have = target.evals.get(key)
-            if eval_have is not None and eval_have == (state, attempts, run_id or "", metrics is not None):
-                kc.unchanged += 1
+            if not kc.tally(eval_have is not None, eval_have == (state, attempts, run_id or "", metrics is not None)):
                 continue
-            if eval_have is None:
-                kc.new += 1
-            else:
-                kc.changed += 1
             ck = artifacts.get(ckpt)
             step = ck.metadata.get("step") if ck is not None else None
             plan.add(
