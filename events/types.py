@@ -90,6 +90,8 @@ class RunPending(Event, frozen=True, kw_only=True, omit_defaults=True):
     recipe_path: str | None = None
     sweep_id: str | None = None
     sweep_index: int | None = None
+    #: submitted with --no-cache: run even when an identical run succeeded
+    no_cache: bool = False
 
 
 class RunCacheHit(Event, frozen=True, kw_only=True):

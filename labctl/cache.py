@@ -95,7 +95,7 @@ def decide(conn: psycopg.Connection[Any], run_id: str, user: str, key: str, outp
         linked = producer_outputs(conn, state.producer)
         if linked is not None:
             hit = NewEvent(run_stream, RunCacheHit(run_id=run_id, producer_run_id=state.producer, cache_key=key))
-            batch = [hit, *link_outputs(run_id, user, outputs, linked)]
+            batch = [hit, *link_outputs(conn, run_id, user, outputs, linked)]
             return Decision(events=batch, status="cache_hit", producer_run_id=state.producer)
         invalidated = NewEvent(cache_stream, CacheInvalidated(cache_key=key, reason="outputs collected"), state.version)
         claimed = NewEvent(cache_stream, CacheClaimed(cache_key=key, run_id=run_id))
@@ -144,7 +144,7 @@ def release(
         batch.append(NewEvent(f"run-{follower}", end, row[1]))
         if ok:
             fsub = submission_of(conn, follower)
-            batch += link_outputs(follower, fsub.user if fsub else "", fsub.outputs if fsub else [], linked)
+            batch += link_outputs(conn, follower, fsub.user if fsub else "", fsub.outputs if fsub else [], linked)
             if fsub is not None:
                 linked_followers.append(fsub)
     return batch

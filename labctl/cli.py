@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from labctl import __version__
-from labctl.commands._common import Global, echo_change, fail, open_app, print_doctor, wait_for_runs
+from labctl.commands._common import Global, check_choice, echo_change, fail, open_app, print_doctor, wait_for_runs
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -108,6 +108,9 @@ def events_cmd(
     page = events.read_all(a.db.conn, after, limit, stream=stream, types=type_)
     print_events(page, as_json=as_json)
     if not follow:
+        last = page[-1].position if page else after
+        if len(page) == limit and events.read_all(a.db.conn, last, 1, stream=stream, types=type_):
+            typer.echo(f"more: --after {last}", err=True)  # a page, not the whole log: say how to go on
         return
     position = page[-1].position if page else after
     try:
@@ -300,7 +303,9 @@ def status(
     """Runs: your unfinished ones and the latest 20 (``--all``: everything)."""
     from labctl import runs
     from labctl.table import format_table
+    from projections.runs import RUN_STATES
 
+    check_choice("--state", state, RUN_STATES, "a run state")
     a = open_app()
     conn = a.db.conn
     who = None if all_ else (user or a.user)

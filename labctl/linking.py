@@ -44,9 +44,10 @@ def producer_outputs(conn: psycopg.Connection[Any], producer: str) -> list[Linke
 
 
 def link_outputs(
-    run_id: str, user: str, outputs: Sequence[OutputSpec], linked: Sequence[LinkedOutput]
+    conn: psycopg.Connection[Any], run_id: str, user: str, outputs: Sequence[OutputSpec], linked: Sequence[LinkedOutput]
 ) -> list[NewEvent]:
-    """OutputLinked for each of another run's outputs, and this run's aliases onto them."""
+    """OutputLinked for each of another run's outputs, and this run's aliases onto them (an alias
+    that already names that artifact is left alone: repeated cache hits add no alias events)."""
     batch = [
         NewEvent(
             f"run-{run_id}",
@@ -55,8 +56,14 @@ def link_outputs(
         for o in linked
     ]
     last_of_role = {o.role: o.artifact_id for o in linked}
+    current = dict(
+        conn.execute(
+            "SELECT alias, artifact_id FROM aliases WHERE user_name = %s AND alias = ANY(%s)",
+            (user, [o.alias for o in outputs]),
+        ).fetchall()
+    )
     for out in outputs:
-        if out.role in last_of_role:
+        if out.role in last_of_role and current.get(out.alias) != last_of_role[out.role]:
             batch.append(
                 NewEvent(
                     f"alias-{user}/{out.alias}",

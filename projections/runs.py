@@ -38,6 +38,8 @@ TERMINAL_STATES = frozenset(
     }
 )
 SUCCESS_STATES = frozenset({"succeeded", "cache_hit"})
+#: every state a run can be in
+RUN_STATES = TERMINAL_STATES | {"created", "submitted", "running", "awaiting_peer"}
 
 
 class RunRow(msgspec.Struct, kw_only=True):

@@ -6,10 +6,13 @@ Light imports only: ``labctl --help`` loads this module.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+from labctl.errors import InputError
 
 if TYPE_CHECKING:
     from labctl.agents import Scope
@@ -75,3 +78,11 @@ def print_doctor(a: App) -> None:
     bad = [c for c in checks if not c.ok]
     if bad:
         fail(f"{bad[0].name}: {bad[0].value}", 1)
+
+
+def check_choice(option: str, value: str | None, valid: Iterable[str], what: str) -> None:
+    """Refuse a filter value that can match nothing, naming the valid ones (exit 2), instead of an empty table."""
+    choices = sorted(set(valid))
+    if value is not None and value not in choices:
+        listed = ", ".join(choices) if choices else "(none yet)"
+        raise InputError(f"{option} {value!r} is not {what}; expected one of: {listed}")

@@ -27,12 +27,16 @@ def eval_ls(
     run: Annotated[str | None, typer.Option(help="Only checkpoints of this training run.")] = None,
 ) -> None:
     """Every eval, by the swept parameter and step: params and metrics in columns of their own."""
-    from labctl.commands._common import open_app
+    from labctl.commands._common import check_choice, open_app
     from labctl.eval_table import eval_table
+    from labctl.evals import policies
     from labctl.runs import resolve_run
     from labctl.table import format_table
 
     a = open_app()
+    if policy is not None:
+        recorded = {p for (p,) in a.db.conn.execute("SELECT DISTINCT policy FROM evals").fetchall()}
+        check_choice("--policy", policy, recorded | {p.name for p in policies(a)}, "an eval policy")
     producer = resolve_run(a.db.conn, run) if run else None
     headers, rows = eval_table(a.db.conn, policy=policy, producer=producer)
     typer.echo(format_table(headers, rows))

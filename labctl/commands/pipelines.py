@@ -58,15 +58,27 @@ def _print_submitted(submitted: Any) -> None:
 
 def run_pipeline(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline file (TOML).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override params.K=V, args.K=V or env.K=V in every stage that has the key; "
+            "STAGE:params.K=V in one stage.",
+        ),
+    ] = None,
     executor: Annotated[str | None, typer.Option(help="local or slurm (default: the cluster's).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show state changes until the pipeline ends.")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Run every stage even if an identical run succeeded.")
+    ] = False,
 ) -> None:
     """Submit a pipeline: roots now, the rest as their parents succeed."""
     from labctl.commands._common import open_app
     from labctl.pipelines.plan import run_pipeline as start
 
     a = open_app()
-    _after_submit(a, start(a, pipeline, executor=executor), executor, wait=wait)
+    submitted = start(a, pipeline, executor=executor, overrides=set_ or [], no_cache=no_cache)
+    _after_submit(a, submitted, executor, wait=wait)
 
 
 def run_sweep(

@@ -175,6 +175,7 @@ def _submit_waiting(
             ),
             run_id=row.id,
             run_version=row.version,
+            no_cache=pending.no_cache,
         )
     except ConcurrencyError:
         return None  # another agent submitted it first

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.ids import new_id, new_run_id
 from labctl.pipelines.advance import advance, with_index
 from labctl.secrets import split_secrets
-from labctl.submit import StageContext, prepare, resolve_inputs
+from labctl.submit import StageContext, apply_overrides, prepare, resolve_inputs
 from projections.runs import SUCCESS_STATES
 
 
@@ -80,7 +81,13 @@ def _check_pinned_roles(conn: psycopg.Connection[Any], plan: PipelinePlan, from_
 
 
 def _pending_runs(
-    app: App, pipeline_id: str, stage: PlannedStage, run_ids: list[str], sweep_id: str | None, executor: str
+    app: App,
+    pipeline_id: str,
+    stage: PlannedStage,
+    run_ids: list[str],
+    sweep_id: str | None,
+    executor: str,
+    no_cache: bool,
 ) -> list[NewEvent]:
     batch = []
     for i, run_id in enumerate(run_ids):
@@ -98,13 +105,19 @@ def _pending_runs(
             recipe_path=stage.recipe_path,
             sweep_id=sweep_id,
             sweep_index=index,
+            no_cache=no_cache,
         )
         batch.append(NewEvent(f"run-{run_id}", pending, 0))
     return batch
 
 
 def create_pipeline(
-    app: App, plan: PipelinePlan, *, executor: str | None = None, sweep_of: str | None = None
+    app: App,
+    plan: PipelinePlan,
+    *,
+    executor: str | None = None,
+    sweep_of: str | None = None,
+    no_cache: bool = False,
 ) -> PipelineSubmitted:
     """Validate everything, then record the pipeline and a ``created`` run per stage (per point)."""
     executor = executor or app.executor
@@ -130,7 +143,7 @@ def create_pipeline(
             sweep_ids[stage.name] = sweep_id
         runs[stage.name] = run_ids
         specs.append(StageSpec(name=stage.name, run_ids=run_ids, parents=stage.parents, sweep_id=sweep_id))
-        batch += _pending_runs(app, pipeline_id, stage, run_ids, sweep_id, executor)
+        batch += _pending_runs(app, pipeline_id, stage, run_ids, sweep_id, executor, no_cache)
     created = PipelineCreated(
         pipeline_id=pipeline_id, name=plan.name, user=app.user, stages=specs, file_path=plan.path, from_run=from_run
     )
@@ -165,8 +178,51 @@ def create_pipeline(
     )
 
 
-def run_pipeline(app: App, path: str | Path, *, executor: str | None = None) -> PipelineSubmitted:
-    return create_pipeline(app, load_pipeline(path), executor=executor)
+def run_pipeline(
+    app: App,
+    path: str | Path,
+    *,
+    executor: str | None = None,
+    overrides: Sequence[str] = (),
+    no_cache: bool = False,
+) -> PipelineSubmitted:
+    plan = override_stages(load_pipeline(path), overrides)
+    return create_pipeline(app, plan, executor=executor, no_cache=no_cache)
+
+
+def override_stages(plan: PipelinePlan, assignments: Sequence[str]) -> PipelinePlan:
+    """``--set`` for a pipeline: ``STAGE:params.K=V`` changes one stage; ``params.K=V`` (or ``args.``)
+    every stage whose recipe has that key, ``env.K=V`` every stage. One that changes nothing is refused."""
+    stages = list(plan.stages)
+    by_name = {s.name: i for i, s in enumerate(stages)}
+    for item in assignments:
+        head, colon, rest = item.partition(":")
+        if colon and "=" not in head:
+            if head not in by_name:
+                raise InputError(f"--set {item!r}: no stage {head!r}; stages: {', '.join(by_name)}")
+            targets, assignment = [by_name[head]], rest
+        else:
+            targets = [i for i, s in enumerate(stages) if _has_key(s.recipe, item.partition("=")[0])]
+            assignment = item
+            if not targets:
+                raise InputError(f"--set {item!r}: no stage's recipe has that key (STAGE:{item} adds it to one)")
+        for i in targets:
+            stages[i] = msgspec.structs.replace(stages[i], recipe=apply_overrides(stages[i].recipe, [assignment]))
+    return msgspec.structs.replace(plan, stages=stages)
+
+
+def _has_key(recipe: Recipe, dotted_key: str) -> bool:
+    section, _, name = dotted_key.partition(".")
+    if section == "env":
+        return True
+    if section == "args":
+        return name in recipe.args
+    value: Any = recipe.params
+    for key in name.split(".") if section == "params" else [""]:
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
 
 
 def sweep_plan(recipe: Recipe, recipe_path: str | Path) -> PipelinePlan:

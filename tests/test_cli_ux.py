@@ -1,0 +1,99 @@
+"""A user finds their way: filters that can match nothing are refused, pages say there is more,
+pipelines take --set and --no-cache, and a repeated cache hit adds no alias events."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import REPO, USER, run_cli
+from tests.test_pipelines_acceptance import DATA, event_count, run_pipeline, status_of
+
+QUICK = REPO / "tests" / "data" / "recipes" / "quick.toml"
+FIXED = REPO / "tests" / "data" / "recipes" / "fixed_alias.toml"
+
+
+def one_line_error(proc: Any) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["status", "--state", "finished"], ["succeeded", "failed", "cache_hit", "created"]),
+        (["artifacts", "--kind", "chekpoint"], ["checkpoint", "dataset"]),
+        (["eval", "ls", "--policy", "nope"], []),
+    ],
+)
+def test_a_filter_value_that_can_match_nothing_is_refused_with_the_valid_ones(
+    conn: psycopg.Connection[Any], env: dict[str, str], args: list[str], named: list[str]
+) -> None:
+    before = event_count(conn)
+    proc = run_cli(env, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_line_error(proc)
+    assert f"{args[-1]!r}" in line and "expected one of" in line, line
+    for valid in named:
+        assert valid in line, line
+    assert proc.stdout == ""
+    assert event_count(conn) == before
+
+
+def test_events_says_how_to_read_the_next_page(conn: psycopg.Connection[Any], env: dict[str, str]) -> None:
+    for i in range(3):
+        run_cli(env, "run", str(QUICK), "--set", f"params.i={i}", check=True)
+    total = event_count(conn)
+    assert total > 4
+    page = run_cli(env, "events", "--limit", "4", "--json", check=True)
+    positions = [json.loads(line)["position"] for line in page.stdout.splitlines()]
+    assert len(positions) == 4
+    assert f"more: --after {positions[-1]}" in page.stderr
+    rest = run_cli(env, "events", "--after", str(positions[-1]), "--limit", str(total), check=True)
+    assert "more:" not in rest.stderr
+
+
+def test_run_pipeline_takes_set_per_stage_and_no_cache(conn: psycopg.Connection[Any], env: dict[str, str]) -> None:
+    pipeline = DATA / "diamond" / "pipeline.toml"
+    first = run_pipeline(env, pipeline, "--wait")
+    second = run_pipeline(env, pipeline, "--set", "a:params.tag=x", "--wait")
+    a_recipe = conn.execute("SELECT recipe FROM runs WHERE id = %s", (second.run("a"),)).fetchone()
+    b_recipe = conn.execute("SELECT recipe FROM runs WHERE id = %s", (second.run("b"),)).fetchone()
+    assert a_recipe and a_recipe[0]["params"] == {"tag": "x"}
+    assert b_recipe and "params" not in b_recipe[0]
+    # a changed, so it ran; its bytes are the same, so the stages below it are cache hits
+    assert status_of(conn, second.run("a")) == "succeeded"
+    assert status_of(conn, second.run("d")) == "cache_hit"
+    forced = run_pipeline(env, pipeline, "--no-cache", "--wait")
+    assert {status_of(conn, forced.run(s)) for s in "abcd"} == {"succeeded"}
+    assert first.pipeline_id != forced.pipeline_id
+
+
+@pytest.mark.parametrize("assignment", ["params.nope=1", "zz:params.x=1", "a:nope.x=1"])
+def test_a_pipeline_set_that_changes_nothing_is_refused_with_nothing_appended(
+    conn: psycopg.Connection[Any], env: dict[str, str], assignment: str
+) -> None:
+    before = event_count(conn)
+    proc = run_cli(env, "run-pipeline", str(DATA / "diamond" / "pipeline.toml"), "--set", assignment)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--set" in one_line_error(proc)
+    assert event_count(conn) == before
+
+
+def test_a_repeated_cache_hit_adds_no_alias_event(conn: psycopg.Connection[Any], env: dict[str, str]) -> None:
+    ids = [
+        re.search(r"^run_id: (\S+)$", run_cli(env, "run", str(FIXED), "--wait", check=True).stdout, re.M)
+        for _ in range(3)
+    ]
+    assert all(ids)
+    statuses = [status_of(conn, m.group(1)) for m in ids if m]
+    assert statuses == ["succeeded", "cache_hit", "cache_hit"]
+    row = conn.execute(
+        "SELECT count(*) FROM events WHERE stream = %s AND type = 'AliasSet'", (f"alias-{USER}/fixed-output",)
+    ).fetchone()
+    assert row and row[0] == 1
