@@ -54,9 +54,14 @@ EMBEDDED_APP_ROLE = "labctl"
 
 
 def as_role(url: str, role: str) -> str:
-    """``url`` connecting as ``role`` instead."""
+    """``url`` connecting as ``role`` instead (without a password), in the form it was given."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}@{host}"))
     params = conninfo_to_dict(url)
     params["user"] = role
+    params.pop("password", None)
     return make_conninfo("", **params)
 
 
