@@ -384,10 +384,13 @@ def log_cmd(
 
     a = open_app()
     run_id = runs.resolve_run(a.db.conn, ref)
-    path = Path(runs.show_run(a.db.conn, run_id)["log"])
+    path = None
     offset = 0
     while True:
-        if path.exists():
+        if path is None or not path.exists():  # a SLURM log is named after its job id, known once submitted
+            shown = runs.show_run(a.db.conn, run_id)["log"]
+            path = Path(shown) if shown else None
+        if path is not None and path.exists():
             with open(path, "rb") as f:
                 f.seek(offset)
                 chunk = f.read()
@@ -395,7 +398,7 @@ def log_cmd(
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
         if not follow or runs.is_terminal(a.db.conn, run_id):
-            if follow and path.exists() and path.stat().st_size > offset:
+            if follow and path is not None and path.exists() and path.stat().st_size > offset:
                 continue
             break
         time.sleep(0.2)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from labctl.files import ClusterConfig, Recipe
+from labctl.layout import source_dir
 from labctl.secrets import split_secrets, write_secrets
 
 
@@ -17,8 +18,8 @@ def job_command(recipe: Recipe) -> list[str]:
 
 
 def job_workdir(run_dir: str | Path, recipe: Recipe) -> Path:
-    """The repo snapshot when the recipe names a repo, else the run dir."""
-    return Path(run_dir) / "source" if recipe.repo else Path(run_dir)
+    """The repo snapshot (``source/<repo>``) when the recipe names a repo, else the run dir."""
+    return source_dir(run_dir, recipe.repo) if recipe.repo else Path(run_dir)
 
 
 def job_environment(config: ClusterConfig, recipe: Recipe, run_id: str, run_dir: str | Path) -> dict[str, str]:

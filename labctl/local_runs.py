@@ -4,6 +4,7 @@ render and start its job, record the start; the agent's loop drives these (besid
 from __future__ import annotations
 
 import logging
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import events
 import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted
+from labctl import layout
 from labctl.agents import Scope
 from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
@@ -107,7 +109,7 @@ def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
         workdir=job_workdir(run_dir, recipe),
         labctl_bin=None,  # the agent hashes the outputs itself when the job ends
         run_dir=Path(run_dir),
-        job_id_expr='"${LABCTL_HOST}:$$"',
+        job_id_expr=shlex.quote(layout.local_job_id(run_id)),  # as the original's local scheduler
     )
     script = lab / "submit.sh"
     script.write_text("#!/bin/bash\n" + body)
@@ -115,7 +117,7 @@ def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
         run_id=run_id,
         run_dir=Path(run_dir),
         script=script,
-        log_path=Path(run_dir) / "log.txt",
+        log_path=layout.job_log(run_dir, recipe.name, layout.local_job_id(run_id)),
         time_limit_seconds=parse_time_seconds(recipe.resources.time),
         job_name=run_id,
         cpus=recipe.resources.cpus,

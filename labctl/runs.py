@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import psycopg
 
+from labctl import layout
 from labctl.errors import UserError
 from labctl.jsontext import dumps
 from labctl.lookup import resolve_id
@@ -94,7 +95,8 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
         (run_id,),
     ).fetchall()
     shown["outputs"] = [dict(zip(("role", "artifact_id", "path", "step"), r, strict=True)) for r in outputs]
-    shown["log"] = str(Path(shown["run_dir"]) / "log.txt")
+    log = log_path(shown)
+    shown["log"] = str(log) if log else None
     original = conn.execute(
         "SELECT recipe_hash, source_path, context, dependency_on, tracking, original_events "
         "FROM imported_runs WHERE run_id = %s",
@@ -134,6 +136,16 @@ def reuse_line(conn: psycopg.Connection[Any], producer: str) -> str:
 
     found = conn.execute("SELECT status, finished_at FROM runs WHERE id = %s", (producer,)).fetchone()
     return hit_line(producer, found[1] if found else None, found[0] if found else None)
+
+
+def log_path(run: dict[str, Any]) -> Path | None:
+    """The run's job log (``.lab/<job name>_<job id>.log``): the newest there is, else where it will be."""
+    found = layout.find_job_log(run["run_dir"])
+    if found is not None:
+        return found
+    if run["executor"] == "local":
+        return layout.job_log(run["run_dir"], run["name"], layout.local_job_id(run["id"]))
+    return layout.job_log(run["run_dir"], run["name"], run["job_id"]) if run.get("job_id") else None
 
 
 def to_json(value: Any) -> str:

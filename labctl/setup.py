@@ -33,6 +33,7 @@ from labctl.files import (
     load_cluster_config,
     local_profile,
 )
+from labctl.layout import user_runs_dir
 from labctl.secrets import URL_WITH_PASSWORD
 
 SchedulerChoice = Literal["auto", "local", "slurm"]
@@ -244,7 +245,7 @@ class DirChange:
 def user_dirs(config: ClusterConfig, user: str) -> list[Path]:
     """A user's directories: run dirs, alias dirs per artifact kind, output dirs per output type."""
     fs = config.filesystem
-    dirs = [Path(fs.runs_base) / user]
+    dirs = [user_runs_dir(fs.runs_base, user)]
     dirs += [Path(root) / "aliases" / user for root in fs.artifact_roots.values()]
     dirs += [Path(root) / user for root in fs.output_roots.values()]
     return list(dict.fromkeys(dirs))

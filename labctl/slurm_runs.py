@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import socket
 import uuid
@@ -28,6 +27,7 @@ import msgspec
 import events
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunStarted, RunSubmitted, SubmissionIntended
+from labctl import layout
 from labctl.app import App
 from labctl.executors.base import JobSpec, JobState
 from labctl.executors.errors import ExecutorError
@@ -48,7 +48,7 @@ RECOVERY_GRACE = timedelta(seconds=float(os.environ.get("LABCTL_SLURM_RECOVERY_G
 def slurm_job_name(recipe_name: str) -> str:
     """The SLURM job name of a recipe's runs, made as the original labctl makes it: characters other
     than letters, digits, ``_`` and ``-`` become ``_``, at most 64 of them."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", recipe_name)[:64]
+    return layout.job_name(recipe_name)
 
 
 def _spec(run_id: str, run_dir: str, recipe: Recipe, *, key: str, log_path: Path, array: str | None = None) -> JobSpec:
@@ -68,7 +68,9 @@ def _spec(run_id: str, run_dir: str, recipe: Recipe, *, key: str, log_path: Path
 
 
 def _render_single(app: App, sub: RunSubmitted, recipe: Recipe) -> JobSpec:
-    spec = _spec(sub.run_id, sub.run_dir, recipe, key=sub.run_id, log_path=Path(sub.run_dir) / "log.txt")
+    # SLURM names the log as the original asks it to: .lab/<job name>_<job id>.log
+    log_path = Path(sub.run_dir) / layout.LAB_DIRNAME / "%x_%j.log"
+    spec = _spec(sub.run_id, sub.run_dir, recipe, key=sub.run_id, log_path=log_path)
     spec.script.parent.mkdir(parents=True, exist_ok=True)
     spec.script.write_text(
         render_sbatch_script(
@@ -105,7 +107,9 @@ def _render_array(app: App, sweep_id: str, subs: list[tuple[RunSubmitted, Recipe
         script = Path(sub.run_dir) / ".lab" / "job.sh"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(SHEBANG + body)
-        cases.append(f"  {sub.sweep_index}) run_dir={shlex.quote(sub.run_dir)} ;;")
+        # the log a single job's --output=.lab/%x_%j.log would be, with the point's job id (<array id>_<index>)
+        log_file = f"{layout.job_name(recipe.name)}_${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.log"
+        cases.append(f"  {sub.sweep_index}) run_dir={shlex.quote(sub.run_dir)}; log={log_file} ;;")
     indices = sorted(s.sweep_index or 0 for s, _ in subs)
     array = ",".join(str(i) for i in indices) + (f"%{throttle}" if throttle else "")
     spec = msgspec.structs.replace(
@@ -125,7 +129,7 @@ def _render_array(app: App, sweep_id: str, subs: list[tuple[RunSubmitted, Recipe
             *cases,
             '  *) echo "labctl: no sweep point for index $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;',
             "esac",
-            'exec bash "$run_dir/.lab/job.sh" >> "$run_dir/log.txt" 2>&1',
+            'exec bash "$run_dir/.lab/job.sh" >> "$run_dir/.lab/$log" 2>&1',
         ]
     )
     spec.script.write_text(

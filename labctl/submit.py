@@ -24,13 +24,14 @@ from events.types import (
     OutputSpec,
     RunSubmitted,
 )
-from labctl import cache
+from labctl import cache, layout
 from labctl.app import App
 from labctl.artifacts import (
     ContextInput,
     ContextOutput,
     RunContext,
     artifact_id,
+    dir_content_hash,
     path_identity_hash,
     write_context,
 )
@@ -44,6 +45,7 @@ from labctl.files import (
     FromInput,
     Recipe,
     StageInput,
+    recipe_hash,
     render_aliases,
     render_recipe,
     template_values,
@@ -55,7 +57,7 @@ from labctl.jobenv import wandb_url
 from labctl.linking import producer_outputs, write_linked_alias_links
 from labctl.lookup import alias_target
 from labctl.names import check_name, inside
-from labctl.provenance import Source, inspect_repo, snapshot
+from labctl.provenance import Source, capture_provenance, inspect_repo, snapshot
 from labctl.retry import retry_on_conflict
 from labctl.secrets import split_secrets, write_secrets
 
@@ -83,6 +85,7 @@ class PreparedRun(msgspec.Struct, kw_only=True):
     outputs: list[OutputSpec]
     cache_key: str
     key_parts: KeyParts
+    recipe_hash: str  # of the recipe as written (before rendering)
     source: Source | None
     stage: StageContext
     #: secret env values, kept out of the log: written to the run dir's 0600 ``.lab/secrets.env``
@@ -274,7 +277,7 @@ def prepare(
     env, secrets = split_secrets(recipe.env)
     recipe = msgspec.structs.replace(recipe, env=env)  # the log and the cache key see ${NAME}, never the value
     run_id = run_id or new_run_id()
-    run_dir = str(Path(app.config.filesystem.runs_base) / app.user / run_id)
+    run_dir = str(layout.run_dir(app.config.filesystem.runs_base, app.user, run_id))
     executor = executor or app.executor
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
@@ -305,6 +308,7 @@ def prepare(
         outputs=outputs,
         cache_key=parts.key,
         key_parts=parts,
+        recipe_hash=recipe_hash(recipe),
         source=source,
         stage=stage,
         secrets=secrets,
@@ -322,24 +326,42 @@ def write_run_dir(run: PreparedRun) -> None:
         except OSError as exc:
             raise InputError(f"cannot create the directory of output {out.role!r}: {exc}") from None
     write_secrets(run_dir, run.secrets)
+    source_path = source_hash = provenance = None
     if run.source is not None:
-        snapshot(run.source, run_dir / "source")
+        source_path = layout.source_dir(run_dir, run.source.repo)
+        snapshot(run.source, source_path)
+        source_hash = dir_content_hash(source_path)
+        bundle = capture_provenance(run.source, layout.provenance_dir(run_dir, run.source.repo))
+        provenance = msgspec.to_builtins(bundle)
     write_context(
         run_dir,
         RunContext(
             run_id=run.run_id,
             run_dir=run.run_dir,
-            user=run.user,
             recipe_name=run.recipe.name,
-            params=run.recipe.params,
-            args=run.recipe.args,
-            inputs={
-                i.role: ContextInput(type=i.type, path=i.path, id=i.artifact_id, alias=i.alias, hash=i.hash)
+            recipe_hash=run.recipe_hash,
+            repo=run.source.repo if run.source else None,
+            source_path=str(source_path) if source_path else None,
+            source_hash=source_hash,
+            inputs=[
+                ContextInput(
+                    role=i.role,
+                    artifact_id=i.artifact_id,
+                    resolved_path=i.path,
+                    type=i.type,
+                    alias=i.alias,
+                )
                 for i in run.inputs
-            },
+            ],
             outputs={
-                o.role: ContextOutput(type=o.type, path=o.path, marker=o.marker, alias=o.alias) for o in run.outputs
+                o.role: ContextOutput(role=o.role, kind=o.type, alias=o.alias, path=o.path, marker=o.marker)
+                for o in run.outputs
             },
+            params=run.recipe.params,
+            provenance=provenance,
+            stage_name=run.stage.stage_name,
+            user=run.user,
+            args=run.recipe.args,
         ),
     )
 

@@ -57,9 +57,9 @@ def test_empty_directory_hashes_to_sha256_of_nothing(tmp_path: Path) -> None:
     assert dir_content_hash(tmp_path) == _sha(b"")
 
 
-def test_single_file_hashes_like_a_directory_holding_only_it(tmp_path: Path) -> None:
+def test_a_single_file_hashes_with_an_empty_relative_path_as_in_the_original(tmp_path: Path) -> None:
     _write(tmp_path / "d" / "model.pt", b"weights")
-    assert dir_content_hash(tmp_path / "d" / "model.pt") == dir_content_hash(tmp_path / "d")
+    assert dir_content_hash(tmp_path / "d" / "model.pt") == _sha(f"\t{_sha(b'weights')}".encode())
     assert dir_content_hash(tmp_path / "d") == _sha(f"model.pt\t{_sha(b'weights')}".encode())
 
 

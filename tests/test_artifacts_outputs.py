@@ -32,9 +32,10 @@ def _context(run_dir: Path, outputs: dict[str, ContextOutput]) -> RunContext:
         run_dir=str(run_dir),
         user="alice",
         recipe_name="train",
+        recipe_hash="0" * 64,
         params={"lr": 0.1},
         args={"k": "v"},
-        inputs={"data": ContextInput(type="external", path="/data/mnist")},
+        inputs=[ContextInput(role="data", artifact_id=None, resolved_path="/data/mnist", type="external")],
         outputs=outputs,
     )
 
@@ -47,12 +48,14 @@ def test_hash_outputs_writes_the_manifest_for_finished_outputs_only(tmp_path: Pa
     (tmp_path / "out" / "empty").mkdir()
     ckpt = _files(tmp_path / "out" / "ckpt", "step1/done.txt")
     outputs = {
-        "done": ContextOutput(type="dataset", path=str(done), marker="done.txt"),
-        "unfinished": ContextOutput(type="dataset", path=str(tmp_path / "out" / "unfinished"), marker="done.txt"),
-        "no_marker": ContextOutput(type="dataset", path=str(no_marker)),
-        "empty": ContextOutput(type="dataset", path=str(tmp_path / "out" / "empty")),
-        "missing": ContextOutput(type="dataset", path=str(tmp_path / "out" / "missing")),
-        "ckpt": ContextOutput(type="checkpoint_stream", path=str(ckpt), marker="done.txt"),
+        "done": ContextOutput(role="r", kind="dataset", alias="a", path=str(done), marker="done.txt"),
+        "unfinished": ContextOutput(
+            role="r", kind="dataset", alias="a", path=str(tmp_path / "out" / "unfinished"), marker="done.txt"
+        ),
+        "no_marker": ContextOutput(role="r", kind="dataset", alias="a", path=str(no_marker)),
+        "empty": ContextOutput(role="r", kind="dataset", alias="a", path=str(tmp_path / "out" / "empty")),
+        "missing": ContextOutput(role="r", kind="dataset", alias="a", path=str(tmp_path / "out" / "missing")),
+        "ckpt": ContextOutput(role="r", kind="checkpoint_stream", alias="a", path=str(ckpt), marker="done.txt"),
     }
     write_context(run_dir, _context(run_dir, outputs))
     expected = {"done": dir_content_hash(done), "no_marker": dir_content_hash(no_marker)}
@@ -74,38 +77,38 @@ def test_read_output_hashes_is_none_without_a_usable_manifest(tmp_path: Path) ->
 
 
 def test_context_round_trips_and_reads_the_documented_shape(tmp_path: Path) -> None:
-    ctx = _context(tmp_path, {"o": ContextOutput(type="dataset", path="/o", alias="a")})
+    ctx = _context(tmp_path, {"o": ContextOutput(role="o", kind="dataset", alias="a", path="/o")})
     write_context(tmp_path, ctx)
     assert read_context(tmp_path) == ctx
+    # what the original writes (runner.rs, schema_version 1): inputs a list, outputs by role with `kind`
     doc = {
+        "schema_version": 1,
         "run_id": "run_1",
         "run_dir": "/abs",
-        "user": "alice",
         "recipe_name": "train",
-        "job_id": None,
-        "params": {"n": 1},
-        "args": {"k": "v"},
-        "inputs": {
-            "data": {
-                "type": "artifact",
-                "path": "/abs/_objects/ab/abcd",
-                "id": "artifact_abcd",
-                "alias": "mnist",
-                "hash": "abcd",
-            }
-        },
+        "recipe_hash": "ab" * 32,
+        "repo": "myrepo",
+        "source_path": "/abs/source/myrepo",
+        "source_hash": "cd" * 32,
+        "inputs": [{"role": "data", "artifact_id": "artifact_abcd", "resolved_path": "/abs/ds", "type": "artifact"}],
         "outputs": {
             "ckpt": {
-                "type": "checkpoint_stream",
-                "path": "/abs/out/alice/train_run_x",
-                "marker": "done.txt",
+                "role": "ckpt",
+                "kind": "checkpoint_stream",
                 "alias": "train_run_x",
+                "marker": "done.txt",
+                "path": "/abs/out/alice/train_run_x",
             }
         },
+        "params": {"n": 1},
+        "provenance": {"repo_path": "/src/myrepo", "git_head": "f" * 40},
+        "stage_name": None,
+        "parent_job_ids": [],
+        "user": "alice",
     }
     (tmp_path / ".lab" / "context.json").write_text(json.dumps(doc))
     ctx2 = read_context(tmp_path)
-    assert ctx2.inputs["data"].alias == "mnist"
+    assert ctx2.inputs[0].artifact_id == "artifact_abcd"
     assert ctx2.outputs["ckpt"].marker == "done.txt"
 
 

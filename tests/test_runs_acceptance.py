@@ -508,7 +508,8 @@ FROM_BOTH = "cluster"
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = printed(proc.stdout, "run_id")
     run_dir = Path(printed(proc.stdout, "run_dir"))
-    source = run_dir / "source"
+    assert run_dir == store / "runs" / "runs" / USER / run_id  # <runs_base>/runs/<user>/<run id>, as the original
+    source = run_dir / "source" / "r"
 
     assert Path((run_dir / "seen_cwd").read_text().strip()) == source
     assert (source / "train.sh").is_file()
@@ -521,7 +522,7 @@ FROM_BOTH = "cluster"
     assert seen["LABCTL_RUN_ID"] == run_id
     assert seen["LABCTL_RUN_DIR"] == str(run_dir)
     assert seen["LABCTL_CONTEXT"] == str(run_dir / ".lab" / "context.json")
-    assert seen["LABCTL_JOB_ID"] == run_row(conn, run_id)["job_id"]
+    assert seen["LABCTL_JOB_ID"] == f"local-{run_id}"  # the original's local job id
     assert (seen["FROM_CLUSTER"], seen["FROM_BOTH"], seen["FROM_RECIPE"]) == ("cluster", "recipe", "recipe")
     assert (seen["WANDB_RUN_ID"], seen["WANDB_RESUME"]) == (run_id, "allow")
     assert (seen["WANDB_ENTITY"], seen["WANDB_PROJECT"]) == ("lab", "acceptance")

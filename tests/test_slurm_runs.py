@@ -32,6 +32,7 @@ import psycopg
 import pytest
 
 from labctl.db import connect
+from labctl.layout import find_job_log
 from tests.conftest import REPO, _with_dbname, run_cli
 
 DATA = Path(__file__).resolve().parent / "data" / "slurm"
@@ -141,8 +142,8 @@ class Lab:
         parts = []
         for run_id in run_ids:
             row = self.row(run_id)
-            log = Path(row["run_dir"]) / "log.txt"
-            tail = log.read_text()[-800:] if log.exists() else "(no log)"
+            log = find_job_log(row["run_dir"])
+            tail = log.read_text()[-800:] if log else "(no log)"
             parts.append(f"{run_id} {row['status']} exit={row['exit_code']} reason={row['reason']!r}\n{tail}")
         return "\n".join(parts)
 

@@ -89,7 +89,11 @@ def test_run_api_shows_one_run_like_labctl_show(web: str, conn: psycopg.Connecti
     _submit(conn, "run_c1")
     shown = _json(f"{web}/api/runs/run_c1")
     assert shown["run"]["id"] == "run_c1" and shown["run"]["status"] == "submitted"
-    assert shown["inputs"] == [] and shown["outputs"] == [] and shown["run"]["log"] == "/runs/run_c1/log.txt"
+    assert (
+        shown["inputs"] == []
+        and shown["outputs"] == []
+        and shown["run"]["log"] == "/runs/run_c1/.lab/train_local-run_c1.log"
+    )
     assert shown["eval_series"] == [] and shown["tracking"] == {"wandb": None}
     assert [t["state"] for t in shown["timeline"]] == ["submitted"]
     assert _json(f"{web}/api/runs/c1")["run"]["id"] == "run_c1"  # an unambiguous prefix, as in the CLI

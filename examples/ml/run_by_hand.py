@@ -94,7 +94,7 @@ def submit(lab: Lab, recipe_path: Path, given: dict, args: dict[str, str]) -> Jo
     recipe = load_toml(recipe_path)
     lab.runs += 1
     run_id = f"run_{lab.runs:04d}"
-    run_dir = lab.root / "runs" / run_id
+    run_dir = lab.root / "runs" / USER / run_id
     (run_dir / ".lab").mkdir(parents=True)
     specs = recipe.get("inputs", {})
     inputs = {r: resolve_input(lab, r, s, given, run_dir) for r, s in specs.items()}
@@ -118,7 +118,7 @@ def submit(lab: Lab, recipe_path: Path, given: dict, args: dict[str, str]) -> Jo
     argv = [render(a, tokens, f"{recipe_path} command") for a in argv]
     cwd = run_dir
     if "repo" in recipe:
-        cwd = run_dir / "source"
+        cwd = run_dir / "source" / recipe["repo"]
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(REPOS[recipe["repo"]], cwd, ignore=ignore)
     context = {"run_id": run_id, "recipe": recipe["name"], "argv": argv}

@@ -12,41 +12,53 @@ from labctl.artifacts.atomic import atomic_write_bytes
 
 LAB_DIRNAME = ".lab"
 CONTEXT_FILENAME = "context.json"
+SCHEMA_VERSION = 1
 
 
 class ContextError(ValueError):
     """context.json is missing or does not have the expected shape."""
 
 
-class ContextInput(msgspec.Struct, omit_defaults=True):
-    """A resolved input: where its bytes are, and which artifact they are when known."""
+class ContextInput(msgspec.Struct, kw_only=True):
+    """A resolved input, as the original writes it (``role``, ``artifact_id``, ``resolved_path``) plus ours."""
 
+    role: str
+    artifact_id: str | None
+    resolved_path: str
     type: str
-    path: str
-    id: str | None = None
     alias: str | None = None
-    hash: str | None = None
 
 
-class ContextOutput(msgspec.Struct, omit_defaults=True):
+class ContextOutput(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A declared output: the path labctl computed for it and how to recognise it is done."""
 
-    type: str
+    role: str
+    kind: str  # the output type of the recipe: checkpoint_stream, dataset, eval_result, ...
+    alias: str
     path: str
     marker: str | None = None
-    alias: str | None = None
 
 
-class RunContext(msgspec.Struct):
+class RunContext(msgspec.Struct, kw_only=True):
+    """``context.json`` in the original's schema (version 1); ``user``, ``job_id`` and ``args`` are ours."""
+
+    schema_version: int = SCHEMA_VERSION
     run_id: str
     run_dir: str
-    user: str
     recipe_name: str
-    job_id: str | None = None
-    params: dict[str, Any] = {}
-    args: dict[str, str] = {}
-    inputs: dict[str, ContextInput] = {}
+    recipe_hash: str
+    repo: str | None = None
+    source_path: str | None = None  # the snapshot the job runs in (None: no repo, the job runs in the run dir)
+    source_hash: str | None = None  # content hash of that snapshot
+    inputs: list[ContextInput] = []
     outputs: dict[str, ContextOutput] = {}
+    params: dict[str, Any] = {}
+    provenance: dict[str, Any] | None = None  # the repo's git state, as in .lab/provenance/<repo>/provenance.json
+    stage_name: str | None = None
+    parent_job_ids: list[str] = []
+    user: str
+    job_id: str | None = None
+    args: dict[str, str] = {}
 
 
 def context_path(run_dir: str | os.PathLike[str]) -> Path:

@@ -37,14 +37,16 @@ def dir_content_hash(
       A sub-directory's files are listed at the sub-directory's place among
       its siblings, so ``a/b`` comes before ``a.txt`` (``"a" < "a.txt"``),
       although sorting whole paths would put ``a.txt`` first (``.`` < ``/``).
-    - Relative paths use ``/`` and are taken relative to `path`.
+    - Relative paths use ``/`` and are taken relative to `path`. A name that
+      is not UTF-8 is written as the original labctl's ``Path::display``
+      writes it: each invalid byte sequence replaced by U+FFFD.
     - Symlinks inside the tree are neither followed nor listed; neither are
       sockets, FIFOs or devices. Directories add no lines of their own, so
       an empty directory contributes nothing. `path` itself is followed if it
       is a symlink.
     - A tree without regular files hashes to sha256 of the empty string.
-    - If `path` is a regular file it hashes like a directory holding only
-      that file: one line whose relative path is the file's base name.
+    - If `path` is a regular file the walk yields the file itself, whose
+      path relative to `path` is empty: one line ``\t<sha256 hex>``.
     - `exclude_top` names entries directly under `path` to leave out (for
       example ``.meta.json`` when re-verifying a stored object).
 
@@ -56,12 +58,19 @@ def dir_content_hash(
     """
     root = os.fspath(path)
     if os.path.isfile(root):
-        files = [(os.fsencode(os.path.basename(os.path.abspath(root))), root, 0)]
+        files = [(b"", root, 0)]
     else:
         files = _regular_files(root, frozenset(os.fsencode(n) for n in exclude_top))
     digests = _hash_files(files, workers)
-    lines = b"\n".join(rel + b"\t" + digest.encode() for (rel, _, _), digest in zip(files, digests, strict=True))
+    lines = b"\n".join(
+        _display(rel) + b"\t" + digest.encode() for (rel, _, _), digest in zip(files, digests, strict=True)
+    )
     return hashlib.sha256(lines).hexdigest()
+
+
+def _display(rel: bytes) -> bytes:
+    """A relative path's bytes as the original hashes them (lossy UTF-8, as Rust's ``Path::display``)."""
+    return rel.decode("utf-8", "replace").encode()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

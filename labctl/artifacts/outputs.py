@@ -34,7 +34,7 @@ def hash_outputs(run_dir: str | os.PathLike[str]) -> dict[str, str]:
     for role in sorted(ctx.outputs):
         output = ctx.outputs[role]
         path = Path(run_dir, output.path)  # absolute in practice; relative means under the run dir
-        if output.type != CHECKPOINT_STREAM and _is_finished(path, output):
+        if output.kind != CHECKPOINT_STREAM and _is_finished(path, output):
             hashes[role] = dir_content_hash(path)
     manifest = output_hashes_path(run_dir)
     manifest.parent.mkdir(parents=True, exist_ok=True)

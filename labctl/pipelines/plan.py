@@ -12,6 +12,7 @@ import psycopg
 
 from events import NewEvent
 from events.types import PipelineCreated, RunPending, StageSpec, SweepCreated
+from labctl import layout
 from labctl.app import App
 from labctl.errors import InputError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pipeline, load_recipe
@@ -97,7 +98,7 @@ def _pending_runs(
             name=stage.recipe.name,
             user=app.user,
             executor=executor,
-            run_dir=str(Path(app.config.filesystem.runs_base) / app.user / run_id),
+            run_dir=str(layout.run_dir(app.config.filesystem.runs_base, app.user, run_id)),
             recipe=msgspec.to_builtins(stage.recipe),
             pipeline_id=pipeline_id,
             stage_name=stage.name,

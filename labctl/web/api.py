@@ -24,11 +24,13 @@ from psycopg.rows import dict_row
 import events
 from events import StoredEvent, UnknownEvent
 from events.queries import load_queries
+from labctl import layout
 from labctl import metrics as logged
 from labctl.errors import UserError
 from labctl.eventlog import event_json
 from labctl.eventlog import summary as event_summary
 from labctl.lookup import resolve_id
+from labctl.runs import log_path
 from projections.runs import TERMINAL_STATES
 
 Q = load_queries("labctl.web")
@@ -301,7 +303,7 @@ def run_detail(conn: Conn, ref: str) -> dict[str, Any]:
         cancel_requested=row["cancel_requested"],
         producer_run_id=row["producer_run_id"],
         cache_key=row["cache_key"],
-        log=str(Path(row["run_dir"]) / "log.txt"),
+        log=str(log) if (log := log_path(row)) else None,
     )
     inputs = _rows(conn, "run_inputs", {"id": run_id})
     for i in inputs:
@@ -389,7 +391,8 @@ def key_metric(metrics: dict[str, Any] | None) -> tuple[str, float] | None:
 def run_log(conn: Conn, ref: str, q: LogQuery) -> dict[str, Any]:
     run_id = _resolve(conn, "runs", "run", ref)
     [row] = _rows(conn, "run_row", {"id": run_id})
-    path = Path(row["run_dir"]) / "log.txt"
+    # a SLURM log is named after its job id: before there is one, there is no log to tail
+    path = log_path(row) or Path(row["run_dir"]) / layout.LAB_DIRNAME / "no-job-yet.log"
     lines, truncated, size = read_tail(path, q.tail)
     return {"run_id": run_id, "lines": lines, "path": str(path), "truncated": truncated, "size": size}
 

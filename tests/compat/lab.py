@@ -52,6 +52,15 @@ d = pathlib.Path(a.output_dir) / "step100"
 d.mkdir(parents=True, exist_ok=True)
 (d / "_CHECKPOINT_METADATA").write_text(f"lr={a.lr} data={a.data_dir}\\n")
 """
+#: reports what a job sees: its working directory, $LABCTL_JOB_ID and $LABCTL_CONTEXT
+READ_CONTEXT_PY = """\
+import json, os
+c = json.load(open(os.environ["LABCTL_CONTEXT"]))
+seen = {"cwd": os.getcwd(), "job_id": os.environ["LABCTL_JOB_ID"], "inputs": c["inputs"]}
+seen["kind"] = c["outputs"]["seen"]["kind"]
+open(os.path.join(c["outputs"]["seen"]["path"], "seen.json"), "w").write(json.dumps(seen))
+print("hello from", c["run_id"])
+"""
 KINDS = ("checkpoint", "dataset", "eval_result", "model", "external")
 OUTPUT_TYPES = ("checkpoint_stream", "checkpoint", "dataset", "eval_result", "model")
 
@@ -74,6 +83,7 @@ class Lab:
             (self.repo / sub).mkdir(parents=True, exist_ok=True)
         (self.repo / "scripts" / "train.py").write_text(TRAIN_PY)
         (self.repo / "scripts" / "eval.py").write_text(EVAL_PY)
+        (self.repo / "scripts" / "read_context.py").write_text(READ_CONTEXT_PY)
         (self.repo / "fit.py").write_text(FIT_PY)
         (self.repo / "uv.lock").write_text("# lock\n")
         subprocess.run(["git", "init", "-q", str(self.repo)], check=True)

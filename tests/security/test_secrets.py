@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from labctl.db import describe_url
+from labctl.layout import find_job_log
 from tests.conftest import run_cli
 
 RECIPE = """
@@ -30,14 +31,16 @@ def test_a_secret_set_on_the_command_line_reaches_the_job_and_nothing_else(
     run_id = proc.stdout.split("run_id: ")[1].split()[0]
     run_dir = Path(proc.stdout.split("run_dir: ")[1].split()[0])
 
-    log = (run_dir / "log.txt").read_text()
+    log_file = find_job_log(run_dir)
+    assert log_file is not None and log_file.name == f"needs-a-key_local-{run_id}.log"
+    log = log_file.read_text()
     assert "key=sekrit-123" in log  # the job got its key
     assert "hunter2" not in log and "LABCTL_DATABASE_URL" not in log
     assert "sekrit-123" not in run_cli(env, "events", "--json", check=True).stdout
     shown = run_cli(env, "show", run_id, check=True).stdout
     assert "sekrit-123" not in shown and "${WANDB_API_KEY}" in shown  # the reference is recorded
     for path in run_dir.rglob("*"):  # the job printed it to its own log; no file of labctl's holds it
-        if path.is_file() and path.name != "log.txt" and "sekrit-123" in path.read_text(errors="replace"):
+        if path.is_file() and path != log_file and "sekrit-123" in path.read_text(errors="replace"):
             assert path.name == "secrets.env" and stat.S_IMODE(path.stat().st_mode) == 0o600, path
     raw = conn.execute("SELECT count(*) FROM events WHERE data::text LIKE '%sekrit%'").fetchone()
     assert raw is not None and raw[0] == 0
