@@ -15,7 +15,7 @@ cat > "$cluster" <<TOML
 name = "examples"
 
 [filesystem]
-runs_base = "$home/runs"
+runs_base = "$home"
 
 [filesystem.artifact_roots]
 checkpoint = "$home/artifacts/checkpoint"
@@ -44,7 +44,7 @@ started=$(date +%s)
 
 echo "== run the pipeline (prepare -> train sweep -> report); evals start as checkpoints appear"
 out=$(labctl run-pipeline "$examples/ml/pipeline.toml" --wait | tee /dev/stderr)
-pipeline=$(echo "$out" | awk '/^pipeline_id:/ {print $2}')
+pipeline=$(echo "$out" | python3 -c 'import json,sys; print(json.JSONDecoder().raw_decode(sys.stdin.read())[0]["pipeline_id"])')
 
 echo "== finish the remaining evals"
 labctl agent --drain > /dev/null
@@ -54,7 +54,7 @@ labctl pipeline-show "$pipeline"
 echo
 echo "== eval metrics by step (eval policy ml-eval-every-epoch)"
 labctl eval ls
-report_run=$(labctl pipeline-show "$pipeline" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print([s for s in v["stages"] if s["name"]=="report"][0]["runs"][0]["id"])')
+report_run=$(labctl pipeline-show "$pipeline" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print([s for s in v["stages"] if s["stage_name"]=="report"][0]["run_id"])')
 report_dir=$(labctl show "$report_run" | python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"][0]["path"])')
 echo
 echo "== report ($report_dir/report.md)"

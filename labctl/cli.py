@@ -255,9 +255,19 @@ def run(
         result.job_id = submit_queued(
             a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=[result.run_id]
         ).get(result.run_id)
+    from labctl.runs import shown_job_id
+
     typer.echo(f"run_id: {result.run_id}")
-    typer.echo(f"job_id: {result.job_id or '-'}")
+    typer.echo(f"job_id: {shown_job_id(executor or a.executor, result.run_id, result.job_id, result.status)}")
     typer.echo(f"run_dir: {result.run_dir}")
+    # the original's lines for a cache hit and for a run that waits on an identical one in flight
+    if result.status == "cache_hit":
+        typer.echo("cache_hit: true (reused prior outputs; no SLURM job submitted)")
+    if result.status == "awaiting_peer" and result.producer_run_id:
+        typer.echo(
+            f"follower_of: {result.producer_run_id} (singleflight: leader run is already computing this "
+            "cache_key; this row will resolve to cache_hit when the leader terminates)"
+        )
     typer.echo(f"status: {result.status}" + (f" (peer {result.producer_run_id})" if result.producer_run_id else ""))
     if result.status == "cache_hit" and result.producer_run_id:
         from labctl.runs import reuse_line
@@ -364,8 +374,11 @@ def status(
 
 
 @app.command()
-def show(ref: Annotated[str, typer.Argument(help="Run id (or unambiguous prefix).")]) -> None:
-    """One run as JSON: state, provenance, inputs, outputs."""
+def show(
+    ref: Annotated[str, typer.Argument(help="Run id (or unambiguous prefix).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON (always: the original's run view and ours).")] = False,
+) -> None:
+    """One run as JSON, with the original's run view (run, aliases, eval_requests) beside ours."""
     from labctl import runs
 
     a = open_app()
@@ -471,7 +484,15 @@ def reconcile() -> None:
     report = reconcile_once(a, executor, user=me)
     advanced = sum(advance(a, p) for p in running_pipelines(a.db.conn, me))
     submitted |= submit_queued(a, executor, holder_id(), user=me)  # children the pipelines just released
+    registered = a.db.conn.execute(
+        "SELECT count(*) FROM artifacts WHERE producer_run_id = ANY(%s)", (report.ended,)
+    ).fetchone()
     counts = {
+        # the original's keys: runs whose state changed, artifacts their ends registered, runs that could not be
+        # reconciled (none here: a cycle that fails stops with an error)
+        "runs_reconciled": report.started + report.finished,
+        "artifacts_registered": registered[0] if registered else 0,
+        "runs_failed": 0,
         "submitted": len(submitted),
         "recovered": recovered,
         "active": report.active,

@@ -71,6 +71,12 @@ _CHECKPOINTS = (
 )
 
 
+_OF_KIND = (
+    "SELECT count(*) FROM artifacts WHERE kind = %(kind)s AND removed_at IS NULL "
+    "AND (%(user)s::text IS NULL OR user_name = %(user)s)"
+)
+
+
 def unevaluated(
     conn: psycopg.Connection[Any], policy: EvalPolicy, eval_hash: str, ids: list[str] | None
 ) -> list[Checkpoint]:
@@ -81,10 +87,30 @@ def unevaluated(
     return [Checkpoint(*r) for r in rows]
 
 
+class EvalPass(msgspec.Struct, kw_only=True):
+    """One pass of a policy, counted with the keys of the original's ``evald once`` report."""
+
+    run_ids: list[str] = []  # the eval runs submitted
+    considered: int = 0
+    skipped_existing: int = 0
+    skipped_ineligible: int = 0
+
+    def report(self) -> dict[str, int]:
+        # never retried nor exhausted here: one eval per (checkpoint, eval recipe), never twice
+        return {
+            "considered": self.considered,
+            "submitted": len(self.run_ids),
+            "retried": 0,
+            "skipped_existing": self.skipped_existing,
+            "skipped_ineligible": self.skipped_ineligible,
+            "skipped_exhausted": 0,
+        }
+
+
 def request_evals(
     app: App, policy: EvalPolicy, artifact_ids: list[str] | None = None, *, user: str | None = None
-) -> list[str]:
-    """Submit the policy's eval for every matching checkpoint not yet evaluated; returns eval run ids.
+) -> EvalPass:
+    """Submit the policy's eval for every matching checkpoint not yet evaluated.
 
     ``user``: only checkpoints of that user (the eval runs as the checkpoint's owner); None: everyone's.
     """
@@ -92,9 +118,18 @@ def request_evals(
     eval_hash = recipe_hash(recipe)
     role = checkpoint_role(recipe)
     assert role is not None  # load_policy refuses a recipe without one
-    started = []
-    for ckpt in unevaluated(app.db.conn, policy, eval_hash, artifact_ids):
-        if not matches(policy, ckpt) or (user is not None and ckpt.user != user):
+    done = EvalPass()
+    started = done.run_ids
+    candidates = [
+        c for c in unevaluated(app.db.conn, policy, eval_hash, artifact_ids) if user is None or c.user == user
+    ]
+    if artifact_ids is None:
+        row = app.db.conn.execute(_OF_KIND, {"kind": policy.applies_to.type, "user": user}).fetchone()
+        done.skipped_existing = (row[0] if row else 0) - len(candidates)
+    done.considered = done.skipped_existing + len(candidates)
+    for ckpt in candidates:
+        if not matches(policy, ckpt):
+            done.skipped_ineligible += 1
             continue
         key = eval_key(ckpt.id, eval_hash)
         as_user = dataclasses.replace(app, user=ckpt.user)
@@ -124,7 +159,7 @@ def request_evals(
         except ConcurrencyError:
             continue  # another agent requested this eval first
         started.append(run_id)
-    return started
+    return done
 
 
 def record_metrics(app: App, run_ids: list[str]) -> int:

@@ -6,14 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import orjson
 import psycopg
 
+from events.queries import load_queries
 from labctl import layout
 from labctl.errors import UserError
 from labctl.jsontext import dumps
 from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
 
+QUERIES = load_queries("labctl", "runs.sql")
 STATUS_COLUMNS = (
     "id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, "
     "cache_key, pipeline_id, stage_name, sweep_id, job_id, executor, reason"
@@ -89,14 +92,31 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
     inputs = conn.execute(
         "SELECT role, type, path, artifact_id, alias FROM run_inputs WHERE run_id = %s ORDER BY role", (run_id,)
     ).fetchall()
-    shown["inputs"] = [dict(zip(("role", "type", "path", "artifact_id", "alias"), r, strict=True)) for r in inputs]
+    # each input and output also carries the original's keys (resolved_path; id, kind, metadata_json, ...)
+    shown["inputs"] = [
+        {"role": r, "type": t, "path": p, "artifact_id": a, "alias": al, "resolved_path": p}
+        for r, t, p, a, al in inputs
+    ]
     outputs = conn.execute(
-        "SELECT role, artifact_id, path, step FROM run_outputs WHERE run_id = %s ORDER BY role, step NULLS FIRST",
+        "SELECT o.role, o.artifact_id, o.path, o.step, a.kind, a.producer_run_id, a.metadata, "
+        "extract(epoch FROM a.created_at)::bigint FROM run_outputs o LEFT JOIN artifacts a ON a.id = o.artifact_id "
+        "WHERE o.run_id = %s ORDER BY o.role, o.step NULLS FIRST",
         (run_id,),
     ).fetchall()
-    shown["outputs"] = [dict(zip(("role", "artifact_id", "path", "step"), r, strict=True)) for r in outputs]
+    shown["outputs"] = [
+        {"role": r, "artifact_id": a, "path": p, "step": st, "id": a, "kind": k}
+        | {"producer_run_id": prod, "metadata_json": meta, "created_at": at}
+        for r, a, p, st, k, prod, meta, at in outputs
+    ]
     log = log_path(shown)
     shown["log"] = str(log) if log else None
+    shown["run"] = _original_run(conn, shown)
+    shown["aliases"] = [[alias, aid] for alias, aid in conn.execute(QUERIES["output_aliases"], {"id": run_id})]
+    shown["eval_requests"] = [
+        {"eval_key": k, "checkpoint_artifact_id": c, "eval_recipe_hash": h, "policy_id": p, "eval_run_id": r}
+        | {"state": st or "pending"}
+        for k, c, h, p, r, st in conn.execute(QUERIES["eval_requests"], {"id": run_id})
+    ]
     original = conn.execute(
         "SELECT recipe_hash, source_path, context, dependency_on, tracking, original_events "
         "FROM imported_runs WHERE run_id = %s",
@@ -136,6 +156,44 @@ def reuse_line(conn: psycopg.Connection[Any], producer: str) -> str:
 
     found = conn.execute("SELECT status, finished_at FROM runs WHERE id = %s", (producer,)).fetchone()
     return hit_line(producer, found[1] if found else None, found[0] if found else None)
+
+
+def shown_job_id(executor: str, run_id: str, job_id: str | None, status: str) -> str:
+    """The job id the original would print: the SLURM job id, ``local-<run id>`` for a local job,
+    "" for a run that never had a job (a cache hit, a waiting stage, a run waiting on its peer)."""
+    if executor == "local":
+        return layout.local_job_id(run_id) if job_id or status in ("submitted", "queued") else ""
+    return job_id or ""
+
+
+def _original_run(conn: psycopg.Connection[Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The run as the original's ``show`` prints it (``run`` of its run view), from our row and context.json."""
+    try:
+        context = orjson.loads((Path(run["run_dir"]) / layout.LAB_DIRNAME / "context.json").read_bytes())
+    except (OSError, ValueError):
+        context = None
+    parents = conn.execute(QUERIES["parent_stages"], {"pipeline": run["pipeline_id"], "id": run["id"]}).fetchall()
+    after = [{"stage": stage, "run_id": r} for stage, run_ids in parents for r in run_ids]
+    repo = run.get("repo")
+    return {
+        "id": run["id"],
+        "recipe_name": run["name"],
+        "recipe_hash": (context or {}).get("recipe_hash"),
+        "status": run["status"],
+        "job_id": shown_job_id(run["executor"], run["id"], run["job_id"], run["status"]) or None,
+        "run_dir": run["run_dir"],
+        "repo": repo,
+        "source_path": str(layout.source_dir(run["run_dir"], repo)) if repo else None,
+        "recipe_json": run["recipe"],
+        "context_json": context,
+        "created_at": int(run["created_at"].timestamp()),
+        "finished_at": int(run["finished_at"].timestamp()) if run["finished_at"] else None,
+        "pipeline_id": run["pipeline_id"],
+        "stage_name": run["stage_name"],
+        "dependency_on": {"afterok": after} if run["pipeline_id"] else None,
+        "submitted_by": run["user_name"],
+        "cache_key": run["cache_key"],
+    }
 
 
 def log_path(run: dict[str, Any]) -> Path | None:

@@ -303,6 +303,7 @@ class ReconcileReport(msgspec.Struct):
     sacct_calls: int = 0
     accounting_ok: bool = True
     metric_points: int = 0
+    ended: list[str] = []  # the runs whose end this cycle recorded
 
 
 def reconcile(
@@ -347,6 +348,7 @@ def reconcile(
                 pass
         elif not state.active and finish_run(app.db, app.config, run_id, state, app.meta()) is not None:
             report.finished += 1
+            report.ended.append(run_id)
     return report
 
 

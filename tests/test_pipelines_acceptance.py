@@ -34,6 +34,10 @@ class Submitted:
     """What `run-pipeline` / `run-sweep` printed: the ids, and each stage's run ids."""
 
     def __init__(self, stdout: str) -> None:
+        if stdout.startswith("{"):  # run-pipeline, piped: the original's JSON (then any --wait lines)
+            shown, _ = json.JSONDecoder().raw_decode(stdout)
+            self.pipeline_id, self.sweep_id, self.stages = shown["pipeline_id"], shown["sweep_id"], shown["runs"]
+            return
         found = re.search(r"^pipeline_id: (\S+)$", stdout, re.MULTILINE)
         assert found, f"no 'pipeline_id:' line in:\n{stdout}"
         self.pipeline_id = found.group(1)
@@ -222,7 +226,7 @@ def test_a_diamond_runs_d_after_b_and_c_on_their_content_addressed_outputs(
         assert re.search(rf"└─ {stage}: succeeded  \[{p.run(stage)}\]", shown), shown
     view = json.loads(run_cli(env, "pipeline-show", p.pipeline_id, "--json", check=True).stdout)
     assert view["status"] == "succeeded" and view["name"] == "diamond"
-    assert {s["name"]: (s["state"], s["parents"]) for s in view["stages"]} == {
+    assert {s["name"]: (s["state"], s["parents"]) for s in view["dag"]} == {
         "a": ("succeeded", []),
         "b": ("succeeded", ["a"]),
         "c": ("succeeded", ["a"]),
@@ -255,7 +259,7 @@ def test_a_failing_stage_fails_its_descendants_naming_it_while_a_sibling_branch_
     assert pipeline_status(conn, p.pipeline_id) == "failed"
     assert proc.stdout.strip().splitlines()[-1].startswith(f"{p.pipeline_id}: failed (stage b: {b} ended failed")
     view = json.loads(run_cli(env, "pipeline-show", p.pipeline_id, "--json", check=True).stdout)
-    states = {s["name"]: s["state"] for s in view["stages"]}
+    states = {s["name"]: s["state"] for s in view["dag"]}
     assert states == {"a": "succeeded", "b": "failed", "c": "failed", "d": "succeeded"}
     shown = run_cli(env, "pipeline-show", p.pipeline_id, check=True).stdout
     assert re.search(rf"└─ c: failed  \[{c}\]", shown), shown
@@ -416,8 +420,8 @@ def test_three_agents_submit_every_stage_and_every_eval_exactly_once(
     assert [(s, m["score"]) for s, m in metrics] == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
     # A pass by hand after the agents finds nothing left to evaluate.
-    again = run_cli(env, "evald", "once", "every-step", check=True)
-    assert again.stdout.strip() == "0 eval run(s) submitted"
+    again = json.loads(run_cli(env, "evald", "once", "every-step", check=True).stdout)
+    assert (again["submitted"], again["skipped_existing"]) == (0, 3)
     report = Path(output_artifact(conn, p.run("report"), "report")[1])
     assert (report / "steps.txt").read_text().split() == ["step1", "step2", "step3"]
 
@@ -677,16 +681,23 @@ def test_evald_once_evaluates_each_checkpoint_once_and_eval_ls_shows_metrics_by_
     train_run = re.search(r"^run_id: (\S+)$", trained.stdout, re.M).group(1)  # type: ignore[union-attr]
     policy = str(DATA / "evals" / "policies" / "every-step.toml")
 
-    first = run_cli(env, "evald", "once", policy, check=True).stdout
-    assert first.startswith("3 eval run(s) submitted: "), first
-    eval_runs = first.strip().partition(": ")[2].split(", ")
+    first = json.loads(run_cli(env, "evald", "once", policy, check=True).stdout)  # piped: the original's JSON
+    assert {k: v for k, v in first.items() if k != "run_ids"} == {
+        "considered": 3,
+        "submitted": 3,
+        "retried": 0,
+        "skipped_existing": 0,
+        "skipped_ineligible": 0,
+        "skipped_exhausted": 0,
+    }
+    eval_runs = first["run_ids"]
     requested = conn.execute("SELECT data FROM events WHERE type = 'EvalRequested'").fetchall()
     assert sorted(r[0]["run_id"] for r in requested) == sorted(eval_runs)
     assert sorted(r[0]["step"] for r in requested) == [1, 2, 3]
 
     before = event_count(conn)
-    second = run_cli(env, "evald", "once", policy, check=True).stdout
-    assert second.strip() == "0 eval run(s) submitted"
+    second = json.loads(run_cli(env, "evald", "once", policy, check=True).stdout)
+    assert (second["considered"], second["submitted"], second["skipped_existing"]) == (3, 0, 3)
     assert event_count(conn) == before
 
     run_cli(env, "agent", "--drain", check=True, timeout=60)

@@ -55,7 +55,7 @@ def test_init_writes_a_loadable_config_with_the_given_repos_and_roots_and_runs_d
     assert config.repos == {"nanogpt": str(tmp_path / "src" / "nanogpt")}
     assert config.filesystem.artifact_roots["checkpoint"] == str(tmp_path / "ckpts")
     # the rest of the local profile: everything under $LABCTL_HOME
-    assert config.filesystem.runs_base == str(Path(labctl_env["LABCTL_HOME"]) / "runs")
+    assert config.filesystem.runs_base == labctl_env["LABCTL_HOME"]  # run dirs go to <runs_base>/runs/<user>/
     assert config.filesystem.artifact_roots["dataset"].startswith(labctl_env["LABCTL_HOME"])
     assert f"wrote {xdg_config(labctl_env)}" in proc.stdout
     assert "schema version" in proc.stdout

@@ -37,6 +37,13 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def wants_json(as_json: bool) -> bool:
+    """JSON when asked, or when a script reads stdout (the original printed JSON there); a view on a terminal."""
+    import sys
+
+    return as_json or not sys.stdout.isatty()
+
+
 def echo_change(run_id: str, status: str, info: dict[str, Any]) -> None:
     extra = []
     if info.get("exit_code") is not None:

@@ -11,13 +11,21 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evals: metrics by step.")
 
 
 @evald_app.command("once")
-def evald_once(policy: Annotated[str, typer.Argument(help="Policy file, or a policy name in policies_dir.")]) -> None:
+def evald_once(
+    policy: Annotated[str, typer.Argument(help="Policy file, or a policy name in policies_dir.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The counts as JSON (the default when piped).")] = False,
+) -> None:
     """Submit the policy's eval for every matching checkpoint not evaluated yet."""
-    from labctl.commands._common import open_app
+    from labctl.commands._common import open_app, wants_json
     from labctl.evals import find_policy, request_evals
+    from labctl.runs import to_json
 
     a = open_app()
-    started = request_evals(a, find_policy(a, policy))
+    done = request_evals(a, find_policy(a, policy))
+    if wants_json(as_json):  # the original's report, and the eval runs
+        typer.echo(to_json({**done.report(), "run_ids": done.run_ids}))
+        return
+    started = done.run_ids
     typer.echo(f"{len(started)} eval run(s) submitted" + (f": {', '.join(started)}" if started else ""))
 
 

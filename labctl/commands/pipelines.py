@@ -26,24 +26,39 @@ def _wait_pipeline(a: Any, submitted: Any) -> None:
         raise typer.Exit(1)
 
 
-def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> None:
-    """Submit the pipeline's ready SLURM runs now, so job ids exist before any agent looks."""
+def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> dict[str, str]:
+    """Submit the pipeline's ready SLURM runs now, so job ids exist before any agent looks; run id -> job id."""
     if (executor or a.executor) != "slurm":
-        return
+        return {}
     from labctl.executors.slurm import SlurmExecutor
     from labctl.slurm_runs import holder_id, submit_queued
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    for run_id, job_id in sorted(
-        submit_queued(a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=all_runs).items()
-    ):
-        typer.echo(f"{run_id}: job {job_id}")
+    return submit_queued(a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=all_runs)
 
 
-def _after_submit(a: Any, submitted: Any, executor: str | None, *, wait: bool) -> None:
-    """What run-pipeline and run-sweep do once recorded: print, hand ready runs to SLURM, maybe wait."""
-    _print_submitted(submitted)
-    _hand_to_slurm(a, submitted, executor)
+def _after_submit(
+    a: Any, submitted: Any, executor: str | None, *, wait: bool, as_json: bool = False, sweep: bool = False
+) -> None:
+    """What run-pipeline and run-sweep do once recorded: hand ready runs to SLURM, print, maybe wait.
+
+    run-pipeline prints the original's JSON when piped (or with ``--json``), run-sweep the original's
+    ``array_*`` lines; both add ours.
+    """
+    from labctl.commands._common import wants_json
+
+    jobs = _hand_to_slurm(a, submitted, executor)
+    if sweep:
+        _print_sweep(a, submitted, jobs)
+    if not sweep and wants_json(as_json):
+        from labctl.pipelines.view import submission_view
+        from labctl.runs import to_json
+
+        typer.echo(to_json(submission_view(a.db.conn, submitted)))
+    else:
+        _print_submitted(submitted)
+        for run_id, job_id in sorted(jobs.items()):
+            typer.echo(f"{run_id}: job {job_id}")
     if wait:
         _wait_pipeline(a, submitted)
 
@@ -54,6 +69,22 @@ def _print_submitted(submitted: Any) -> None:
         typer.echo(f"sweep_id: {submitted.sweep_id}")
     for stage, runs in submitted.runs.items():
         typer.echo(f"stage {stage}: {', '.join(runs)}")
+
+
+def _print_sweep(a: Any, submitted: Any, jobs: dict[str, str]) -> None:
+    """The original's lines for its one array run (here: the sweep) and the aggregate run."""
+    from labctl import layout
+
+    points = submitted.runs[next(iter(submitted.runs))]
+    array_job = next((j.split("_")[0] for r, j in jobs.items() if r in points), None)
+    typer.echo(f"array_run_id: {submitted.sweep_id}")
+    typer.echo(f"array_job_id: {array_job or layout.local_job_id(submitted.sweep_id)}")
+    typer.echo(f"array_run_dir: {layout.run_dir(a.config.filesystem.runs_base, a.user, submitted.sweep_id)}")
+    if len(submitted.runs) > 1:
+        aggregate = submitted.runs[list(submitted.runs)[-1]][0]
+        typer.echo(f"aggregate_run_id: {aggregate}")
+        typer.echo(f"aggregate_job_id: {jobs.get(aggregate, '')}")  # it is submitted once every point succeeded
+        typer.echo(f"aggregate_run_dir: {layout.run_dir(a.config.filesystem.runs_base, a.user, aggregate)}")
 
 
 def run_pipeline(
@@ -71,6 +102,7 @@ def run_pipeline(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Run every stage even if an identical run succeeded.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The submission as JSON (the default when piped).")] = False,
 ) -> None:
     """Submit a pipeline: roots now, the rest as their parents succeed."""
     from labctl.commands._common import open_app
@@ -78,7 +110,7 @@ def run_pipeline(
 
     a = open_app()
     submitted = start(a, pipeline, executor=executor, overrides=set_ or [], no_cache=no_cache)
-    _after_submit(a, submitted, executor, wait=wait)
+    _after_submit(a, submitted, executor, wait=wait, as_json=as_json)
 
 
 def run_sweep(
@@ -95,21 +127,21 @@ def run_sweep(
 
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
     a = open_app()
-    _after_submit(a, start(a, recipe_obj, recipe, executor=executor), executor, wait=wait)
+    _after_submit(a, start(a, recipe_obj, recipe, executor=executor), executor, wait=wait, sweep=True)
 
 
 def pipeline_show(
     ref: Annotated[str, typer.Argument(help="Pipeline id (or unambiguous prefix).")],
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the tree.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the tree (the default when piped).")] = False,
 ) -> None:
-    """A pipeline's DAG with each stage's state."""
-    from labctl.commands._common import open_app
-    from labctl.pipelines.view import pipeline_view, render_pipeline, resolve_pipeline
+    """A pipeline's DAG with each stage's state (JSON with the original's keys when piped)."""
+    from labctl.commands._common import open_app, wants_json
+    from labctl.pipelines.view import original_pipeline_view, pipeline_view, render_pipeline, resolve_pipeline
     from labctl.runs import to_json
 
     a = open_app()
     view = pipeline_view(a.db.conn, resolve_pipeline(a.db.conn, ref))
-    typer.echo(to_json(view) if as_json else render_pipeline(view))
+    typer.echo(to_json(original_pipeline_view(a.db.conn, view)) if wants_json(as_json) else render_pipeline(view))
 
 
 @pipeline_app.command("ls")

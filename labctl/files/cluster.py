@@ -281,7 +281,7 @@ def local_profile(home: Path) -> ClusterConfig:
     return ClusterConfig(
         name="local",
         filesystem=Filesystem(
-            runs_base=str(home / "runs"),
+            runs_base=str(home),  # run dirs at <home>/runs/<user>/<run id>, the original's layout
             artifact_roots={kind: str(home / "artifacts" / kind) for kind in ARTIFACT_KINDS},
             output_roots={kind: str(home / "artifacts" / "outputs" / kind) for kind in OUTPUT_TYPES},
         ),

@@ -9,6 +9,8 @@ import psycopg
 from labctl.errors import UserError
 from labctl.lookup import resolve_id
 from labctl.pipelines.advance import load, stage_state
+from labctl.pipelines.plan import PipelineSubmitted
+from labctl.runs import shown_job_id
 from projections.runs import TERMINAL_STATES
 
 
@@ -65,6 +67,67 @@ def pipeline_view(conn: psycopg.Connection[Any], pipeline_id: str) -> dict[str, 
             }
         )
     return view
+
+
+def original_pipeline_view(conn: psycopg.Connection[Any], view: dict[str, Any]) -> dict[str, Any]:
+    """``pipeline-show`` as the original prints it (``pipeline`` and one ``stages`` entry per run), ours beside.
+
+    Our per-stage view moves to ``dag``.
+    """
+    rows = {
+        r[0]: r
+        for r in conn.execute(
+            "SELECT r.id, r.executor, r.job_id, r.status, r.run_dir, extract(epoch FROM p.created_at)::bigint "
+            "FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.pipeline_id = %s",
+            (view["id"],),
+        )
+    }
+    runs_of = {stage["name"]: [r["id"] for r in stage["runs"]] for stage in view["stages"]}
+    stages = []
+    for stage in view["stages"]:
+        after = [{"stage": p, "run_id": r} for p in stage["parents"] for r in runs_of[p]]
+        for run_id in runs_of[stage["name"]]:
+            _, executor, job_id, status, run_dir, _ = rows[run_id]
+            shown = {"stage_name": stage["name"], "run_id": run_id, "status": status}
+            stages.append(
+                shown
+                | {"job_id": shown_job_id(executor, run_id, job_id, status) or None}
+                | {"dependency_on": {"afterok": after}, "run_dir": run_dir}
+            )
+    created = next(iter(rows.values()))[5] if rows else None
+    pipeline = {"id": view["id"], "name": view["name"], "pipeline_path": view["file"], "created_at": created}
+    ours = {k: v for k, v in view.items() if k != "stages"}
+    return {"pipeline": pipeline, "stages": stages, **ours, "dag": view["stages"]}
+
+
+def submission_view(conn: psycopg.Connection[Any], submitted: PipelineSubmitted) -> dict[str, Any]:
+    """What ``run-pipeline`` prints as JSON: the original's ``pipeline_id``, ``name`` and ``stages``, ours beside."""
+    rows = {
+        r[0]: r
+        for r in conn.execute(
+            "SELECT id, executor, job_id, status FROM runs WHERE pipeline_id = %s", (submitted.pipeline_id,)
+        )
+    }
+    parents = dict(
+        conn.execute(
+            "SELECT stage_name, parents FROM pipeline_stages WHERE pipeline_id = %s", (submitted.pipeline_id,)
+        ).fetchall()
+    )
+    stages = []
+    for stage, run_ids in submitted.runs.items():
+        depends_on = [r for p in parents.get(stage, []) for r in submitted.runs[p]]
+        for run_id in run_ids:
+            _, executor, job_id, status = rows[run_id]
+            job = shown_job_id(executor, run_id, job_id, status)
+            stages.append({"stage_name": stage, "run_id": run_id, "job_id": job, "depends_on": depends_on})
+    return {
+        "pipeline_id": submitted.pipeline_id,
+        "name": submitted.name,
+        "stages": stages,
+        "sweep_id": submitted.sweep_id,
+        "runs": submitted.runs,
+    }
+
 
 
 def render_pipeline(view: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ class Evald(LogReactor):
         changed = False
         if checkpoints:
             for policy in self._policies():
-                changed |= bool(request_evals(self.app, policy, checkpoints, user=self.user))
+                changed |= bool(request_evals(self.app, policy, checkpoints, user=self.user).run_ids)
         ended = [e.data.run_id for e in batch if isinstance(e.data, RunFinished)]
         if ended:
             changed |= record_metrics(self.app, ended) > 0
@@ -48,5 +48,5 @@ class Evald(LogReactor):
     def full_pass(self) -> bool:
         changed = False
         for policy in self._policies():
-            changed |= bool(request_evals(self.app, policy, user=self.user))
+            changed |= bool(request_evals(self.app, policy, user=self.user).run_ids)
         return changed

@@ -20,12 +20,13 @@ from tests.conftest import USER, run_cli, wait_for
 TRAIN_PY = """\
 import argparse, json, os, pathlib
 p = argparse.ArgumentParser()
-p.add_argument("--out", required=True)
+p.add_argument("--out")  # without it (sweep.toml), the checkpoint output's path from $LABCTL_CONTEXT
 p.add_argument("--lr-index", default=None)
 p.add_argument("--steps", type=int, default=3)
 a, _ = p.parse_known_args()
+out = a.out or json.load(open(os.environ["LABCTL_CONTEXT"]))["outputs"]["checkpoint"]["path"]
 for step in range(1, a.steps + 1):
-    d = pathlib.Path(a.out) / f"step{step}"
+    d = pathlib.Path(out) / f"step{step}"
     d.mkdir(parents=True, exist_ok=True)
     (d / "weights.bin").write_text(f"step {step} lr {a.lr_index}\\n")
     (d / "manifest.ocdbt").write_text("ok\\n")
