@@ -129,7 +129,6 @@ def submission_view(conn: psycopg.Connection[Any], submitted: PipelineSubmitted)
     }
 
 
-
 def render_pipeline(view: dict[str, Any]) -> str:
     """The DAG as indented text: each stage under its first parent, with state and runs."""
     lines = [f"{view['id']}  {view['name']}  {view['status']}" + (f"  ({view['reason']})" if view["reason"] else "")]

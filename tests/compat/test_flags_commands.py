@@ -173,7 +173,7 @@ def test_admin_add_user_no_create_dirs_leaves_the_filesystem_alone(
     proc = run_cli(labctl_env, "--cluster", str(cluster), "admin", "add-user", "bob", "--no-pg-role", *flags)
 
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "runs" / "bob").is_dir() is (not flags)
+    assert (tmp_path / "runs" / "runs" / "bob").is_dir() is (not flags)  # <runs_base>/runs/<user>, as the original
     assert "postgres role" not in proc.stdout  # --no-pg-role: not even mentioned
 
 
