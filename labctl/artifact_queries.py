@@ -54,6 +54,22 @@ def find_artifact(conn: psycopg.Connection[Any], artifact_id_: str) -> Artifact 
     return artifact_from_row(row) if row else None
 
 
+def artifact_detail(conn: psycopg.Connection[Any], art: Artifact) -> dict[str, Any]:
+    """What ``labctl show ARTIFACT`` prints: the artifact, its eval result (``metadata.result``) on top,
+    and the runs that read it."""
+    consumers = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT run_id FROM run_inputs WHERE artifact_id = %s ORDER BY run_id", (art.id,)
+        ).fetchall()
+    ]
+    detail: dict[str, Any] = msgspec.to_builtins(art)
+    if isinstance(art.metadata, dict) and "result" in art.metadata:
+        detail["result"] = art.metadata["result"]
+    detail["consumers"] = consumers
+    return detail
+
+
 def resolve_artifact(conn: psycopg.Connection[Any], user: str, ref: str, *, include_removed: bool = False) -> Artifact:
     """An artifact from its id, an unambiguous id prefix, or an alias (``name`` for ``user``, or ``owner/name``)."""
     if ref.startswith("artifact_"):

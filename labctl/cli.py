@@ -17,7 +17,7 @@ from labctl.commands._common import Global, check_choice, echo_change, fail, ope
 
 app = typer.Typer(
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     help="Run and track ML experiments; every fact lives in an append-only event log in Postgres.",
 )
@@ -375,14 +375,25 @@ def status(
 
 @app.command()
 def show(
-    ref: Annotated[str, typer.Argument(help="Run id (or unambiguous prefix).")],
+    ref: Annotated[str, typer.Argument(help="Run, artifact or pipeline id (or unambiguous prefix).")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON (always: the original's run view and ours).")] = False,
 ) -> None:
-    """One run as JSON, with the original's run view (run, aliases, eval_requests) beside ours."""
+    """One run as JSON, with the original's run view (run, aliases, eval_requests) beside ours; an artifact
+    (with its eval result) or a pipeline likewise."""
     from labctl import runs
 
     a = open_app()
-    typer.echo(runs.to_json(runs.show_run(a.db.conn, runs.resolve_run(a.db.conn, ref))))
+    if ref.startswith("artifact_"):
+        from labctl.artifact_queries import artifact_detail, resolve_artifact
+
+        detail = artifact_detail(a.db.conn, resolve_artifact(a.db.conn, a.user, ref, include_removed=True))
+        typer.echo(runs.to_json(detail))
+    elif ref.startswith("pipeline_"):
+        from labctl.pipelines.view import pipeline_view, resolve_pipeline
+
+        typer.echo(runs.to_json(pipeline_view(a.db.conn, resolve_pipeline(a.db.conn, ref))))
+    else:
+        typer.echo(runs.to_json(runs.show_run(a.db.conn, runs.resolve_run(a.db.conn, ref))))
 
 
 @app.command("log")

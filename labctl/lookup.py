@@ -7,11 +7,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from labctl.errors import UserError
+from labctl.errors import InputError, UserError
 
 
 def resolve_id(conn: psycopg.Connection[Any], table: str, kind: str, ref: str) -> str:
     """The id in ``table`` matching ``ref`` (with or without the ``<kind>_`` prefix), or one clear error."""
+    if not ref.strip():
+        raise InputError(f"expected a {kind} id (or an unambiguous prefix), got an empty string")
     prefix = ref if ref.startswith(f"{kind}_") else f"{kind}_{ref}"
     query = sql.SQL("SELECT id FROM {} WHERE id >= %s AND id < %s ORDER BY id LIMIT 6").format(sql.Identifier(table))
     rows = conn.execute(query, (prefix, prefix + "\uffff")).fetchall()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -97,3 +98,57 @@ def test_a_repeated_cache_hit_adds_no_alias_event(conn: psycopg.Connection[Any],
         "SELECT count(*) FROM events WHERE stream = %s AND type = 'AliasSet'", (f"alias-{USER}/fixed-output",)
     ).fetchone()
     assert row and row[0] == 1
+
+
+def test_show_takes_artifact_and_pipeline_ids_and_an_empty_id_is_refused(
+    conn: psycopg.Connection[Any], env: dict[str, str]
+) -> None:
+    submitted = run_pipeline(env, DATA / "diamond" / "pipeline.toml", "--wait")
+    pipeline = json.loads(run_cli(env, "show", submitted.pipeline_id, check=True).stdout)
+    assert pipeline["id"] == submitted.pipeline_id and pipeline["status"] == "succeeded"
+    row = conn.execute("SELECT artifact_id FROM run_outputs WHERE run_id = %s", (submitted.run("a"),)).fetchone()
+    assert row is not None
+    artifact = json.loads(run_cli(env, "show", row[0], check=True).stdout)
+    assert artifact["id"] == row[0] and artifact["producer_run_id"] == submitted.run("a")
+    assert set(artifact["consumers"]) == {submitted.run("b"), submitted.run("c")}
+    proc = run_cli(env, "show", "")
+    assert proc.returncode == 2 and "empty" in one_line_error(proc)
+
+
+def test_show_of_an_eval_result_prints_its_result(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    recipe = tmp_path / "score.toml"
+    recipe.write_text(
+        'name = "score"\n'
+        """command = ["bash", "-c", 'mkdir -p "$1" && echo "{\\"accuracy\\": 0.93}" > "$1/metrics.json"', "s", """
+        '"{outputs.m.path}"]\n'
+        '[outputs.m]\ntype = "eval_result"\nmarker = "metrics.json"\nalias = "score-{run.id}"\n'
+    )
+    run_id = re.search(r"^run_id: (\S+)$", run_cli(env, "run", str(recipe), "--wait", check=True).stdout, re.M)
+    assert run_id
+    row = conn.execute("SELECT artifact_id FROM run_outputs WHERE run_id = %s", (run_id.group(1),)).fetchone()
+    assert row is not None
+    shown = json.loads(run_cli(env, "show", row[0], check=True).stdout)
+    assert shown["result"] == {"accuracy": 0.93}
+
+
+def test_a_cancelled_pipeline_ends_cancelled_not_failed(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        f'name = "stopme"\n[stages.nap]\nrecipe = "{REPO / "tests" / "data" / "recipes" / "sleep.toml"}"\n'
+    )
+    submitted = run_pipeline(env, pipeline)  # no agent: the stage stays queued
+    run_cli(env, "cancel", submitted.pipeline_id, check=True)
+    run_cli(env, "agent", "--drain", check=True, timeout=120)  # the advancer closes the pipeline
+    view = json.loads(run_cli(env, "pipeline-show", submitted.pipeline_id, "--json", check=True).stdout)
+    assert view["status"] == "cancelled"
+    assert status_of(conn, submitted.run("nap")) == "cancelled"
+
+
+def test_shell_completion_is_offered(env: dict[str, str]) -> None:
+    proc = run_cli(env, "--show-completion", "bash", check=True)
+    assert "_LABCTL_COMPLETE" in proc.stdout
+    assert "--install-completion" in run_cli(env, "--help", check=True).stdout

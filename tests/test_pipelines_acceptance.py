@@ -25,7 +25,7 @@ from labctl.db import connect, ensure_schema
 from tests.conftest import USER, agent, labctl_bin, run_cli, wait_for
 
 DATA = Path(__file__).resolve().parent / "data" / "pipelines"
-TERMINAL_PIPELINE = ("succeeded", "failed")
+TERMINAL_PIPELINE = ("succeeded", "failed", "cancelled")
 
 # ------------------------------------------------------------------ helpers
 

@@ -75,6 +75,10 @@ def load(
     )
 
 
+#: run ends that make a pipeline ``failed`` rather than ``cancelled``
+HARD_FAILURES = TERMINAL_STATES - SUCCESS_STATES - {"cancelled", "dependency_failed"}
+
+
 def stage_state(run_ids: Sequence[str], runs: dict[str, RunRow]) -> tuple[str, str | None]:
     """``succeeded`` / ``failed`` (with the cause) / ``waiting`` for a stage's runs."""
     states = [runs[r].status for r in run_ids if r in runs]
@@ -275,6 +279,9 @@ def _close_if_done(app: App, pipeline_id: str, stages: list[StageRow], runs: dic
             batch.append(NewEvent(f"sweep-{sweep[0]}", SweepFinished(sweep_id=sweep[0], state=state), 1))
     failed = [(st.name, c) for st in stages for s, c in [stage_state(st.run_ids, runs)] if s != "succeeded"]
     state = "failed" if failed else "succeeded"
+    ends = {runs[r].status for r in all_ids}
+    if failed and "cancelled" in ends and not ends & HARD_FAILURES:
+        state = "cancelled"  # stopped on purpose (`labctl cancel`), not broken
     reason = f"stage {failed[0][0]}: {failed[0][1]}" if failed else None
     batch.insert(
         0, NewEvent(f"pipeline-{pipeline_id}", PipelineFinished(pipeline_id=pipeline_id, state=state, reason=reason), 1)
