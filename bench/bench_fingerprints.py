@@ -113,7 +113,7 @@ def main() -> None:
     files_50, bytes_50 = 500_000, 50 * (1 << 30)
     body = "\n".join(
         [
-            machine_line(server.describe()),
+            machine_line(server.describe()) + f"; load average {os.getloadavg()[0]:.0f} at the end",
             "",
             markdown_table(
                 ["dataset", "stat walk", "fingerprint, hash reused", "full content hash", "full / reused"], rows

@@ -150,7 +150,7 @@ def main() -> None:
     floor_ms = median(times["labctl show RUN (the same CLI start and connection, tiny output)"]) * 1000
     body = "\n".join(
         [
-            machine_line(server.describe()),
+            machine_line(server.describe()) + f"; load average {os.getloadavg()[0]:.0f} at the end",
             "",
             f"Ingest of {points:,} points ({lines:,} lines x 4 metrics, {size / 1e6:.0f} MB, "
             f"{n_events} MetricsLogged events of 2,000 lines):",
