@@ -27,7 +27,6 @@ from events import ConcurrencyError
 from labctl import agents, local_runs
 from labctl.agents import Scope
 from labctl.app import App
-from labctl.db import connect
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
 from labctl.executors.local import LocalExecutor, kill_orphan
@@ -78,7 +77,7 @@ class Agent:
         while not self.stopping.wait(self.heartbeat_interval):
             try:
                 if conn is None or conn.closed or conn.broken:
-                    conn = connect(self.app.db.url, budget=1.0)
+                    conn = self.app.db.connect(budget=1.0)
                 agents.beat(conn, self.id)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
@@ -96,7 +95,7 @@ class Agent:
             while not self.stopping.is_set():
                 try:
                     if listener is None or listener.closed or listener.broken:
-                        listener = connect(self.app.db.url)
+                        listener = self.app.db.connect()
                         listener.execute(f"LISTEN {events.CHANNEL}")
                     busy = self.tick()
                     if until is not None and until():
@@ -187,7 +186,8 @@ class Agent:
     def reap_stale_agents(self) -> bool:
         """End runs held by agents that stopped or whose heartbeat went stale as ``node_fail``."""
         conn = self.app.db.conn
-        held = agents.runs_of_stale_agents(conn, self.id)
+        stale_after = self.app.settings.agent_stale_seconds
+        held = agents.runs_of_stale_agents(conn, self.id, stale_after)
         for run_id, job_id, agent_id, user in held:
             # Any agent may record that a dead agent's run ended; only its own user's agent signals the
             # job, and only the process that still has the start time recorded with its pid.
@@ -203,7 +203,7 @@ class Agent:
                     finished_at=datetime.now(UTC),
                 ),
             )
-        agents.mark_stale_stopped(conn, self.id)
+        agents.mark_stale_stopped(conn, self.id, stale_after)
         return bool(held)
 
     def poll_local(self) -> bool:

@@ -19,10 +19,6 @@ from labctl.errors import InputError
 from labctl.executors.local import HOST
 
 
-def stale_after() -> float:
-    return float(os.environ.get("LABCTL_AGENT_STALE_SECONDS", "10"))
-
-
 class Scope(msgspec.Struct, frozen=True):
     """What an agent started by ``--wait`` may run: these runs, pipelines or sweeps."""
 
@@ -52,18 +48,20 @@ def new_agent_id() -> str:
 
 def live_agents(
     conn: psycopg.Connection[Any],
+    stale_after: float,
     *,
     include_scoped: bool = False,
     serving: str | None = None,
     service_user: str | None = None,
 ) -> list[str]:
-    """Agents whose heartbeat is fresh (full agents only, unless ``include_scoped``); with ``serving``,
-    only those that run that user's runs: the user's own, or the group's service account's."""
+    """Agents whose heartbeat is younger than ``stale_after`` seconds (full agents only, unless
+    ``include_scoped``); with ``serving``, only those that run that user's runs: the user's own, or the
+    group's service account's."""
     rows = conn.execute(
         "SELECT id FROM agents WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => %(stale)s)"
         " AND (%(user)s::text IS NULL OR user_name = %(user)s OR user_name = %(service)s)"
         + ("" if include_scoped else " AND scope IS NULL"),
-        {"stale": stale_after(), "user": serving, "service": service_user},
+        {"stale": stale_after, "user": serving, "service": service_user},
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -83,23 +81,25 @@ def mark_stopped(conn: psycopg.Connection[Any], agent_id: str) -> None:
     conn.execute("UPDATE agents SET stopped_at = now() WHERE id = %s", (agent_id,))
 
 
-def runs_of_stale_agents(conn: psycopg.Connection[Any], agent_id: str) -> list[tuple[str, str | None, str, str]]:
+def runs_of_stale_agents(
+    conn: psycopg.Connection[Any], agent_id: str, stale_after: float
+) -> list[tuple[str, str | None, str, str]]:
     """``(run id, job id, agent id, user)`` of local runs held by agents (other than ``agent_id``) that
     stopped or whose heartbeat went stale."""
     return conn.execute(
         "SELECT r.id, r.job_id, a.id, r.user_name FROM runs r JOIN agents a ON a.id = r.agent_id "
         "WHERE r.executor = 'local' AND r.status IN ('submitted', 'running') AND a.id <> %s "
         "AND (a.stopped_at IS NOT NULL OR a.heartbeat_at < now() - make_interval(secs => %s))",
-        (agent_id, stale_after()),
+        (agent_id, stale_after),
     ).fetchall()
 
 
-def mark_stale_stopped(conn: psycopg.Connection[Any], agent_id: str) -> None:
+def mark_stale_stopped(conn: psycopg.Connection[Any], agent_id: str, stale_after: float) -> None:
     """Agents (other than ``agent_id``) whose heartbeat went stale are recorded as stopped."""
     conn.execute(
         "UPDATE agents SET stopped_at = now() WHERE stopped_at IS NULL AND id <> %s "
         "AND heartbeat_at < now() - make_interval(secs => %s)",
-        (agent_id, stale_after()),
+        (agent_id, stale_after),
     )
 
 

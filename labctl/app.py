@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import getpass
-import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from events import EventMeta, NewEvent
 from labctl import __version__
-from labctl.db import Database, labctl_home, open_database
+from labctl.db import Database, open_database
 from labctl.errors import InputError, UserError
 from labctl.files import ClusterConfig, find_cluster_config, load_cluster_config, local_profile
 from labctl.names import BadName, check_name
+from labctl.settings import Settings, settings_from_env
+
+if TYPE_CHECKING:
+    from labctl.executors.slurm import SlurmExecutor
 
 
-def current_user() -> str:
+def current_user(settings: Settings | None = None) -> str:
     """The OS user (``LABCTL_USER`` overrides it, for shared service accounts and tests)."""
-    user = os.environ.get("LABCTL_USER") or getpass.getuser()
+    user = (settings or settings_from_env()).user or getpass.getuser()
     check_user_name(user)
     return user
 
@@ -41,6 +44,8 @@ class App:
     home: Path
     db: Database
     user: str
+    #: the LABCTL_* settings, read once at start-up
+    settings: Settings = field(default_factory=settings_from_env)
 
     def meta(self, *, causation_id: str | None = None, correlation_id: str | None = None) -> EventMeta:
         return EventMeta(
@@ -61,6 +66,12 @@ class App:
 
         self.db.run(work)
 
+    def slurm_executor(self, **tuning: Any) -> SlurmExecutor:
+        """The SLURM executor for this cluster: its ``[scheduler]`` command paths, or ``$LABCTL_SLURM_BIN_DIR``."""
+        from labctl.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(bin_dir=self.settings.slurm_bin_dir, scheduler=self.config.scheduler, **tuning)
+
     @property
     def executor(self) -> str:
         return self.config.scheduler.kind
@@ -69,22 +80,27 @@ class App:
         self.db.close()
 
 
-def load_config(cluster: Path | None = None) -> tuple[ClusterConfig, Path | None]:
+def load_config(cluster: Path | None = None, settings: Settings | None = None) -> tuple[ClusterConfig, Path | None]:
     """The cluster config in effect (``--cluster``, ``$LABCTL_CLUSTER``, XDG) or the local profile."""
-    path = find_cluster_config(cluster)
+    settings = settings or settings_from_env()
+    path = find_cluster_config(cluster or settings.cluster)
     if path is None:
-        return local_profile(labctl_home()), None
+        return local_profile(settings.home), None
     if not path.is_file():
         raise UserError(f"cluster config {path} does not exist")
     return load_cluster_config(path), path
 
 
-def open_app(cluster: Path | None = None) -> App:
-    config, path = load_config(cluster)
+def open_app(cluster: Path | None = None, settings: Settings | None = None) -> App:
+    """What one command needs: the settings (read from the environment once, here), the cluster config,
+    the database and the acting user."""
+    settings = settings or settings_from_env()
+    config, path = load_config(cluster, settings)
     return App(
         config=config,
         config_path=path,
-        home=labctl_home(),
-        db=open_database(config.database.url, config.postgres),
-        user=current_user(),
+        home=settings.home,
+        db=open_database(config.database.url, config.postgres, settings=settings),
+        user=current_user(settings),
+        settings=settings,
     )

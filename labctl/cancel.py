@@ -30,9 +30,7 @@ def cancel_runs(app: App, run_ids: Sequence[str], *, force: bool, reason: str | 
     for run_id in run_ids:
         results.append(_cancel_one(app, run_id, force=force, reason=reason, slurm_jobs=slurm_jobs))
     if slurm_jobs:
-        from labctl.executors.slurm import SlurmExecutor
-
-        SlurmExecutor(scheduler=app.config.scheduler).cancel(slurm_jobs)  # one scancel for all of them
+        app.slurm_executor().cancel(slurm_jobs)  # one scancel for all of them
     return results
 
 

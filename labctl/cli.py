@@ -249,12 +249,9 @@ def run(
     a = open_app()
     result = submit(a, recipe_obj, recipe, executor=executor, no_cache=no_cache)
     if result.status == "submitted" and (executor or a.executor) == "slurm":
-        from labctl.executors.slurm import SlurmExecutor
         from labctl.slurm_runs import holder_id, submit_queued
 
-        result.job_id = submit_queued(
-            a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=[result.run_id]
-        ).get(result.run_id)
+        result.job_id = submit_queued(a, a.slurm_executor(), holder_id(), run_ids=[result.run_id]).get(result.run_id)
     from labctl.runs import shown_job_id
 
     typer.echo(f"run_id: {result.run_id}")
@@ -481,14 +478,13 @@ def validate(
 def reconcile() -> None:
     """One reconcile cycle by hand: one sacct call for all active SLURM jobs, then pipelines advance
     (children of runs that ended are submitted); prints JSON counts."""
-    from labctl.executors.slurm import SlurmExecutor
     from labctl.pipelines.advance import advance, running_pipelines
     from labctl.runs import to_json
     from labctl.slurm_runs import holder_id, recover_intents, submit_queued
     from labctl.slurm_runs import reconcile as reconcile_once
 
     a = open_app()
-    executor = SlurmExecutor(scheduler=a.config.scheduler)
+    executor = a.slurm_executor()
     me = a.user  # your own runs only: sbatch would run anyone else's under your account
     submitted = submit_queued(a, executor, holder_id(), user=me)
     recovered = recover_intents(a, executor, holder_id(), user=me)

@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from labctl.errors import DatabaseUnavailable, InputError, UserError
+from labctl.settings import Settings, settings_from_env
 
 if TYPE_CHECKING:
     from labctl.files.cluster import Postgres
@@ -35,7 +36,8 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
 def labctl_home() -> Path:
-    return Path(os.environ.get("LABCTL_HOME") or Path.home() / ".labctl").expanduser()
+    """``$LABCTL_HOME`` (default ``~/.labctl``)."""
+    return settings_from_env().home
 
 
 # ------------------------------------------------------------ embedded server
@@ -105,19 +107,23 @@ def remove_embedded(home: Path) -> None:
 def database_url(configured: str | None = None, postgres: Postgres | None = None) -> str:
     """``LABCTL_DATABASE_URL``, else the cluster config's ``[database] url``, else its ``[postgres]``
     table (the original labctl's), else the embedded server."""
-    if url := os.environ.get("LABCTL_DATABASE_URL") or configured:
+    if url := settings_from_env().database_url or configured:
         return url
     if postgres is not None:
         return postgres_url(postgres)
     return embedded_app_url()
 
 
-def open_database(configured: str | None = None, postgres: Postgres | None = None) -> Database:
+def open_database(
+    configured: str | None = None, postgres: Postgres | None = None, *, settings: Settings | None = None
+) -> Database:
     """The database in effect; on the embedded server, with the superuser for schema upgrades."""
-    if os.environ.get("LABCTL_DATABASE_URL") or configured or postgres is not None:
-        return Database(database_url(configured, postgres))
-    admin = embedded_url()
-    return Database(as_role(admin, EMBEDDED_APP_ROLE), admin_url=admin)
+    settings = settings or settings_from_env()
+    retry = settings.db_retry_seconds
+    if settings.database_url or configured or postgres is not None:
+        return Database(settings.database_url or database_url(configured, postgres), retry_seconds=retry)
+    admin = embedded_url(settings.home)
+    return Database(as_role(admin, EMBEDDED_APP_ROLE), admin_url=admin, retry_seconds=retry)
 
 
 def postgres_url(pg: Postgres) -> str:
@@ -180,7 +186,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_budget_seconds() -> float:
-    return float(os.environ.get("LABCTL_DB_RETRY_SECONDS", "10"))
+    """``$LABCTL_DB_RETRY_SECONDS`` (default 10): how long transient failures are retried."""
+    return settings_from_env().db_retry_seconds
 
 
 def _retrying(budget: float | None = None) -> tenacity.Retrying:
@@ -223,8 +230,10 @@ def connect(url: str, *, budget: float | None = None, **kwargs: Any) -> psycopg.
 class Database:
     """A database URL plus one lazily opened connection, reopened after failures."""
 
-    def __init__(self, url: str, *, admin_url: str | None = None) -> None:
+    def __init__(self, url: str, *, admin_url: str | None = None, retry_seconds: float | None = None) -> None:
         self.url = url
+        #: how long transient failures are retried (None: ``$LABCTL_DB_RETRY_SECONDS`` when they happen)
+        self.retry_seconds = retry_seconds
         #: a role that may create the schema and roles (the embedded server's superuser), if known
         self.admin_url = admin_url
         self._conn: psycopg.Connection[Any] | None = None
@@ -242,15 +251,19 @@ class Database:
                 self._schema_checked = True
         return self._conn
 
+    def connect(self, *, budget: float | None = None) -> psycopg.Connection[Any]:
+        """A connection of its own (LISTEN, heartbeats), retried for this database's budget."""
+        return connect(self.url, budget=self.retry_seconds if budget is None else budget)
+
     def _open(self) -> psycopg.Connection[Any]:
         if self.admin_url is None or self._schema_checked:
-            return connect(self.url)
+            return self.connect()
         try:
             return connect(self.url, budget=0)
         except DatabaseUnavailable:
             # The everyday role is missing (a server set up by an older labctl): create it.
             prepare_embedded(self.admin_url)
-            return connect(self.url)
+            return self.connect()
 
     def run(self, work: Callable[[psycopg.Connection[Any]], T], *, budget: float | None = None) -> T:
         """Run ``work`` in one transaction; a transient failure retries the whole of it.
@@ -258,7 +271,7 @@ class Database:
         ``work`` must be safe to repeat (appends carry idempotency keys).
         """
         try:
-            for attempt in _retrying(budget):
+            for attempt in _retrying(self.retry_seconds if budget is None else budget):
                 with attempt:
                     try:
                         conn = self.conn

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from labctl.files import ClusterConfig, Recipe
 from labctl.layout import source_dir
 from labctl.secrets import split_secrets, write_secrets
+from labctl.settings import settings_from_env
 
 
 def job_command(recipe: Recipe) -> list[str]:
@@ -59,4 +59,4 @@ def labctl_executable() -> str:
     beside = Path(sys.executable).parent / "labctl"
     if beside.exists():
         return str(beside)
-    return shutil.which("labctl") or os.environ.get("LABCTL_BIN", "labctl")
+    return shutil.which("labctl") or settings_from_env().labctl_bin or "labctl"

@@ -35,6 +35,7 @@ from labctl.files import (
 )
 from labctl.layout import user_runs_dir
 from labctl.secrets import URL_WITH_PASSWORD
+from labctl.settings import settings_from_env
 
 SchedulerChoice = Literal["auto", "local", "slurm"]
 ServiceName = Literal["agent", "ui"]
@@ -49,8 +50,8 @@ def config_destination(explicit: Path | None = None) -> Path:
     """Where ``init`` writes: ``--cluster``, ``$LABCTL_CLUSTER``, else the XDG config path."""
     if explicit is not None:
         return explicit.expanduser()
-    if env_path := os.environ.get("LABCTL_CLUSTER"):
-        return Path(env_path).expanduser()
+    if env_path := settings_from_env().cluster:
+        return env_path
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return base / "labctl" / "cluster.toml"
 
@@ -79,9 +80,7 @@ class SlurmProbe:
 def probe_slurm() -> SlurmProbe | None:
     """SLURM as this machine sees it: sinfo and sbatch on PATH (or in ``$LABCTL_SLURM_BIN_DIR``)
     and ``sinfo`` answering; None otherwise."""
-    from labctl.executors.slurm import BIN_DIR_ENV
-
-    bin_dir = os.environ.get(BIN_DIR_ENV)
+    bin_dir = settings_from_env().slurm_bin_dir
     sinfo, sbatch = (shutil.which(name, path=bin_dir) for name in ("sinfo", "sbatch"))
     if not sinfo or not sbatch:
         return None

@@ -42,8 +42,6 @@ from labctl.throttle import claimable_runs, hold_or_release
 
 log = logging.getLogger(__name__)
 
-RECOVERY_GRACE = timedelta(seconds=float(os.environ.get("LABCTL_SLURM_RECOVERY_GRACE", "15")))
-
 
 def slurm_job_name(recipe_name: str) -> str:
     """The SLURM job name of a recipe's runs, made as the original labctl makes it: characters other
@@ -247,11 +245,12 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str, *, user: str
     """Intents without a job id, older than the grace: find the job by the run (or sweep) id it carries,
     else submit again (``user``: only that user's runs; None: everyone's)."""
     conn = app.db.conn
+    grace = timedelta(seconds=app.settings.slurm_recovery_grace)
     rows = conn.execute(
         "SELECT id, sweep_id, sweep_index, updated_at, name FROM runs WHERE executor = 'slurm' "
         "AND status = 'submitted' AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %(grace)s "
         "AND (%(user)s::text IS NULL OR user_name = %(user)s)",
-        {"grace": RECOVERY_GRACE, "user": user},
+        {"grace": grace, "user": user},
     ).fetchall()
     if not rows:
         return 0
@@ -264,7 +263,7 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str, *, user: str
     if recovered:
         _record_jobs(app, holder, recovered)
         log.info("recovered %d SLURM job id(s) by run id after an interrupted submission", len(recovered))
-    lost = [r[0] for r in rows if keys[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * RECOVERY_GRACE]
+    lost = [r[0] for r in rows if keys[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * grace]
     if lost and not _lookup_was_complete(executor):
         lost = []  # try again next cycle
     for run_id in lost:

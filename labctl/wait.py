@@ -11,7 +11,6 @@ import psycopg
 import events
 from labctl.agents import live_agents
 from labctl.app import App
-from labctl.db import connect
 from projections.runs import TERMINAL_STATES
 
 OnChange = Callable[[str, str, dict[str, Any]], None]
@@ -54,7 +53,14 @@ class Watch:
 
 def agent_for(app: App) -> bool:
     """Whether an agent that runs this user's runs is alive (another user's agent never does)."""
-    return bool(live_agents(app.db.conn, serving=app.user, service_user=app.config.dispatch.service_user))
+    return bool(
+        live_agents(
+            app.db.conn,
+            app.settings.agent_stale_seconds,
+            serving=app.user,
+            service_user=app.config.dispatch.service_user,
+        )
+    )
 
 
 def wait(app: App, watch: Watch, *, check_agents_every: float = 2.0) -> dict[str, str] | None:
@@ -77,7 +83,7 @@ def wait(app: App, watch: Watch, *, check_agents_every: float = 2.0) -> dict[str
                         return None
                     next_agent_check = now + check_agents_every
                 if listener is None or listener.closed or listener.broken:
-                    listener = connect(app.db.url)
+                    listener = app.db.connect()
                     listener.execute(f"LISTEN {events.CHANNEL}")
                 for _ in listener.notifies(timeout=0.5, stop_after=1):
                     pass

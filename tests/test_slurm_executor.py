@@ -27,7 +27,6 @@ from labctl.executors.sbatch_script import (
     render_script_body,
 )
 from labctl.executors.slurm import (
-    BIN_DIR_ENV,
     SlurmExecutor,
     aggregate,
     array_indices,
@@ -294,8 +293,9 @@ def test_with_accounting_down_a_running_job_stays_running_via_squeue(
     wait_for(cluster.executor, done_id, finished)
     running_id = cluster.submit(make_job(cluster.directory, ["sleep", "300"]))
     wait_for(cluster.executor, running_id, lambda s: s.state == "running")
-    monkeypatch.setenv(BIN_DIR_ENV, str(_bin_dir_with_broken_sacct(cluster.directory)))
-    executor = SlurmExecutor(max_interval=30, accounting_down_interval=60)
+    executor = SlurmExecutor(
+        bin_dir=_bin_dir_with_broken_sacct(cluster.directory), max_interval=30, accounting_down_interval=60
+    )
 
     states = executor.poll([running_id, done_id])
 

@@ -30,11 +30,10 @@ def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> dict[str, st
     """Submit the pipeline's ready SLURM runs now, so job ids exist before any agent looks; run id -> job id."""
     if (executor or a.executor) != "slurm":
         return {}
-    from labctl.executors.slurm import SlurmExecutor
     from labctl.slurm_runs import holder_id, submit_queued
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    return submit_queued(a, SlurmExecutor(scheduler=a.config.scheduler), holder_id(), run_ids=all_runs)
+    return submit_queued(a, a.slurm_executor(), holder_id(), run_ids=all_runs)
 
 
 def _after_submit(

@@ -179,10 +179,10 @@ def add_user(
 ) -> None:
     """Prepare a user: their own Postgres role (reached by peer authentication; the events they record carry
     it as the actor) and their run, alias and output directories (shared group, setgid); safe to repeat."""
-    import os
 
     from labctl.app import check_user_name, load_config
     from labctl.commands._common import Global
+    from labctl.settings import settings_from_env
     from labctl.setup import add_database_role
     from labctl.setup import add_user as prepare_user
 
@@ -192,7 +192,7 @@ def add_user(
         for change in prepare_user(config, name):
             typer.echo(change.describe())
     if not no_pg_role:
-        if os.environ.get("LABCTL_DATABASE_URL") or config.database.url or config.postgres is not None:
+        if settings_from_env().database_url or config.database.url or config.postgres is not None:
             from labctl.db import database_url
 
             typer.echo(add_database_role(database_url(config.database.url, config.postgres), name, service=service))

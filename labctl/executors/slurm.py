@@ -45,7 +45,6 @@ from labctl.secrets import job_inherited_environ
 if TYPE_CHECKING:
     from labctl.files.cluster import Scheduler
 
-BIN_DIR_ENV = "LABCTL_SLURM_BIN_DIR"
 SACCT_FIELDS = "JobIDRaw,JobID,JobName,State,ExitCode,Start,End"
 #: ids per sacct / squeue call; 5,000 ids keep the command line near 40 kB
 MAX_IDS_PER_CALL = 5000
@@ -104,7 +103,6 @@ class SlurmExecutor:
         timeout: float = 60.0,
         scheduler: Scheduler | None = None,
     ) -> None:
-        bin_dir = bin_dir if bin_dir is not None else os.environ.get(BIN_DIR_ENV) or None
         self.bin_dir = Path(bin_dir) if bin_dir else None
         # the cluster's [scheduler] sbatch/sacct/scancel/squeue: names on PATH or absolute paths
         self.commands: dict[str, str] = {}

@@ -13,6 +13,7 @@ import msgspec
 
 from labctl.files.decode import UnknownKey, beside, convert, dotted, line_of, read_toml, strip_unknown_keys
 from labctl.files.errors import FileFormatError
+from labctl.settings import settings_from_env
 
 #: artifact kinds labctl itself registers (the local profile has a root for each)
 ARTIFACT_KINDS = ("checkpoint", "dataset", "eval_result", "model", "external")
@@ -160,8 +161,8 @@ def find_cluster_config(explicit: Path | None = None) -> Path | None:
     """
     if explicit is not None:
         return explicit
-    if env_path := os.environ.get("LABCTL_CLUSTER"):
-        return Path(env_path).expanduser()
+    if env_path := settings_from_env().cluster:
+        return env_path
     candidates = []
     if xdg := os.environ.get("XDG_CONFIG_HOME"):
         candidates.append(Path(xdg) / "labctl" / "cluster.toml")

@@ -9,7 +9,6 @@ import time
 from typing import TYPE_CHECKING
 
 from labctl.executors.errors import ExecutorError
-from labctl.executors.slurm import SlurmExecutor
 from labctl.metrics_ingest import LiveFiles
 from labctl.reactors.base import Leadership
 from labctl.slurm_runs import enforce_job_name_throttle, reconcile, recover_intents, submit_queued
@@ -30,7 +29,7 @@ class SlurmReactor:
         self.user = user
         self.name = type(self).name if user is None else f"{type(self).name}:{user}"
         self.leadership = Leadership(app.db.url, self.name)
-        self.executor = SlurmExecutor(max_interval=max_interval, scheduler=app.config.scheduler)
+        self.executor = app.slurm_executor(max_interval=max_interval)
         self.next_reconcile = 0.0
         self.metric_files = LiveFiles()
         # the original's [dispatch.throttle], applied on its evald cadence
