@@ -61,10 +61,6 @@ def payload(
     raise ValueError(f"unknown hash encoding {encoding}")
 
 
-def event_hash(previous: bytes, payload_bytes: bytes) -> bytes:
-    return hashlib.sha256(previous + payload_bytes).digest()
-
-
 class ChainReport(msgspec.Struct):
     """What a scan of the chain found: how far it got and the first problem, if any."""
 
@@ -106,7 +102,6 @@ def verify_chain(
 
     last_position, prev, checked = after, previous, 0
     sha256 = hashlib.sha256
-    fixed, length = _FIXED.pack, _LENGTH.pack
     with conn.cursor(name="labctl_verify", binary=True) as cur:
         cur.itersize = 20000
         cur.execute(_SCAN, (after, until, until))
@@ -122,26 +117,7 @@ def verify_chain(
                     last_position + 1,
                     f"position {last_position + 1} is missing (the next event is at {position}): events were deleted",
                 )
-            if encoding == LENGTH_PREFIXED:
-                s = stream.encode()
-                t = type_.encode()
-                digest = sha256(
-                    b"".join(
-                        (
-                            prev,
-                            fixed(position, version, micros, len(s)),
-                            s,
-                            length(len(t)),
-                            t,
-                            length(len(data)),
-                            data,
-                            length(len(meta)),
-                            meta,
-                        )
-                    )
-                ).digest()
-            else:
-                digest = event_hash(prev, payload(encoding, position, stream, version, type_, data, meta, micros))
+            digest = sha256(prev + payload(encoding, position, stream, version, type_, data, meta, micros)).digest()
             if digest != stored:
                 return ChainReport(
                     checked, last_position, prev, position, f"the event at position {position} was altered"
