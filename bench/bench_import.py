@@ -11,7 +11,7 @@ the original's own events rows; artifacts listed, bytes not written) with about
   same rows costs with no hashing, no projections, no reading of the source;
 - a second import with nothing new (target: under 5 s).
 
-Usage: python bench/bench_import.py [--runs 100000] [--write]
+Usage: PYTHONPATH=. python bench/bench_import.py [--runs 100000] [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--write", action="store_true", help="Write the section into bench/RESULTS.md.")
+    parser.add_argument("--quick", action="store_true", help="10,000 runs instead.")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 10_000
     step = step_printer()
     with bench_server(["imp_src", "imp_dst", "imp_copy"]) as server:
         src, dst, scratch = server.url("imp_src"), server.url("imp_dst"), server.url("imp_copy")

@@ -25,6 +25,7 @@ SCRIPTS = [
     "bench_pipelines",
     "bench_metrics",
     "bench_fingerprints",
+    "bench_import",
 ]
 
 
