@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from labctl import __version__
-from labctl.commands._common import Global, check_choice, echo_change, fail, open_app, print_doctor, wait_for_runs
+from labctl.commands._common import (
+    Global,
+    Progress,
+    check_choice,
+    fail,
+    open_app,
+    print_doctor,
+    wait_for_runs,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -285,7 +293,7 @@ def run(
                 )
         return
     scope = Scope(run_ids=frozenset({result.run_id, *([result.producer_run_id] if result.producer_run_id else [])}))
-    final = wait_for_runs(a, Watch(a, [result.run_id], echo_change), scope)
+    final = wait_for_runs(a, Watch(a, [result.run_id], Progress(a)), scope)
     state = final.get(result.run_id)
     if state not in ("succeeded", "cache_hit"):
         raise typer.Exit(1)

@@ -44,7 +44,7 @@ def wants_json(as_json: bool) -> bool:
     return as_json or not sys.stdout.isatty()
 
 
-def echo_change(run_id: str, status: str, info: dict[str, Any]) -> None:
+def _details(status: str, info: dict[str, Any]) -> str:
     extra = []
     if info.get("exit_code") is not None:
         extra.append(f"exit_code={info['exit_code']}")
@@ -52,14 +52,69 @@ def echo_change(run_id: str, status: str, info: dict[str, Any]) -> None:
         extra.append(f"peer={info['producer']}")
     if info.get("reason") and status != "cache_hit":
         extra.append(f"({info['reason']})")
-    typer.echo(f"{run_id}: {status}{' ' + ' '.join(extra) if extra else ''}")
+    return " " + " ".join(extra) if extra else ""
+
+
+#: run ends after which ``--wait`` shows the end of the job's log
+FAILED_ENDS = frozenset({"failed", "timeout", "oom", "node_fail", "unknown_terminal"})
+LOG_TAIL_LINES = 12
+
+
+class Progress:
+    """``--wait``'s lines: each state change with what the run is (stage, sweep index), n/m done and the
+    time since submission; on a failure, the last lines of the job's log (on stderr)."""
+
+    def __init__(self, a: App, labels: dict[str, str] | None = None, total: int = 1) -> None:
+        import time
+
+        self.a = a
+        self.labels = labels or {}
+        self.total = total
+        self.done: set[str] = set()
+        self.started = time.monotonic()
+
+    def __call__(self, run_id: str, status: str, info: dict[str, Any]) -> None:
+        import time
+
+        from projections.runs import TERMINAL_STATES
+
+        if status in TERMINAL_STATES:
+            self.done.add(run_id)
+        where = [self.labels[run_id]] if run_id in self.labels else []
+        if self.total > 1:
+            where.append(f"{len(self.done)}/{self.total} done")
+        where.append(f"{time.monotonic() - self.started:.0f}s")
+        typer.echo(f"{run_id}: {status}{_details(status, info)}  [{', '.join(where)}]")
+        if status in FAILED_ENDS:
+            self._log_tail(run_id)
+
+    def _log_tail(self, run_id: str) -> None:
+        from labctl.runs import log_path, show_run
+
+        try:
+            path = log_path(show_run(self.a.db.conn, run_id))
+            lines = path.read_bytes().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:] if path else []
+        except (OSError, KeyError):
+            return
+        if lines:
+            typer.echo(f"  last lines of {path}:", err=True)
+            for line in lines:
+                typer.echo(f"  | {line}", err=True)
 
 
 def wait_for_runs(a: App, watch: Watch, scope: Scope) -> dict[str, str]:
-    """Wait for the watched runs; when no agent is alive, run one in-process (limited to ``scope``) until they end."""
+    """Wait for the watched runs; when no agent is alive, run one in-process (limited to ``scope``) until they end.
+
+    Ctrl-C stops the waiting and says what happens to the runs: with an agent elsewhere or on SLURM they go
+    on; jobs this command's own agent started locally are cancelled with it.
+    """
     from labctl.wait import wait
 
-    final = wait(a, watch)
+    try:
+        final = wait(a, watch)
+    except KeyboardInterrupt:
+        _say_what_goes_on(a, watch, own_agent=False)
+        raise typer.Exit(130) from None
     if final is not None:
         return final
     from labctl.agent import Agent
@@ -69,9 +124,41 @@ def wait_for_runs(a: App, watch: Watch, scope: Scope) -> dict[str, str]:
     agent_id = new_agent_id()
     agent = Agent(a, agent_id=agent_id, scope=scope, reactors=default_reactors(a, agent_id, a.user))
     agent.install_signal_handlers()
-    agent.run(until=watch.check)
-    watch.check()
+    ended = False
+
+    def until() -> bool:
+        nonlocal ended
+        ended = watch.check()
+        return ended
+
+    agent.run(until=until)
+    if not ended:  # stopped by a signal (Ctrl-C), not by the runs ending
+        watch.check()
+        _say_what_goes_on(a, watch, own_agent=True)
+        raise typer.Exit(130)
     return watch.last
+
+
+def _say_what_goes_on(a: App, watch: Watch, *, own_agent: bool) -> None:
+    from projections.runs import TERMINAL_STATES
+
+    rows = a.db.conn.execute(
+        "SELECT id, executor, job_id, status FROM runs WHERE id = ANY(%s)", (watch.run_ids,)
+    ).fetchall()
+    slurm = [f"{r[0]} (job {r[2]})" if r[2] else r[0] for r in rows if r[1] == "slurm" and r[3] not in TERMINAL_STATES]
+    local = [f"{r[0]} ({r[3]})" for r in rows if r[1] != "slurm"]
+    if slurm:
+        typer.echo(
+            f"stopped waiting; on SLURM these go on: {', '.join(slurm)} — `labctl cancel RUN` stops one", err=True
+        )
+    if local and own_agent:
+        typer.echo(
+            "stopped waiting; this command's agent stopped: the local jobs it ran were cancelled, runs it had "
+            f"not started stay queued for `labctl agent`: {', '.join(local)}",
+            err=True,
+        )
+    elif local:
+        typer.echo(f"stopped waiting; a running `labctl agent` goes on with: {', '.join(local)}", err=True)
 
 
 def print_doctor(a: App) -> None:

@@ -13,11 +13,18 @@ sweep_app = typer.Typer(no_args_is_help=True, help="Sweeps: show points x state 
 
 def _wait_pipeline(a: Any, submitted: Any) -> None:
     from labctl.agents import Scope
-    from labctl.commands._common import echo_change, wait_for_runs
+    from labctl.commands._common import Progress, wait_for_runs
     from labctl.wait import Watch
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    watch = Watch(a, all_runs, echo_change, pipeline_id=submitted.pipeline_id)
+    labels = {
+        run_id: stage if index is None else f"{stage} #{index}"
+        for run_id, stage, index in a.db.conn.execute(
+            "SELECT id, stage_name, sweep_index FROM runs WHERE id = ANY(%s)", (all_runs,)
+        ).fetchall()
+    }
+    progress = Progress(a, labels, total=len(all_runs))
+    watch = Watch(a, all_runs, progress, pipeline_id=submitted.pipeline_id)
     final = wait_for_runs(a, watch, Scope(pipeline_id=submitted.pipeline_id))
     row = a.db.conn.execute("SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)).fetchone()
     status = row[0] if row else "unknown"
