@@ -459,10 +459,15 @@ def cancel(
 @app.command("hash-outputs")
 def hash_outputs_cmd(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="The run directory (has .lab/context.json).")],
+    force: Annotated[bool, typer.Option("--force", help="Hash again although the outputs were hashed.")] = False,
 ) -> None:
     """Hash a finished run's outputs where they were written (.lab/output_hashes.json)."""
     from labctl.artifacts import ContextError, hash_outputs
 
+    manifest = run_dir / ".lab" / "output_hashes.json"
+    if manifest.exists() and not force:
+        # Registration may already have used it (and moved the outputs into the store): keep what it read.
+        fail(f"{manifest} exists: this run's outputs were hashed already (--force hashes them again)", 1)
     try:
         hashes = hash_outputs(run_dir)
     except ContextError as exc:

@@ -152,3 +152,16 @@ def test_shell_completion_is_offered(env: dict[str, str]) -> None:
     proc = run_cli(env, "--show-completion", "bash", check=True)
     assert "_LABCTL_COMPLETE" in proc.stdout
     assert "--install-completion" in run_cli(env, "--help", check=True).stdout
+
+
+def test_hash_outputs_on_a_finished_run_keeps_the_hashes_registration_used(
+    conn: psycopg.Connection[Any], env: dict[str, str]
+) -> None:
+    out = run_cli(env, "run", str(REPO / "examples" / "ml" / "recipes" / "hello.toml"), "--wait", check=True).stdout
+    found = re.search(r"^run_dir: (\S+)$", out, re.M)
+    assert found
+    manifest = Path(found.group(1)) / ".lab" / "output_hashes.json"
+    before = manifest.read_bytes()
+    proc = run_cli(env, "hash-outputs", "--run-dir", found.group(1))
+    assert proc.returncode == 1 and "hashed already" in one_line_error(proc)
+    assert manifest.read_bytes() == before
