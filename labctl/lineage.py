@@ -57,7 +57,15 @@ WITH RECURSIVE walk(type, id, parent_type, parent_id, depth) AS (
         WHERE w.type = 'artifact' AND a.id = w.id AND a.producer_run_id IS NOT NULL
       UNION ALL
         SELECT CASE WHEN i.artifact_id IS NULL THEN 'path' ELSE 'artifact' END, coalesce(i.artifact_id, i.path)
-        FROM run_inputs i WHERE w.type = 'run' AND i.run_id = w.id
+        FROM run_inputs i WHERE w.type = 'run' AND i.run_id = w.id AND (i.artifact_id IS NOT NULL OR i.type <> 'stage')
+      UNION ALL
+        -- a stage input that is a folder of the parent stage's outputs (a sweep's points): those artifacts
+        SELECT 'artifact', o.artifact_id
+        FROM run_inputs i
+        JOIN runs me ON me.id = i.run_id
+        JOIN runs p ON p.pipeline_id = me.pipeline_id AND p.stage_name = me.recipe->'inputs'->i.role->>'stage'
+        JOIN run_outputs o ON o.run_id = p.id AND o.role = me.recipe->'inputs'->i.role->>'role'
+        WHERE w.type = 'run' AND i.run_id = w.id AND i.artifact_id IS NULL AND i.type = 'stage'
     ) step
     WHERE w.depth < %(depth)s
 )
@@ -73,6 +81,16 @@ WITH RECURSIVE walk(type, id, parent_type, parent_id, depth) AS (
     CROSS JOIN LATERAL (
         SELECT 'run'::text AS type, i.run_id AS id FROM run_inputs i
         WHERE w.type = 'artifact' AND i.artifact_id = w.id
+      UNION ALL
+        -- runs that read it inside a folder of their parent stage's outputs (a sweep's aggregate)
+        SELECT 'run', me.id
+        FROM run_outputs o
+        JOIN runs p ON p.id = o.run_id AND p.pipeline_id IS NOT NULL
+        JOIN runs me ON me.pipeline_id = p.pipeline_id
+        JOIN run_inputs i ON i.run_id = me.id AND i.artifact_id IS NULL AND i.type = 'stage'
+        WHERE w.type = 'artifact' AND o.artifact_id = w.id
+          AND me.recipe->'inputs'->i.role->>'stage' = p.stage_name
+          AND me.recipe->'inputs'->i.role->>'role' = o.role
       UNION ALL
         SELECT 'artifact', o.artifact_id FROM run_outputs o WHERE w.type = 'run' AND o.run_id = w.id
     ) step

@@ -165,3 +165,20 @@ def test_hash_outputs_on_a_finished_run_keeps_the_hashes_registration_used(
     proc = run_cli(env, "hash-outputs", "--run-dir", found.group(1))
     assert proc.returncode == 1 and "hashed already" in one_line_error(proc)
     assert manifest.read_bytes() == before
+
+
+def _nodes(tree: list[dict[str, Any]]) -> set[str]:
+    return {n["id"] for n in tree} | {i for n in tree for i in _nodes(n.get("children", []))}
+
+
+def test_lineage_follows_a_sweep_into_its_aggregate_both_ways(env: dict[str, str]) -> None:
+    out = run_cli(env, "run-sweep", str(DATA / "sweep" / "point.toml"), "--wait", check=True, timeout=300).stdout
+    aggregate = re.search(r"^aggregate_run_id: (\S+)$", out, re.M)
+    points_line = re.search(r"^stage sweep-point: (.+)$", out, re.M)
+    assert aggregate and points_line
+    points = set(points_line.group(1).split(", "))
+    up = json.loads(run_cli(env, "lineage", aggregate.group(1), "--json", check=True).stdout)["upstream"]
+    assert points <= _nodes(up), up
+    first = sorted(points)[0]
+    down = json.loads(run_cli(env, "lineage", first, "--json", check=True).stdout)["downstream"]
+    assert aggregate.group(1) in _nodes(down), down
