@@ -25,13 +25,13 @@ import psycopg
 import events
 from events import ConcurrencyError
 from labctl import agents, local_runs
-from labctl.agents import Scope
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
 from labctl.executors.local import LocalExecutor, kill_orphan
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.reactors.base import Reactor
+from labctl.throttle import Scope
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,7 @@ from events.types import JobSubmitted
 from labctl.app import App
 from labctl.errors import InputError
 from labctl.executors.local import HOST
-
-
-class Scope(msgspec.Struct, frozen=True):
-    """What an agent started by ``--wait`` may run: these runs, pipelines or sweeps."""
-
-    run_ids: frozenset[str] = frozenset()
-    pipeline_id: str | None = None
-    sweep_id: str | None = None
-
-    def sql(self) -> tuple[str, dict[str, Any]]:
-        return (
-            "(id = ANY(%(scope_runs)s) OR pipeline_id = %(scope_pipeline)s OR sweep_id = %(scope_sweep)s)",
-            {"scope_runs": list(self.run_ids), "scope_pipeline": self.pipeline_id, "scope_sweep": self.sweep_id},
-        )
+from labctl.throttle import Scope
 
 
 def check_service(app: App) -> None:

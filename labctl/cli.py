@@ -248,9 +248,9 @@ def run(
     ] = False,
 ) -> None:
     """Submit one run of a recipe (prints run_id, job_id, run_dir)."""
-    from labctl.agents import Scope
     from labctl.files import load_recipe
     from labctl.submit import apply_overrides, submit
+    from labctl.throttle import Scope
     from labctl.wait import Watch
 
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])

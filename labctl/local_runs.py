@@ -15,7 +15,6 @@ import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted
 from labctl import layout
-from labctl.agents import Scope
 from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
 from labctl.executors.base import JobSpec, JobState
@@ -25,7 +24,7 @@ from labctl.files import Recipe, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run
 from labctl.jobenv import job_command, job_environment, job_workdir
 from labctl.submissions import submission_of
-from labctl.throttle import claimable_runs
+from labctl.throttle import Scope, claimable_runs
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,7 @@ log = logging.getLogger(__name__)
 def claimable(app: App, scope: Scope | None, limit: int, user: str | None) -> list[tuple[str, int]]:
     """Queued local runs in submission order, within the throttle limits (and the scope, if any);
     only ``user``'s unless None (the service account)."""
-    scope_sql, scope_params = scope.sql() if scope else ("TRUE", {})
-    return claimable_runs(app.db.conn, app.config.throttle, limit, scope_sql, scope_params, user=user)
+    return claimable_runs(app.db.conn, app.config.throttle, limit, scope, user=user)
 
 
 def run_dir_of(app: App, run_id: str) -> str:

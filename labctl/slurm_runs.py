@@ -38,7 +38,7 @@ from labctl.finish import finish_run
 from labctl.jobenv import job_command, job_environment, job_workdir, labctl_executable
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.submissions import submission_of
-from labctl.throttle import claimable_runs, hold_or_release
+from labctl.throttle import Scope, claimable_runs, hold_or_release
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,11 @@ def submit_queued(
     ``user``: only that user's runs (sbatch runs them under the caller's account); None: everyone's.
     """
     conn = app.db.conn
-    scope_sql, scope_params = ("id = ANY(%(only)s)", {"only": list(run_ids)}) if run_ids is not None else ("TRUE", {})
     queued = claimable_runs(
         conn,
         _limits(app.config.throttle),
         limit,
-        scope_sql,
-        scope_params,
+        Scope(run_ids=frozenset(run_ids)) if run_ids is not None else None,
         executor="slurm",
         sweep_throttle=False,
         user=user,

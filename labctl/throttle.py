@@ -13,46 +13,61 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import psycopg
 
+from events.queries import load_queries
 from labctl.files import Throttle
 
 if TYPE_CHECKING:
     from labctl.executors.slurm import QueueRow
 
-ACTIVE = "(status = 'running' OR (status = 'submitted' AND (agent_id IS NOT NULL OR job_id IS NOT NULL)))"
+QUERIES = load_queries("labctl", "queries.sql")
+
+
+class Scope(msgspec.Struct, frozen=True):
+    """Runs a claimer may take: these runs, or the runs of this pipeline or sweep (an agent started by ``--wait``)."""
+
+    run_ids: frozenset[str] = frozenset()
+    pipeline_id: str | None = None
+    sweep_id: str | None = None
 
 
 def claimable_runs(
     conn: psycopg.Connection[Any],
     limits: Throttle,
     limit: int,
-    scope_sql: str = "TRUE",
-    scope_params: dict[str, Any] | None = None,
+    scope: Scope | None = None,
     executor: str = "local",
     sweep_throttle: bool = True,
     user: str | None = None,
 ) -> list[tuple[str, int]]:
     """``(run id, stream version)`` of queued runs that may start now, oldest first.
 
-    ``user``: only that user's runs (an agent acts for its own user); None: everyone's (the service).
+    ``scope``: only those runs (None: any); ``user``: only that user's runs (an agent acts for its own
+    user); None: everyone's (the service).
     """
     queued = conn.execute(
-        "SELECT id, stream_version, user_name, sweep_id FROM runs "
-        f"WHERE status = 'submitted' AND executor = %(executor)s AND agent_id IS NULL AND job_id IS NULL "
-        f"AND (%(user)s::text IS NULL OR user_name = %(user)s) "
-        f"AND {scope_sql} ORDER BY created_at, sweep_index NULLS FIRST, id LIMIT %(window)s",
-        {"executor": executor, "window": max(limit * 20, 200), "user": user, **(scope_params or {})},
+        QUERIES["queued_runs"],
+        {
+            "executor": executor,
+            "window": max(limit * 20, 200),
+            "user": user,
+            "scoped": scope is not None,
+            "scope_runs": sorted(scope.run_ids) if scope else [],
+            "scope_pipeline": scope.pipeline_id if scope else None,
+            "scope_sweep": scope.sweep_id if scope else None,
+        },
     ).fetchall()
     if not queued:
         return []
-    active = conn.execute(f"SELECT user_name, sweep_id FROM runs WHERE {ACTIVE}").fetchall()
+    active = conn.execute(QUERIES["active_runs"]).fetchall()
     per_user = Counter(u for u, _ in active)
     per_sweep = Counter(s for _, s in active if s)
     total = len(active)
     sweep_ids = list({s for *_, s in queued if s})
     sweep_limits = dict(
-        conn.execute("SELECT id, throttle FROM sweeps WHERE id = ANY(%s)", (sweep_ids,)).fetchall() if sweep_ids else []
+        conn.execute(QUERIES["sweep_throttles"], {"sweep_ids": sweep_ids}).fetchall() if sweep_ids else []
     )
     chosen: list[tuple[str, int]] = []
     for run_id, version, user, sweep_id in queued:

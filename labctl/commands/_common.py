@@ -15,8 +15,8 @@ import typer
 from labctl.errors import InputError
 
 if TYPE_CHECKING:
-    from labctl.agents import Scope
     from labctl.app import App
+    from labctl.throttle import Scope
     from labctl.wait import Watch
 
 

@@ -12,8 +12,8 @@ sweep_app = typer.Typer(no_args_is_help=True, help="Sweeps: show points x state 
 
 
 def _wait_pipeline(a: Any, submitted: Any) -> None:
-    from labctl.agents import Scope
     from labctl.commands._common import Progress, wait_for_runs
+    from labctl.throttle import Scope
     from labctl.wait import Watch
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
