@@ -220,7 +220,7 @@ def test_a_diamond_runs_d_after_b_and_c_on_their_content_addressed_outputs(
     ).fetchall()
     assert [f[0]["state"] for f in finished] == ["succeeded"]
 
-    shown = run_cli(env, "pipeline-show", p.pipeline_id, check=True).stdout
+    shown = run_cli(env, "pipeline-show", p.pipeline_id, "--no-json", check=True).stdout  # the tree
     assert shown.splitlines()[0].startswith(f"{p.pipeline_id}  diamond  succeeded")
     for stage in "abcd":
         assert re.search(rf"└─ {stage}: succeeded  \[{p.run(stage)}\]", shown), shown
@@ -261,7 +261,7 @@ def test_a_failing_stage_fails_its_descendants_naming_it_while_a_sibling_branch_
     view = json.loads(run_cli(env, "pipeline-show", p.pipeline_id, "--json", check=True).stdout)
     states = {s["name"]: s["state"] for s in view["dag"]}
     assert states == {"a": "succeeded", "b": "failed", "c": "failed", "d": "succeeded"}
-    shown = run_cli(env, "pipeline-show", p.pipeline_id, check=True).stdout
+    shown = run_cli(env, "pipeline-show", p.pipeline_id, "--no-json", check=True).stdout  # the tree
     assert re.search(rf"└─ c: failed  \[{c}\]", shown), shown
 
 

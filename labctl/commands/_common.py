@@ -37,11 +37,11 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def wants_json(as_json: bool) -> bool:
-    """JSON when asked, or when a script reads stdout (the original printed JSON there); a view on a terminal."""
+def wants_json(as_json: bool | None) -> bool:
+    """``--json``/``--no-json`` as given, else JSON when a script reads stdout (the original printed JSON there)."""
     import sys
 
-    return as_json or not sys.stdout.isatty()
+    return as_json if as_json is not None else not sys.stdout.isatty()
 
 
 def _details(status: str, info: dict[str, Any]) -> str:

@@ -13,7 +13,9 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evals: metrics by step.")
 @evald_app.command("once")
 def evald_once(
     policy: Annotated[str, typer.Argument(help="Policy file, or a policy name in policies_dir.")],
-    as_json: Annotated[bool, typer.Option("--json", help="The counts as JSON (the default when piped).")] = False,
+    as_json: Annotated[
+        bool | None, typer.Option("--json/--no-json", help="The counts as JSON (default: JSON when piped).")
+    ] = None,
 ) -> None:
     """Submit the policy's eval for every matching checkpoint not evaluated yet."""
     from labctl.commands._common import open_app, wants_json

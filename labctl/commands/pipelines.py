@@ -44,7 +44,7 @@ def _hand_to_slurm(a: Any, submitted: Any, executor: str | None) -> dict[str, st
 
 
 def _after_submit(
-    a: Any, submitted: Any, executor: str | None, *, wait: bool, as_json: bool = False, sweep: bool = False
+    a: Any, submitted: Any, executor: str | None, *, wait: bool, as_json: bool | None = None, sweep: bool = False
 ) -> None:
     """What run-pipeline and run-sweep do once recorded: hand ready runs to SLURM, print, maybe wait.
 
@@ -108,7 +108,9 @@ def run_pipeline(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Run every stage even if an identical run succeeded.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="The submission as JSON (the default when piped).")] = False,
+    as_json: Annotated[
+        bool | None, typer.Option("--json/--no-json", help="The submission as JSON (default: JSON when piped).")
+    ] = None,
 ) -> None:
     """Submit a pipeline: roots now, the rest as their parents succeed."""
     from labctl.commands._common import open_app
@@ -138,7 +140,9 @@ def run_sweep(
 
 def pipeline_show(
     ref: Annotated[str, typer.Argument(help="Pipeline id (or unambiguous prefix).")],
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the tree (the default when piped).")] = False,
+    as_json: Annotated[
+        bool | None, typer.Option("--json/--no-json", help="JSON instead of the tree (default: JSON when piped).")
+    ] = None,
 ) -> None:
     """A pipeline's DAG with each stage's state (JSON with the original's keys when piped)."""
     from labctl.commands._common import open_app, wants_json
