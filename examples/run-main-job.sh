@@ -59,7 +59,7 @@ report_dir=$(labctl show "$report_run" | python3 -c 'import json,sys; print(json
 echo
 echo "== report ($report_dir/report.md)"
 cat "$report_dir/report.md"
-train_runs=$(labctl pipeline-show "$pipeline" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(" ".join(r["id"] for r in [s for s in v["stages"] if s["name"]=="train"][0]["runs"]))')
+train_runs=$(labctl pipeline-show "$pipeline" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(" ".join(s["run_id"] for s in v["stages"] if s["stage_name"]=="train"))')
 echo
 echo "== the sweep's points side by side (metrics each logged per epoch with labctl.log; * = differs)"
 labctl compare $train_runs --diff
