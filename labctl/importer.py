@@ -812,9 +812,6 @@ def import_registry(
                 ensure_schema(conn, beside_original=True)
             if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_IMPORT_LOCK,)).fetchone()[0]:  # type: ignore[index]
                 raise UserError("another labctl import into this database is running; try again when it ends")
-            if not dry_run:
-                projections.catch_up(conn)  # what an interrupted import appended is in the read models
-            target = _target(conn)
         stores = list(stores)
         digest = fingerprint(source, stores)
         stream = _import_stream(report)
@@ -824,6 +821,9 @@ def import_registry(
                 report.unchanged_since_last = True
                 report.seconds = time.perf_counter() - started
                 return report
+            if not dry_run:
+                projections.catch_up(conn)  # what an interrupted import appended is in the read models
+            target = _target(conn)
         plan = plan_import(source, target, report, stores=stores, verify=verify, target_conn=None if dry_run else conn)
         if not dry_run:
             meta = EventMeta(
