@@ -14,6 +14,7 @@ from labctl.files import (
     load_cluster_config,
     local_profile,
 )
+from labctl.layout import run_dir
 
 DATA = Path(__file__).parent / "data" / "files"
 
@@ -37,7 +38,8 @@ def test_minimal_config_gets_defaults_and_relative_paths_resolve_to_the_file(tmp
     path = tmp_path / "cluster.toml"
     path.write_text('name = "c"\n[filesystem]\nruns_base = "runs"\n[repos]\nmain = "~/src/main"\n')
     cfg = load_cluster_config(path)
-    assert cfg.filesystem.runs_base == str(tmp_path / "runs")
+    # run dirs in the original's layout, <runs_base>/runs/<user>/<run id>, land under $LABCTL_HOME/runs
+    assert run_dir(cfg.filesystem.runs_base, "u", "run_x") == tmp_path / "runs" / "u" / "run_x"
     assert cfg.repos["main"] == str(Path.home() / "src" / "main")
     assert cfg.scheduler.kind == "slurm"  # the original labctl's default
     assert cfg.slurm.gres_gpu_syntax == "gpu:{n}"
@@ -121,7 +123,8 @@ def test_named_config_that_is_missing_is_returned_so_loading_reports_it(
 def test_local_profile_has_a_root_for_every_output_type(tmp_path: Path) -> None:
     cfg = local_profile(tmp_path)
     assert cfg.scheduler.kind == "local"
-    assert cfg.filesystem.runs_base == str(tmp_path / "runs")
+    # run dirs in the original's layout, <runs_base>/runs/<user>/<run id>, land under $LABCTL_HOME/runs
+    assert run_dir(cfg.filesystem.runs_base, "u", "run_x") == tmp_path / "runs" / "u" / "run_x"
     assert set(OUTPUT_TYPES) <= set(cfg.filesystem.output_roots)
     assert all(root.startswith(str(tmp_path / "artifacts")) for root in cfg.filesystem.artifact_roots.values())
 

@@ -146,8 +146,9 @@ def test_init_creates_your_directories_and_says_why_it_installs_no_agent_unless_
         env, "init", "--yes", "--no-detect", "--output", str(out), "--runs-base", str(tmp_path / "runs"), check=True
     )
 
-    assert (tmp_path / "runs" / "alice").is_dir()
-    assert f"created {tmp_path / 'runs' / 'alice'}" in proc.stdout
+    # the original's layout: <runs_base>/runs/<user>/
+    assert (tmp_path / "runs" / "runs" / "alice").is_dir()
+    assert f"created {tmp_path / 'runs' / 'runs' / 'alice'}" in proc.stdout
     assert "agent unit not installed" in proc.stdout
     assert "schema version" in proc.stdout  # without --no-doctor the database is set up and checked
 
