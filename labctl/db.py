@@ -161,7 +161,10 @@ def describe_url(url: str) -> str:
         if "password" in params:
             params["password"] = "***"
         return make_conninfo("", **params)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host: show no more than the scheme
+        return f"{url.partition('://')[0]}://(a URL that cannot be read)"
     userinfo, at, hosts = parts.netloc.rpartition("@")  # the last @: a password may hold one
     netloc = f"{userinfo.partition(':')[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -204,7 +207,9 @@ def check_url(url: str) -> str:
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        reason = describe_url(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        # libpq quotes the URL in its message: show it masked there too
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first.replace(url, describe_url(url)) if url in first else describe_url(first)
         raise InputError(f"malformed database URL {describe_url(url)}: {reason}") from None
     for port in str(params.get("port") or "").split(","):
         if port and not port.isdigit():
