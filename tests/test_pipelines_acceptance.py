@@ -465,10 +465,11 @@ def test_a_standby_agent_finishes_a_pipeline_after_the_active_one_is_killed(
 
 
 def advancer_lock_holder(conn: psycopg.Connection[Any]) -> int | None:
-    """The backend pid holding the advancer's leadership lock (a session advisory lock on a bigint key)."""
+    """The backend pid holding the advancer's leadership lock for ``USER`` (a session advisory lock on a
+    bigint key; an agent acts for its own user, so the lock is per user)."""
     from labctl.reactors.base import lock_key
 
-    key = lock_key("advancer") & 0xFFFFFFFFFFFFFFFF
+    key = lock_key(f"advancer:{USER}") & 0xFFFFFFFFFFFFFFFF
     row = conn.execute(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database()) "
