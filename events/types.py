@@ -141,6 +141,8 @@ class JobSubmitted(Event, frozen=True, kw_only=True, omit_defaults=True):
     agent_id: str | None = None
     #: a local job's process start time (clock ticks after boot): a reused pid is never mistaken for it
     process_start: int | None = None
+    #: the GPU ids a local job was given (its CUDA_VISIBLE_DEVICES)
+    gpus: list[str] = []
 
 
 class SubmissionIntended(Event, frozen=True, kw_only=True):

@@ -30,10 +30,14 @@ from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
 from labctl.executors.local import LocalExecutor, kill_orphan
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
+from labctl.packing import Grant, Pool, choose, machine_capacity
 from labctl.reactors.base import Reactor
 from labctl.throttle import Scope
 
 log = logging.getLogger(__name__)
+
+#: queued runs looked at per tick, oldest first, to find those that fit
+CLAIM_WINDOW = 200
 
 
 class Agent:
@@ -60,6 +64,9 @@ class Agent:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.local = LocalExecutor()
+        self.capacity = machine_capacity(app.config.local)
+        self.free = Pool(self.capacity)  # what the running jobs leave; their grants go back as they end
+        self.grants: dict[str, Grant] = {}  # job id -> what it was given
         self.running: dict[str, str] = {}  # job id -> run id (local jobs this agent started)
         self.ended: dict[str, tuple[str, JobState]] = {}  # jobs that ended, their end not yet recorded
         self.run_dirs: dict[str, str] = {}  # run id -> run dir of the jobs in ``running``
@@ -213,6 +220,7 @@ class Agent:
         for job_id, state in self.local.poll(list(self.running)).items():
             if not state.active:
                 run_id = self.running.pop(job_id)
+                self.free.give_back(self.grants.pop(job_id))
                 self.run_dirs.pop(run_id, None)
                 self.metric_files.forget(run_id)
                 if state.state == "succeeded":
@@ -254,18 +262,27 @@ class Agent:
         free = self.free_slots()
         if free <= 0:
             return False
+        # Look past the free slots: a job that does not fit must not stop younger ones that do.
+        queued = local_runs.claimable(self.app, self.scope, max(free, CLAIM_WINDOW), self.serves)
+        if not queued:
+            return False
+        versions = dict(queued)
+        needs = local_runs.needs(self.app, list(versions))
         started = False
-        for run_id, version in local_runs.claimable(self.app, self.scope, free, self.serves):
+        for run_id in choose(self.free, [(r, needs[r]) for r in versions if r in needs], free):
             if not local_runs.ready(self.app, run_id):
                 continue  # the submitter is still writing the run dir
-            if not local_runs.claim(self.app, run_id, version, self.id):
+            if not local_runs.claim(self.app, run_id, versions[run_id], self.id):
                 continue  # another agent claimed it, or it was cancelled
-            launched = local_runs.launch(self.app, self.local, run_id)
-            if launched is not None:
+            grant = self.free.take(needs[run_id])
+            launched = local_runs.launch(self.app, self.local, run_id, grant, self.capacity)
+            if launched is None:
+                self.free.give_back(grant)
+            else:
                 job_id, self.run_dirs[run_id] = launched
                 self.running[job_id] = run_id  # before the record: a failed record still leaves it ours to end
-                local_runs.record_started(self.app, run_id, job_id, self.id, self.local.process_start_of(job_id))
+                self.grants[job_id] = grant
+                start = self.local.process_start_of(job_id)
+                local_runs.record_started(self.app, run_id, job_id, self.id, start, grant.gpu_ids)
             started = True
-            if self.free_slots() <= 0:
-                break
         return started

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from labctl.artifacts import ContextError, hash_outputs
 from labctl.executors.base import JobSpec, JobState
 from labctl.executors.local import HOST, LocalExecutor
 from labctl.executors.sbatch_script import render_script_body
-from labctl.files import Recipe, parse_mem_mb, parse_time_seconds
+from labctl.files import Recipe, Resources, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_run
 from labctl.jobenv import job_command, job_environment, job_workdir
+from labctl.packing import Capacity, Grant, Need
 from labctl.submissions import submission_of
 from labctl.throttle import Scope, claimable_runs
 
@@ -33,6 +35,12 @@ def claimable(app: App, scope: Scope | None, limit: int, user: str | None) -> li
     """Queued local runs in submission order, within the throttle limits (and the scope, if any);
     only ``user``'s unless None (the service account)."""
     return claimable_runs(app.db.conn, app.config.throttle, limit, scope, user=user)
+
+
+def needs(app: App, run_ids: list[str]) -> dict[str, Need]:
+    """What each run's recipe asks of the machine (``[resources]`` cpus, mem, gpus)."""
+    rows = app.db.conn.execute("SELECT id, recipe->'resources' FROM runs WHERE id = ANY(%s)", (run_ids,)).fetchall()
+    return {run_id: Need.of(msgspec.convert(res or {}, Resources)) for run_id, res in rows}
 
 
 def run_dir_of(app: App, run_id: str) -> str:
@@ -61,21 +69,26 @@ def finish(app: App, run_id: str, outcome: JobState) -> None:
     finish_run(app.db, app.config, run_id, outcome, app.meta())
 
 
-def launch(app: App, executor: LocalExecutor, run_id: str) -> tuple[str, str] | None:
-    """Start a claimed run's job; its job id and run dir, or None if it could not start (then it ended failed)."""
+def launch(
+    app: App, executor: LocalExecutor, run_id: str, grant: Grant | None = None, capacity: Capacity | None = None
+) -> tuple[str, str] | None:
+    """Start a claimed run's job on the devices it was granted; its job id and run dir,
+    or None if it could not start (then it ended failed)."""
     sub = submission_of(app.db.conn, run_id)
     if sub is None:
         return None
     try:
         recipe = msgspec.convert(sub.recipe, Recipe)
         spec = job_spec(app, run_id, sub.run_dir, recipe)
-        return executor.submit(spec), sub.run_dir
+        return executor.submit(spec, grant, capacity), sub.run_dir
     except (OSError, ValueError, msgspec.ValidationError) as exc:
         finish(app, run_id, JobState(job_id="", state="failed", reason=f"could not start: {exc}"))
         return None
 
 
-def record_started(app: App, run_id: str, job_id: str, agent_id: str, process_start: int | None) -> None:
+def record_started(
+    app: App, run_id: str, job_id: str, agent_id: str, process_start: int | None, gpus: Sequence[str] = ()
+) -> None:
     conn = app.db.conn
     version = events.stream_version(conn, f"run-{run_id}")
     projections.record(
@@ -84,7 +97,12 @@ def record_started(app: App, run_id: str, job_id: str, agent_id: str, process_st
             NewEvent(
                 f"run-{run_id}",
                 JobSubmitted(
-                    run_id=run_id, executor="local", job_id=job_id, agent_id=agent_id, process_start=process_start
+                    run_id=run_id,
+                    executor="local",
+                    job_id=job_id,
+                    agent_id=agent_id,
+                    process_start=process_start,
+                    gpus=list(gpus),
                 ),
                 version,
             ),

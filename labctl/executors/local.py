@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labctl.executors.base import JobSpec, JobState
+from labctl.packing import Capacity, Grant, pinned, visible_devices
 from labctl.secrets import job_inherited_environ
 
 GRACE_SECONDS = 5.0
@@ -81,9 +82,12 @@ class LocalExecutor:
         self.jobs: dict[str, _Job] = {}
         self.grace = grace_seconds
 
-    def submit(self, job: JobSpec) -> str:
+    def submit(self, job: JobSpec, grant: Grant | None = None, capacity: Capacity | None = None) -> str:
+        """Start the job; with a ``grant``, it sees only its GPUs and runs on its CPUs."""
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(job_inherited_environ(), LABCTL_HOST=HOST)
+        if grant is not None and capacity is not None:
+            env.update(visible_devices(grant, capacity))
         with open(job.log_path, "ab") as log:
             proc = subprocess.Popen(
                 ["bash", str(job.script)],
@@ -93,6 +97,7 @@ class LocalExecutor:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=pinned(grant.cpu_ids if grant else None),
             )
         job_id = job_id_of(proc.pid)
         self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))

@@ -13,6 +13,7 @@ import msgspec
 
 from labctl.files.decode import UnknownKey, beside, convert, dotted, line_of, read_toml, strip_unknown_keys
 from labctl.files.errors import FileFormatError
+from labctl.files.units import parse_mem_mb
 from labctl.settings import settings_from_env
 
 #: artifact kinds labctl itself registers (the local profile has a root for each)
@@ -132,6 +133,10 @@ class Server(_Section, frozen=True):
 
 class Local(_Section, frozen=True):
     slots: int | None = None  # concurrent local runs; None = one per CPU
+    #: what the agent packs jobs into; None = detected (usable CPUs, MemTotal, ``nvidia-smi -L``)
+    cpus: int | None = None
+    mem: str | None = None
+    gpus: list[str] | None = None  # device ids, as CUDA_VISIBLE_DEVICES takes them
 
 
 class ClusterConfig(_Section, frozen=True):
@@ -249,6 +254,16 @@ def _validate(config: ClusterConfig, path: Path, text: str) -> None:
             fail(["modules", index], 'expected a module name, e.g. "cuda/12.4"')
     if config.local.slots is not None and config.local.slots < 1:
         fail(["local", "slots"], "must be 1 or more")
+    if config.local.cpus is not None and config.local.cpus < 1:
+        fail(["local", "cpus"], "must be 1 or more")
+    if config.local.mem is not None:
+        try:
+            parse_mem_mb(config.local.mem)
+        except ValueError as exc:
+            fail(["local", "mem"], str(exc))
+    gpus = config.local.gpus or []
+    if len(set(gpus)) != len(gpus) or not all(g.strip() and "," not in g for g in gpus):
+        fail(["local", "gpus"], 'expected distinct device ids, e.g. ["0", "1"]')
     for key in config.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             fail(["env", key], "not a valid environment variable name")
