@@ -555,6 +555,7 @@ def agent(
     worker.install_signal_handlers()
     typer.echo(
         f"agent {worker.id} for {'every user (service)' if service else a.user}: {worker.slots} slots, "
+        f"{worker.capacity.cpus} cpus, {worker.capacity.mem_mb} MB, gpus [{', '.join(worker.capacity.gpus)}], "
         f"reactors: {', '.join(r.name for r in worker.reactors) or 'none'}"
     )
     if drain:

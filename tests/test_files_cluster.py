@@ -52,6 +52,8 @@ def test_minimal_config_gets_defaults_and_relative_paths_resolve_to_the_file(tmp
         ('[scheduler]\nkind = "pbs"\n', "scheduler.kind", "invalid enum value"),
         ("[slurm]\ngres_gpu_syntax = 'gpu'\n", "slurm.gres_gpu_syntax", "{n}"),
         ("[dispatch]\nreconcile_interval_secs = 0\n", "dispatch.reconcile_interval_secs", "1 or more"),
+        ('[local]\ngpus = ["0", "0"]\n', "local.gpus", "distinct device ids"),
+        ('[local]\nmem = "lots"\n', "local.mem", "bad memory size"),
         (
             "[filesystem.artifact_roots]\ncheckpoint = 3\n",
             "filesystem.artifact_roots.checkpoint",
