@@ -26,7 +26,7 @@ from labctl.finish import finish_run
 from labctl.jobenv import job_command, job_environment, job_workdir
 from labctl.packing import Capacity, Grant, Need
 from labctl.submissions import submission_of
-from labctl.throttle import Scope, claimable_runs
+from labctl.throttle import QUERIES, Scope, claimable_runs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def claimable(app: App, scope: Scope | None, limit: int, user: str | None) -> li
 
 def needs(app: App, run_ids: list[str]) -> dict[str, Need]:
     """What each run's recipe asks of the machine (``[resources]`` cpus, mem, gpus)."""
-    rows = app.db.conn.execute("SELECT id, recipe->'resources' FROM runs WHERE id = ANY(%s)", (run_ids,)).fetchall()
+    rows = app.db.conn.execute(QUERIES["run_resources"], {"run_ids": run_ids}).fetchall()
     return {run_id: Need.of(msgspec.convert(res or {}, Resources)) for run_id, res in rows}
 
 

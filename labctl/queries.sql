@@ -21,3 +21,7 @@ WHERE status = 'running' OR (status = 'submitted' AND (agent_id IS NOT NULL OR j
 
 -- name: sweep_throttles
 SELECT id, throttle FROM sweeps WHERE id = ANY(%(sweep_ids)s)
+
+-- name: run_resources
+-- What each run's recipe asks of the machine (its [resources]), for the local agent's packing.
+SELECT id, recipe->'resources' FROM runs WHERE id = ANY(%(run_ids)s)

@@ -111,10 +111,7 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
     log = log_path(shown)
     shown["log"] = str(log) if log else None
     # the GPU ids a local job was given, as its JobSubmitted recorded them
-    gpus = conn.execute(
-        "SELECT data->'gpus' FROM events WHERE stream = %s AND type = 'JobSubmitted' ORDER BY version DESC LIMIT 1",
-        (f"run-{run_id}",),
-    ).fetchone()
+    gpus = conn.execute(QUERIES["job_gpus"], {"stream": f"run-{run_id}"}).fetchone()
     if gpus is not None and gpus[0] is not None:
         shown["gpus"] = gpus[0]
     shown["run"] = _original_run(conn, shown)

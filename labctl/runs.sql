@@ -25,3 +25,7 @@ FROM pipeline_stages s
 JOIN pipeline_stages me ON me.pipeline_id = s.pipeline_id AND s.stage_name = ANY(me.parents)
 WHERE me.pipeline_id = %(pipeline)s AND %(id)s = ANY(me.run_ids)
 ORDER BY s.ordinal;
+
+-- name: job_gpus
+-- The GPU ids a local job was given, as its latest JobSubmitted recorded them.
+SELECT data->'gpus' FROM events WHERE stream = %(stream)s AND type = 'JobSubmitted' ORDER BY version DESC LIMIT 1
