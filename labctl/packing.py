@@ -154,7 +154,7 @@ def choose(pool: Pool, queued: Iterable[tuple[str, Need]], limit: int) -> list[s
 
     The oldest job that does not fit holds back what it needs: a younger job starts only if it
     fits in what remains after that reservation, so a stream of small jobs never starves a big one.
-    A job that can never fit this machine reserves nothing (the caller fails it).
+    A job that can never fit this machine reserves nothing and stays queued (``run`` refuses those).
     """
     chosen: list[str] = []
     planned = reserved = NOTHING
