@@ -4,11 +4,13 @@ devices, does not starve a big job behind small ones, and `labctl run` refuses a
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.conftest import agent, run_cli, wait_for
 
@@ -20,14 +22,22 @@ STAMP = (
 )
 
 
-def write_cluster(tmp_path: Path) -> Path:
+def write_cluster(tmp_path: Path, cpus: int = 16) -> Path:
     home = tmp_path / "store"
     kinds = ("checkpoint", "dataset", "eval_result", "model", "external")
     outputs = ("checkpoint_stream", "checkpoint", "dataset", "eval_result", "model")
     lines = ['name = "packing-test"', "", "[filesystem]", f'runs_base = "{home}/runs"', ""]
     lines += ["[filesystem.artifact_roots]", *(f'{k} = "{home}/artifacts/{k}"' for k in kinds), ""]
     lines += ["[filesystem.output_roots]", *(f'{k} = "{home}/outputs/{k}"' for k in outputs), ""]
-    lines += ["[scheduler]", 'kind = "local"', "", "[local]", "cpus = 16", 'mem = "64GB"', f"gpus = {json.dumps(GPUS)}"]
+    lines += [
+        "[scheduler]",
+        'kind = "local"',
+        "",
+        "[local]",
+        f"cpus = {cpus}",
+        'mem = "64GB"',
+        f"gpus = {json.dumps(GPUS)}",
+    ]
     path = tmp_path / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -113,3 +123,31 @@ def test_run_refuses_a_job_that_can_never_fit_and_records_nothing(
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "gpus" in proc.stderr and "9" in proc.stderr and "4" in proc.stderr, proc.stderr
     assert conn.execute("SELECT count(*) FROM events").fetchone() == before
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin two jobs apart")
+def test_jobs_are_pinned_to_cpus_of_their_own(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path, cpus=2))}
+    path = tmp_path / "cpus.toml"
+    record = 'grep Cpus_allowed_list /proc/self/status > "$LABCTL_RUN_DIR/cpus"; sleep 1'
+    path.write_text(
+        f'name = "cpus"\ncommand = ["bash", "-c", {json.dumps(record)}]\n[params]\ni = 0\n[resources]\ncpus = 1\n'
+    )
+    runs = [submit(env, path, i) for i in range(2)]
+    with agent(env, tmp_path / "agent.log"):
+        wait_for(
+            lambda: (
+                {s for (s,) in conn.execute("SELECT status FROM runs WHERE id = ANY(%s)", (runs,))} == {"succeeded"}
+            ),
+            "both jobs to succeed",
+            timeout=120,
+        )
+    seen = []
+    for run_id in runs:
+        row = conn.execute("SELECT run_dir FROM runs WHERE id = %s", (run_id,)).fetchone()
+        assert row is not None
+        seen.append((Path(row[0]) / "cpus").read_text().split()[-1])
+    # each ran on exactly one CPU (a single id, no range or list)
+    assert all(c.isdigit() for c in seen), seen
