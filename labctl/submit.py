@@ -36,7 +36,7 @@ from labctl.artifacts import (
     write_context,
 )
 from labctl.cache_key import KeyParts, explain, key_parts
-from labctl.errors import DatabaseUnavailable, InputError
+from labctl.errors import DatabaseUnavailable, InputError, UserError
 from labctl.files import (
     ArtifactInput,
     CheckpointInput,
@@ -318,7 +318,10 @@ def prepare(
 def write_run_dir(run: PreparedRun) -> None:
     """The run dir a job needs: its output directories, the source snapshot and ``.lab/context.json``."""
     run_dir = Path(run.run_dir)
-    (run_dir / ".lab").mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / ".lab").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
     for out in run.outputs:
         # A command writing `{outputs.R.path}/file` needs the directory, as in the original.
         try:

@@ -63,7 +63,8 @@ class Shared:
         self.url = url
         self.cluster = root / "cluster.toml"
         shared = {name: root / name for name in ("runs", "outputs", "artifacts")}
-        for path in shared.values():
+        # <runs_base>/runs/ holds each user's run dirs (the original's layout; `admin add-user` makes them)
+        for path in [*shared.values(), shared["runs"] / "runs"]:
             path.mkdir()
             path.chmod(0o1777)  # like a group's setgid 2770 directory, for users of no common group
         roots = "\n".join(f'{kind} = "{shared["artifacts"]}"' for kind in ("dataset", "checkpoint", "eval_result"))

@@ -20,6 +20,7 @@ from labctl.db import connect
 from labctl.executors.local import process_start
 from tests.conftest import agent, run_cli, wait_for
 from tests.security.conftest import Shared
+from tests.test_pipelines_acceptance import Submitted
 from tests.test_runs_acceptance import RECIPES, job_pid, live_processes_in_group, printed, status_of
 
 WHO = 'name = "who"\ncommand = \'id -un > "$LABCTL_RUN_DIR/who"\'\n'
@@ -60,8 +61,8 @@ def test_an_agent_runs_its_own_users_runs_and_never_another_users(
     finally:
         _stop(worker)
     run_dirs = shared.root / "runs"
-    assert (run_dirs / "labsec_bob" / bobs / "who").read_text().strip() == "labsec_bob"
-    assert (run_dirs / "labsec_alice" / alices / "who").read_text().strip() == "labsec_alice"
+    assert (run_dirs / "runs" / "labsec_bob" / bobs / "who").read_text().strip() == "labsec_bob"
+    assert (run_dirs / "runs" / "labsec_alice" / alices / "who").read_text().strip() == "labsec_alice"
 
 
 def test_an_agent_does_not_advance_another_users_pipeline(
@@ -77,7 +78,7 @@ def test_an_agent_does_not_advance_another_users_pipeline(
     (tmp_path / "p.toml").write_text('name = "p"\n[stages.a]\nrecipe = "a.toml"\n[stages.b]\nrecipe = "b.toml"\n')
     bob = {**env, "LABCTL_USER": "bob"}
     out = run_cli(bob, "run-pipeline", str(tmp_path / "p.toml"), check=True).stdout
-    pipeline = printed(out, "pipeline_id")
+    pipeline = Submitted(out).pipeline_id
 
     with agent({**env, "LABCTL_USER": "alice"}, tmp_path / "alice.log", "--drain") as alices:
         alices.wait(60)
