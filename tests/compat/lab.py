@@ -114,6 +114,11 @@ class Lab:
             "[scheduler]",
             'kind = "local"',
             "",
+            "[local]",  # the node the original's examples ask for (up to 8 GPUs, 32 CPUs, 256GB)
+            "cpus = 48",
+            'mem = "256GB"',
+            'gpus = ["0", "1", "2", "3", "4", "5", "6", "7"]',
+            "",
             "[dispatch]",
             f'policies_dir = "{self.policies}"',
         ]
