@@ -213,7 +213,7 @@ def test_admin_add_user_creates_the_users_dirs_with_the_shared_group_and_is_idem
     )
     proc = run_cli(labctl_env, "--cluster", str(cluster), "admin", "add-user", "alice", check=True)
     expected = [
-        tmp_path / "runs" / "alice",
+        tmp_path / "runs" / "runs" / "alice",  # the original's layout: <runs_base>/runs/<user>/
         tmp_path / "art" / "checkpoint" / "aliases" / "alice",
         tmp_path / "art" / "dataset" / "aliases" / "alice",
         tmp_path / "out" / "checkpoint_stream" / "alice",

@@ -307,7 +307,7 @@ def test_cancel_of_a_running_run_ends_it_cancelled(lab: Lab) -> None:
 
 
 def test_cancel_of_a_pipeline_scancels_its_jobs_and_ends_its_waiting_stage(lab: Lab) -> None:
-    out = lab.cli("run-pipeline", str(DATA / "cancel_pipeline" / "pipeline.toml")).stdout
+    out = lab.cli("run-pipeline", str(DATA / "cancel_pipeline" / "pipeline.toml"), "--no-json").stdout
     pipeline_id = printed(out, "pipeline_id")
     [first], [second], [after] = (stage_runs(out, s) for s in ("first", "second", "after"))
     jobs = dict(re.findall(r"^(run_\S+): job (\S+)$", out, re.MULTILINE))
@@ -351,7 +351,9 @@ def test_pipeline_rerun_takes_stage_one_from_the_cache_without_a_job(lab: Lab) -
     shutil.copytree(DATA / "pipeline", folder)
 
     def run_pipeline() -> tuple[str, dict[str, str], str]:
-        proc = lab.cli("run-pipeline", str(folder / "pipeline.toml"), "--wait", check=False, timeout=JOB_DEADLINE * 2)
+        proc = lab.cli(
+            "run-pipeline", str(folder / "pipeline.toml"), "--no-json", "--wait", check=False, timeout=JOB_DEADLINE * 2
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         stages = {s: stage_runs(proc.stdout, s)[0] for s in ("prep", "train", "eval")}
         return printed(proc.stdout, "pipeline_id"), stages, proc.stdout
