@@ -305,7 +305,7 @@ def unknown_token_reason(recipe: Recipe, token: str, *, in_alias: bool) -> str |
     if token in ("run.id", "run.dir", "user", "recipe.name"):
         return None
     if head == "params":
-        return None if _param_exists(recipe.params, rest) else f"no [params] key {rest!r}"
+        return None if param_exists(recipe.params, rest) else f"no [params] key {rest!r}"
     if head == "args":
         known = set(recipe.args) | ({recipe.sweep.arg} if recipe.sweep else set())
         return None if rest in known else f"no [args] key {rest!r}"
@@ -325,7 +325,7 @@ def unknown_token_reason(recipe: Recipe, token: str, *, in_alias: bool) -> str |
     return "expected run.id, run.dir, user, recipe.name, params.K, args.K, inputs.R.path|id|alias or outputs.R.path"
 
 
-def _param_exists(params: Any, dotted_key: str) -> bool:
+def param_exists(params: Any, dotted_key: str) -> bool:
     for key in dotted_key.split("."):
         if not isinstance(params, dict) or key not in params:
             return False

@@ -17,6 +17,7 @@ from labctl.app import App
 from labctl.errors import InputError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pipeline, load_recipe
 from labctl.files.pipeline import PipelinePlan, PlannedStage
+from labctl.files.recipe import param_exists
 from labctl.ids import new_id, new_run_id
 from labctl.pipelines.advance import advance, with_index
 from labctl.secrets import split_secrets
@@ -218,12 +219,7 @@ def _has_key(recipe: Recipe, dotted_key: str) -> bool:
         return True
     if section == "args":
         return name in recipe.args
-    value: Any = recipe.params
-    for key in name.split(".") if section == "params" else [""]:
-        if not isinstance(value, dict) or key not in value:
-            return False
-        value = value[key]
-    return True
+    return section == "params" and param_exists(recipe.params, name)
 
 
 def sweep_plan(recipe: Recipe, recipe_path: str | Path) -> PipelinePlan:
