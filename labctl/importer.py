@@ -518,6 +518,7 @@ def plan_import(
     kc.new = len(new_ids)
 
     cache_producers: dict[str, str] = {}
+    run_groups: dict[str, list[NewEvent]] = {}
     no_cache_key = 0
     # Full rows only for runs not seen before, in chunks (a no-change re-run reads none).
     for start in range(0, len(new_ids), 5000):
@@ -578,6 +579,7 @@ def plan_import(
                     NewEvent(f"run-{r[0]}", OriginalEventsImported(run_id=r[0], events=_original_events(rows)))
                 )
             plan.add(*group)
+            run_groups[r[0]] = plan.groups[-1]
             key = (
                 our_cache_key(target_conn, recipe, imported_run.inputs, imported_run.repo_commit)
                 if r[3] == "succeeded" and target_conn is not None
@@ -589,6 +591,8 @@ def plan_import(
                 no_cache_key += 1
 
     # A succeeded run's recipe, resubmitted unchanged here, is a cache hit on it: its key as we compute it.
+    # The entry goes in its producer's group, so the run and its entry are appended in one transaction
+    # (an import killed between them would leave a run that a later import no longer sees as new).
     kc = report.count("cache entries")
     existing = _existing_streams(target_conn, [cache.stream_of(k) for k in cache_producers])
     for key, run_id in sorted(cache_producers.items()):
@@ -596,9 +600,11 @@ def plan_import(
             kc.unchanged += 1
             continue
         kc.new += 1
-        plan.add(
-            NewEvent(cache.stream_of(key), CacheClaimed(cache_key=key, run_id=run_id), 0),
-            NewEvent(cache.stream_of(key), CacheReleased(cache_key=key, run_id=run_id, succeeded=True)),
+        run_groups[run_id].extend(
+            (
+                NewEvent(cache.stream_of(key), CacheClaimed(cache_key=key, run_id=run_id), 0),
+                NewEvent(cache.stream_of(key), CacheReleased(cache_key=key, run_id=run_id, succeeded=True)),
+            )
         )
     if no_cache_key:
         report.unmapped.append(

@@ -251,6 +251,49 @@ def test_an_import_killed_midway_then_run_again_ends_as_one_clean_import(
     assert run_cli(env, "audit", "verify").returncode == 0
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_an_import_stopped_after_any_batch_then_run_again_ends_as_one_clean_import(
+    registry: Any, server_url: str
+) -> None:
+    """Every batch boundary, not only the one a kill happens to land on, is a safe place to die."""
+    from labctl.importer import import_registry
+
+    src, _ = registry("eb54594", users=2)
+    stores: list[Path] = []
+    made: list[str] = []
+
+    def fresh() -> str:
+        made.append(_fresh_db(server_url, "labctl_cut"))
+        return made[-1]
+
+    try:
+        clean = fresh()
+        boundaries: list[int] = []
+        import_registry(clean, src, actor="t", stores=stores, batch_events=40, on_batch=boundaries.append)
+        want_size, want_models = _log_size(clean), _read_models(clean)
+        assert len(boundaries) >= 5
+
+        for cut in range(1, len(boundaries)):
+            url = fresh()
+
+            def stop(done: int, cut: int = cut) -> None:
+                if done == boundaries[cut - 1]:
+                    raise _Stop
+
+            with pytest.raises(_Stop):
+                import_registry(url, src, actor="t", stores=stores, batch_events=40, on_batch=stop)
+            assert _log_size(url) == boundaries[cut - 1]
+            import_registry(url, src, actor="t", stores=stores, batch_events=40)
+            assert (_log_size(url), _read_models(url)) == (want_size, want_models), f"stopped after batch {cut}"
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            for url in made:
+                admin.execute(f"DROP DATABASE IF EXISTS {conninfo_to_dict(url)['dbname']} WITH (FORCE)")
+
+
 def _read_models(url: str) -> dict[str, list[tuple[Any, ...]]]:
     tables = ["runs", "run_inputs", "run_outputs", "artifacts", "aliases", "pipelines", "pipeline_stages", "evals"]
     tables += ["imported_runs", "users", "imported_evals", "imported_artifacts"]
