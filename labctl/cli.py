@@ -255,10 +255,6 @@ def run(
 
     recipe_obj = apply_overrides(load_recipe(recipe), set_ or [])
     a = open_app()
-    if (executor or a.executor) == "local":
-        from labctl.packing import refuse_if_never_fits
-
-        refuse_if_never_fits(a.config.local, recipe_obj.resources)
     result = submit(a, recipe_obj, recipe, executor=executor, no_cache=no_cache)
     if result.status == "submitted" and (executor or a.executor) == "slurm":
         from labctl.slurm_runs import holder_id, submit_queued

@@ -19,7 +19,16 @@ from events import ConcurrencyError, NewEvent
 from events.types import EvalRecorded, EvalRequested, InputRef
 from labctl.app import App
 from labctl.errors import UserError
-from labctl.files import EvalPolicy, checkpoint_role, load_policies, load_policy, policy_recipe, recipe_hash
+from labctl.files import (
+    EvalPolicy,
+    Recipe,
+    checkpoint_role,
+    load_policies,
+    load_policy,
+    policy_recipe,
+    recipe_hash,
+)
+from labctl.packing import refuse_if_never_fits
 from labctl.submit import StageContext, artifact_alias, submit
 
 
@@ -107,6 +116,14 @@ class EvalPass(msgspec.Struct, kw_only=True):
         }
 
 
+def refuse_if_never_runs(app: App, policy: EvalPolicy, recipe: Recipe | None = None) -> None:
+    """Refuse (InputError) a policy whose eval runs the local agent could never start: before any is
+    requested, checkpoints or not, since each would wait in the queue forever."""
+    if app.executor == "local":
+        recipe = recipe or policy_recipe(policy)
+        refuse_if_never_fits(app.config.local, recipe.resources, f"eval policy {policy.name} (recipe {recipe.name})")
+
+
 def request_evals(
     app: App, policy: EvalPolicy, artifact_ids: list[str] | None = None, *, user: str | None = None
 ) -> EvalPass:
@@ -115,6 +132,7 @@ def request_evals(
     ``user``: only checkpoints of that user (the eval runs as the checkpoint's owner); None: everyone's.
     """
     recipe = policy_recipe(policy)
+    refuse_if_never_runs(app, policy, recipe)
     eval_hash = recipe_hash(recipe)
     role = checkpoint_role(recipe)
     assert role is not None  # load_policy refuses a recipe without one

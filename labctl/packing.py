@@ -7,6 +7,7 @@ against it; ``--slots`` only caps how many run at once.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -51,25 +52,32 @@ class Capacity:
     gpus: tuple[str, ...]
     #: CPU ids jobs can be pinned to; None when the declared cpus exceed those this process may use
     cpu_ids: tuple[int, ...] | None
+    #: which of cpus, mem, gpus the cluster config's ``[local]`` declares (the others were detected)
+    declared: frozenset[str] = frozenset()
 
     def refusal(self, need: Need) -> str | None:
-        """Why a job needing ``need`` can never run here, or None when it can."""
+        """Why a job needing ``need`` can never run here ("needs 9 GPUs; this machine has 4 (...)"), or None."""
         if need.gpus > len(self.gpus):
-            return f"resources.gpus: the job needs {need.gpus} GPUs; this machine has {len(self.gpus)}"
+            return f"needs {need.gpus} GPUs; this machine has {len(self.gpus)} ({self._source('gpus')})"
         if need.cpus > self.cpus:
-            return f"resources.cpus: the job needs {need.cpus} CPUs; this machine has {self.cpus}"
+            return f"needs {need.cpus} CPUs; this machine has {self.cpus} ({self._source('cpus')})"
         if need.mem_mb > self.mem_mb:
-            return f"resources.mem: the job needs {need.mem_mb} MB; this machine has {self.mem_mb} MB"
+            return f"needs {need.mem_mb} MB of memory; this machine has {self.mem_mb} MB ({self._source('mem')})"
         return None
 
+    def _source(self, key: str) -> str:
+        return f"cluster.toml [local] {key}" if key in self.declared else f"detected; declare [local] {key} to change"
 
-def refuse_if_never_fits(local: Local, resources: Resources) -> None:
-    """Raise InputError (exit 2, nothing recorded) for a local job this machine can never run."""
+
+def refuse_if_never_fits(local: Local, resources: Resources, who: str) -> None:
+    """Raise InputError (exit 2, nothing recorded) for a local job this machine can never run: the agent
+    would keep it queued forever. ``who`` names it in the message ("stage train", "recipe x")."""
     why = machine_capacity(local).refusal(Need.of(resources))
     if why is not None:
-        raise InputError(why)
+        raise InputError(f"{who} {why}")
 
 
+@functools.cache  # checked at every local submission; the devices do not change under a running process
 def detected_gpus() -> tuple[str, ...]:
     """GPU indices from ``nvidia-smi -L`` (``GPU 0: ...``); none when it is absent or fails."""
     smi = shutil.which("nvidia-smi")
@@ -102,6 +110,7 @@ def machine_capacity(local: Local) -> Capacity:
         gpus=tuple(local.gpus) if local.gpus is not None else detected_gpus(),
         # pin only to CPUs that exist: a declaration larger than the machine shares them instead
         cpu_ids=usable if usable and cpus <= len(usable) else None,
+        declared=frozenset(k for k in ("cpus", "mem", "gpus") if getattr(local, k) is not None),
     )
 
 
@@ -154,7 +163,8 @@ def choose(pool: Pool, queued: Iterable[tuple[str, Need]], limit: int) -> list[s
 
     The oldest job that does not fit holds back what it needs: a younger job starts only if it
     fits in what remains after that reservation, so a stream of small jobs never starves a big one.
-    A job that can never fit this machine reserves nothing and stays queued (``run`` refuses those).
+    A job that can never fit this machine reserves nothing and stays queued (every local submission
+    refuses those; one queued earlier, or under another ``[local]``, can still be here).
     """
     chosen: list[str] = []
     planned = reserved = NOTHING

@@ -57,6 +57,7 @@ from labctl.jobenv import wandb_url
 from labctl.linking import producer_outputs, write_linked_alias_links
 from labctl.lookup import alias_target
 from labctl.names import check_name, inside
+from labctl.packing import refuse_if_never_fits
 from labctl.provenance import Source, capture_provenance, inspect_repo, snapshot
 from labctl.retry import retry_on_conflict
 from labctl.secrets import split_secrets, write_secrets
@@ -281,6 +282,8 @@ def prepare(
     executor = executor or app.executor
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
+    if executor == "local":
+        refuse_if_never_fits(app.config.local, recipe.resources, _named(recipe, stage))
     inputs = resolve_inputs(app.db.conn, recipe, path, app.user, stage)
     source = None
     if recipe.repo is not None:
@@ -313,6 +316,14 @@ def prepare(
         stage=stage,
         secrets=secrets,
     )
+
+
+def _named(recipe: Recipe, stage: StageContext) -> str:
+    """How a refusal names the run: its stage (and sweep point) in a pipeline, else its recipe."""
+    if stage.stage_name is None:
+        return f"recipe {recipe.name}"
+    point = f"point {stage.sweep_index} of " if stage.sweep_index is not None else ""
+    return f"{point}stage {stage.stage_name}"
 
 
 def write_run_dir(run: PreparedRun) -> None:

@@ -1,5 +1,6 @@
 """The local agent packs jobs by their GPUs (declared in cluster.toml ``[local]``), gives each job its own
-devices, does not starve a big job behind small ones, and `labctl run` refuses a job that can never fit."""
+devices, does not starve a big job behind small ones, and every local submission (`run`, `run-pipeline`,
+`run-sweep`, `evald once`) refuses a job that can never fit."""
 
 from __future__ import annotations
 
@@ -120,9 +121,85 @@ def test_run_refuses_a_job_that_can_never_fit_and_records_nothing(
     before = conn.execute("SELECT count(*) FROM events").fetchone()
     proc = run_cli(env, "run", str(recipe(tmp_path, 9)))
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "gpus" in proc.stderr and "9" in proc.stderr and "4" in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "labctl: error: recipe gpus9 needs 9 GPUs; this machine has 4 (cluster.toml [local] gpus)"
+    ], proc.stderr
     assert conn.execute("SELECT count(*) FROM events").fetchone() == before
+
+
+def refused(conn: psycopg.Connection[Any], env: dict[str, str], *args: str) -> str:
+    """Run ``labctl ARGS``, which must be refused with exit 2 and one line, appending nothing; the line."""
+    before = conn.execute("SELECT count(*) FROM events").fetchone()
+    proc = run_cli(env, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stdout + proc.stderr
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == before
+    return proc.stderr.strip()
+
+
+def big_recipe(tmp_path: Path, name: str, body: str = "") -> Path:
+    """A recipe needing 64 CPUs (the test machine declares 16) writing one output ``out``."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\ncommand = ["bash", "-c", "mkdir -p $1 && touch $1/DONE", "x", "{{outputs.out.path}}"]\n'
+        f"{body}\n[resources]\ncpus = 64\n"
+        f'[outputs.out]\ntype = "dataset"\nmarker = "DONE"\nalias = "{name}-{{run.id}}"\n'
+    )
+    return path
+
+
+def test_run_pipeline_refuses_a_stage_that_can_never_fit_before_recording_the_pipeline(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
+    run_cli(env, "run", str(recipe(tmp_path, 1)), check=True)  # the database is set up and takes runs
+    (tmp_path / "prep.toml").write_text(
+        'name = "prep"\ncommand = ["bash", "-c", "mkdir -p $1 && touch $1/DONE", "x", "{outputs.data.path}"]\n'
+        '[outputs.data]\ntype = "dataset"\nmarker = "DONE"\nalias = "prep-{run.id}"\n'
+    )
+    # train waits for prep: it is refused although nothing would submit it until prep succeeded
+    big_recipe(tmp_path, "train", '[inputs.data]\ntype = "stage"\nstage = "prep"\nrole = "data"')
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text('name = "p"\n[stages.prep]\nrecipe = "prep.toml"\n[stages.train]\nrecipe = "train.toml"\n')
+    line = refused(conn, env, "run-pipeline", str(pipeline))
+    assert line == "labctl: error: stage train needs 64 CPUs; this machine has 16 (cluster.toml [local] cpus)"
+    # SLURM would run it: the check is the local machine's only
+    assert conn.execute("SELECT count(*) FROM pipelines").fetchone() == (0,)
+
+
+def test_run_sweep_refuses_points_that_can_never_fit_before_recording_the_sweep(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
+    run_cli(env, "run", str(recipe(tmp_path, 1)), check=True)
+    sweep = big_recipe(tmp_path, "wide", '[args]\ni = "0"\n[sweep]\narg = "i"\nstart = 0\nend = 4')
+    line = refused(conn, env, "run-sweep", str(sweep))
+    assert line == (
+        "labctl: error: every point of sweep wide (0..4) needs 64 CPUs; this machine has 16 (cluster.toml [local] cpus)"
+    )
+    assert conn.execute("SELECT count(*) FROM sweeps").fetchone() == (0,)
+
+
+def test_evald_once_refuses_a_policy_whose_evals_can_never_fit(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
+    trained = tmp_path / "train.toml"
+    trained.write_text(
+        'name = "train"\ncommand = ["bash", "-c", "mkdir -p $1/step1 && touch $1/step1/DONE", "t", '
+        '"{outputs.ckpts.path}"]\n'
+        '[outputs.ckpts]\ntype = "checkpoint_stream"\nmarker = "DONE"\nalias = "ckpts-{run.id}"\n'
+    )
+    run_cli(env, "run", str(trained), "--wait", check=True)
+    assert conn.execute("SELECT count(*) FROM artifacts WHERE kind = 'checkpoint'").fetchone() == (1,)
+    big_recipe(tmp_path, "score", '[inputs.checkpoint]\ntype = "checkpoint"')
+    policy = tmp_path / "policy.toml"
+    policy.write_text('name = "every"\nrecipe = "score.toml"\n[applies_to]\ntype = "checkpoint"\n')
+    line = refused(conn, env, "evald", "once", str(policy))
+    assert line == (
+        "labctl: error: eval policy every (recipe score) needs 64 CPUs; this machine has 16 (cluster.toml [local] cpus)"
+    )
+    assert conn.execute("SELECT count(*) FROM evals").fetchone() == (0,)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin two jobs apart")

@@ -19,6 +19,7 @@ from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pi
 from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.files.recipe import param_exists
 from labctl.ids import new_id, new_run_id
+from labctl.packing import refuse_if_never_fits
 from labctl.pipelines.advance import advance, with_index
 from labctl.secrets import split_secrets
 from labctl.submit import StageContext, apply_overrides, prepare, resolve_inputs
@@ -32,7 +33,7 @@ class PipelineSubmitted(msgspec.Struct, kw_only=True):
     sweep_id: str | None = None
 
 
-def _check_static_inputs(app: App, stage: PlannedStage) -> None:
+def _check_static_inputs(app: App, stage: PlannedStage, executor: str) -> None:
     """Inputs that don't depend on parents (artifacts, externals) must resolve now."""
     if stage.parents or any(isinstance(i, StageInput | FromInput) for i in stage.recipe.inputs.values()):
         only_static = msgspec.structs.replace(
@@ -42,7 +43,12 @@ def _check_static_inputs(app: App, stage: PlannedStage) -> None:
         resolve_inputs(app.db.conn, only_static, stage.recipe_path, app.user, StageContext())
         return
     recipe = with_index(stage.recipe, stage.recipe.sweep.start) if stage.recipe.sweep else stage.recipe
-    prepare(app, recipe, stage.recipe_path)  # renders and resolves: raises on any user mistake
+    prepare(app, recipe, stage.recipe_path, executor=executor)  # renders and resolves: raises on any user mistake
+
+
+def _named(stage: PlannedStage) -> str:
+    sweep = stage.recipe.sweep
+    return f"every point of sweep {stage.name} ({sweep.start}..{sweep.end})" if sweep else f"stage {stage.name}"
 
 
 def _refuse_literal_secrets(stage: PlannedStage) -> None:
@@ -130,7 +136,9 @@ def create_pipeline(
         _check_pinned_roles(app.db.conn, plan, from_run)
     for stage in plan.stages:
         _refuse_literal_secrets(stage)
-        _check_static_inputs(app, stage)
+        if executor == "local":  # before anything is recorded: the agent would keep it waiting forever
+            refuse_if_never_fits(app.config.local, stage.recipe.resources, _named(stage))
+        _check_static_inputs(app, stage, executor)
     pipeline_id = new_id("pipeline")
     specs: list[StageSpec] = []
     batch: list[NewEvent] = []

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from events import StoredEvent
 from events.types import ArtifactRegistered, RunFinished
-from labctl.evals import policies, record_metrics, request_evals
+from labctl.errors import UserError
+from labctl.evals import policies, record_metrics, refuse_if_never_runs, request_evals
+from labctl.files import EvalPolicy
 from labctl.reactors.base import LogReactor
 
 if TYPE_CHECKING:
     from labctl.app import App
+
+log = logging.getLogger(__name__)
 
 
 class Evald(LogReactor):
@@ -22,13 +27,26 @@ class Evald(LogReactor):
         super().__init__(app, user)
         self.full_pass_every = interval
         self._policies_loaded = 0.0
+        self._refused: set[str] = set()
 
-    def _policies(self) -> list:  # type: ignore[type-arg]
+    def _policies(self) -> list[EvalPolicy]:
         # Re-read the policy files now and then, so edits apply without restarting agents.
         if time.monotonic() - self._policies_loaded > 30:
-            self._cached = policies(self.app)
+            self._cached = [p for p in policies(self.app) if self._runnable(p)]
             self._policies_loaded = time.monotonic()
         return self._cached
+
+    def _runnable(self, policy: EvalPolicy) -> bool:
+        """False for a policy whose evals could never start here: said once, then skipped (not retried)."""
+        try:
+            refuse_if_never_runs(self.app, policy)
+        except UserError as exc:
+            if policy.name not in self._refused:
+                log.warning("evald: skipping %s", exc)
+                self._refused.add(policy.name)
+            return False
+        self._refused.discard(policy.name)
+        return True
 
     def handle(self, batch: list[StoredEvent]) -> bool:
         checkpoints = [
