@@ -21,6 +21,7 @@ import psycopg
 import tenacity
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 
 from labctl.errors import DatabaseUnavailable, InputError, UserError
 from labctl.settings import Settings, settings_from_env
@@ -273,8 +274,18 @@ class Database:
     def run(self, work: Callable[[psycopg.Connection[Any]], T], *, budget: float | None = None) -> T:
         """Run ``work`` in one transaction; a transient failure retries the whole of it.
 
-        ``work`` must be safe to repeat (appends carry idempotency keys).
+        ``work`` must be safe to repeat (appends carry idempotency keys). Called inside a transaction
+        already open on this connection (a reactor handling a page), ``work`` runs in a savepoint of
+        it and is not retried here: a lost connection lost the caller's transaction too, so the
+        caller retries the whole of it.
         """
+        if (
+            self._conn is not None
+            and not self._conn.closed
+            and self._conn.info.transaction_status != TransactionStatus.IDLE
+        ):
+            with self._conn.transaction():
+                return work(self._conn)
         try:
             for attempt in _retrying(self.retry_seconds if budget is None else budget):
                 with attempt:

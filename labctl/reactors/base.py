@@ -3,6 +3,12 @@
 Leadership is a session advisory lock held on a dedicated connection: when
 the active agent dies its connection drops, the lock is released, and a
 standby agent's next ``try`` takes over from the stored checkpoint.
+
+A ``LogReactor`` advances its checkpoint in the same transaction as the events
+it appends for a page, so a crash leaves both or neither. Reactors whose
+effects are outside the database (sbatch, scontrol, deleting files) keep no
+checkpoint: they decide from the read models and the outside world on every
+pass (DEVELOPERS.md, "Reactors: effects and checkpoints").
 """
 
 from __future__ import annotations
@@ -91,8 +97,17 @@ def set_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> N
     )
 
 
+#: events read (and handled in one transaction) at a time
+PAGE_SIZE = 500
+
+
 class LogReactor:
-    """A reactor that handles new events after its checkpoint, plus a periodic full pass."""
+    """A reactor that handles new events after its checkpoint, plus a periodic full pass.
+
+    ``handle`` runs inside the transaction that advances the checkpoint, so its appends must go
+    through ``App.record`` (or ``projections.record``) on ``app.db.conn``; ``full_pass`` has no
+    checkpoint and runs outside it, each of its appends atomic on its own.
+    """
 
     name = "reactor"
     interested: frozenset[str] = frozenset()
@@ -117,15 +132,19 @@ class LogReactor:
             changed |= self.full_pass()
         done = checkpoint(conn, self.name)
         while True:
-            page = events.read_all(conn, done, 500)
+            page = events.read_all(conn, done, PAGE_SIZE)
             if not page:
                 break
             relevant = [e for e in page if e.type in self.interested]
-            if relevant:
-                changed |= self.handle(relevant)
+            # One transaction per page: the events ``handle`` appends (through ``App.record``, which joins
+            # it as a savepoint) and the checkpoint past the page commit together, or neither does. A
+            # crash in between leaves the page to the next active reactor, which handles it again; the
+            # files written on the way stay (a pipeline stage's run dir is written again in place).
+            with conn.transaction():
+                if relevant:
+                    changed |= self.handle(relevant)
+                set_checkpoint(conn, self.name, page[-1].position)
             done = page[-1].position
-            # Effects are exactly-once by stream versions, so a crash here only repeats harmless work.
-            set_checkpoint(conn, self.name, done)
         return changed
 
     def handle(self, batch: list[StoredEvent]) -> bool:

@@ -1,4 +1,11 @@
-"""The SLURM reactor: submit queued SLURM runs, recover interrupted submissions, reconcile with sacct."""
+"""The SLURM reactor: submit queued SLURM runs, recover interrupted submissions, reconcile with sacct.
+
+It keeps no checkpoint: each pass starts from the read models and SLURM's own
+state. sbatch is recorded intent -> effect -> record, and recovery looks a job
+up by the run id it carries before submitting again; ``[dispatch.throttle]``
+decides from squeue each time (held jobs are not eligible), so a pass cut short
+is finished by the next.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The original labctl's ``[dispatch.gc]``: now and then, delete the ``source/`` snapshot of runs that ended."""
+"""The original labctl's ``[dispatch.gc]``: now and then, delete the ``source/`` snapshot of runs that ended.
+
+No checkpoint: each pass lists the ended runs and deletes the snapshots still
+there, so a pass cut short (even halfway through one snapshot) is finished by
+the next and nothing is recorded in the log.
+"""
 
 from __future__ import annotations
 
