@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from labctl.app import App
 from tests.conftest import REPO, agent, run_cli, wait_for
 from tests.test_pipelines_acceptance import (
     DATA,
@@ -171,6 +172,16 @@ def reactor_checkpoint(conn: psycopg.Connection[Any], name: str) -> int:
     return int(row[0]) if row else 0
 
 
+def app_for(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> App:
+    """An in-process App seeing what ``labctl`` run with ``env`` sees."""
+    from labctl.app import open_app
+
+    with monkeypatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return open_app()
+
+
 def audit_clean(env: dict[str, str]) -> None:
     """The read models are exactly what a rebuild from the log gives."""
     proc = run_cli(env, "audit", "verify")
@@ -206,6 +217,58 @@ def test_advancer_killed_before_its_checkpoint_leaves_no_submission_and_the_chil
     assert out is not None
     assert (Path(out[0]) / "data.txt").read_text().split() == ["a", "b", "c"]
     audit_clean(env)
+
+
+def test_advancer_losing_its_connection_halfway_through_a_page_commits_none_of_it(
+    conn: psycopg.Connection[Any],
+    server_url: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection dies between two submissions of one page: the first is not kept without the
+    checkpoint, nor is the second retried on a new connection outside the page's transaction."""
+    import projections
+    from labctl.reactors.advancer import Advancer
+
+    p = run_pipeline(env, DATA / "diamond" / "pipeline.toml")
+    a, b, c = p.run("a"), p.run("b"), p.run("c")
+    # An agent runs a, then dies as its advancer submits b: a has ended, b and c wait.
+    crash_agent(env, tmp_path / "crashed.log", "checkpoint", f"advancer:RunSubmitted:run-{b}")
+    assert (status_of(conn, b), status_of(conn, c)) == ("created", "created")
+    before = reactor_checkpoint(conn, "advancer:alice")
+
+    app = app_for(env, monkeypatch)
+    record = projections.record
+    calls = []
+
+    def record_then_lose_the_connection(on: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        calls.append(on)
+        if len(calls) == 2:  # b's submission is in, c's is next
+            with psycopg.connect(server_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (on.info.backend_pid,))
+        return record(on, *args, **kwargs)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(projections, "record", record_then_lose_the_connection)
+            advancer = Advancer(app, "alice")
+            advancer.next_full_pass = float("inf")  # only the page after the checkpoint, in its transaction
+            with pytest.raises(psycopg.OperationalError):
+                advancer.step()
+            advancer.close()
+        assert (types_of(conn, f"run-{b}"), types_of(conn, f"run-{c}")) == (["RunPending"], ["RunPending"])
+        assert len(calls) == 2  # c's submission was not tried again on a new connection
+        assert reactor_checkpoint(conn, "advancer:alice") == before
+
+        fresh = Advancer(app, "alice")  # reconnects; handles the page again
+        wait_for(fresh.leadership.held, "the advancer's leadership")
+        assert fresh.step()
+        fresh.close()
+    finally:
+        app.close()
+    assert_each_run_submitted_once(conn, [a, b, c])
+    assert reactor_checkpoint(conn, "advancer:alice") > before
 
 
 # ------------------------------------------------------------------ evald
@@ -327,14 +390,10 @@ def test_slurm_reactor_killed_between_sbatch_and_recording_the_job_adopts_it_and
     lab: Lab,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from labctl.app import open_app
     from labctl.files import load_recipe
     from labctl.submit import apply_overrides, submit
 
-    with monkeypatch.context() as patch:
-        for key, value in lab.env.items():
-            patch.setenv(key, value)
-        app = open_app()
+    app = app_for(lab.env, monkeypatch)
     try:
         recipe_path = SLURM_DATA / "sleep.toml"
         recipe = apply_overrides(load_recipe(recipe_path), ["params.secs=2"])
@@ -388,7 +447,6 @@ def test_dispatch_throttle_killed_halfway_through_holding_holds_only_the_rest(
     monkeypatch: pytest.MonkeyPatch,
     begin_later_jobs: tuple[str, list[str]],
 ) -> None:
-    from labctl.app import open_app
     from labctl.reactors.slurm import SlurmReactor
 
     name, ids = begin_later_jobs
@@ -400,10 +458,7 @@ def test_dispatch_throttle_killed_halfway_through_holding_holds_only_the_rest(
 
     assert held(ids) == ids[:1]  # of the two it meant to hold (the first two in squeue's order), one
 
-    with monkeypatch.context() as patch:
-        for key, value in lab.env.items():
-            patch.setenv(key, value)
-        app = open_app()
+    app = app_for(lab.env, monkeypatch)
     try:
         for _ in range(2):  # a fresh reactor's pass, and another: the second changes nothing
             reactor = SlurmReactor(app, "fresh", 1.0, app.user)
