@@ -322,9 +322,15 @@ CREATE TABLE live.runs (
     updated_at       timestamptz NOT NULL,
     stream_version   integer     NOT NULL
 );
-CREATE INDEX runs_created_at_idx ON live.runs (created_at DESC);
-CREATE INDEX runs_status_idx ON live.runs (status);
-CREATE INDEX runs_user_created_idx ON live.runs (user_name, created_at DESC);
+-- The runs page (labctl/web/queries.sql runs_page) filters on and sorts by one of these columns, ties
+-- newest first then by id: each index serves its column's filter and its sort, a page at any depth.
+CREATE INDEX runs_created_at_idx ON live.runs (created_at, id);
+CREATE INDEX runs_status_idx ON live.runs (status, created_at, id);
+CREATE INDEX runs_user_created_idx ON live.runs (user_name, created_at, id);
+CREATE INDEX runs_name_created_idx ON live.runs (name, created_at, id);
+-- duration in seconds (api.SORT_KEYS "duration": the same expression); a run not ended yet is infinite
+CREATE INDEX runs_duration_idx ON live.runs
+    ((coalesce(date_part('epoch', finished_at - coalesce(started_at, created_at)), 'Infinity'::float8)), created_at, id);
 CREATE INDEX runs_cache_key_idx ON live.runs (cache_key);
 CREATE INDEX runs_pipeline_idx ON live.runs (pipeline_id);
 
@@ -480,4 +486,4 @@ CREATE TABLE live.imported_artifacts (
 );
 
 INSERT INTO event_hash_encodings (encoding, from_position) VALUES (2, 1);
-INSERT INTO schema_version (version) VALUES (7);
+INSERT INTO schema_version (version) VALUES (8);

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -28,8 +28,8 @@ from events.types import (
     RunSubmitted,
     StageSpec,
 )
-from tests.conftest import labctl_bin
-from tests.webserver import EventStream, running_server, seed_world
+from tests.conftest import labctl_bin, wait_for
+from tests.webserver import DatabaseProxy, EventStream, running_server, seed_world
 from tests.webserver import get as _get
 from tests.webserver import get_json as _json
 
@@ -291,6 +291,72 @@ def test_runs_are_paged_by_cursor_without_repeats_or_gaps(web: str, conn: psycop
     assert [r["id"] for r in _json(f"{web}/api/runs?sort=name&order=asc&limit=5&after={by_name['next']}")["runs"]] == [
         r["id"] for r in _json(f"{web}/api/runs?sort=name&order=asc&limit=7")["runs"]
     ][2:7]
+
+
+def test_runs_sort_by_duration_pages_without_repeats_or_gaps_unfinished_runs_longest(
+    web: str, conn: psycopg.Connection[Any]
+) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    seconds = {"run_d0": 10, "run_d1": 30, "run_d2": 20, "run_d3": 30, "run_d4": None, "run_d5": None}
+    for run_id, took in seconds.items():
+        _submit(conn, run_id)
+        if run_id == "run_d5":
+            continue  # still queued
+        started = RunStarted(run_id=run_id, started_at=t0)
+        projections.record(conn, [NewEvent(f"run-{run_id}", started, 1)])
+        if took is not None:
+            end = RunFinished(run_id=run_id, state="succeeded", started_at=t0, finished_at=t0 + timedelta(seconds=took))
+            projections.record(conn, [NewEvent(f"run-{run_id}", end, 2)])
+    # longest first; the unfinished ones are still going, so longest of all; ties newest first
+    longest_first = ["run_d5", "run_d4", "run_d3", "run_d1", "run_d2", "run_d0"]
+
+    def paged(query: str) -> list[str]:
+        seen: list[str] = []
+        url = f"{web}/api/runs?{query}&limit=2"
+        while True:
+            page = _json(url)
+            seen += [r["id"] for r in page["runs"]]
+            if page["next"] is None:
+                return seen
+            url = f"{web}/api/runs?{query}&limit=2&after={page['next']}"
+
+    assert paged("sort=duration") == longest_first
+    assert paged("sort=duration&order=asc") == longest_first[::-1]
+    shown = {r["id"]: r["duration_secs"] for r in _json(f"{web}/api/runs?sort=duration")["runs"]}
+    assert [shown[r] for r in longest_first[2:]] == [30.0, 30.0, 20.0, 10.0]
+    # the page sorts the same way, and offers the sort
+    status, _, body = _get(f"{web}/runs?sort=duration&order=asc")
+    assert status == 200
+    html = body.decode()
+    assert [html.index(f'data-run="{r}"') for r in longest_first[::-1]] == sorted(
+        html.index(f'data-run="{r}"') for r in longest_first
+    )
+    assert '<option value="duration" selected>' in html
+    # a cursor belongs to its sort
+    other = _json(f"{web}/api/runs?limit=2")["next"]
+    status, ctype, body = _get(f"{web}/api/runs?sort=duration&after={other}")
+    assert (status, ctype) == (400, "application/json") and "after" in json.loads(body)["error"]
+
+
+def test_with_the_database_away_the_api_answers_json_503_and_pages_an_error_page_then_recover(db_url: str) -> None:
+    proxy = DatabaseProxy(db_url)
+    try:
+        with running_server(proxy.url) as base:
+            assert _get(f"{base}/api/runs")[0] == 200
+            proxy.stop()  # the server's connections are cut and new ones refused
+            status, ctype, body = _get(f"{base}/api/runs")
+            assert (status, ctype) == (503, "application/json"), body
+            # the reason, not "no connection free"
+            assert json.loads(body)["error"].startswith("database unavailable: cannot reach the database"), body
+            status, ctype, body = _get(f"{base}/runs")
+            assert status == 503 and ctype.startswith("text/html"), (status, ctype, body[:200])
+            page = body.decode()
+            assert "<h1>503</h1>" in page and "database unavailable: cannot reach the database" in page, page
+            proxy.start()
+            wait_for(lambda: _get(f"{base}/api/runs")[0] == 200, "the server to use the database again")
+            assert _get(f"{base}/runs")[0] == 200
+    finally:
+        proxy.close()
 
 
 def test_runs_filter_by_recipe_pipeline_and_text(web: str, conn: psycopg.Connection[Any]) -> None:

@@ -7,8 +7,12 @@ in the foreground, on an ephemeral loopback port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import os
+import socket
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import projections
 from events import NewEvent
@@ -74,6 +79,83 @@ def running_server(db_url: str, **options: Any) -> Iterator[str]:
         t.join(15)
         assert not t.is_alive(), "the server did not stop"
         assert "error" not in box, box.get("error")
+
+
+class DatabaseProxy:
+    """A byte-for-byte forwarder in front of a real Postgres: ``stop()`` takes the database away (every
+    connection cut, new ones refused), ``start()`` brings it back at the same address."""
+
+    def __init__(self, db_url: str) -> None:
+        params = conninfo_to_dict(db_url)
+        host, port = str(params.get("host") or "/tmp"), int(params.get("port") or 5432)
+        self.unix = host.startswith("/")
+        self.target: Any = os.path.join(host, f".s.PGSQL.{port}") if self.unix else (host, port)
+        if self.unix:
+            self.dir = tempfile.mkdtemp(prefix="labctl-db-proxy-")
+            self.address: Any = os.path.join(self.dir, f".s.PGSQL.{port}")
+            self.url = make_conninfo(db_url, host=self.dir)
+        else:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.address = ("127.0.0.1", probe.getsockname()[1])
+            self.url = make_conninfo(db_url, host="127.0.0.1", hostaddr="127.0.0.1", port=str(self.address[1]))
+        self.family = socket.AF_UNIX if self.unix else socket.AF_INET
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.listener = socket.socket(self.family)
+        if not self.unix:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(self.address)
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        self.listener = None
+        if self.unix:
+            os.unlink(self.address)
+        with self.lock:
+            for s in self.sockets:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self.sockets.clear()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.stop()
+        if self.unix:
+            os.rmdir(self.dir)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            upstream = socket.socket(self.family)
+            upstream.connect(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:

@@ -61,7 +61,7 @@ class RunsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     recipe: Name | None = None
     pipeline: Name | None = None
     q: Name | None = None
-    sort: Literal["created", "name", "user", "status"] = "created"
+    sort: Literal["created", "name", "user", "status", "duration"] = "created"
     order: Literal["desc", "asc"] = "desc"
     after: Annotated[str, msgspec.Meta(max_length=400)] | None = None  # the cursor of the previous page's last row
     limit: Limit = 100
@@ -198,30 +198,55 @@ def numeric_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
     }
 
 
-_SORT_COLUMNS = {"created": "created_at", "name": "name", "user": "user_name", "status": "status"}
+#: the runs page's sort keys, never taken from the request; ties go newest first, then by id, and
+#: schema.sql has an index on (key, created_at, id) for each, which also serves the filter on that column
+SORT_KEYS = {
+    "created": sql.SQL("r.created_at"),
+    "name": sql.SQL("r.name"),
+    "user": sql.SQL("r.user_name"),
+    "status": sql.SQL("r.status"),
+    # seconds from start (else submission) to the end; a run not ended yet sorts as longest (still going)
+    "duration": sql.SQL(
+        "coalesce(date_part('epoch', r.finished_at - coalesce(r.started_at, r.created_at)), 'Infinity'::float8)"
+    ),
+}
+_CREATED, _ID = sql.SQL("r.created_at"), sql.SQL("r.id")
 
 
-def encode_cursor(key: Any, run_id: str) -> str:
-    text = f"{key.isoformat() if isinstance(key, datetime) else key}\x00{run_id}"
+def encode_cursor(*keys: Any) -> str:
+    """The position after a page's last row: its sort key(s) and id, opaque to the client."""
+    text = "\x00".join(k.isoformat() if isinstance(k, datetime) else str(k) for k in keys)
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, *, timestamp: bool) -> tuple[Any, str]:
+def decode_cursor(cursor: str, sort: str) -> list[Any]:
+    """``[key, created_at, id]`` (``[created_at, id]`` when sorting by creation, as artifacts are)."""
     try:
-        key, run_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("\x00")
-        return (datetime.fromisoformat(key) if timestamp else key), run_id
+        parts = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("\x00")
+        if len(parts) != (2 if sort == "created" else 3):
+            raise ValueError("wrong number of keys")
+        *keys, run_id = parts
+        if sort != "created":
+            key = keys.pop(0)
+            typed: list[Any] = [float(key) if sort == "duration" else key]
+        else:
+            typed = []
+        return [*typed, datetime.fromisoformat(keys[0]), run_id]
     except ValueError as exc:
-        raise BadRequest(f"after: {cursor!r} is not a cursor from a previous page") from exc
+        raise BadRequest(f"after: {cursor!r} is not a cursor from a previous page of this sort") from exc
 
 
-def runs_page(conn: Conn, q: RunsQuery) -> dict[str, Any]:
-    """One page of runs (keyset-paged: as fast on page 1,000 as on page 1) and the cursor of the next."""
-    column = _SORT_COLUMNS[q.sort]
-    after_key, after_id = decode_cursor(q.after, timestamp=q.sort == "created") if q.after else (None, None)
+def runs_page_query(q: RunsQuery) -> tuple[sql.Composed, dict[str, Any]]:
+    """The SQL of one page of runs and its parameters (``runs_page`` runs it; the benchmarks explain it)."""
+    keys = [_CREATED, _ID] if q.sort == "created" else [SORT_KEYS[q.sort], _CREATED, _ID]
+    direction = sql.SQL(" DESC" if q.order == "desc" else " ASC")
+    after = decode_cursor(q.after, q.sort) if q.after else None
     query = sql.SQL(Q["runs_page"]).format(
-        sort=sql.SQL("r.") + sql.Identifier(column),
+        sort=SORT_KEYS[q.sort],
+        keys=sql.SQL(", ").join(keys),
+        after=sql.SQL(", ").join(sql.Placeholder(f"after{i}") for i in range(len(keys))),
         cmp=sql.SQL("<" if q.order == "desc" else ">"),
-        dir=sql.SQL("DESC" if q.order == "desc" else "ASC"),
+        order=sql.SQL(", ").join(k + direction for k in keys),
     )
     params = {
         "user": q.user,
@@ -229,10 +254,16 @@ def runs_page(conn: Conn, q: RunsQuery) -> dict[str, Any]:
         "recipe": q.recipe,
         "pipeline": q.pipeline,
         "text": f"%{_like_escape(q.q)}%" if q.q else None,
-        "after_key": after_key,
-        "after_id": after_id,
+        "paged": after is not None,
+        **{f"after{i}": value for i, value in enumerate(after or [None] * len(keys))},
         "limit": q.limit + 1,
     }
+    return query, params
+
+
+def runs_page(conn: Conn, q: RunsQuery) -> dict[str, Any]:
+    """One page of runs (keyset-paged: as fast on page 1,000 as on page 1) and the cursor of the next."""
+    query, params = runs_page_query(q)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query, params).fetchall()
     more = len(rows) > q.limit
@@ -244,7 +275,11 @@ def runs_page(conn: Conn, q: RunsQuery) -> dict[str, Any]:
         values = {n: s.last for n, s in last_logged.get(row["id"], {}).items() if s.last is not None}
         summary_["metrics"] = values | numeric_metrics(row["metrics"])  # an eval's value wins over a logged one
         runs.append(summary_)
-    cursor = encode_cursor(rows[-1][column], rows[-1]["id"]) if more and rows else None
+    last = rows[-1] if more and rows else None
+    cursor = None
+    if last is not None:
+        keys = [last["created_at"], last["id"]]
+        cursor = encode_cursor(*keys) if q.sort == "created" else encode_cursor(last["sort_key"], *keys)
     return {"runs": runs, "next": cursor}
 
 
@@ -647,7 +682,7 @@ def _sweep_value(run: dict[str, Any], arg: str, index: int | None) -> Any:
 
 
 def artifacts(conn: Conn, q: ArtifactsQuery) -> dict[str, Any]:
-    after_key, after_id = decode_cursor(q.after, timestamp=True) if q.after else (None, None)
+    after_key, after_id = decode_cursor(q.after, "created") if q.after else (None, None)
     rows = _rows(
         conn,
         "artifacts_list",

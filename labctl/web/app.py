@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import events
 from labctl import maintenance
-from labctl.db import SEARCH_PATH
+from labctl.db import SEARCH_PATH, connect
 from labctl.errors import DatabaseUnavailable
 from labctl.eventlog import event_json
 from labctl.jsontext import dumps
@@ -48,6 +49,10 @@ SECURITY_HEADERS = [
         b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
 ]
+
+
+#: how long a request waits for a pooled connection while the database answers but all are busy
+POOL_WAIT = 10.0
 
 
 class Web:
@@ -73,7 +78,7 @@ class Web:
             url,
             min_size=1,
             max_size=pool_size,
-            timeout=10.0,
+            timeout=POOL_WAIT,
             kwargs={"autocommit": True, "prepare_threshold": None, "options": options},
             check=psycopg_pool.ConnectionPool.check_connection,
             open=False,
@@ -109,13 +114,31 @@ class Web:
         """``work(conn, *args)`` in a worker thread on a pooled autocommit connection."""
 
         def call() -> T:
-            try:
-                with self.pool.connection() as conn:
-                    return work(conn, *args)
-            except psycopg_pool.PoolTimeout as exc:
-                raise DatabaseUnavailable(f"no database connection free: {exc}") from exc
+            deadline = time.monotonic() + POOL_WAIT
+            errors = self._connect_errors()
+            while True:
+                # wait in short slices: once the pool fails to connect, the database is away and
+                # the answer is a quick 503 with the reason, not a wait for the whole budget
+                try:
+                    with self.pool.connection(timeout=1.0) as conn:
+                        return work(conn, *args)
+                except psycopg_pool.PoolTimeout:
+                    if self._connect_errors() > errors or time.monotonic() >= deadline:
+                        raise self._why_unavailable() from None
 
         return await run_in_threadpool(call)
+
+    def _connect_errors(self) -> int:
+        return int(self.pool.get_stats().get("connections_errors", 0))
+
+    def _why_unavailable(self) -> DatabaseUnavailable:
+        """The reason no pooled connection came: the database cannot be reached, else every one is busy."""
+        try:
+            probe = connect(self.url, budget=0, connect_timeout=2)
+        except DatabaseUnavailable as exc:
+            return exc
+        probe.close()
+        return DatabaseUnavailable(f"all {self.pool.max_size} database connections are busy; try again shortly")
 
     def audit_result(self) -> dict[str, Any] | None:
         return self._audit
@@ -397,6 +420,32 @@ class Guard:
         await response(scope, receive, send)
 
 
+class Bound:
+    """At most ``limit`` requests in flight (event streams included); one more is a 503 that says so,
+    JSON under /api/ and a page elsewhere (uvicorn's own cap, further out, would answer in plain text)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            message = f"the server is busy ({self.in_flight} requests in flight); try again shortly"
+            response = json_error(503, message) if _is_api(scope["path"]) else pages.error_page(503, message)
+            response.headers["retry-after"] = "1"
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -409,9 +458,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
-    return _error(
-        request, 503, f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
-    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _error(request, 503, f"database unavailable: {first}")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -436,7 +484,7 @@ def _error(request: Request, status: int, message: str) -> Response:
 # -------------------------------------------------------------------- the app
 
 
-def create_app(web: Web, *, allowed_hosts: list[str]) -> Starlette:
+def create_app(web: Web, *, allowed_hosts: list[str], max_requests: int = 256) -> Starlette:
     routes = [
         Route("/api/runs", api_runs),
         Route("/api/runs/{id}", api_run),
@@ -471,7 +519,10 @@ def create_app(web: Web, *, allowed_hosts: list[str]) -> Starlette:
     }
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, token=web.token, allowed_hosts=allowed_hosts)],
+        middleware=[
+            Middleware(Guard, token=web.token, allowed_hosts=allowed_hosts),
+            Middleware(Bound, limit=max_requests),
+        ],
         exception_handlers=handlers,
     )
     app.state.web = web

@@ -132,6 +132,7 @@ async def runs_page(request: Request) -> Response:
         position=position,
         watch="run- metrics- eval-",
         q=q,
+        sorts=list(api.SORT_KEYS),
         runs=runs,
         next=page["next"],
         param_keys=_common_keys([r["params"] for r in runs if isinstance(r["params"], dict)], 3),

@@ -2,9 +2,10 @@
 -- connections never prepare statements, so each query is planned with its values.
 
 -- name: runs_page
--- One page of runs, newest first (or by {sort}), after a keyset cursor. {sort}, {cmp} and {dir}
--- are filled in from a fixed list (sql.Identifier / sql.SQL), never from the request.
-SELECT r.id, r.name, r.user_name, r.status, r.exit_code, r.executor, r.job_id, r.run_dir, r.repo,
+-- One page of runs by {sort} (ties newest first, then by id: {keys}), after a keyset cursor.
+-- {sort}, {keys}, {cmp} and {order} come from a fixed list (api.SORT_KEYS), never from the
+-- request; schema.sql indexes each ({keys}), so a page reads about its own rows at any depth.
+SELECT {sort} AS sort_key, r.id, r.name, r.user_name, r.status, r.exit_code, r.executor, r.job_id, r.run_dir, r.repo,
        r.cache_key, r.pipeline_id, r.stage_name, r.sweep_id, r.sweep_index, r.reason,
        r.created_at, r.started_at, r.finished_at,
        r.recipe -> 'params' AS params,
@@ -19,8 +20,8 @@ WHERE (%(user)s::text IS NULL OR r.user_name = %(user)s)
   AND (%(pipeline)s::text IS NULL OR r.pipeline_id = %(pipeline)s)
   AND (%(text)s::text IS NULL OR r.id ILIKE %(text)s OR r.name ILIKE %(text)s OR r.stage_name ILIKE %(text)s
        OR r.reason ILIKE %(text)s)
-  AND (%(after_id)s::text IS NULL OR ({sort}, r.id) {cmp} (%(after_key)s, %(after_id)s))
-ORDER BY {sort} {dir}, r.id {dir}
+  AND (NOT %(paged)s OR ({keys}) {cmp} ({after}))
+ORDER BY {order}
 LIMIT %(limit)s;
 
 -- name: run_row

@@ -86,7 +86,7 @@ async def serve(
     web = Web(url, token=token, cluster=cluster, limits=limits, poll_interval=poll_interval)
     try:
         await web.start()
-        app = create_app(web, allowed_hosts=allowed_hosts(host, extra_hosts or []))
+        app = create_app(web, allowed_hosts=allowed_hosts(host, extra_hosts or []), max_requests=max_connections)
         config = uvicorn.Config(
             app,
             host=host,
@@ -94,7 +94,8 @@ async def serve(
             log_config=None,
             access_log=False,
             lifespan="off",
-            limit_concurrency=max_connections,
+            # the app answers past max_connections (Bound); uvicorn's cap, further out, bounds sockets
+            limit_concurrency=2 * max_connections + 16,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=3,
             server_header=False,

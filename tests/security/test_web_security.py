@@ -197,8 +197,10 @@ def test_event_streams_beyond_the_cap_are_refused_until_one_closes(db_url: str) 
 def test_connections_beyond_the_cap_get_503_not_a_hang(db_url: str) -> None:
     with running_server(db_url, max_connections=4) as base:
         held = [EventStream(base) for _ in range(4)]
-        status, _, _ = get(f"{base}/api/runs")
-        assert status == 503
+        status, ctype, body = get(f"{base}/api/runs")
+        assert (status, ctype) == (503, "application/json") and "busy" in json.loads(body)["error"], body
+        status, ctype, body = get(f"{base}/runs")  # a page says it as a page
+        assert status == 503 and ctype.startswith("text/html") and b"<h1>503</h1>" in body, body[:300]
         for s in held:
             s.close()
         wait_for(lambda: get(f"{base}/api/runs")[0] == 200, "a free connection")
