@@ -26,8 +26,6 @@ import signal
 import subprocess
 import sys
 import types
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,8 @@ import psycopg
 import pytest
 
 from labctl.app import App
+from tests.compat.test_config_honoured import _held, begin_later_jobs  # noqa: F401  (the fixture)
+from tests.compat.test_flags_commands import _ended_run_with_a_source_snapshot
 from tests.conftest import REPO, agent, run_cli, wait_for
 from tests.test_pipelines_acceptance import (
     DATA,
@@ -328,27 +328,12 @@ def test_evald_killed_before_its_checkpoint_leaves_nothing_and_each_checkpoint_i
 
 def _ended_runs_with_source_snapshots(env: dict[str, str], tmp_path: Path, n: int) -> tuple[Path, list[Path]]:
     """``n`` ended local runs of a recipe with a repo (so each run dir holds source/); cluster.toml, run dirs."""
-    repo = tmp_path / "repo"
-    (repo / "pkg").mkdir(parents=True)
-    (repo / "hello.sh").write_text("echo hi\n")
-    (repo / "pkg" / "model.py").write_text("WEIGHTS = 1\n")
-    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    cluster = tmp_path / "cluster.toml"
-    cluster.write_text(
-        f'name = "lab"\n[filesystem]\nruns_base = "{tmp_path}/runs"\n[repos]\nmyrepo = "{repo}"\n'
-        '[scheduler]\nkind = "local"\n'
-    )
-    recipe = tmp_path / "hello.toml"
-    recipe.write_text('name = "hello"\nrepo = "myrepo"\ncommand = ["bash", "hello.sh"]\n[params]\ni = 0\n')
-    run_dirs = []
-    for i in range(n):
-        out = run_cli(
-            env, "--cluster", str(cluster), "run", str(recipe), "--set", f"params.i={i}", "--wait", check=True
-        )
-        run_dirs.append(
-            Path(next(line.split(": ", 1)[1] for line in out.stdout.splitlines() if line.startswith("run_dir: ")))
-        )
+    cluster, first = _ended_run_with_a_source_snapshot(env, tmp_path)
+    run_dirs = [first]
+    for _ in range(n - 1):
+        run = ["--cluster", str(cluster), "run", str(tmp_path / "hello.toml"), "--no-cache", "--wait"]
+        out = run_cli(env, *run, check=True).stdout
+        run_dirs.append(Path(next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("run_dir: "))))
     return cluster, run_dirs
 
 
@@ -416,47 +401,22 @@ def test_slurm_reactor_killed_between_sbatch_and_recording_the_job_adopts_it_and
     assert_one_job_carrying(run_id, job_id)
 
 
-@pytest.fixture
-def begin_later_jobs(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """Four of this user's jobs of one fresh name, pending (eligible an hour from now); cancelled after."""
-    name = f"crash_throttle_{uuid.uuid4().hex[:8]}"
-    ids = [
-        subprocess.run(
-            ["sbatch", "--parsable", f"--job-name={name}", "--begin=now+1hour", "--mem=10M", "--wrap", "true"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=tmp_path,
-        ).stdout.strip()
-        for _ in range(4)
-    ]
-    yield name, ids
-    subprocess.run(["scancel", *ids], check=False)
-
-
-def held(ids: list[str]) -> list[str]:
-    out = subprocess.run(
-        ["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%r"], capture_output=True, text=True, check=True
-    ).stdout
-    return sorted(i for i, _, reason in (line.partition("|") for line in out.splitlines()) if reason == "JobHeldUser")
-
-
 @pytest.mark.slurm
 def test_dispatch_throttle_killed_halfway_through_holding_holds_only_the_rest(
     lab: Lab,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
-    begin_later_jobs: tuple[str, list[str]],
+    begin_later_jobs: tuple[str, list[str]],  # noqa: F811
 ) -> None:
     from labctl.reactors.slurm import SlurmReactor
 
     name, ids = begin_later_jobs
     cluster = Path(lab.env["LABCTL_CLUSTER"])
     with cluster.open("a") as f:
-        f.write(f'evald_interval_secs = 1\n[dispatch.throttle]\njob_name = "{name}"\nmax_concurrent = 2\n')
+        f.write(f'evald_interval_secs = 1\n[dispatch.throttle]\njob_name = "{name}"\nmax_concurrent = 1\n')
 
     crash_agent(lab.env, lab.directory / "crashed.log", "hold")
 
-    assert held(ids) == ids[:1]  # of the two it meant to hold (the first two in squeue's order), one
+    assert _held(ids) == ids[:1]  # of the two it meant to hold (the first two in squeue's order), one
 
     app = app_for(lab.env, monkeypatch)
     try:
@@ -465,7 +425,7 @@ def test_dispatch_throttle_killed_halfway_through_holding_holds_only_the_rest(
             wait_for(reactor.leadership.held, "the dead agent's leadership to be released")
             reactor.step()
             reactor.close()
-            assert held(ids) == ids[:2]  # as an uncrashed pass leaves it: two held, two eligible
+            assert _held(ids) == ids[:2]  # as an uncrashed pass leaves it: two held, one eligible
     finally:
         app.close()
 
