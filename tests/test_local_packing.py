@@ -23,7 +23,7 @@ STAMP = (
 )
 
 
-def write_cluster(tmp_path: Path, cpus: int = 16) -> Path:
+def write_cluster(tmp_path: Path, cpus: int = 16, dispatch: dict[str, Any] | None = None) -> Path:
     home = tmp_path / "store"
     kinds = ("checkpoint", "dataset", "eval_result", "model", "external")
     outputs = ("checkpoint_stream", "checkpoint", "dataset", "eval_result", "model")
@@ -39,6 +39,8 @@ def write_cluster(tmp_path: Path, cpus: int = 16) -> Path:
         'mem = "64GB"',
         f"gpus = {json.dumps(GPUS)}",
     ]
+    if dispatch:
+        lines += ["", "[dispatch]", *(f"{k} = {json.dumps(v)}" for k, v in dispatch.items())]
     path = tmp_path / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -228,3 +230,36 @@ def test_jobs_are_pinned_to_cpus_of_their_own(
         seen.append((Path(row[0]) / "cpus").read_text().split()[-1])
     # each ran on exactly one CPU (a single id, no range or list)
     assert all(c.isdigit() for c in seen), seen
+
+
+def test_the_agents_evald_skips_a_policy_that_can_never_fit_with_one_warning_and_runs_the_others(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    evals = Path(__file__).parent / "data" / "pipelines" / "evals"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    big_recipe(tmp_path, "score", '[inputs.checkpoint]\ntype = "checkpoint"')
+    (policies / "every.toml").write_text(
+        'name = "every"\nrecipe = "../score.toml"\n[applies_to]\ntype = "checkpoint"\n'
+    )
+    (policies / "fits.toml").write_text(
+        f'name = "fits"\nrecipe = "{evals / "eval.toml"}"\n[applies_to]\ntype = "checkpoint"\n'
+    )
+    cluster = write_cluster(tmp_path, dispatch={"policies_dir": str(policies), "evald_interval_secs": 1})
+    env = {**env, "LABCTL_CLUSTER": str(cluster)}
+    run_cli(env, "run", str(evals / "train_alone.toml"), "--wait", check=True)  # three checkpoints
+    log = tmp_path / "agent.log"
+    with agent(env, log):
+
+        def evaluated() -> int:
+            row = conn.execute("SELECT count(*) FROM evals WHERE recorded_at IS NOT NULL").fetchone()
+            return int(row[0]) if row else 0
+
+        wait_for(lambda: evaluated() == 3, "the fitting policy to evaluate the three checkpoints", timeout=120)
+    text = log.read_text()
+    skipped = [line for line in text.splitlines() if "skipping eval policy every" in line]
+    why = "needs 64 CPUs; this machine has 16 (cluster.toml [local] cpus)"
+    assert len(skipped) == 1 and skipped[0].endswith(f"evald: skipping eval policy every (recipe score) {why}"), text
+    assert "Traceback" not in text and "reactor evald failed" not in text, text
+    policies_asked = {p for (p,) in conn.execute("SELECT DISTINCT policy FROM evals")}
+    assert policies_asked == {"fits"}
