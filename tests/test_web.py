@@ -275,18 +275,22 @@ def test_labctl_serve_refuses_a_malformed_bind(labctl_env: dict[str, str]) -> No
 # ------------------------------------------------------- a small world to browse
 
 
-def test_runs_are_paged_by_cursor_without_repeats_or_gaps(web: str, conn: psycopg.Connection[Any]) -> None:
-    for i in range(7):
-        _submit(conn, f"run_g{i}")
+def _every_page(web: str, query: str, limit: int) -> list[str]:
+    """The run ids of ``/api/runs?QUERY``, page after page by the cursor."""
     seen: list[str] = []
-    url = f"{web}/api/runs?limit=3"
+    url = f"{web}/api/runs?{query}&limit={limit}"
     while True:
         page = _json(url)
         seen += [r["id"] for r in page["runs"]]
         if page["next"] is None:
-            break
-        url = f"{web}/api/runs?limit=3&after={page['next']}"
-    assert seen == [f"run_g{i}" for i in reversed(range(7))]
+            return seen
+        url = f"{web}/api/runs?{query}&limit={limit}&after={page['next']}"
+
+
+def test_runs_are_paged_by_cursor_without_repeats_or_gaps(web: str, conn: psycopg.Connection[Any]) -> None:
+    for i in range(7):
+        _submit(conn, f"run_g{i}")
+    assert _every_page(web, "", 3) == [f"run_g{i}" for i in reversed(range(7))]
     by_name = _json(f"{web}/api/runs?sort=name&order=asc&limit=2")
     assert [r["id"] for r in _json(f"{web}/api/runs?sort=name&order=asc&limit=5&after={by_name['next']}")["runs"]] == [
         r["id"] for r in _json(f"{web}/api/runs?sort=name&order=asc&limit=7")["runs"]
@@ -309,19 +313,8 @@ def test_runs_sort_by_duration_pages_without_repeats_or_gaps_unfinished_runs_lon
             projections.record(conn, [NewEvent(f"run-{run_id}", end, 2)])
     # longest first; the unfinished ones are still going, so longest of all; ties newest first
     longest_first = ["run_d5", "run_d4", "run_d3", "run_d1", "run_d2", "run_d0"]
-
-    def paged(query: str) -> list[str]:
-        seen: list[str] = []
-        url = f"{web}/api/runs?{query}&limit=2"
-        while True:
-            page = _json(url)
-            seen += [r["id"] for r in page["runs"]]
-            if page["next"] is None:
-                return seen
-            url = f"{web}/api/runs?{query}&limit=2&after={page['next']}"
-
-    assert paged("sort=duration") == longest_first
-    assert paged("sort=duration&order=asc") == longest_first[::-1]
+    assert _every_page(web, "sort=duration", 2) == longest_first
+    assert _every_page(web, "sort=duration&order=asc", 2) == longest_first[::-1]
     shown = {r["id"]: r["duration_secs"] for r in _json(f"{web}/api/runs?sort=duration")["runs"]}
     assert [shown[r] for r in longest_first[2:]] == [30.0, 30.0, 20.0, 10.0]
     # the page sorts the same way, and offers the sort
