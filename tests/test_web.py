@@ -325,6 +325,8 @@ def test_runs_sort_by_duration_pages_without_repeats_or_gaps_unfinished_runs_lon
         html.index(f'data-run="{r}"') for r in longest_first
     )
     assert '<option value="duration" selected>' in html
+    # its header sorts by it, the other way round when it already does, from the first page
+    assert '<th aria-sort="ascending"><a class="sort" href="?sort=duration&amp;order=desc">duration ↑</a></th>' in html
     # a cursor belongs to its sort
     other = _json(f"{web}/api/runs?limit=2")["next"]
     status, ctype, body = _get(f"{web}/api/runs?sort=duration&after={other}")
