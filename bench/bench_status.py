@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -220,9 +221,9 @@ def bare_copy(conn: psycopg.Connection[Any], query: str, params: dict[str, Any])
 
 
 BARE_SCRIPT = """
-import sys, psycopg
+import json, sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True, options="-c search_path=live,labctl") as c:
-    c.execute(sys.argv[2], {"user": sys.argv[3]}).fetchall()
+    c.execute(sys.argv[2], json.loads(sys.argv[3])).fetchall()
 """
 
 
@@ -265,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             mine_q, mine_p = status_query(user=WHO, state=None, everything=False)
             all_q, all_p = status_query(user=None, state=None, everything=True)
+            mine_json = json.dumps(mine_p)
             shown = len(conn.execute(mine_q, mine_p).fetchall())
             plan = explain(conn, mine_q, mine_p)
             exported = bare_copy(conn, all_q, all_p)
@@ -281,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             cases = {
                 "python -c pass": lambda: run_quiet([sys.executable, "-c", "pass"], env),
-                "bare script": lambda: run_quiet([sys.executable, "-c", BARE_SCRIPT, url, mine_q, WHO], env),
+                "bare script": lambda: run_quiet([sys.executable, "-c", BARE_SCRIPT, url, mine_q, mine_json], env),
                 "status SQL": lambda: conn.execute(mine_q, mine_p).fetchall(),
                 "labctl status": cli_status,
                 "COPY json": lambda: bare_copy(conn, all_q, all_p),

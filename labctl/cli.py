@@ -332,12 +332,23 @@ def status(
 
     def draw() -> None:
         rows = runs.status_rows(conn, user=who, state=state, everything=all_)
-        table = [[r[0], r[1], r[2], r[3], r[4], r[5], (r[10] and f"{r[9]}/{r[10]}") or ""] for r in rows]
+        table = [
+            [
+                r.id,
+                r.name,
+                r.status,
+                r.exit_code,
+                r.user,
+                r.created_at,
+                (r.stage_name and f"{r.pipeline_id}/{r.stage_name}") or "",
+            ]
+            for r in rows
+        ]
         headers = ["RUN", "NAME", "STATUS", "EXIT", "USER", "CREATED", "STAGE"]
         if extra is not None:
-            more, cells = extra_columns(conn, [(r[0], r[6], r[7]) for r in rows], extra)
+            more, cells = extra_columns(conn, [(r.id, r.started_at, r.finished_at) for r in rows], extra)
             headers += more
-            table = [[*t, *cells[t[0]]] for t in table]
+            table = [[*t, *cells[r.id]] for t, r in zip(table, rows, strict=True)]
         typer.echo(format_table(headers, table))
 
     def show() -> None:

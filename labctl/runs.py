@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
 import psycopg
+from psycopg import sql
 
-from events.queries import load_queries
+from events.queries import load_queries, rows_as
 from labctl import layout
 from labctl.errors import UserError
 from labctl.jsontext import dumps
@@ -17,10 +19,26 @@ from labctl.lookup import resolve_id
 from projections.runs import TERMINAL_STATES
 
 QUERIES = load_queries("labctl", "runs.sql")
-STATUS_COLUMNS = (
-    "id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, "
-    "cache_key, pipeline_id, stage_name, sweep_id, job_id, executor, reason"
-)
+
+
+class StatusRow(msgspec.Struct, frozen=True):
+    """One line of ``labctl status`` (the columns of the ``status_*`` queries, by name)."""
+
+    id: str
+    name: str
+    status: str
+    exit_code: int | None
+    user: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cache_key: str | None
+    pipeline_id: str | None
+    stage_name: str | None
+    sweep_id: str | None
+    job_id: str | None
+    executor: str
+    reason: str | None
 
 
 def resolve_run(conn: psycopg.Connection[Any], ref: str) -> str:
@@ -29,32 +47,20 @@ def resolve_run(conn: psycopg.Connection[Any], ref: str) -> str:
 
 
 def status_query(*, user: str | None, state: str | None, everything: bool) -> tuple[str, dict[str, Any]]:
-    """The SQL behind ``labctl status``: the user's unfinished runs plus the latest 20, or everything."""
-    where = ["TRUE"]
-    params: dict[str, Any] = {}
-    if user is not None:
-        where.append("user_name = %(user)s")
-        params["user"] = user
-    if state is not None:
-        where.append("status = %(state)s")
-        params["state"] = state
-    cond = " AND ".join(where)
+    """The SQL behind ``labctl status``: the user's unfinished runs plus the latest 20, or everything.
+
+    ``user`` and ``state`` filter when not None (nullable parameters of one named query each)."""
+    params: dict[str, Any] = {"user": user, "state": state}
     if everything:
-        return f"SELECT {STATUS_COLUMNS} FROM runs WHERE {cond} ORDER BY created_at, id", params
-    terminal = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
-    query = (
-        f"(SELECT {STATUS_COLUMNS} FROM runs WHERE {cond} AND status NOT IN ({terminal})) UNION "
-        f"(SELECT {STATUS_COLUMNS} FROM runs WHERE {cond} ORDER BY created_at DESC LIMIT 20) "
-        "ORDER BY created_at, id"
-    )
-    return query, params
+        return QUERIES["status_all"], params
+    return QUERIES["status_default"], params | {"terminal": sorted(TERMINAL_STATES)}
 
 
 def status_rows(
     conn: psycopg.Connection[Any], *, user: str | None, state: str | None, everything: bool
-) -> list[tuple[Any, ...]]:
+) -> list[StatusRow]:
     query, params = status_query(user=user, state=state, everything=everything)
-    return conn.execute(query, params).fetchall()
+    return rows_as(conn, StatusRow, query, params)
 
 
 def write_status_json(
@@ -62,10 +68,10 @@ def write_status_json(
 ) -> int:
     """Stream status rows as JSON lines, built by the server (fast at 100k rows)."""
     query, params = status_query(user=user, state=state, everything=everything)
-    sql = f"COPY (SELECT row_to_json(r)::text FROM ({query}) r) TO STDOUT"
+    copy_sql = sql.SQL("COPY (SELECT row_to_json(r)::text FROM ({}) r) TO STDOUT").format(sql.SQL(query))
     n = 0
     pending = bytearray()
-    with conn.cursor() as cur, cur.copy(sql, params) as copy:
+    with conn.cursor() as cur, cur.copy(copy_sql, params) as copy:
         for chunk in copy:
             # COPY's text format escapes backslashes; JSON text never contains a raw tab or newline.
             pending += bytes(chunk).replace(b"\\\\", b"\\")
@@ -79,30 +85,23 @@ def write_status_json(
 
 
 def set_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
-    conn.execute(f"SET search_path = {schema}, labctl")
+    conn.execute(sql.SQL("SET search_path = {}, labctl").format(sql.Identifier(schema)))
 
 
 def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
-    cur = conn.execute("SELECT * FROM runs WHERE id = %s", (run_id,))
+    cur = conn.execute(QUERIES["run_row"], {"id": run_id})
     names = [d.name for d in cur.description or []]
     row = cur.fetchone()
     if row is None:
         raise UserError(f"no run {run_id!r}")
     shown: dict[str, Any] = dict(zip(names, row, strict=True))
-    inputs = conn.execute(
-        "SELECT role, type, path, artifact_id, alias FROM run_inputs WHERE run_id = %s ORDER BY role", (run_id,)
-    ).fetchall()
+    inputs = conn.execute(QUERIES["run_inputs"], {"id": run_id}).fetchall()
     # each input and output also carries the original's keys (resolved_path; id, kind, metadata_json, ...)
     shown["inputs"] = [
         {"role": r, "type": t, "path": p, "artifact_id": a, "alias": al, "resolved_path": p}
         for r, t, p, a, al in inputs
     ]
-    outputs = conn.execute(
-        "SELECT o.role, o.artifact_id, o.path, o.step, a.kind, a.producer_run_id, a.metadata, "
-        "extract(epoch FROM a.created_at)::bigint FROM run_outputs o LEFT JOIN artifacts a ON a.id = o.artifact_id "
-        "WHERE o.run_id = %s ORDER BY o.role, o.step NULLS FIRST",
-        (run_id,),
-    ).fetchall()
+    outputs = conn.execute(QUERIES["run_outputs"], {"id": run_id}).fetchall()
     shown["outputs"] = [
         {"role": r, "artifact_id": a, "path": p, "step": st, "id": a, "kind": k}
         | {"producer_run_id": prod, "metadata_json": meta, "created_at": at}
@@ -121,11 +120,7 @@ def show_run(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
         | {"state": st or "pending"}
         for k, c, h, p, r, st in conn.execute(QUERIES["eval_requests"], {"id": run_id})
     ]
-    original = conn.execute(
-        "SELECT recipe_hash, source_path, context, dependency_on, tracking, original_events "
-        "FROM imported_runs WHERE run_id = %s",
-        (run_id,),
-    ).fetchone()
+    original = conn.execute(QUERIES["imported_run"], {"id": run_id}).fetchone()
     if original is not None:
         # Imported from an original labctl registry: its own fields, as they were there.
         keys = ("recipe_hash", "source_path", "context", "dependency_on", "tracking", "original_events")
@@ -148,7 +143,7 @@ def cache_view(conn: psycopg.Connection[Any], run_id: str, row: dict[str, Any]) 
         view["explained"] = explain(row["cache_key"], parts, inputs=sub.inputs if sub else (), repo=row.get("repo"))
     producer = row.get("producer_run_id")
     if producer:
-        found = conn.execute("SELECT status, finished_at FROM runs WHERE id = %s", (producer,)).fetchone()
+        found = conn.execute(QUERIES["run_status"], {"id": producer}).fetchone()
         view["reused"] = {"run_id": producer, "status": found[0] if found else None}
         view["reused"]["finished_at"] = found[1] if found else None
     return view
@@ -158,7 +153,7 @@ def reuse_line(conn: psycopg.Connection[Any], producer: str) -> str:
     """``cache hit: reused the outputs of run_… (succeeded <when>)``."""
     from labctl.cache_key import hit_line
 
-    found = conn.execute("SELECT status, finished_at FROM runs WHERE id = %s", (producer,)).fetchone()
+    found = conn.execute(QUERIES["run_status"], {"id": producer}).fetchone()
     return hit_line(producer, found[1] if found else None, found[0] if found else None)
 
 
@@ -215,5 +210,5 @@ def to_json(value: Any) -> str:
 
 
 def is_terminal(conn: psycopg.Connection[Any], run_id: str) -> bool:
-    row = conn.execute("SELECT status FROM runs WHERE id = %s", (run_id,)).fetchone()
+    row = conn.execute(QUERIES["run_status"], {"id": run_id}).fetchone()
     return row is None or row[0] in TERMINAL_STATES

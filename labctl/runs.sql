@@ -1,3 +1,43 @@
+-- Queries of reading runs: `labctl status`, `show`, `log`.
+-- Optional filters are nullable parameters (``%(x)s::text IS NULL OR col = %(x)s``), never SQL fragments.
+
+-- name: status_default
+-- `labctl status`: the unfinished runs plus the latest 20 (of ``user`` and in ``state``, each unless NULL).
+(SELECT id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, cache_key,
+        pipeline_id, stage_name, sweep_id, job_id, executor, reason
+ FROM runs
+ WHERE (%(user)s::text IS NULL OR user_name = %(user)s) AND (%(state)s::text IS NULL OR status = %(state)s)
+   AND status <> ALL (%(terminal)s::text[]))
+UNION
+(SELECT id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, cache_key,
+        pipeline_id, stage_name, sweep_id, job_id, executor, reason
+ FROM runs
+ WHERE (%(user)s::text IS NULL OR user_name = %(user)s) AND (%(state)s::text IS NULL OR status = %(state)s)
+ ORDER BY created_at DESC LIMIT 20)
+ORDER BY created_at, id
+
+-- name: status_all
+-- `labctl status --all`: every run (of ``user`` and in ``state``, each unless NULL), oldest first.
+SELECT id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, cache_key,
+       pipeline_id, stage_name, sweep_id, job_id, executor, reason
+FROM runs
+WHERE (%(user)s::text IS NULL OR user_name = %(user)s) AND (%(state)s::text IS NULL OR status = %(state)s)
+ORDER BY created_at, id
+
+-- name: run_row
+SELECT * FROM runs WHERE id = %(id)s
+
+-- name: run_status
+SELECT status, finished_at FROM runs WHERE id = %(id)s
+
+-- name: run_inputs
+SELECT role, type, path, artifact_id, alias FROM run_inputs WHERE run_id = %(id)s ORDER BY role
+
+-- name: imported_run
+-- What an import from the original labctl's registry kept of the run as it was there.
+SELECT recipe_hash, source_path, context, dependency_on, tracking, original_events
+FROM imported_runs WHERE run_id = %(id)s
+
 -- What `labctl show` prints beside the run row, with the original's keys.
 
 -- name: output_aliases

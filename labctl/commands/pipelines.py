@@ -165,7 +165,10 @@ def pipeline_ls(
     from labctl.table import format_table
 
     a = open_app()
-    rows = pipelines_list(a.db.conn, None if all_ else (user or a.user))
+    rows = [
+        [p.id, p.name, p.status, p.user, p.created_at, p.finished_at]
+        for p in pipelines_list(a.db.conn, None if all_ else (user or a.user))
+    ]
     typer.echo(format_table(["PIPELINE", "NAME", "STATUS", "USER", "CREATED", "FINISHED"], rows))
 
 

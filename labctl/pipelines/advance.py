@@ -17,12 +17,15 @@ import psycopg
 
 import events
 from events import ConcurrencyError, NewEvent
+from events.queries import load_queries, row_as, rows_as
 from events.types import InputRef, PipelineFinished, RunFinished, RunPending, SweepFinished
 from labctl.app import App
 from labctl.errors import UserError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput
 from labctl.submit import StageContext, artifact_alias, submit
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
+
+QUERIES = load_queries("labctl.pipelines", "pipelines.sql")
 
 
 def with_index(recipe: Recipe, index: int) -> Recipe:
@@ -57,22 +60,10 @@ def load(
     conn: psycopg.Connection[Any], pipeline_id: str
 ) -> tuple[PipelineRow | None, list[StageRow], dict[str, RunRow]]:
     """The pipeline, its stages in declaration order, and its runs by id."""
-    pipeline = conn.execute(
-        "SELECT id, status, from_run, user_name FROM pipelines WHERE id = %s", (pipeline_id,)
-    ).fetchone()
-    stages = conn.execute(
-        "SELECT stage_name, run_ids, parents FROM pipeline_stages WHERE pipeline_id = %s ORDER BY ordinal",
-        (pipeline_id,),
-    ).fetchall()
-    rows = conn.execute(
-        "SELECT id, status, stage_name, sweep_index, stream_version, user_name FROM runs WHERE pipeline_id = %s",
-        (pipeline_id,),
-    ).fetchall()
-    return (
-        PipelineRow(*pipeline) if pipeline else None,
-        [StageRow(*r) for r in stages],
-        {r[0]: RunRow(*r) for r in rows},
-    )
+    by_id = {"id": pipeline_id}
+    pipeline = row_as(conn, PipelineRow, QUERIES["pipeline"], by_id)
+    stages = rows_as(conn, StageRow, QUERIES["stages"], by_id)
+    return pipeline, stages, {r.id: r for r in rows_as(conn, RunRow, QUERIES["runs"], by_id)}
 
 
 #: run ends that make a pipeline ``failed`` rather than ``cancelled``
@@ -196,11 +187,7 @@ def _submit_waiting(
 
 
 def _outputs_of(conn: psycopg.Connection[Any], run_id: str, role: str) -> list[tuple[str, str, str, int | None]]:
-    return conn.execute(
-        "SELECT o.artifact_id, o.path, a.hash, o.step FROM run_outputs o JOIN artifacts a ON a.id = o.artifact_id "
-        "WHERE o.run_id = %s AND o.role = %s ORDER BY o.step NULLS FIRST",
-        (run_id, role),
-    ).fetchall()
+    return conn.execute(QUERIES["outputs_of_role"], {"run_id": run_id, "role": role}).fetchall()
 
 
 def _input_of_run(
@@ -228,9 +215,7 @@ def _input_of_run(
 
 def _output_alias(conn: psycopg.Connection[Any], run_id: str, role: str) -> str | None:
     """The alias a run gave its output ``role`` (its recipe as submitted, rendered)."""
-    row = conn.execute(
-        "SELECT recipe -> 'outputs' -> %s ->> 'alias' FROM runs WHERE id = %s", (role, run_id)
-    ).fetchone()
+    row = conn.execute(QUERIES["output_alias"], {"role": role, "run_id": run_id}).fetchone()
     return row[0] if row and row[0] else None
 
 
@@ -271,8 +256,7 @@ def _close_if_done(app: App, pipeline_id: str, stages: list[StageRow], runs: dic
     batch: list[NewEvent] = []
     for stage in stages:
         sweep = app.db.conn.execute(
-            "SELECT id, status FROM sweeps WHERE pipeline_id = %s AND %s = ANY(run_ids)",
-            (pipeline_id, stage.run_ids[0]),
+            QUERIES["sweep_of_stage"], {"pipeline_id": pipeline_id, "run_id": stage.run_ids[0]}
         ).fetchone()
         if sweep and sweep[1] == "running":
             state, _ = stage_state(stage.run_ids, runs)
@@ -295,9 +279,5 @@ def _close_if_done(app: App, pipeline_id: str, stages: list[StageRow], runs: dic
 
 def running_pipelines(conn: psycopg.Connection[Any], user: str | None = None) -> list[str]:
     """Running pipelines (only ``user``'s when given), oldest first."""
-    rows = conn.execute(
-        "SELECT id FROM pipelines WHERE status = 'running' AND (%(user)s::text IS NULL OR user_name = %(user)s) "
-        "ORDER BY created_at",
-        {"user": user},
-    )
+    rows = conn.execute(QUERIES["running_pipelines"], {"user": user})
     return [r[0] for r in rows]

@@ -20,7 +20,7 @@ from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.files.recipe import param_exists
 from labctl.ids import new_id, new_run_id
 from labctl.packing import refuse_if_never_fits
-from labctl.pipelines.advance import advance, with_index
+from labctl.pipelines.advance import QUERIES, advance, with_index
 from labctl.secrets import split_secrets
 from labctl.submit import StageContext, apply_overrides, prepare, resolve_inputs
 from projections.runs import SUCCESS_STATES
@@ -66,7 +66,7 @@ def _refuse_literal_secrets(stage: PlannedStage) -> None:
 def _pin(conn: psycopg.Connection[Any], plan: PipelinePlan) -> str | None:
     if plan.from_ is None:
         return None
-    row = conn.execute("SELECT id, status FROM runs WHERE id = %s", (plan.from_,)).fetchone()
+    row = conn.execute(QUERIES["run_status"], {"id": plan.from_}).fetchone()
     if row is None:
         raise FileFormatError(plan.path, "from", f"no run {plan.from_!r} to pin")
     if row[1] not in SUCCESS_STATES:
@@ -76,7 +76,7 @@ def _pin(conn: psycopg.Connection[Any], plan: PipelinePlan) -> str | None:
 
 def _check_pinned_roles(conn: psycopg.Connection[Any], plan: PipelinePlan, from_run: str) -> None:
     """Every ``type = "from"`` input must name an output the pinned run registered: refuse now, not mid-run."""
-    roles = {r[0] for r in conn.execute("SELECT DISTINCT role FROM run_outputs WHERE run_id = %s", (from_run,))}
+    roles = {r[0] for r in conn.execute(QUERIES["output_roles"], {"run_id": from_run})}
     for stage in plan.stages:
         for role, spec in stage.recipe.inputs.items():
             if isinstance(spec, FromInput) and spec.role not in roles:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+import msgspec
 import psycopg
 
+from events.queries import rows_as
 from labctl.errors import UserError
 from labctl.lookup import resolve_id
-from labctl.pipelines.advance import load, stage_state
+from labctl.pipelines.advance import QUERIES, load, stage_state
 from labctl.pipelines.plan import PipelineSubmitted
 from labctl.runs import shown_job_id
 from projections.runs import TERMINAL_STATES
@@ -19,11 +22,7 @@ def resolve_pipeline(conn: psycopg.Connection[Any], ref: str) -> str:
 
 
 def unfinished_runs(conn: psycopg.Connection[Any], pipeline_id: str) -> list[str]:
-    terminal = list(TERMINAL_STATES)
-    rows = conn.execute(
-        "SELECT id FROM runs WHERE pipeline_id = %s AND NOT (status = ANY(%s)) ORDER BY created_at",
-        (pipeline_id, terminal),
-    ).fetchall()
+    rows = conn.execute(QUERIES["unfinished_runs"], {"id": pipeline_id, "terminal": sorted(TERMINAL_STATES)}).fetchall()
     return [r[0] for r in rows]
 
 
@@ -32,11 +31,7 @@ def pipeline_view(conn: psycopg.Connection[Any], pipeline_id: str) -> dict[str, 
     pipeline, stages, runs = load(conn, pipeline_id)
     if pipeline is None:
         raise UserError(f"no pipeline {pipeline_id!r}")
-    info = conn.execute(
-        "SELECT name, user_name, status, reason, created_at, finished_at, file_path, from_run "
-        "FROM pipelines WHERE id = %s",
-        (pipeline_id,),
-    ).fetchone()
+    info = conn.execute(QUERIES["pipeline_info"], {"id": pipeline_id}).fetchone()
     assert info is not None
     view: dict[str, Any] = {
         "id": pipeline_id,
@@ -74,14 +69,7 @@ def original_pipeline_view(conn: psycopg.Connection[Any], view: dict[str, Any]) 
 
     Our per-stage view moves to ``dag``.
     """
-    rows = {
-        r[0]: r
-        for r in conn.execute(
-            "SELECT r.id, r.executor, r.job_id, r.status, r.run_dir, extract(epoch FROM p.created_at)::bigint "
-            "FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.pipeline_id = %s",
-            (view["id"],),
-        )
-    }
+    rows = {r[0]: r for r in conn.execute(QUERIES["runs_shown"], {"id": view["id"]})}
     runs_of = {stage["name"]: [r["id"] for r in stage["runs"]] for stage in view["stages"]}
     stages = []
     for stage in view["stages"]:
@@ -102,17 +90,8 @@ def original_pipeline_view(conn: psycopg.Connection[Any], view: dict[str, Any]) 
 
 def submission_view(conn: psycopg.Connection[Any], submitted: PipelineSubmitted) -> dict[str, Any]:
     """What ``run-pipeline`` prints as JSON: the original's ``pipeline_id``, ``name`` and ``stages``, ours beside."""
-    rows = {
-        r[0]: r
-        for r in conn.execute(
-            "SELECT id, executor, job_id, status FROM runs WHERE pipeline_id = %s", (submitted.pipeline_id,)
-        )
-    }
-    parents = dict(
-        conn.execute(
-            "SELECT stage_name, parents FROM pipeline_stages WHERE pipeline_id = %s", (submitted.pipeline_id,)
-        ).fetchall()
-    )
+    rows = {r[0]: r for r in conn.execute(QUERIES["runs_submitted"], {"id": submitted.pipeline_id})}
+    parents = dict(conn.execute(QUERIES["stage_parents"], {"id": submitted.pipeline_id}).fetchall())
     stages = []
     for stage, run_ids in submitted.runs.items():
         depends_on = [r for p in parents.get(stage, []) for r in submitted.runs[p]]
@@ -155,9 +134,17 @@ def render_pipeline(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def pipelines_list(conn: psycopg.Connection[Any], user: str | None, limit: int = 50) -> list[tuple[Any, ...]]:
-    return conn.execute(
-        "SELECT id, name, status, user_name, created_at, finished_at FROM pipelines "
-        "WHERE %(user)s::text IS NULL OR user_name = %(user)s ORDER BY created_at DESC LIMIT %(limit)s",
-        {"user": user, "limit": limit},
-    ).fetchall()
+class PipelineListed(msgspec.Struct, frozen=True):
+    """One line of ``labctl pipelines``."""
+
+    id: str
+    name: str
+    status: str
+    user: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def pipelines_list(conn: psycopg.Connection[Any], user: str | None, limit: int = 50) -> list[PipelineListed]:
+    """The latest ``limit`` pipelines (only ``user``'s unless None), newest first."""
+    return rows_as(conn, PipelineListed, QUERIES["pipelines_list"], {"user": user, "limit": limit})
