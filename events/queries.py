@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -28,8 +29,9 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
+@functools.cache
 def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
-    """Load a package's query file once (call at import time)."""
+    """Load a package's query file (call at import time; modules sharing a file share one load)."""
     return parse_queries(resources.files(package).joinpath(filename).read_text())
 
 

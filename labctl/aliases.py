@@ -16,9 +16,10 @@ import psycopg
 
 import events
 from events import NewEvent
+from events.queries import rows_as
 from events.types import AliasRemoved, AliasSet
 from labctl.app import App
-from labctl.artifact_queries import resolve_artifact
+from labctl.artifact_queries import QUERIES, resolve_artifact
 from labctl.artifacts import remove_alias_link, set_alias_link
 from labctl.artifacts.store import alias_link_path
 from labctl.errors import InputError, UserError
@@ -40,11 +41,7 @@ def check_alias_name(user: str, alias: str) -> None:
 def sync_alias_link(app: App, user: str, alias: str, kinds_before: set[str]) -> Path | None:
     """Make ``aliases/<user>/<alias>`` under every involved kind root match the read model."""
     conn = app.db.conn
-    row = conn.execute(
-        "SELECT a.kind, a.path FROM aliases al JOIN artifacts a ON a.id = al.artifact_id "
-        "WHERE al.user_name = %s AND al.alias = %s",
-        (user, alias),
-    ).fetchone()
+    row = conn.execute(QUERIES["alias_artifacts"], {"user": user, "alias": alias}).fetchone()
     link = None
     try:
         current_root = kind_root(app, row[0]) if row else None
@@ -60,11 +57,7 @@ def sync_alias_link(app: App, user: str, alias: str, kinds_before: set[str]) -> 
 
 
 def alias_kinds(conn: psycopg.Connection[Any], user: str, alias: str) -> set[str]:
-    rows = conn.execute(
-        "SELECT a.kind FROM aliases al JOIN artifacts a ON a.id = al.artifact_id "
-        "WHERE al.user_name = %s AND al.alias = %s",
-        (user, alias),
-    ).fetchall()
+    rows = conn.execute(QUERIES["alias_artifacts"], {"user": user, "alias": alias}).fetchall()
     return {r[0] for r in rows}
 
 
@@ -78,13 +71,7 @@ class AliasEntry(msgspec.Struct, kw_only=True):
 
 
 def list_aliases(conn: psycopg.Connection[Any], *, user: str | None) -> list[AliasEntry]:
-    rows = conn.execute(
-        "SELECT al.user_name, al.alias, al.artifact_id, a.kind, a.path, al.set_at "
-        "FROM aliases al JOIN artifacts a ON a.id = al.artifact_id "
-        "WHERE %(user)s::text IS NULL OR al.user_name = %(user)s ORDER BY al.user_name, al.alias",
-        {"user": user},
-    ).fetchall()
-    return [AliasEntry(user=r[0], alias=r[1], artifact_id=r[2], kind=r[3], path=r[4], set_at=r[5]) for r in rows]
+    return rows_as(conn, AliasEntry, QUERIES["aliases_list"], {"user": user})
 
 
 class AliasChange(msgspec.Struct, kw_only=True):
@@ -111,9 +98,7 @@ def remove_alias(app: App, name: str) -> AliasChange:
     conn = app.db.conn
 
     def attempt() -> AliasChange:
-        row = conn.execute(
-            "SELECT artifact_id FROM aliases WHERE user_name = %s AND alias = %s", (app.user, name)
-        ).fetchone()
+        row = conn.execute(QUERIES["alias_target"], {"user": app.user, "alias": name}).fetchone()
         if row is None:
             raise UserError(f"no alias {name!r} for user {app.user}")
         kinds_before = alias_kinds(conn, app.user, name)

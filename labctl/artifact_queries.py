@@ -8,8 +8,11 @@ from typing import Any
 import msgspec
 import psycopg
 
+from events.queries import load_queries, rows_as
 from labctl.errors import UserError
 from labctl.lookup import alias_target
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 
 class Artifact(msgspec.Struct, kw_only=True):
@@ -26,43 +29,30 @@ class Artifact(msgspec.Struct, kw_only=True):
     aliases: list[str] = []  # "user/alias"
 
 
-ARTIFACT_COLUMNS = (
-    "a.id, a.hash, a.kind, a.path, a.user_name, a.producer_run_id, a.size_bytes, a.metadata, a.created_at, "
-    "a.removed_at, coalesce((SELECT array_agg(al.user_name || '/' || al.alias ORDER BY al.user_name, al.alias) "
-    "FROM aliases al WHERE al.artifact_id = a.id), '{}')"
-)
-
-
-def artifact_from_row(row: tuple[Any, ...]) -> Artifact:
-    return Artifact(
-        id=row[0],
-        hash=row[1],
-        kind=row[2],
-        path=row[3],
-        user=row[4],
-        producer_run_id=row[5],
-        size_bytes=row[6],
-        metadata=row[7],
-        created_at=row[8],
-        removed_at=row[9],
-        aliases=list(row[10]),
-    )
+def find_artifacts(
+    conn: psycopg.Connection[Any],
+    *,
+    ids: list[str] | None = None,
+    kind: str | None = None,
+    user: str | None = None,
+    include_removed: bool = True,
+    limit: int | None = None,
+) -> list[Artifact]:
+    """Artifacts oldest first: the newest ``limit`` (None: all) with these ids, of this kind, of this user
+    (each filter only when not None)."""
+    params = {"ids": ids, "kind": kind, "user": user, "include_removed": include_removed, "limit": limit}
+    return rows_as(conn, Artifact, QUERIES["artifacts"], params)
 
 
 def find_artifact(conn: psycopg.Connection[Any], artifact_id_: str) -> Artifact | None:
-    row = conn.execute(f"SELECT {ARTIFACT_COLUMNS} FROM artifacts a WHERE a.id = %s", (artifact_id_,)).fetchone()
-    return artifact_from_row(row) if row else None
+    found = find_artifacts(conn, ids=[artifact_id_])
+    return found[0] if found else None
 
 
 def artifact_detail(conn: psycopg.Connection[Any], art: Artifact) -> dict[str, Any]:
     """What ``labctl show ARTIFACT`` prints: the artifact, its eval result (``metadata.result``) on top,
     and the runs that read it."""
-    consumers = [
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT run_id FROM run_inputs WHERE artifact_id = %s ORDER BY run_id", (art.id,)
-        ).fetchall()
-    ]
+    consumers = [r[0] for r in conn.execute(QUERIES["consumers"], {"id": art.id}).fetchall()]
     detail: dict[str, Any] = msgspec.to_builtins(art)
     if isinstance(art.metadata, dict) and "result" in art.metadata:
         detail["result"] = art.metadata["result"]
@@ -73,10 +63,7 @@ def artifact_detail(conn: psycopg.Connection[Any], art: Artifact) -> dict[str, A
 def resolve_artifact(conn: psycopg.Connection[Any], user: str, ref: str, *, include_removed: bool = False) -> Artifact:
     """An artifact from its id, an unambiguous id prefix, or an alias (``name`` for ``user``, or ``owner/name``)."""
     if ref.startswith("artifact_"):
-        rows = conn.execute(
-            "SELECT id, removed_at FROM artifacts WHERE id >= %s AND id < %s ORDER BY id LIMIT 6",
-            (ref, ref + "\uffff"),
-        ).fetchall()
+        rows = conn.execute(QUERIES["artifact_ids_from"], {"prefix": ref, "end": ref + "\uffff"}).fetchall()
         if len(rows) > 1:
             shown = ", ".join(r[0] for r in rows[:5])
             raise UserError(f"{ref!r} is ambiguous: it matches {shown}{' ...' if len(rows) > 5 else ''}")
@@ -104,21 +91,12 @@ def list_artifacts(
     limit: int | None = 200,
 ) -> list[Artifact]:
     """Artifacts, oldest first (the newest ``limit`` of them)."""
-    where = ["TRUE"]
-    params: dict[str, Any] = {"limit": limit}
-    if kind is not None:
-        where.append("a.kind = %(kind)s")
-        params["kind"] = kind
-    if user is not None:
-        where.append("a.user_name = %(user)s")
-        params["user"] = user
-    if not include_removed:
-        where.append("a.removed_at IS NULL")
-    query = (
-        f"SELECT * FROM (SELECT {ARTIFACT_COLUMNS} FROM artifacts a WHERE {' AND '.join(where)} "
-        "ORDER BY a.created_at DESC, a.id DESC LIMIT %(limit)s) t ORDER BY 9, 1"
-    )
-    return [artifact_from_row(r) for r in conn.execute(query, params).fetchall()]
+    return find_artifacts(conn, kind=kind, user=user, include_removed=include_removed, limit=limit)
+
+
+def artifact_kinds(conn: psycopg.Connection[Any]) -> set[str]:
+    """The kinds artifacts were registered under."""
+    return {k for (k,) in conn.execute(QUERIES["artifact_kinds"]).fetchall()}
 
 
 def short_alias(qualified: str, user: str) -> str:

@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
+from events.queries import load_queries
 from labctl.errors import DatabaseUnavailable, InputError, UserError
 from labctl.settings import Settings, settings_from_env
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from labctl.files.cluster import Postgres
 
 T = TypeVar("T")
+QUERIES = load_queries("labctl", "maintenance.sql")
 
 SEARCH_PATH = "live, labctl"
 _SCHEMA_LOCK = 7146012
@@ -83,7 +85,7 @@ def prepare_embedded(admin_url: str) -> tuple[int | None, int]:
 
 def ensure_login_role(conn: psycopg.Connection[Any], name: str, group: str) -> bool:
     """Create login role ``name`` if missing and make it a member of ``group``; True when created."""
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
+    exists = conn.execute(QUERIES["role_exists"], {"name": name}).fetchone() is not None
     if not exists:
         with suppress(psycopg.errors.DuplicateObject):
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
@@ -349,14 +351,11 @@ def schema_version_of_file(sql: str) -> int:
 
 def current_schema_version(conn: psycopg.Connection[Any]) -> int | None:
     """The database's schema version, or None when labctl's schema is absent."""
-    row = conn.execute(
-        "SELECT to_regclass('labctl.schema_version') IS NOT NULL, to_regclass('public.schema_version') IS NOT NULL"
-    ).fetchone()
+    row = conn.execute(QUERIES["schema_tables"]).fetchone()
     if not row or not (row[0] or row[1]):
         return None
     # Before version 4 labctl's tables lived in public.
-    table = "labctl.schema_version" if row[0] else "public.schema_version"
-    row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
+    row = conn.execute(QUERIES["schema_version" if row[0] else "schema_version_before_4"]).fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
 
@@ -366,12 +365,10 @@ def _target_version() -> int:
 
 def original_registry_runs(conn: psycopg.Connection[Any]) -> int | None:
     """How many runs an original (Rust) labctl registry in this database holds; None without one."""
-    row = conn.execute(
-        "SELECT to_regclass('public.runs') IS NOT NULL AND to_regclass('public.artifact_aliases') IS NOT NULL"
-    ).fetchone()
+    row = conn.execute(QUERIES["original_registry_present"]).fetchone()
     if not row or not row[0]:
         return None
-    row = conn.execute("SELECT count(*) FROM public.runs").fetchone()
+    row = conn.execute(QUERIES["original_registry_runs"]).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -13,22 +13,13 @@ from typing import Any
 
 import psycopg
 
+from events.queries import load_queries
 from labctl.metrics import format_value
+
+QUERIES = load_queries("labctl", "evals.sql")
 
 #: result keys that are settings of the run, not measurements
 PARAM_LIKE = frozenset({"lr", "learning_rate", "seed", "epoch", "step", "examples", "batch_size", "lr_index"})
-
-_EVALS = """
-SELECT e.policy, a.producer_run_id, s.arg, tr.sweep_index, e.step, e.run_id, r.status, e.metrics, tr.recipe
-FROM evals e
-JOIN artifacts a ON a.id = e.checkpoint_artifact_id
-LEFT JOIN runs r ON r.id = e.run_id
-LEFT JOIN runs tr ON tr.id = a.producer_run_id
-LEFT JOIN sweeps s ON s.id = tr.sweep_id
-WHERE (%(policy)s::text IS NULL OR e.policy = %(policy)s)
-  AND (%(producer)s::text IS NULL OR a.producer_run_id = %(producer)s)
-ORDER BY e.policy, s.arg NULLS LAST, tr.sweep_index NULLS LAST, a.producer_run_id, e.step NULLS FIRST
-"""
 
 
 def split_result(
@@ -54,7 +45,7 @@ def eval_table(
     conn: psycopg.Connection[Any], *, policy: str | None = None, producer: str | None = None
 ) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows: POLICY, TRAIN RUN, the swept arg, STEP, param columns, metric columns, EVAL RUN, STATE."""
-    found = conn.execute(_EVALS, {"policy": policy, "producer": producer}).fetchall()
+    found = conn.execute(QUERIES["eval_table"], {"policy": policy, "producer": producer}).fetchall()
     split = [split_result(m, recipe) for *_, m, recipe in found]
     param_keys = sorted({k for p, _ in split for k in p} - {"step"})
     metric_keys = sorted({k for _, m in split for k in m})

@@ -16,6 +16,7 @@ import msgspec
 import psycopg
 
 from events import ConcurrencyError, NewEvent
+from events.queries import load_queries, rows_as
 from events.types import EvalRecorded, EvalRequested, InputRef
 from labctl.app import App
 from labctl.errors import UserError
@@ -30,6 +31,8 @@ from labctl.files import (
 )
 from labctl.packing import refuse_if_never_fits
 from labctl.submit import StageContext, artifact_alias, submit
+
+QUERIES = load_queries("labctl", "evals.sql")
 
 
 class Checkpoint(msgspec.Struct):
@@ -70,30 +73,12 @@ def matches(policy: EvalPolicy, ckpt: Checkpoint) -> bool:
     return ckpt.step is None or every <= 1 or ckpt.step % every == 0
 
 
-_CHECKPOINTS = (
-    "SELECT a.id, a.path, a.hash, a.kind, a.user_name, (a.metadata ->> 'step')::int, "
-    "a.metadata ->> 'producer_recipe' FROM artifacts a "
-    "WHERE a.kind = %(kind)s AND a.removed_at IS NULL "
-    "AND NOT EXISTS (SELECT 1 FROM evals e WHERE e.checkpoint_artifact_id = a.id AND (e.eval_recipe_hash = %(hash)s "
-    # An eval the original labctl requested under this policy counts (its recipe hash is computed its own way).
-    "OR (e.policy = %(policy)s AND EXISTS (SELECT 1 FROM imported_evals i WHERE i.eval_key = e.eval_key))))"
-)
-
-
-_OF_KIND = (
-    "SELECT count(*) FROM artifacts WHERE kind = %(kind)s AND removed_at IS NULL "
-    "AND (%(user)s::text IS NULL OR user_name = %(user)s)"
-)
-
-
 def unevaluated(
     conn: psycopg.Connection[Any], policy: EvalPolicy, eval_hash: str, ids: list[str] | None
 ) -> list[Checkpoint]:
-    query = _CHECKPOINTS + (" AND a.id = ANY(%(ids)s)" if ids is not None else "") + " ORDER BY a.created_at"
-    rows = conn.execute(
-        query, {"kind": policy.applies_to.type, "hash": eval_hash, "policy": policy.name, "ids": ids}
-    ).fetchall()
-    return [Checkpoint(*r) for r in rows]
+    """Live checkpoints the policy applies to (only ``ids`` unless None) not yet evaluated by this recipe."""
+    params = {"kind": policy.applies_to.type, "hash": eval_hash, "policy": policy.name, "ids": ids}
+    return rows_as(conn, Checkpoint, QUERIES["unevaluated_checkpoints"], params)
 
 
 class EvalPass(msgspec.Struct, kw_only=True):
@@ -142,7 +127,9 @@ def request_evals(
         c for c in unevaluated(app.db.conn, policy, eval_hash, artifact_ids) if user is None or c.user == user
     ]
     if artifact_ids is None:
-        row = app.db.conn.execute(_OF_KIND, {"kind": policy.applies_to.type, "user": user}).fetchone()
+        row = app.db.conn.execute(
+            QUERIES["checkpoints_of_kind"], {"kind": policy.applies_to.type, "user": user}
+        ).fetchone()
         done.skipped_existing = (row[0] if row else 0) - len(candidates)
     done.considered = done.skipped_existing + len(candidates)
     for ckpt in candidates:
@@ -182,20 +169,12 @@ def request_evals(
 
 def record_metrics(app: App, run_ids: list[str]) -> int:
     """For finished eval runs, record the metrics their eval_result output holds."""
-    rows = app.db.conn.execute(
-        "SELECT e.eval_key, e.run_id, r.status FROM evals e JOIN runs r ON r.id = e.run_id "
-        "WHERE e.run_id = ANY(%s) AND e.recorded_at IS NULL",
-        (run_ids,),
-    ).fetchall()
+    rows = app.db.conn.execute(QUERIES["unrecorded_evals"], {"run_ids": run_ids}).fetchall()
     n = 0
     for key, run_id, status in rows:
         if status not in ("succeeded", "cache_hit"):
             continue
-        result = app.db.conn.execute(
-            "SELECT a.metadata -> 'result' FROM run_outputs o JOIN artifacts a ON a.id = o.artifact_id "
-            "WHERE o.run_id = %s AND a.kind = 'eval_result' LIMIT 1",
-            (run_id,),
-        ).fetchone()
+        result = app.db.conn.execute(QUERIES["eval_result"], {"run_id": run_id}).fetchone()
         metrics = result[0] if result and isinstance(result[0], dict) else {}
         batch = [NewEvent(f"eval-{key}", EvalRecorded(eval_key=key, run_id=run_id, metrics=metrics), 1)]
 
@@ -207,18 +186,28 @@ def record_metrics(app: App, run_ids: list[str]) -> int:
     return n
 
 
+class EvalRow(msgspec.Struct, frozen=True):
+    """One eval: its policy, the training run and step of the checkpoint, the eval run's state and metrics."""
+
+    policy: str
+    producer: str | None
+    step: int | None
+    checkpoint: str
+    eval_run: str | None
+    state: str | None
+    metrics: dict[str, Any] | None
+
+
 def eval_rows(
     conn: psycopg.Connection[Any], *, policy: str | None = None, producer: str | None = None
-) -> list[tuple[Any, ...]]:
-    """Evals with the producing run, the step, the eval run's state and metrics, by step."""
-    return conn.execute(
-        "SELECT e.policy, a.producer_run_id, e.step, e.checkpoint_artifact_id, e.run_id, r.status, e.metrics "
-        "FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id LEFT JOIN runs r ON r.id = e.run_id "
-        "WHERE (%(policy)s::text IS NULL OR e.policy = %(policy)s) "
-        "AND (%(producer)s::text IS NULL OR a.producer_run_id = %(producer)s) "
-        "ORDER BY e.policy, a.producer_run_id, e.step NULLS FIRST",
-        {"policy": policy, "producer": producer},
-    ).fetchall()
+) -> list[EvalRow]:
+    """Evals (of ``policy``, of ``producer``'s checkpoints, each unless None), by step."""
+    return rows_as(conn, EvalRow, QUERIES["eval_rows"], {"policy": policy, "producer": producer})
+
+
+def recorded_policies(conn: psycopg.Connection[Any]) -> set[str]:
+    """The policies evals were recorded under (including ones whose file is gone)."""
+    return {p for (p,) in conn.execute(QUERIES["recorded_policies"]).fetchall()}
 
 
 def metrics_cell(metrics: dict[str, Any] | None) -> str:

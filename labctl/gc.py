@@ -21,6 +21,7 @@ import psycopg
 
 import projections
 from events import NewEvent
+from events.queries import load_queries, rows_as
 from events.types import ArtifactsCollected, CacheInvalidated
 from labctl import cache
 from labctl.app import App
@@ -32,6 +33,8 @@ from labctl.files import ClusterConfig
 from labctl.names import OutsideRoot, inside
 from projections.engine import APPEND_LOCK
 from projections.runs import TERMINAL_STATES
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 log = logging.getLogger(__name__)
 
@@ -49,35 +52,6 @@ def parse_age(value: str) -> timedelta:
     if seconds > _AGE_MAX_SECONDS:
         raise InputError(f"bad age {value!r}: at most 100 years")
     return timedelta(seconds=seconds)
-
-
-# Collectable: bytes labctl moved into <root>/_objects/ for a run's output, still there, created before the
-# cutoff, with no alias, read by no unfinished run, and not the output of a pipeline that is still going.
-_COLLECTABLE = """
-SELECT a.id, a.hash, a.kind, a.path, a.producer_run_id, a.created_at
-FROM artifacts a
-WHERE a.removed_at IS NULL
-  AND a.created_at < %(cutoff)s
-  AND (%(user)s::text IS NULL OR a.user_name = %(user)s)
-  AND a.kind <> %(external)s
-  AND a.producer_run_id IS NOT NULL
-  AND coalesce(a.metadata->>'external', 'false') <> 'true'
-  AND NOT EXISTS (SELECT 1 FROM aliases al WHERE al.artifact_id = a.id)
-  AND NOT EXISTS (
-      SELECT 1 FROM run_inputs i JOIN runs r ON r.id = i.run_id
-      WHERE i.artifact_id = a.id AND r.status <> ALL(%(terminal)s))
-  AND NOT EXISTS (
-      SELECT 1 FROM run_outputs o JOIN runs p ON p.id = o.run_id JOIN runs other ON other.pipeline_id = p.pipeline_id
-      WHERE o.artifact_id = a.id AND p.pipeline_id IS NOT NULL AND other.status <> ALL(%(terminal)s))
-ORDER BY a.created_at, a.id
-"""
-
-_KEYS_OF_PRODUCERS = """
-SELECT DISTINCT r.cache_key FROM runs r
-WHERE r.cache_key IS NOT NULL
-  AND (r.id = ANY(%(producers)s) OR r.id IN (SELECT o.run_id FROM run_outputs o WHERE o.artifact_id = ANY(%(ids)s)))
-ORDER BY 1
-"""
 
 
 class Collectable(msgspec.Struct, kw_only=True):
@@ -110,15 +84,9 @@ def collectable(
     conn: psycopg.Connection[Any], cutoff: datetime, *, user: str | None, stores: Sequence[Path] = ()
 ) -> list[Collectable]:
     """Artifacts gc may delete: ``user``'s only (None: everyone's), whose objects sit in one of ``stores``."""
-    rows = conn.execute(
-        _COLLECTABLE,
-        {"cutoff": cutoff, "external": EXTERNAL_KIND, "terminal": sorted(TERMINAL_STATES), "user": user},
-    ).fetchall()
-    return [
-        Collectable(artifact_id=r[0], hash=r[1], kind=r[2], path=r[3], producer_run_id=r[4], created_at=r[5])
-        for r in rows
-        if _in_a_store(r[3], r[1], stores)
-    ]
+    params = {"cutoff": cutoff, "external": EXTERNAL_KIND, "terminal": sorted(TERMINAL_STATES), "user": user}
+    found = rows_as(conn, Collectable, QUERIES["collectable"], params)
+    return [c for c in found if _in_a_store(c.path, c.hash, stores)]
 
 
 def _in_a_store(path: str, content_hash: str, stores: Sequence[Path]) -> bool:
@@ -188,12 +156,8 @@ def gc(app: App, *, older_than: timedelta, remove: bool, now: datetime | None = 
             return [], []
         ids = [c.artifact_id for c in found]
         batch = [NewEvent("gc", ArtifactsCollected(artifact_ids=ids, actor=app.user, reason=reason))]
-        keys = [
-            r[0]
-            for r in conn.execute(
-                _KEYS_OF_PRODUCERS, {"producers": sorted({c.producer_run_id for c in found}), "ids": ids}
-            )
-        ]
+        producers = sorted({c.producer_run_id for c in found})
+        keys = [r[0] for r in conn.execute(QUERIES["cache_keys_of_producers"], {"producers": producers, "ids": ids})]
         invalidated = []
         for cache_key in keys:
             state = cache.load(conn, cache_key)

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from labctl.artifact_queries import ARTIFACT_COLUMNS, artifact_from_row, resolve_artifact, short_alias
+from labctl.artifact_queries import QUERIES, find_artifacts, resolve_artifact, short_alias
 from labctl.errors import UserError
 
 
@@ -44,62 +44,6 @@ class Lineage:
         }
 
 
-# Each step walks one edge: artifact <- its producer run <- that run's inputs (upstream),
-# or artifact -> runs that read it -> what they wrote (downstream). UNION and the depth bound stop cycles.
-_UPSTREAM = """
-WITH RECURSIVE walk(type, id, parent_type, parent_id, depth) AS (
-    SELECT %(type)s::text, %(id)s::text, NULL::text, NULL::text, 0
-  UNION
-    SELECT step.type, step.id, w.type, w.id, w.depth + 1
-    FROM walk w
-    CROSS JOIN LATERAL (
-        SELECT 'run'::text AS type, a.producer_run_id AS id FROM artifacts a
-        WHERE w.type = 'artifact' AND a.id = w.id AND a.producer_run_id IS NOT NULL
-      UNION ALL
-        SELECT CASE WHEN i.artifact_id IS NULL THEN 'path' ELSE 'artifact' END, coalesce(i.artifact_id, i.path)
-        FROM run_inputs i WHERE w.type = 'run' AND i.run_id = w.id AND (i.artifact_id IS NOT NULL OR i.type <> 'stage')
-      UNION ALL
-        -- a stage input that is a folder of the parent stage's outputs (a sweep's points): those artifacts
-        SELECT 'artifact', o.artifact_id
-        FROM run_inputs i
-        JOIN runs me ON me.id = i.run_id
-        JOIN runs p ON p.pipeline_id = me.pipeline_id AND p.stage_name = me.recipe->'inputs'->i.role->>'stage'
-        JOIN run_outputs o ON o.run_id = p.id AND o.role = me.recipe->'inputs'->i.role->>'role'
-        WHERE w.type = 'run' AND i.run_id = w.id AND i.artifact_id IS NULL AND i.type = 'stage'
-    ) step
-    WHERE w.depth < %(depth)s
-)
-SELECT DISTINCT parent_type, parent_id, type, id FROM walk WHERE depth > 0
-"""
-
-_DOWNSTREAM = """
-WITH RECURSIVE walk(type, id, parent_type, parent_id, depth) AS (
-    SELECT %(type)s::text, %(id)s::text, NULL::text, NULL::text, 0
-  UNION
-    SELECT step.type, step.id, w.type, w.id, w.depth + 1
-    FROM walk w
-    CROSS JOIN LATERAL (
-        SELECT 'run'::text AS type, i.run_id AS id FROM run_inputs i
-        WHERE w.type = 'artifact' AND i.artifact_id = w.id
-      UNION ALL
-        -- runs that read it inside a folder of their parent stage's outputs (a sweep's aggregate)
-        SELECT 'run', me.id
-        FROM run_outputs o
-        JOIN runs p ON p.id = o.run_id AND p.pipeline_id IS NOT NULL
-        JOIN runs me ON me.pipeline_id = p.pipeline_id
-        JOIN run_inputs i ON i.run_id = me.id AND i.artifact_id IS NULL AND i.type = 'stage'
-        WHERE w.type = 'artifact' AND o.artifact_id = w.id
-          AND me.recipe->'inputs'->i.role->>'stage' = p.stage_name
-          AND me.recipe->'inputs'->i.role->>'role' = o.role
-      UNION ALL
-        SELECT 'artifact', o.artifact_id FROM run_outputs o WHERE w.type = 'run' AND o.run_id = w.id
-    ) step
-    WHERE w.depth < %(depth)s
-)
-SELECT DISTINCT parent_type, parent_id, type, id FROM walk WHERE depth > 0
-"""
-
-
 def resolve_lineage_ref(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[str, str]:
     """``("run", id)`` or ``("artifact", id)`` for a run id, an artifact id (or their prefixes) or an alias."""
     if ref.startswith("run_"):
@@ -118,8 +62,8 @@ def lineage(conn: psycopg.Connection[Any], user: str, ref: str, *, depth: int = 
     """The runs and artifacts upstream and downstream of ``ref``, as two trees."""
     root_type, root_id = resolve_lineage_ref(conn, user, ref)
     params = {"type": root_type, "id": root_id, "depth": depth}
-    up_edges = conn.execute(_UPSTREAM, params).fetchall()
-    down_edges = conn.execute(_DOWNSTREAM, params).fetchall()
+    up_edges = conn.execute(QUERIES["lineage_upstream"], params).fetchall()
+    down_edges = conn.execute(QUERIES["lineage_downstream"], params).fetchall()
     labels = _labels(conn, user, [(root_type, root_id)] + [(e[2], e[3]) for e in up_edges + down_edges])
     root = Node(root_type, root_id, labels.get((root_type, root_id), ""))
     return Lineage(
@@ -160,12 +104,9 @@ def _labels(conn: psycopg.Connection[Any], user: str, nodes: list[tuple[str, str
     run_ids = sorted({i for t, i in nodes if t == "run"})
     artifact_ids = sorted({i for t, i in nodes if t == "artifact"})
     labels: dict[tuple[str, str], str] = {}
-    for rid, name, status, owner in conn.execute(
-        "SELECT id, name, status, user_name FROM runs WHERE id = ANY(%s)", (run_ids,)
-    ):
+    for rid, name, status, owner in conn.execute(QUERIES["lineage_runs"], {"ids": run_ids}):
         labels[("run", rid)] = f"{name} [{status}] {owner}"
-    for a in conn.execute(f"SELECT {ARTIFACT_COLUMNS} FROM artifacts a WHERE a.id = ANY(%s)", (artifact_ids,)):
-        art = artifact_from_row(a)
+    for art in find_artifacts(conn, ids=artifact_ids):
         shown = ", ".join(short_alias(x, user) for x in art.aliases)
         labels[("artifact", art.id)] = (
             f"{art.kind}{' ' + shown if shown else ''}{' (collected)' if art.removed_at else ''}"

@@ -12,9 +12,12 @@ import msgspec
 import psycopg
 
 from events import NewEvent
+from events.queries import load_queries
 from events.types import AliasSet, OutputLinked, OutputSpec
 from labctl.artifacts import set_alias_link
 from labctl.files import ClusterConfig
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,7 @@ class LinkedOutput(msgspec.Struct, frozen=True):
 
 def producer_outputs(conn: psycopg.Connection[Any], producer: str) -> list[LinkedOutput] | None:
     """The producer's linked outputs; None if any of them was collected."""
-    rows = conn.execute(
-        "SELECT o.role, o.artifact_id, o.path, o.step, a.removed_at FROM run_outputs o "
-        "JOIN artifacts a ON a.id = o.artifact_id WHERE o.run_id = %s ORDER BY o.role, o.step NULLS FIRST",
-        (producer,),
-    ).fetchall()
+    rows = conn.execute(QUERIES["producer_outputs"], {"run_id": producer}).fetchall()
     if any(r[4] is not None for r in rows):
         return None
     return [LinkedOutput(r[0], r[1], r[2], r[3]) for r in rows]
@@ -57,10 +56,7 @@ def link_outputs(
     ]
     last_of_role = {o.role: o.artifact_id for o in linked}
     current = dict(
-        conn.execute(
-            "SELECT alias, artifact_id FROM aliases WHERE user_name = %s AND alias = ANY(%s)",
-            (user, [o.alias for o in outputs]),
-        ).fetchall()
+        conn.execute(QUERIES["aliases_of_user"], {"user": user, "aliases": [o.alias for o in outputs]}).fetchall()
     )
     for out in outputs:
         if out.role in last_of_role and current.get(out.alias) != last_of_role[out.role]:

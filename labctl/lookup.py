@@ -7,7 +7,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from events.queries import load_queries
 from labctl.errors import InputError, UserError
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 
 def resolve_id(conn: psycopg.Connection[Any], table: str, kind: str, ref: str) -> str:
@@ -15,8 +18,8 @@ def resolve_id(conn: psycopg.Connection[Any], table: str, kind: str, ref: str) -
     if not ref.strip():
         raise InputError(f"expected a {kind} id (or an unambiguous prefix), got an empty string")
     prefix = ref if ref.startswith(f"{kind}_") else f"{kind}_{ref}"
-    query = sql.SQL("SELECT id FROM {} WHERE id >= %s AND id < %s ORDER BY id LIMIT 6").format(sql.Identifier(table))
-    rows = conn.execute(query, (prefix, prefix + "\uffff")).fetchall()
+    query = sql.SQL(QUERIES["ids_from"]).format(table=sql.Identifier(table))
+    rows = conn.execute(query, {"prefix": prefix, "end": prefix + "\uffff"}).fetchall()
     if len(rows) == 1:
         return str(rows[0][0])
     if not rows:
@@ -35,11 +38,7 @@ def alias_target(conn: psycopg.Connection[Any], ref: str) -> str | None:
     """
     owner, _, name = ref.rpartition("/")
     if owner:
-        row = conn.execute(
-            "SELECT artifact_id FROM aliases WHERE user_name = %s AND alias = %s", (owner, name)
-        ).fetchone()
+        row = conn.execute(QUERIES["alias_target"], {"user": owner, "alias": name}).fetchone()
     else:
-        row = conn.execute(
-            "SELECT artifact_id FROM aliases WHERE alias = %s ORDER BY set_at DESC, user_name LIMIT 1", (name,)
-        ).fetchone()
+        row = conn.execute(QUERIES["latest_alias_target"], {"alias": name}).fetchone()
     return str(row[0]) if row else None

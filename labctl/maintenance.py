@@ -13,7 +13,7 @@ import psycopg
 import events
 import projections
 from events import verify
-from labctl.db import Database, current_schema_version, describe_url, schema_sql, schema_version_of_file
+from labctl.db import QUERIES, Database, current_schema_version, describe_url, schema_sql, schema_version_of_file
 from labctl.errors import InputError
 from labctl.progress import ProgressBar
 
@@ -28,7 +28,7 @@ def doctor(db: Database) -> list[Check]:
     """What a person needs to know about the database; the first failed check is the reason."""
     checks = [Check("database", describe_url(db.url))]
     conn = db.conn
-    checks.append(Check("server", str(conn.execute("SHOW server_version").fetchone()[0])))  # type: ignore[index]
+    checks.append(Check("server", str(conn.execute(QUERIES["server_version"]).fetchone()[0])))  # type: ignore[index]
     expected = schema_version_of_file(schema_sql())
     version = current_schema_version(conn)
     checks.append(Check("schema version", f"{version} (this labctl: {expected})", version == expected))
@@ -36,15 +36,13 @@ def doctor(db: Database) -> list[Check]:
     checks.append(Check("events", f"{events.event_count(conn)} (last position {last})"))
     for name, position in projections.checkpoints(conn).items():
         checks.append(Check(f"projection {name}", f"at {position}, lag {last - position}"))
-    for name, position in conn.execute("SELECT name, position FROM reactor_checkpoints ORDER BY name").fetchall():
+    for name, position in conn.execute(QUERIES["reactor_checkpoints"]).fetchall():
         checks.append(Check(f"reactor {name}", f"at {position}, lag {last - position}"))
     now = datetime.now(UTC)
-    for agent_id, host, pid, beat in conn.execute(
-        "SELECT id, host, pid, heartbeat_at FROM agents WHERE stopped_at IS NULL ORDER BY started_at"
-    ).fetchall():
+    for agent_id, host, pid, beat in conn.execute(QUERIES["live_agents"]).fetchall():
         age = (now - beat).total_seconds()
         checks.append(Check(f"agent {agent_id}", f"{host} pid {pid}, heartbeat {age:.1f}s ago"))
-    usage = conn.execute("SELECT pg_notification_queue_usage()").fetchone()[0]  # type: ignore[index]
+    usage = conn.execute(QUERIES["notification_queue_usage"]).fetchone()[0]  # type: ignore[index]
     checks.append(Check("notification queue", f"{usage:.1%} used", usage < 0.5))
     return checks
 
@@ -115,7 +113,7 @@ def _truncation(conn: psycopg.Connection[Any], last: int) -> str | None:
             )
         if verify.hash_at(conn, position) != digest:
             return f"the event at position {position} changed since it was verified"
-    for name, position in conn.execute("SELECT name, position FROM reactor_checkpoints WHERE position > %s", (last,)):
+    for name, position in conn.execute(QUERIES["checkpoints_past"], {"last": last}):
         return f"reactor {name} has handled events up to {position}, past the log's end at {last}: events were removed"
     return None
 
@@ -180,7 +178,7 @@ def audit_objects(conn: psycopg.Connection[Any]) -> ObjectsReport:
     from labctl.artifacts.store import root_of_object, verify_object
 
     started = time.perf_counter()
-    rows = conn.execute("SELECT id, hash, path FROM artifacts WHERE removed_at IS NULL ORDER BY id").fetchall()
+    rows = conn.execute(QUERIES["live_artifacts"]).fetchall()
     checked, changed = 0, []
     for artifact_id, content_hash, path in rows:
         root = root_of_object(path, content_hash)

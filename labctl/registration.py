@@ -13,6 +13,7 @@ import msgspec
 import psycopg
 
 from events import NewEvent
+from events.queries import load_queries
 from events.types import AliasSet, ArtifactRegistered, OutputLinked, OutputSpec, RunSubmitted
 from labctl.artifacts import (
     ArtifactMeta,
@@ -26,6 +27,8 @@ from labctl.artifacts import (
 from labctl.files import ClusterConfig
 from labctl.linking import KIND_OF_OUTPUT, LinkedOutput, alias_link
 from labctl.names import inside
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +132,12 @@ def output_events(conn: psycopg.Connection[Any], sub: RunSubmitted, plans: list[
     """ArtifactRegistered for artifacts not yet known, OutputLinked for each piece, AliasSet per output."""
     batch: list[NewEvent] = []
     linked: list[LinkedOutput] = []
-    known = {r[0] for r in conn.execute("SELECT id FROM artifacts WHERE producer_run_id = %s", (sub.run_id,))}
+    known = {r[0] for r in conn.execute(QUERIES["artifacts_of_producer"], {"run_id": sub.run_id})}
     for plan in plans:
         last = None
         for piece in plan.pieces:
             aid = artifact_id(piece.digest)
-            exists = (
-                aid in known
-                or conn.execute("SELECT 1 FROM artifacts WHERE id = %s AND removed_at IS NULL", (aid,)).fetchone()
-            )
+            exists = aid in known or conn.execute(QUERIES["live_artifact_exists"], {"id": aid}).fetchone()
             if not exists:
                 registered = ArtifactRegistered(
                     artifact_id=aid,

@@ -26,6 +26,7 @@ import msgspec
 
 import events
 from events import ConcurrencyError, NewEvent
+from events.queries import load_queries
 from events.types import JobSubmitted, RunStarted, RunSubmitted, SubmissionIntended
 from labctl import layout
 from labctl.app import App
@@ -39,6 +40,8 @@ from labctl.jobenv import job_command, job_environment, job_workdir, labctl_exec
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.submissions import submission_of
 from labctl.throttle import Scope, claimable_runs, hold_or_release
+
+QUERIES = load_queries("labctl", "slurm.sql")
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +176,7 @@ def submit_queued(
     if not queued:
         return {}
     groups: dict[str | None, list[tuple[str, int]]] = {}
-    sweeps = dict(
-        conn.execute("SELECT id, sweep_id FROM runs WHERE id = ANY(%s)", ([r for r, _ in queued],)).fetchall()
-    )
+    sweeps = dict(conn.execute(QUERIES["sweeps_of_runs"], {"run_ids": [r for r, _ in queued]}).fetchall())
     for run_id, version in queued:
         groups.setdefault(sweeps.get(run_id), []).append((run_id, version))
     submitted: dict[str, str] = {}
@@ -193,7 +194,7 @@ def _submit_group(
 ) -> dict[str, str]:
     conn = app.db.conn
     key = sweep_id or members[0][0]
-    row = conn.execute("SELECT name FROM runs WHERE id = %s", (members[0][0],)).fetchone()
+    row = conn.execute(QUERIES["run_name"], {"id": members[0][0]}).fetchone()
     name = slurm_job_name(row[0] if row else key)
     intents = [
         NewEvent(f"run-{r}", SubmissionIntended(run_id=r, executor="slurm", job_name=name, agent_id=holder), v)
@@ -210,7 +211,7 @@ def _submit_group(
         subs.append((sub, msgspec.convert(sub.recipe, Recipe)))
     try:
         if sweep_id:
-            throttle_row = conn.execute("SELECT throttle FROM sweeps WHERE id = %s", (sweep_id,)).fetchone()
+            throttle_row = conn.execute(QUERIES["sweep_throttle"], {"id": sweep_id}).fetchone()
             spec = _render_array(app, sweep_id, subs, throttle_row[0] if throttle_row else None)
         else:
             spec = _render_single(app, subs[0][0], subs[0][1])
@@ -244,12 +245,7 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str, *, user: str
     else submit again (``user``: only that user's runs; None: everyone's)."""
     conn = app.db.conn
     grace = timedelta(seconds=app.settings.slurm_recovery_grace)
-    rows = conn.execute(
-        "SELECT id, sweep_id, sweep_index, updated_at, name FROM runs WHERE executor = 'slurm' "
-        "AND status = 'submitted' AND agent_id IS NOT NULL AND job_id IS NULL AND updated_at < now() - %(grace)s "
-        "AND (%(user)s::text IS NULL OR user_name = %(user)s)",
-        {"grace": grace, "user": user},
-    ).fetchall()
+    rows = conn.execute(QUERIES["interrupted_submissions"], {"grace": grace, "user": user}).fetchall()
     if not rows:
         return 0
     keys = {r[0]: r[1] or r[0] for r in rows}
@@ -312,13 +308,7 @@ def reconcile(
     looked; every file when it is None); a job that ended has its last lines taken as its end is recorded.
     """
     conn = app.db.conn
-    rows = conn.execute(
-        "SELECT r.id, r.job_id, r.status, r.created_at, s.start_index, s.end_index, r.run_dir FROM runs r "
-        "LEFT JOIN sweeps s ON s.id = r.sweep_id "
-        "WHERE r.executor = 'slurm' AND r.status IN ('submitted', 'running') AND r.job_id IS NOT NULL "
-        "AND (%(user)s::text IS NULL OR r.user_name = %(user)s)",
-        {"user": user},
-    ).fetchall()
+    rows = conn.execute(QUERIES["active_jobs"], {"user": user}).fetchall()
     report = ReconcileReport(active=len(rows), accounting_ok=executor.accounting_ok)
     if not rows:
         return report  # no sacct call: accounting_ok is what this executor last saw (e.g. in recovery)

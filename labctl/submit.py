@@ -19,6 +19,7 @@ import psycopg
 
 import projections
 from events import NewEvent
+from events.queries import load_queries
 from events.types import (
     InputRef,
     OutputSpec,
@@ -61,6 +62,8 @@ from labctl.packing import refuse_if_never_fits
 from labctl.provenance import Source, capture_provenance, inspect_repo, snapshot
 from labctl.retry import retry_on_conflict
 from labctl.secrets import split_secrets, write_secrets
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 
 class StageContext(msgspec.Struct, kw_only=True):
@@ -151,11 +154,7 @@ def resolve_alias(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[s
     shared by all users (``owner/name`` picks one user's alias).
     """
     if ref.startswith("artifact_"):
-        rows = conn.execute(
-            "SELECT id, path, hash, (metadata ->> 'step')::bigint FROM artifacts "
-            "WHERE id LIKE %s AND removed_at IS NULL ORDER BY id LIMIT 2",
-            (ref + "%",),
-        ).fetchall()
+        rows = conn.execute(QUERIES["live_artifacts_from"], {"pattern": ref + "%"}).fetchall()
         if len(rows) != 1:
             return None
         aid, apath, digest, step = rows[0]
@@ -163,10 +162,7 @@ def resolve_alias(conn: psycopg.Connection[Any], user: str, ref: str) -> tuple[s
     target = alias_target(conn, ref)
     if target is None:
         return None
-    found = conn.execute(
-        "SELECT id, path, hash, %s FROM artifacts WHERE id = %s AND removed_at IS NULL",
-        (ref.rpartition("/")[2], target),
-    ).fetchone()
+    found = conn.execute(QUERIES["live_artifact"], {"alias": ref.rpartition("/")[2], "id": target}).fetchone()
     return found
 
 
@@ -180,9 +176,7 @@ def artifact_alias(conn: psycopg.Connection[Any], artifact_id: str, path: str, s
     if step is not None:
         where = Path(path)
         return f"{where.parent.name}_{where.name}"
-    row = conn.execute(
-        "SELECT alias FROM aliases WHERE artifact_id = %s ORDER BY set_at DESC, user_name LIMIT 1", (artifact_id,)
-    ).fetchone()
+    row = conn.execute(QUERIES["latest_alias_of"], {"id": artifact_id}).fetchone()
     return str(row[0]) if row else artifact_id
 
 

@@ -23,6 +23,11 @@ QUERY_FILES = sorted(
     for entry in resources.files(package).iterdir()
     if entry.name.endswith(".sql") and entry.name not in ("importer.sql", "roles.sql")
 )
+# Queries of tables that only other databases hold: an original labctl registry's, a schema before version 4's.
+ELSEWHERE = {
+    ("labctl/maintenance.sql", "schema_version_before_4"),
+    ("labctl/maintenance.sql", "original_registry_runs"),
+}
 NAMED = re.compile(r"%\((\w+)\)[sbt]")
 
 
@@ -57,7 +62,7 @@ def test_every_named_query_prepares_on_the_schema(conn: psycopg.Connection[Any])
     failures = []
     checked = 0
     for where, name, query in all_queries():
-        if "{" in query:
+        if "{" in query or (where, name) in ELSEWHERE:
             continue  # a name filled in with sql.Identifier at run time; its callers' tests run it
         try:
             with conn.transaction(force_rollback=True):

@@ -41,14 +41,14 @@ def artifacts(
     """Artifacts, oldest first: id, kind, aliases, producing run, created, path."""
     import msgspec
 
-    from labctl.artifact_queries import list_artifacts, short_alias
+    from labctl.artifact_queries import artifact_kinds, list_artifacts, short_alias
     from labctl.commands._common import check_choice, open_app
     from labctl.table import format_table
 
     a = open_app()
     if kind is not None:
-        known = {k for (k,) in a.db.conn.execute("SELECT DISTINCT kind FROM artifacts").fetchall()}
-        check_choice("--kind", kind, known | set(a.config.filesystem.artifact_roots), "an artifact kind")
+        known = artifact_kinds(a.db.conn) | set(a.config.filesystem.artifact_roots)
+        check_choice("--kind", kind, known, "an artifact kind")
     found = list_artifacts(a.db.conn, kind=kind, user=user, include_removed=all_, limit=limit or None)
     if as_json:
         for art in found:

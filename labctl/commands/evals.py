@@ -39,14 +39,14 @@ def eval_ls(
     """Every eval, by the swept parameter and step: params and metrics in columns of their own."""
     from labctl.commands._common import check_choice, open_app
     from labctl.eval_table import eval_table
-    from labctl.evals import policies
+    from labctl.evals import policies, recorded_policies
     from labctl.runs import resolve_run
     from labctl.table import format_table
 
     a = open_app()
     if policy is not None:
-        recorded = {p for (p,) in a.db.conn.execute("SELECT DISTINCT policy FROM evals").fetchall()}
-        check_choice("--policy", policy, recorded | {p.name for p in policies(a)}, "an eval policy")
+        known = recorded_policies(a.db.conn) | {p.name for p in policies(a)}
+        check_choice("--policy", policy, known, "an eval policy")
     producer = resolve_run(a.db.conn, run) if run else None
     headers, rows = eval_table(a.db.conn, policy=policy, producer=producer)
     typer.echo(format_table(headers, rows))
@@ -66,7 +66,7 @@ def eval_show(run: Annotated[str, typer.Argument(help="The training run whose ch
     typer.echo(f"{producer}: {len(rows)} eval(s)")
     typer.echo(
         format_table(
-            ["STEP", "POLICY", "STATE", "METRICS"], [(s, p, st, metrics_cell(m)) for p, _, s, _, _, st, m in rows]
+            ["STEP", "POLICY", "STATE", "METRICS"], [(e.step, e.policy, e.state, metrics_cell(e.metrics)) for e in rows]
         )
     )
 
