@@ -17,6 +17,7 @@ import psycopg
 
 import events
 from events import NewEvent
+from events.queries import load_queries
 from events.types import (
     CacheClaimed,
     CacheInvalidated,
@@ -32,6 +33,8 @@ from labctl.executors.base import JobState
 from labctl.linking import LinkedOutput, link_outputs, producer_outputs
 from labctl.submissions import submission_of
 from projections.runs import TERMINAL_STATES
+
+QUERIES = load_queries("labctl", "runs.sql")
 
 
 class CacheState(msgspec.Struct, kw_only=True):
@@ -131,7 +134,7 @@ def release(
     ok = state == "succeeded" and cacheable
     batch = [NewEvent(stream_of(key), CacheReleased(cache_key=key, run_id=run_id, succeeded=ok), st.version)]
     for follower in st.followers:
-        row = conn.execute("SELECT status, stream_version FROM runs WHERE id = %s", (follower,)).fetchone()
+        row = conn.execute(QUERIES["run_version"], {"id": follower}).fetchone()
         if row is None or row[0] in TERMINAL_STATES:
             continue
         end = RunFinished(

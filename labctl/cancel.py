@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from events import NewEvent
+from events.queries import load_queries
 from events.types import CancelRequested, RunFinished
 from labctl import cache
 from labctl.app import App
@@ -16,6 +17,8 @@ from labctl.errors import UserError
 from labctl.executors.base import JobState
 from labctl.retry import retry_on_conflict
 from projections.runs import TERMINAL_STATES
+
+QUERIES = load_queries("labctl", "runs.sql")
 
 
 class CancelResult(msgspec.Struct):
@@ -43,10 +46,7 @@ def _cancel_one(app: App, run_id: str, *, force: bool, reason: str | None, slurm
 
 def _try_cancel(app: App, run_id: str, *, force: bool, reason: str | None, slurm_jobs: list[str]) -> CancelResult:
     conn = app.db.conn
-    row = conn.execute(
-        "SELECT status, user_name, stream_version, agent_id, job_id, executor, cache_key FROM runs WHERE id = %s",
-        (run_id,),
-    ).fetchone()
+    row = conn.execute(QUERIES["run_to_cancel"], {"id": run_id}).fetchone()
     if row is None:
         raise UserError(f"no run {run_id!r}")
     status, owner, version, agent_id, job_id, executor, cache_key = row

@@ -8,9 +8,12 @@ from typing import Any
 import msgspec
 import psycopg
 
+from events.queries import load_queries
 from labctl.metrics import format_value, summaries
 from labctl.metrics_view import metric_sources
 from labctl.table import format_table
+
+QUERIES = load_queries("labctl", "runs.sql")
 
 
 class CompareRow(msgspec.Struct, kw_only=True):
@@ -58,18 +61,10 @@ def compare_runs(
     conn: psycopg.Connection[Any], run_ids: Sequence[str], metrics: Sequence[str] | None = None
 ) -> Comparison:
     """Every key any of the runs has, per section, with each run's value."""
-    found = {
-        r[0]: r
-        for r in conn.execute(
-            "SELECT id, name, status, recipe, started_at, finished_at, producer_run_id, sweep_index FROM runs "
-            "WHERE id = ANY(%s)",
-            (list(run_ids),),
-        )
-    }
+    found = {r[0]: r for r in conn.execute(QUERIES["runs_compared"], {"ids": list(run_ids)})}
     inputs: dict[str, dict[str, str]] = {r: {} for r in run_ids}
     for run_id, role, typ, path, artifact, alias, digest in conn.execute(
-        "SELECT run_id, role, type, path, artifact_id, alias, hash FROM run_inputs WHERE run_id = ANY(%s)",
-        (list(run_ids),),
+        QUERIES["inputs_compared"], {"ids": list(run_ids)}
     ):
         ident = alias or artifact or path
         inputs[run_id][role] = f"{ident} ({digest[:12]})" if digest else f"{ident} ({typ})"

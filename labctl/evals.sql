@@ -60,3 +60,10 @@ ORDER BY e.policy, s.arg NULLS LAST, tr.sweep_index NULLS LAST, a.producer_run_i
 
 -- name: recorded_policies
 SELECT DISTINCT policy FROM evals
+
+-- name: eval_series
+-- The recorded eval metrics of a run's checkpoints, by step.
+SELECT e.step, e.metrics
+FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id
+WHERE a.producer_run_id = %(run_id)s AND e.metrics IS NOT NULL
+ORDER BY e.step NULLS FIRST

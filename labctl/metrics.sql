@@ -22,3 +22,22 @@ ORDER BY run_id, name;
 -- name: metric_file
 -- How far a run's metrics file has been ingested.
 SELECT batches, byte_offset, points, skipped FROM metric_files WHERE run_id = %(run_id)s;
+
+-- name: runs_of_sweep
+SELECT id FROM runs WHERE sweep_id = %(id)s ORDER BY sweep_index NULLS LAST, id
+
+-- name: runs_of_pipeline
+SELECT id FROM runs WHERE pipeline_id = %(id)s ORDER BY created_at, sweep_index NULLS LAST, id
+
+-- name: metric_sources
+-- run id -> the run whose metrics it has: a cache hit or a coalesced run shows its producer's.
+SELECT id,
+       CASE WHEN status IN ('cache_hit', 'awaiting_peer') OR producer_run_id IS NOT NULL
+            THEN coalesce(producer_run_id, id) ELSE id END
+FROM runs WHERE id = ANY (%(run_ids)s)
+
+-- name: sweep_points_of
+-- The sweep, its argument and the point index of each of these runs (NULLs for a run outside a sweep).
+SELECT r.id, s.id, s.arg, r.sweep_index
+FROM runs r LEFT JOIN sweeps s ON s.id = r.sweep_id
+WHERE r.id = ANY (%(run_ids)s)

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from labctl.errors import InputError, UserError
-from labctl.metrics import Series, format_value
+from labctl.metrics import QUERIES, Series, format_value
 from labctl.table import format_table
 
 PLOT_SUFFIXES = (".svg",)
@@ -27,15 +27,10 @@ def expand_refs(conn: psycopg.Connection[Any], refs: Sequence[str]) -> list[str]
     for ref in refs:
         if ref.startswith("sweep_"):
             sweep_id = resolve_id(conn, "sweeps", "sweep", ref)
-            rows = conn.execute(
-                "SELECT id FROM runs WHERE sweep_id = %s ORDER BY sweep_index NULLS LAST, id", (sweep_id,)
-            ).fetchall()
+            rows = conn.execute(QUERIES["runs_of_sweep"], {"id": sweep_id}).fetchall()
         elif ref.startswith("pipeline_"):
             pipeline_id = resolve_id(conn, "pipelines", "pipeline", ref)
-            rows = conn.execute(
-                "SELECT id FROM runs WHERE pipeline_id = %s ORDER BY created_at, sweep_index NULLS LAST, id",
-                (pipeline_id,),
-            ).fetchall()
+            rows = conn.execute(QUERIES["runs_of_pipeline"], {"id": pipeline_id}).fetchall()
         else:
             rows = [(resolve_id(conn, "runs", "run", ref),)]
         out += [r[0] for r in rows if r[0] not in out]
@@ -44,11 +39,7 @@ def expand_refs(conn: psycopg.Connection[Any], refs: Sequence[str]) -> list[str]
 
 def metric_sources(conn: psycopg.Connection[Any], run_ids: Sequence[str]) -> dict[str, str]:
     """run id -> the run whose metrics it has: a cache hit or a coalesced run shows its producer's."""
-    rows = conn.execute(
-        "SELECT id, CASE WHEN status IN ('cache_hit', 'awaiting_peer') OR producer_run_id IS NOT NULL "
-        "THEN coalesce(producer_run_id, id) ELSE id END FROM runs WHERE id = ANY(%s)",
-        (list(run_ids),),
-    ).fetchall()
+    rows = conn.execute(QUERIES["metric_sources"], {"run_ids": list(run_ids)}).fetchall()
     found = dict(rows)
     return {r: found.get(r, r) for r in run_ids}
 
@@ -58,11 +49,7 @@ def run_labels(conn: psycopg.Connection[Any], run_ids: Sequence[str], *, short: 
 
     ``short`` (plot legends): points of one sweep are named by ``<arg>=<index>`` alone.
     """
-    rows = conn.execute(
-        "SELECT r.id, s.id, s.arg, r.sweep_index FROM runs r LEFT JOIN sweeps s ON s.id = r.sweep_id "
-        "WHERE r.id = ANY(%s)",
-        (list(run_ids),),
-    ).fetchall()
+    rows = conn.execute(QUERIES["sweep_points_of"], {"run_ids": list(run_ids)}).fetchall()
     one_sweep = len(rows) == len(run_ids) and len({r[1] for r in rows}) == 1 and rows[0][1] is not None
     labels = {r: r for r in run_ids}
     for run_id, _sweep, arg, index in rows:

@@ -7,10 +7,13 @@ from typing import Any
 
 import psycopg
 
+from events.queries import load_queries
 from labctl.compare import duration, flatten
 from labctl.errors import InputError
 from labctl.metrics import format_value, summaries
 from labctl.metrics_view import metric_sources
+
+QUERIES = load_queries("labctl", "runs.sql")
 
 CHOICES = "params, params.KEY, args.KEY, metrics, metrics.NAME, duration"
 #: ``metrics`` alone shows at most this many metric names (the first by name)
@@ -33,7 +36,7 @@ def parse_columns(spec: str) -> list[str]:
 def run_params(conn: psycopg.Connection[Any], run_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     """run id -> its params (dotted keys) and args (``args.K``), as text."""
     out: dict[str, dict[str, str]] = {}
-    for run_id, recipe in conn.execute("SELECT id, recipe FROM runs WHERE id = ANY(%s)", (list(run_ids),)):
+    for run_id, recipe in conn.execute(QUERIES["run_recipes"], {"ids": list(run_ids)}):
         values = flatten(recipe.get("params", {}))
         values |= {f"args.{k}": v for k, v in flatten(recipe.get("args", {})).items()}
         out[run_id] = values

@@ -63,6 +63,33 @@ def status_rows(
     return rows_as(conn, StatusRow, query, params)
 
 
+class RunJob(msgspec.Struct, frozen=True):
+    """Where a run's job runs, and the run's state."""
+
+    id: str
+    executor: str
+    job_id: str | None
+    status: str
+
+
+def run_jobs(conn: psycopg.Connection[Any], run_ids: list[str]) -> list[RunJob]:
+    return rows_as(conn, RunJob, QUERIES["run_jobs"], {"ids": run_ids})
+
+
+def stage_labels(conn: psycopg.Connection[Any], run_ids: list[str]) -> dict[str, str]:
+    """run id -> its stage's name, with ``#<index>`` for a sweep point."""
+    return {
+        run_id: stage if index is None else f"{stage} #{index}"
+        for run_id, stage, index in conn.execute(QUERIES["run_stages"], {"ids": run_ids}).fetchall()
+    }
+
+
+def pipeline_state(conn: psycopg.Connection[Any], pipeline_id: str) -> tuple[str, str | None] | None:
+    """``(status, reason)`` of a pipeline, None if there is none."""
+    row = conn.execute(QUERIES["pipeline_state"], {"id": pipeline_id}).fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def write_status_json(
     conn: psycopg.Connection[Any], out: Any, *, user: str | None, state: str | None, everything: bool
 ) -> int:

@@ -69,3 +69,40 @@ ORDER BY s.ordinal;
 -- name: job_gpus
 -- The GPU ids a local job was given, as its latest JobSubmitted recorded them.
 SELECT data->'gpus' FROM events WHERE stream = %(stream)s AND type = 'JobSubmitted' ORDER BY version DESC LIMIT 1
+
+-- name: run_changes
+-- What `--wait` reports of each run: its state, exit code, reason, and whose outputs it reused.
+SELECT id, status, exit_code, reason, producer_run_id FROM runs WHERE id = ANY (%(ids)s) ORDER BY created_at
+
+-- name: pipeline_state
+SELECT status, reason FROM pipelines WHERE id = %(id)s
+
+-- name: run_jobs
+-- Where each run's job runs (executor, job id) and its state.
+SELECT id, executor, job_id, status FROM runs WHERE id = ANY (%(ids)s)
+
+-- name: run_stages
+SELECT id, stage_name, sweep_index FROM runs WHERE id = ANY (%(ids)s)
+
+-- name: runs_compared
+SELECT id, name, status, recipe, started_at, finished_at, producer_run_id, sweep_index FROM runs
+WHERE id = ANY (%(ids)s)
+
+-- name: inputs_compared
+SELECT run_id, role, type, path, artifact_id, alias, hash FROM run_inputs WHERE run_id = ANY (%(ids)s)
+
+-- name: run_to_cancel
+SELECT status, user_name, stream_version, agent_id, job_id, executor, cache_key FROM runs WHERE id = %(id)s
+
+-- name: run_recipes
+SELECT id, recipe FROM runs WHERE id = ANY (%(ids)s)
+
+-- name: ended_run_dirs
+-- The run dirs of ``user``'s runs that ended at least ``min_age`` ago, oldest first.
+SELECT run_dir FROM runs
+WHERE user_name = %(user)s AND status = ANY (%(terminal)s::text[])
+  AND coalesce(finished_at, updated_at) <= now() - %(min_age)s::interval
+ORDER BY finished_at NULLS FIRST
+
+-- name: run_version
+SELECT status, stream_version FROM runs WHERE id = %(id)s

@@ -15,16 +15,16 @@ from typing import Any
 
 import psycopg
 
+from events.queries import load_queries
 from projections.runs import TERMINAL_STATES
+
+QUERIES = load_queries("labctl", "runs.sql")
 
 
 def remove_terminal_sources(conn: psycopg.Connection[Any], user: str, min_age: timedelta) -> int:
     """Delete ``<run dir>/source`` of ``user``'s runs that ended at least ``min_age`` ago; how many."""
-    rows = conn.execute(
-        "SELECT run_dir FROM runs WHERE user_name = %s AND status = ANY(%s) "
-        "AND coalesce(finished_at, updated_at) <= now() - %s ORDER BY finished_at NULLS FIRST",
-        (user, sorted(TERMINAL_STATES), min_age),
-    ).fetchall()
+    params = {"user": user, "terminal": sorted(TERMINAL_STATES), "min_age": min_age}
+    rows = conn.execute(QUERIES["ended_run_dirs"], params).fetchall()
     removed = 0
     for (run_dir,) in rows:
         source = Path(run_dir) / "source"

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import psycopg
 
+from events.queries import load_queries, row_as
 from labctl.eval_table import split_result
 from labctl.lookup import resolve_id
 from labctl.metrics import format_value, lower_is_better, summaries
 from labctl.metrics_view import metric_sources
 from labctl.table import format_table
+
+QUERIES = load_queries("labctl.pipelines", "pipelines.sql")
+EVAL_QUERIES = load_queries("labctl", "evals.sql")
+
+
+class SweepInfo(msgspec.Struct, frozen=True):
+    """A sweep as ``sweep show`` heads it."""
+
+    id: str
+    name: str
+    arg: str
+    start_index: int
+    end_index: int
+    throttle: int | None
+    status: str
+    aggregate_run_id: str | None
 
 
 def resolve_sweep(conn: psycopg.Connection[Any], ref: str) -> str:
@@ -19,22 +37,16 @@ def resolve_sweep(conn: psycopg.Connection[Any], ref: str) -> str:
 
 def sweep_rows(
     conn: psycopg.Connection[Any], ref: str, metric: str | None = None
-) -> tuple[tuple[Any, ...], list[str], list[tuple[Any, ...]]]:
+) -> tuple[SweepInfo, list[str], list[tuple[Any, ...]]]:
     """The sweep, its metric headers, and per point (index, run, status, exit, *metric cells).
 
     With ``metric``: its final and best value. Without: the final value of each metric the
     points logged (``labctl.log``), else of each metric their evals recorded (params left out).
     """
     sweep_id = resolve_sweep(conn, ref)
-    info = conn.execute(
-        "SELECT id, name, arg, start_index, end_index, throttle, status, aggregate_run_id FROM sweeps WHERE id = %s",
-        (sweep_id,),
-    ).fetchone()
+    info = row_as(conn, SweepInfo, QUERIES["sweep"], {"id": sweep_id})
     assert info is not None
-    rows = conn.execute(
-        "SELECT sweep_index, id, status, exit_code, recipe FROM runs WHERE sweep_id = %s ORDER BY sweep_index",
-        (sweep_id,),
-    ).fetchall()
+    rows = conn.execute(QUERIES["sweep_points"], {"id": sweep_id}).fetchall()
     run_ids = [r[1] for r in rows]
     sources = metric_sources(conn, run_ids)
     logged = summaries(conn, list(set(sources.values())), [metric] if metric else None)
@@ -72,17 +84,9 @@ def _eval_series(
     conn: psycopg.Connection[Any], run_id: str, recipe: dict[str, Any]
 ) -> dict[str, list[tuple[int, float]]]:
     """The run's checkpoints' eval metrics by step (params left out), else its own eval_result output."""
-    found = conn.execute(
-        "SELECT e.step, e.metrics FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id "
-        "WHERE a.producer_run_id = %s AND e.metrics IS NOT NULL ORDER BY e.step NULLS FIRST",
-        (run_id,),
-    ).fetchall()
+    found = conn.execute(EVAL_QUERIES["eval_series"], {"run_id": run_id}).fetchall()
     if not found:
-        own = conn.execute(
-            "SELECT a.metadata -> 'result' FROM artifacts a JOIN run_outputs o ON o.artifact_id = a.id "
-            "WHERE o.run_id = %s AND a.kind = 'eval_result' LIMIT 1",
-            (run_id,),
-        ).fetchone()
+        own = conn.execute(EVAL_QUERIES["eval_result"], {"run_id": run_id}).fetchone()
         found = [(None, own[0])] if own and isinstance(own[0], dict) else []
     series: dict[str, list[tuple[int, float]]] = {}
     for step, result in found:
@@ -99,9 +103,9 @@ def _eval_final_and_best(series: list[tuple[int, float]], lower: bool) -> list[s
     return [format_value(series[-1][1]), f"{format_value(best[1])} @ {best[0]}"]
 
 
-def render_sweep(info: tuple[Any, ...], headers: list[str], points: list[tuple[Any, ...]]) -> str:
-    sweep_id, name, arg, start, end, throttle, status, aggregate = info
-    head = f"{sweep_id}  {name}  {status}  {arg}={start}..{end}" + (f"  throttle {throttle}" if throttle else "")
-    table = format_table([arg.upper(), "RUN", "STATUS", "EXIT", *headers], points)
-    tail = f"\naggregate: {aggregate}" if aggregate else ""
+def render_sweep(info: SweepInfo, headers: list[str], points: list[tuple[Any, ...]]) -> str:
+    head = f"{info.id}  {info.name}  {info.status}  {info.arg}={info.start_index}..{info.end_index}"
+    head += f"  throttle {info.throttle}" if info.throttle else ""
+    table = format_table([info.arg.upper(), "RUN", "STATUS", "EXIT", *headers], points)
+    tail = f"\naggregate: {info.aggregate_run_id}" if info.aggregate_run_id else ""
     return f"{head}\n{table}{tail}"

@@ -11,6 +11,7 @@ import psycopg
 import events
 from labctl.agents import live_agents
 from labctl.app import App
+from labctl.runs import QUERIES, pipeline_state
 from projections.runs import TERMINAL_STATES
 
 OnChange = Callable[[str, str, dict[str, Any]], None]
@@ -35,10 +36,7 @@ class Watch:
     def check(self) -> bool:
         """Report changes; True when every run has ended (and the pipeline is closed)."""
         ids = self.run_ids
-        rows = self.app.db.conn.execute(
-            "SELECT id, status, exit_code, reason, producer_run_id FROM runs WHERE id = ANY(%s) ORDER BY created_at",
-            (ids,),
-        ).fetchall()
+        rows = self.app.db.conn.execute(QUERIES["run_changes"], {"ids": ids}).fetchall()
         for run_id, status, exit_code, reason, producer in rows:
             if self.last.get(run_id) != status:
                 self.last[run_id] = status
@@ -47,7 +45,7 @@ class Watch:
             return False
         if self.pipeline_id is None:
             return True
-        row = self.app.db.conn.execute("SELECT status FROM pipelines WHERE id = %s", (self.pipeline_id,)).fetchone()
+        row = pipeline_state(self.app.db.conn, self.pipeline_id)
         return row is None or row[0] != "running"
 
 

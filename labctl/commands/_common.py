@@ -140,13 +140,16 @@ def wait_for_runs(a: App, watch: Watch, scope: Scope) -> dict[str, str]:
 
 
 def _say_what_goes_on(a: App, watch: Watch, *, own_agent: bool) -> None:
+    from labctl.runs import run_jobs
     from projections.runs import TERMINAL_STATES
 
-    rows = a.db.conn.execute(
-        "SELECT id, executor, job_id, status FROM runs WHERE id = ANY(%s)", (watch.run_ids,)
-    ).fetchall()
-    slurm = [f"{r[0]} (job {r[2]})" if r[2] else r[0] for r in rows if r[1] == "slurm" and r[3] not in TERMINAL_STATES]
-    local = [f"{r[0]} ({r[3]})" for r in rows if r[1] != "slurm"]
+    rows = run_jobs(a.db.conn, watch.run_ids)
+    slurm = [
+        f"{r.id} (job {r.job_id})" if r.job_id else r.id
+        for r in rows
+        if r.executor == "slurm" and r.status not in TERMINAL_STATES
+    ]
+    local = [f"{r.id} ({r.status})" for r in rows if r.executor != "slurm"]
     if slurm:
         typer.echo(
             f"stopped waiting; on SLURM these go on: {', '.join(slurm)} — `labctl cancel RUN` stops one", err=True

@@ -13,20 +13,16 @@ sweep_app = typer.Typer(no_args_is_help=True, help="Sweeps: show points x state 
 
 def _wait_pipeline(a: Any, submitted: Any) -> None:
     from labctl.commands._common import Progress, wait_for_runs
+    from labctl.runs import pipeline_state, stage_labels
     from labctl.throttle import Scope
     from labctl.wait import Watch
 
     all_runs = [r for runs in submitted.runs.values() for r in runs]
-    labels = {
-        run_id: stage if index is None else f"{stage} #{index}"
-        for run_id, stage, index in a.db.conn.execute(
-            "SELECT id, stage_name, sweep_index FROM runs WHERE id = ANY(%s)", (all_runs,)
-        ).fetchall()
-    }
+    labels = stage_labels(a.db.conn, all_runs)
     progress = Progress(a, labels, total=len(all_runs))
     watch = Watch(a, all_runs, progress, pipeline_id=submitted.pipeline_id)
     final = wait_for_runs(a, watch, Scope(pipeline_id=submitted.pipeline_id))
-    row = a.db.conn.execute("SELECT status, reason FROM pipelines WHERE id = %s", (submitted.pipeline_id,)).fetchone()
+    row = pipeline_state(a.db.conn, submitted.pipeline_id)
     status = row[0] if row else "unknown"
     typer.echo(f"{submitted.pipeline_id}: {status}" + (f" ({row[1]})" if row and row[1] else ""))
     if status != "succeeded" or any(s not in ("succeeded", "cache_hit") for s in final.values()):

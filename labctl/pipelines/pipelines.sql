@@ -63,3 +63,9 @@ SELECT id, name, status, user_name AS user, created_at, finished_at FROM pipelin
 WHERE %(user)s::text IS NULL OR user_name = %(user)s
 ORDER BY created_at DESC
 LIMIT %(limit)s
+
+-- name: sweep
+SELECT id, name, arg, start_index, end_index, throttle, status, aggregate_run_id FROM sweeps WHERE id = %(id)s
+
+-- name: sweep_points
+SELECT sweep_index, id, status, exit_code, recipe FROM runs WHERE sweep_id = %(id)s ORDER BY sweep_index
