@@ -99,6 +99,12 @@ def artifact_kinds(conn: psycopg.Connection[Any]) -> set[str]:
     return {k for (k,) in conn.execute(QUERIES["artifact_kinds"]).fetchall()}
 
 
+def registered_by(conn: psycopg.Connection[Any], run_ids: list[str]) -> int:
+    """How many artifacts these runs registered."""
+    row = conn.execute(QUERIES["artifacts_registered_by"], {"run_ids": run_ids}).fetchone()
+    return int(row[0]) if row else 0
+
+
 def short_alias(qualified: str, user: str) -> str:
     """``name`` for the current user's aliases, ``owner/name`` for others' (as you would type it)."""
     owner, _, name = qualified.partition("/")

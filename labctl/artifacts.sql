@@ -172,3 +172,18 @@ WHERE r.cache_key IS NOT NULL
   AND (r.id = ANY (%(producers)s)
        OR r.id IN (SELECT o.run_id FROM run_outputs o WHERE o.artifact_id = ANY (%(ids)s)))
 ORDER BY 1
+
+-- name: artifacts_registered_by
+-- How many artifacts these runs registered.
+SELECT count(*) FROM artifacts WHERE producer_run_id = ANY (%(run_ids)s)
+
+-- name: stored_fingerprint
+-- The content hash stored for a path, while its stat digest is still the one it was hashed at.
+SELECT content_hash FROM file_fingerprints WHERE path = %(path)s AND stat_digest = %(stat_digest)s
+
+-- name: store_fingerprint
+INSERT INTO file_fingerprints (path, stat_digest, content_hash, files, bytes, hashed_at)
+VALUES (%(path)s, %(stat_digest)s, %(content_hash)s, %(files)s, %(bytes)s, now())
+ON CONFLICT (path) DO UPDATE
+SET stat_digest = EXCLUDED.stat_digest, content_hash = EXCLUDED.content_hash, files = EXCLUDED.files,
+    bytes = EXCLUDED.bytes, hashed_at = now()

@@ -359,15 +359,14 @@ def status(
 
     if as_of is not None:
         import projections
-        from labctl.maintenance import parse_until
+        from labctl.maintenance import parse_until, schema_exists
         from labctl.progress import ProgressBar
 
         position = parse_until(conn, as_of, "--as-of")
         # Reading leaves nothing behind: the snapshot is built in a transaction that is rolled back
         # (one kept by `replay --until` is used as it is).
         with conn.transaction(force_rollback=True):
-            exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (f"asof_{position}",)).fetchone()
-            if not (exists and exists[0]):
+            if not schema_exists(conn, f"asof_{position}"):
                 with ProgressBar("replaying", position) as bar:
                     projections.replay_as_of(conn, position, progress=bar)
             runs.set_search_path(conn, f"asof_{position}")
@@ -502,6 +501,7 @@ def validate(
 def reconcile() -> None:
     """One reconcile cycle by hand: one sacct call for all active SLURM jobs, then pipelines advance
     (children of runs that ended are submitted); prints JSON counts."""
+    from labctl.artifact_queries import registered_by
     from labctl.pipelines.advance import advance, running_pipelines
     from labctl.runs import to_json
     from labctl.slurm_runs import holder_id, recover_intents, submit_queued
@@ -515,14 +515,12 @@ def reconcile() -> None:
     report = reconcile_once(a, executor, user=me)
     advanced = sum(advance(a, p) for p in running_pipelines(a.db.conn, me))
     submitted |= submit_queued(a, executor, holder_id(), user=me)  # children the pipelines just released
-    registered = a.db.conn.execute(
-        "SELECT count(*) FROM artifacts WHERE producer_run_id = ANY(%s)", (report.ended,)
-    ).fetchone()
+    registered = registered_by(a.db.conn, report.ended)
     counts = {
         # the original's keys: runs whose state changed, artifacts their ends registered, runs that could not be
         # reconciled (none here: a cycle that fails stops with an error)
         "runs_reconciled": report.started + report.finished,
-        "artifacts_registered": registered[0] if registered else 0,
+        "artifacts_registered": registered,
         "runs_failed": 0,
         "submitted": len(submitted),
         "recovered": recovered,

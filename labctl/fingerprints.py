@@ -19,7 +19,10 @@ from typing import Any
 import msgspec
 import psycopg
 
+from events.queries import load_queries
 from labctl.artifacts.hashing import dir_content_hash
+
+QUERIES = load_queries("labctl", "artifacts.sql")
 
 RACY_SECONDS = 2.0
 
@@ -72,19 +75,11 @@ def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-_LOOKUP = "SELECT content_hash FROM file_fingerprints WHERE path = %s AND stat_digest = %s"
-_STORE = (
-    "INSERT INTO file_fingerprints (path, stat_digest, content_hash, files, bytes, hashed_at) "
-    "VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (path) DO UPDATE SET stat_digest = EXCLUDED.stat_digest, "
-    "content_hash = EXCLUDED.content_hash, files = EXCLUDED.files, bytes = EXCLUDED.bytes, hashed_at = now()"
-)
-
-
 def fingerprint(conn: psycopg.Connection[Any], path: str) -> Fingerprint:
     """The content hash of the file or tree at ``path``, reusing the stored one while its stat digest holds."""
     real = os.path.realpath(path)
     before = tree_stat(real)
-    row = conn.execute(_LOOKUP, (real, before.digest)).fetchone()
+    row = conn.execute(QUERIES["stored_fingerprint"], {"path": real, "stat_digest": before.digest}).fetchone()
     if row is not None:
         return Fingerprint(path=real, content_hash=row[0], files=before.files, bytes=before.bytes, reused=True)
     started = time.time_ns()
@@ -92,5 +87,6 @@ def fingerprint(conn: psycopg.Connection[Any], path: str) -> Fingerprint:
     after = tree_stat(real)
     settled = after.digest == before.digest and after.newest_mtime_ns < started - int(RACY_SECONDS * 1e9)
     if settled:
-        conn.execute(_STORE, (real, after.digest, content, after.files, after.bytes))
+        stored = {"path": real, "stat_digest": after.digest, "content_hash": content}
+        conn.execute(QUERIES["store_fingerprint"], stored | {"files": after.files, "bytes": after.bytes})
     return Fingerprint(path=real, content_hash=content, files=after.files, bytes=after.bytes, reused=False)

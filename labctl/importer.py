@@ -729,7 +729,7 @@ def plan_import(
                 )
             )
     if "coalesce_claims" in source.tables:
-        claims = source.conn.execute("SELECT count(*) FROM public.coalesce_claims").fetchone()
+        claims = source.conn.execute(Q["source_coalesce_claims"]).fetchone()
         if claims and claims[0]:
             report.unmapped.append(
                 f"{claims[0]} coalesce claims: in-flight slots are not imported; each run's producer_run_id "

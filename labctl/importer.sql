@@ -93,3 +93,6 @@ SELECT count(*), coalesce(max(id), 0) FROM public.events;
 
 -- name: target_last_fingerprint
 SELECT data ->> 'fingerprint' FROM events WHERE stream = %(stream)s ORDER BY version DESC LIMIT 1;
+
+-- name: source_coalesce_claims
+SELECT count(*) FROM public.coalesce_claims;

@@ -47,6 +47,12 @@ def doctor(db: Database) -> list[Check]:
     return checks
 
 
+def schema_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Whether the database has a schema ``name`` (e.g. an as-of snapshot ``replay --until`` kept)."""
+    row = conn.execute(QUERIES["schema_exists"], {"name": name}).fetchone()
+    return bool(row and row[0])
+
+
 def parse_until(conn: psycopg.Connection[Any], until: str, option: str = "--until") -> int:
     """A position from ``POSITION`` or an ISO timestamp (the last event at or before it)."""
     if until.isascii() and until.isdigit():

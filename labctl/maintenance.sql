@@ -38,3 +38,6 @@ SELECT name, position FROM reactor_checkpoints WHERE position > %(last)s
 
 -- name: live_artifacts
 SELECT id, hash, path FROM artifacts WHERE removed_at IS NULL ORDER BY id
+
+-- name: schema_exists
+SELECT to_regnamespace(%(name)s) IS NOT NULL
