@@ -158,9 +158,7 @@ def fingerprint(source: Source, stores: Iterable[Path]) -> str:
     parts: list[str] = []
     for table in _FINGERPRINTED:
         if table in source.tables:
-            query = sql.SQL("SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {} t").format(
-                sql.Identifier("public", table)
-            )
+            query = sql.SQL(Q["source_table_digest"]).format(table=sql.Identifier("public", table))
             parts.append(f"{table}:{source.conn.execute(query).fetchone()}")
     if "events" in source.tables:
         parts.append(f"events:{source.conn.execute(Q['source_events_mark']).fetchone()}")
