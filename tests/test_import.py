@@ -173,7 +173,7 @@ def test_every_field_of_an_original_registry_is_imported(
         # Evals: every request, its run, attempts and the metrics its eval run recorded.
         from labctl.evals import eval_rows
 
-        evals = {r[3]: r for r in eval_rows(c)}
+        evals = {r.checkpoint: r for r in eval_rows(c)}
         theirs_e = _source(src, "SELECT checkpoint_artifact_id, policy_id, eval_run_id, attempts FROM eval_requests")
         assert len(evals) == len(theirs_e) > 0
         attempts = dict(
@@ -182,8 +182,8 @@ def test_every_field_of_an_original_registry_is_imported(
             ).fetchall()
         )
         for ckpt, policy, run_id, n in theirs_e:
-            assert (evals[ckpt][0], evals[ckpt][4], evals[ckpt][5]) == (policy, run_id, "succeeded")
-            assert evals[ckpt][2] in (1000, 2000, 3000) and set(evals[ckpt][6]) == {"accuracy", "loss"}
+            assert (evals[ckpt].policy, evals[ckpt].eval_run, evals[ckpt].state) == (policy, run_id, "succeeded")
+            assert evals[ckpt].step in (1000, 2000, 3000) and set(evals[ckpt].metrics or {}) == {"accuracy", "loss"}
             assert attempts[ckpt] == n
 
         # Pipelines, stages and their parents; users.
