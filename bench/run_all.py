@@ -23,9 +23,12 @@ SCRIPTS = [
     "bench_hashing",
     "bench_slurm",
     "bench_pipelines",
+    "bench_throughput",
     "bench_metrics",
     "bench_fingerprints",
     "bench_import",
+    "bench_web",
+    "bench_scale",
 ]
 
 

@@ -226,15 +226,12 @@ class Agent:
                 if state.state == "succeeded":
                     local_runs.hash_finished_outputs(self.app, run_id)
                 self.ended[job_id] = (run_id, state)
-        # Record ends; one that fails (database away) stays here and is retried next tick.
-        for job_id, (run_id, state) in list(self.ended.items()):
-            local_runs.finish(self.app, run_id, state)
-            del self.ended[job_id]
+        # Record the ends together, in one transaction; if that fails (database away) they stay
+        # here and are recorded next tick. The reactors see them all at once right after.
+        if self.ended:
+            local_runs.finish_many(self.app, list(self.ended.values()))
+            self.ended.clear()
             changed = True
-            if self.ended:
-                # Let the reactors see this end before the next is recorded: its children
-                # should not wait for every other job that ended in the same tick.
-                self.react()
         return changed
 
     def ingest_live_metrics(self) -> None:
@@ -268,21 +265,27 @@ class Agent:
             return False
         versions = dict(queued)
         needs = local_runs.needs(self.app, list(versions))
-        started = False
-        for run_id in choose(self.free, [(r, needs[r]) for r in versions if r in needs], free):
-            if not local_runs.ready(self.app, run_id):
-                continue  # the submitter is still writing the run dir
-            if not local_runs.claim(self.app, run_id, versions[run_id], self.id):
-                continue  # another agent claimed it, or it was cancelled
+        chosen = choose(self.free, [(r, needs[r]) for r in versions if r in needs], free)
+        # Runs whose submitter is still writing the run dir wait; the rest are claimed together.
+        ready = local_runs.ready(self.app, chosen)
+        claimed = local_runs.claim_many(self.app, [(r, versions[r]) for r in ready], self.id)
+        started: list[local_runs.Started] = []
+        for run_id in claimed:
             grant = self.free.take(needs[run_id])
             launched = local_runs.launch(self.app, self.local, run_id, grant, self.capacity)
             if launched is None:
                 self.free.give_back(grant)
-            else:
-                job_id, self.run_dirs[run_id] = launched
-                self.running[job_id] = run_id  # before the record: a failed record still leaves it ours to end
-                self.grants[job_id] = grant
-                start = self.local.process_start_of(job_id)
-                local_runs.record_started(self.app, run_id, job_id, self.id, start, grant.gpu_ids)
-            started = True
-        return started
+                continue
+            job_id, self.run_dirs[run_id] = launched
+            self.running[job_id] = run_id  # before the record: a failed record still leaves it ours to end
+            self.grants[job_id] = grant
+            started.append(
+                local_runs.Started(
+                    run_id=run_id,
+                    job_id=job_id,
+                    process_start=self.local.process_start_of(job_id),
+                    gpus=tuple(grant.gpu_ids),
+                )
+            )
+        local_runs.record_starts(self.app, started, self.id)
+        return bool(claimed)

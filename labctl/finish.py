@@ -8,9 +8,11 @@ run that coalesced onto this one.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import psycopg
 
 import projections
@@ -28,57 +30,106 @@ from labctl.submissions import submission_of
 from projections.runs import TERMINAL_STATES
 
 
-def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> str | None:
-    """Record that ``run_id`` ended as ``outcome``; returns the recorded state (None if it had already ended)."""
-    conn = db.conn
-    sub = submission_of(conn, run_id)
+class _Ending(msgspec.Struct, kw_only=True):
+    """One run's end, ready to record: its outputs registered (files moved), its state decided."""
+
+    run_id: str
+    outcome: JobState
+    state: str
+    reason: str | None
+    cacheable: bool
+    registered: Registered
+
+
+def _prepare(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> _Ending:
+    """What has to happen before the end's transaction: last metrics, outputs moved into the store."""
+    sub = submission_of(db.conn, run_id)
     if sub is not None:
         # The job has stopped writing: take its last metrics lines before the end is recorded.
         ingest_quietly(db.run, run_id, sub.run_dir, meta, final=True)
-    now = datetime.now(UTC)
-    registered = Registered(events=[], linked=[])
-    state = outcome.state
-    reason = outcome.reason
-    cacheable = True
-    if state == "succeeded" and sub is not None:
+    ending = _Ending(
+        run_id=run_id,
+        outcome=outcome,
+        state=outcome.state,
+        reason=outcome.reason,
+        cacheable=True,
+        registered=Registered(events=[], linked=[]),
+    )
+    if ending.state == "succeeded" and sub is not None:
         try:
-            registered = register_outputs(conn, config, sub, now=now)
+            ending.registered = register_outputs(db.conn, config, sub, now=datetime.now(UTC))
         except (OSError, ValueError) as exc:  # ValueError: a path outside its root, bytes not matching their hash
-            state, reason = "failed", f"registering outputs failed: {exc}"
-        missing = missing_outputs(sub, registered)
-        if state == "succeeded" and missing:
+            ending.state, ending.reason = "failed", f"registering outputs failed: {exc}"
+        missing = missing_outputs(sub, ending.registered)
+        if ending.state == "succeeded" and missing:
             # As the original: still succeeded (exit 0), the output is not registered; and no later run
             # may cache-hit on a run that did not write what it declared.
-            cacheable = False
-            reason = f"exit 0 but {'; '.join(missing)}: not registered, not cached"
-    key = f"finish-{run_id}-{uuid.uuid4().hex}"
-    ended_followers: list[RunSubmitted] = []
+            ending.cacheable = False
+            ending.reason = f"exit 0 but {'; '.join(missing)}: not registered, not cached"
+    return ending
 
-    def attempt(c: psycopg.Connection[Any]) -> str | None:
+
+def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> str | None:
+    """Record that ``run_id`` ended as ``outcome``; returns the recorded state (None if it had already ended)."""
+    return finish_runs(db, config, [(run_id, outcome)], meta)[0]
+
+
+def finish_runs(
+    db: Database, config: ClusterConfig, ends: Sequence[tuple[str, JobState]], meta: EventMeta
+) -> list[str | None]:
+    """Record the ends of several runs in one transaction (an agent's jobs that ended in one tick).
+
+    Each run's outputs are registered first (files moved); then one transaction records every end,
+    artifact, link, alias and cache release. Returns each run's recorded state (None: it had already
+    ended). A conflict (a follower joined, a run moved on) repeats the transaction, re-reading them all.
+    """
+    if not ends:
+        return []
+    endings = [_prepare(db, config, run_id, outcome, meta) for run_id, outcome in ends]
+    now = datetime.now(UTC)
+    key = f"finish-{endings[0].run_id}-{uuid.uuid4().hex}"
+    ended_followers: list[tuple[RunSubmitted, _Ending]] = []
+
+    def attempt(c: psycopg.Connection[Any]) -> list[str | None]:
         ended_followers.clear()
-        row = c.execute("SELECT status, stream_version, cache_key FROM runs WHERE id = %s", (run_id,)).fetchone()
-        if row is None or row[0] in TERMINAL_STATES:
-            return None
-        _status, version, cache_key = row
-        finished = RunFinished(
-            run_id=run_id,
-            state=state,
-            exit_code=outcome.exit_code,
-            signal=outcome.signal,
-            reason=reason,
-            started_at=outcome.started_at,
-            finished_at=outcome.finished_at or now,
-        )
-        batch = [NewEvent(f"run-{run_id}", finished, version), *registered.events]
-        if cache_key:
-            batch += cache.release(
-                c, cache_key, run_id, state, outcome, registered.linked, ended_followers, cacheable=cacheable
+        rows = {
+            r[0]: r[1:]
+            for r in c.execute(
+                "SELECT id, status, stream_version, cache_key FROM runs WHERE id = ANY(%s)",
+                ([e.run_id for e in endings],),
             )
-        projections.record(c, batch, idempotency_key=key, meta=meta)
-        return state
+        }
+        batch: list[NewEvent] = []
+        recorded: list[str | None] = []
+        for e in endings:
+            row = rows.get(e.run_id)
+            if row is None or row[0] in TERMINAL_STATES:
+                recorded.append(None)
+                continue
+            _status, version, cache_key = row
+            finished = RunFinished(
+                run_id=e.run_id,
+                state=e.state,
+                exit_code=e.outcome.exit_code,
+                signal=e.outcome.signal,
+                reason=e.reason,
+                started_at=e.outcome.started_at,
+                finished_at=e.outcome.finished_at or now,
+            )
+            batch += [NewEvent(f"run-{e.run_id}", finished, version), *e.registered.events]
+            if cache_key:
+                followers: list[RunSubmitted] = []
+                batch += cache.release(
+                    c, cache_key, e.run_id, e.state, e.outcome, e.registered.linked, followers, cacheable=e.cacheable
+                )
+                ended_followers.extend((f, e) for f in followers)
+            recorded.append(e.state)
+        if batch:
+            projections.record(c, batch, idempotency_key=key, meta=meta)
+        return recorded
 
-    # A follower joined or the run moved on: look again.
-    recorded = retry_on_conflict(lambda: db.run(attempt), what=f"record the end of {run_id}")
-    for fsub in ended_followers:
-        write_linked_alias_links(config, fsub.user, fsub.outputs, registered.linked)
+    what = f"record the end of {endings[0].run_id}" + (f" and {len(endings) - 1} more" if len(endings) > 1 else "")
+    recorded = retry_on_conflict(lambda: db.run(attempt), what=what)
+    for fsub, e in ended_followers:
+        write_linked_alias_links(config, fsub.user, fsub.outputs, e.registered.linked)
     return recorded

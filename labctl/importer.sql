@@ -17,10 +17,10 @@ FROM public.runs;
 SELECT id, recipe_name, recipe_hash, status, job_id, run_dir, repo, source_path, recipe_json::text,
        context_json::text, created_at, finished_at, pipeline_id, dependency_on::text, stage_name,
        submitted_by, cache_key, {peer}
-FROM public.runs WHERE id = ANY (%(ids)s);
+FROM public.runs WHERE id = ANY (%(ids)b);
 
 -- name: source_inputs
-SELECT run_id, role, artifact_id, resolved_path FROM public.run_inputs WHERE run_id = ANY (%(ids)s);
+SELECT run_id, role, artifact_id, resolved_path FROM public.run_inputs WHERE run_id = ANY (%(ids)b);
 
 -- name: source_outputs
 SELECT run_id, role, artifact_id FROM public.run_outputs;
@@ -33,7 +33,7 @@ SELECT run_id, max(id), count(*) FROM public.events GROUP BY run_id;
 
 -- name: source_events_after
 SELECT id, run_id, event_type, payload_json::text, created_at FROM public.events
-WHERE id > %(after)s AND (run_id = ANY (%(ids)s) OR (%(unowned)s AND run_id IS NULL))
+WHERE id > %(after)s AND (run_id = ANY (%(ids)b) OR (%(unowned)s AND run_id IS NULL))
 ORDER BY id;
 
 -- name: source_artifacts
@@ -86,7 +86,7 @@ SELECT name FROM users;
 SELECT max((e.data -> 'events' -> -1 ->> 'id')::bigint) FROM events e WHERE e.stream = 'original-events';
 
 -- name: target_streams
-SELECT DISTINCT stream FROM events WHERE stream = ANY (%(streams)s);
+SELECT DISTINCT stream FROM events WHERE stream = ANY (%(streams)b);
 
 -- name: source_events_mark
 SELECT count(*), coalesce(max(id), 0) FROM public.events;

@@ -3,15 +3,17 @@ render and start its job, record the start; the agent's loop drives these (besid
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import psycopg
 
-import events
 import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted
@@ -22,7 +24,7 @@ from labctl.executors.base import JobSpec, JobState
 from labctl.executors.local import HOST, LocalExecutor
 from labctl.executors.sbatch_script import render_script_body
 from labctl.files import Recipe, Resources, parse_mem_mb, parse_time_seconds
-from labctl.finish import finish_run
+from labctl.finish import finish_runs
 from labctl.jobenv import job_command, job_environment, job_workdir
 from labctl.packing import Capacity, Grant, Need
 from labctl.submissions import submission_of
@@ -48,25 +50,46 @@ def run_dir_of(app: App, run_id: str) -> str:
     return row[0] if row else ""
 
 
-def ready(app: App, run_id: str) -> bool:
-    """The submitter has finished writing the run dir."""
-    return (Path(run_dir_of(app, run_id)) / ".lab" / "context.json").exists()
+def ready(app: App, run_ids: Sequence[str]) -> list[str]:
+    """Those of ``run_ids`` whose submitter has finished writing the run dir, in the same order."""
+    rows = app.db.conn.execute("SELECT id, run_dir FROM runs WHERE id = ANY(%s)", (list(run_ids),)).fetchall()
+    dirs = dict(rows)
+    return [r for r in run_ids if r in dirs and (Path(dirs[r]) / ".lab" / "context.json").exists()]
 
 
 def claim(app: App, run_id: str, version: int, agent_id: str) -> bool:
     """Claim a queued run for ``agent_id``; False when another agent claimed it or it was cancelled."""
+    return bool(claim_many(app, [(run_id, version)], agent_id))
+
+
+def claim_many(app: App, runs: Sequence[tuple[str, int]], agent_id: str) -> list[str]:
+    """Claim queued runs (id, stream version) for ``agent_id``: the ids claimed, in order.
+
+    All in one transaction when none was taken meanwhile; when one was (another agent claimed
+    it, or it was cancelled), each is claimed on its own so the others still go to this agent.
+    """
+
+    def claims(batch: Sequence[tuple[str, int]]) -> list[NewEvent]:
+        return [NewEvent(f"run-{r}", RunClaimed(run_id=r, agent_id=agent_id), v) for r, v in batch]
+
+    if not runs:
+        return []
     try:
-        app.record(
-            [NewEvent(f"run-{run_id}", RunClaimed(run_id=run_id, agent_id=agent_id), version)],
-            f"claim-{run_id}-{agent_id}",
-        )
+        app.record(claims(runs), f"claim-{runs[0][0]}-{len(runs)}-{agent_id}")
+        return [r for r, _ in runs]
     except ConcurrencyError:
-        return False
-    return True
+        if len(runs) == 1:
+            return []
+    return [r for r, v in runs if claim_many(app, [(r, v)], agent_id)]
 
 
 def finish(app: App, run_id: str, outcome: JobState) -> None:
-    finish_run(app.db, app.config, run_id, outcome, app.meta())
+    finish_runs(app.db, app.config, [(run_id, outcome)], app.meta())
+
+
+def finish_many(app: App, ends: Sequence[tuple[str, JobState]]) -> None:
+    """Record the ends of jobs that ended together, in one transaction."""
+    finish_runs(app.db, app.config, ends, app.meta())
 
 
 def launch(
@@ -86,32 +109,57 @@ def launch(
         return None
 
 
+class Started(msgspec.Struct, frozen=True, kw_only=True):
+    """A job the agent started, to record."""
+
+    run_id: str
+    job_id: str
+    process_start: int | None
+    gpus: tuple[str, ...] = ()
+    started_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+
 def record_started(
     app: App, run_id: str, job_id: str, agent_id: str, process_start: int | None, gpus: Sequence[str] = ()
 ) -> None:
-    conn = app.db.conn
-    version = events.stream_version(conn, f"run-{run_id}")
-    projections.record(
-        conn,
-        [
-            NewEvent(
-                f"run-{run_id}",
-                JobSubmitted(
-                    run_id=run_id,
-                    executor="local",
-                    job_id=job_id,
-                    agent_id=agent_id,
-                    process_start=process_start,
-                    gpus=list(gpus),
-                ),
-                version,
-            ),
-            NewEvent(
-                f"run-{run_id}", RunStarted(run_id=run_id, started_at=datetime.now(UTC), host=HOST, job_id=job_id)
-            ),
-        ],
-        meta=app.meta(),
-    )
+    record_starts(app, [Started(run_id=run_id, job_id=job_id, process_start=process_start, gpus=tuple(gpus))], agent_id)
+
+
+def record_starts(app: App, started: Sequence[Started], agent_id: str) -> None:
+    """Record jobs the agent started (their job ids, pids' start times, devices) in one transaction."""
+    if not started:
+        return
+
+    def work(conn: psycopg.Connection[Any]) -> None:
+        versions = dict(
+            conn.execute(
+                "SELECT id, stream_version FROM runs WHERE id = ANY(%s)", ([s.run_id for s in started],)
+            ).fetchall()
+        )
+        batch: list[NewEvent] = []
+        for s in started:
+            if s.run_id not in versions:
+                continue
+            submitted = JobSubmitted(
+                run_id=s.run_id,
+                executor="local",
+                job_id=s.job_id,
+                agent_id=agent_id,
+                process_start=s.process_start,
+                gpus=list(s.gpus),
+            )
+            began = RunStarted(run_id=s.run_id, started_at=s.started_at, host=HOST, job_id=s.job_id)
+            batch += [NewEvent(f"run-{s.run_id}", submitted, versions[s.run_id]), NewEvent(f"run-{s.run_id}", began)]
+        projections.record(conn, batch, meta=app.meta())
+
+    try:
+        app.db.run(work)
+    except ConcurrencyError:
+        if len(started) == 1:
+            raise
+        for s in started:  # one moved on meanwhile (a cancel request): record the others on their own
+            with contextlib.suppress(ConcurrencyError):
+                record_starts(app, [s], agent_id)
 
 
 def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
