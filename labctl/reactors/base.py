@@ -99,6 +99,8 @@ def set_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> N
 
 #: events read (and handled in one transaction) at a time
 PAGE_SIZE = 500
+#: seconds between writes of a checkpoint moved only past events of no interest, while the log is busy
+CHECKPOINT_EVERY = 2.0
 
 
 class LogReactor:
@@ -120,6 +122,8 @@ class LogReactor:
         self.name = type(self).name if user is None else f"{type(self).name}:{user}"
         self.leadership = Leadership(app.db.url, self.name)
         self.next_full_pass = 0.0
+        self.read_to = 0  # how far this reactor has read (ahead of its stored checkpoint by skipped pages)
+        self.next_checkpoint_write = 0.0
 
     def step(self) -> bool:
         if not self.leadership.held():
@@ -130,21 +134,32 @@ class LogReactor:
         if now >= self.next_full_pass:
             self.next_full_pass = now + self.full_pass_every
             changed |= self.full_pass()
-        done = checkpoint(conn, self.name)
+        stored = checkpoint(conn, self.name)
+        done = max(stored, self.read_to)
+        first = True
         while True:
             page = events.read_all(conn, done, PAGE_SIZE)
             if not page:
                 break
+            first = False
             relevant = [e for e in page if e.type in self.interested]
-            # One transaction per page: the events ``handle`` appends (through ``App.record``, which joins
-            # it as a savepoint) and the checkpoint past the page commit together, or neither does. A
-            # crash in between leaves the page to the next active reactor, which handles it again; the
-            # files written on the way stay (a pipeline stage's run dir is written again in place).
-            with conn.transaction():
-                if relevant:
+            if relevant:
+                # One transaction per page: the events ``handle`` appends (through ``App.record``, which
+                # joins it as a savepoint) and the checkpoint past the page commit together, or neither
+                # does. A crash in between leaves the page to the next active reactor, which handles it
+                # again; the files written on the way stay (a stage's run dir is written again in place).
+                with conn.transaction():
                     changed |= self.handle(relevant)
-                set_checkpoint(conn, self.name, page[-1].position)
-            done = page[-1].position
+                    set_checkpoint(conn, self.name, page[-1].position)
+                stored = page[-1].position
+            done = self.read_to = page[-1].position
+        # Pages with nothing of interest move the checkpoint only in memory while the log is busy (a
+        # commit per reactor per tick would cost more than the work); it is written once the reactor
+        # finds nothing new, or every few seconds. Losing it in a crash re-reads pages it ignores anyway.
+        now = time.monotonic()
+        if done > stored and (first or now >= self.next_checkpoint_write):
+            set_checkpoint(conn, self.name, done)
+            self.next_checkpoint_write = now + CHECKPOINT_EVERY
         return changed
 
     def handle(self, batch: list[StoredEvent]) -> bool:
