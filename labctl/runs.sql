@@ -46,11 +46,17 @@ FROM aliases al JOIN run_outputs o ON o.artifact_id = al.artifact_id
 WHERE o.run_id = %(id)s ORDER BY 1, 2;
 
 -- name: eval_requests
+-- Evals of the run's checkpoints, and the eval the run itself is: two index lookups (an OR across
+-- the join would scan every eval).
 SELECT e.eval_key, e.checkpoint_artifact_id, e.eval_recipe_hash, e.policy, e.run_id, er.status
-FROM evals e
-LEFT JOIN artifacts a ON a.id = e.checkpoint_artifact_id
+FROM (
+    SELECT e.eval_key, e.checkpoint_artifact_id, e.eval_recipe_hash, e.policy, e.run_id, e.requested_at
+    FROM evals e JOIN artifacts a ON a.id = e.checkpoint_artifact_id WHERE a.producer_run_id = %(id)s
+    UNION
+    SELECT eval_key, checkpoint_artifact_id, eval_recipe_hash, policy, run_id, requested_at
+    FROM evals WHERE run_id = %(id)s
+) e
 LEFT JOIN runs er ON er.id = e.run_id
-WHERE a.producer_run_id = %(id)s OR e.run_id = %(id)s
 ORDER BY e.requested_at;
 
 -- name: run_outputs

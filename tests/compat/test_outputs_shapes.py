@@ -135,7 +135,7 @@ def test_show_prints_the_originals_run_view(lab: Lab) -> None:
 
 
 def test_evald_once_and_reconcile_print_the_originals_counts(lab: Lab) -> None:
-    lab.run(ORIGINAL / "recipes" / "train.toml")
+    train = lab.run(ORIGINAL / "recipes" / "train.toml")["run_id"]
     policy = str(ORIGINAL / "policies" / "eval_per_checkpoint.toml")
 
     report = json.loads(lab.cli("evald", "once", policy).stdout)
@@ -147,5 +147,11 @@ def test_evald_once_and_reconcile_print_the_originals_counts(lab: Lab) -> None:
         "skipped_ineligible": 0,
         "skipped_exhausted": 0,
     }
+    # show lists the evals of a training run's checkpoints, and an eval run shows the eval it is
+    requests = json.loads(lab.cli("show", train).stdout)["eval_requests"]
+    assert sorted(r["eval_run_id"] for r in requests) == sorted(report["run_ids"])
+    for eval_run in report["run_ids"]:
+        [own] = json.loads(lab.cli("show", eval_run).stdout)["eval_requests"]
+        assert own["eval_run_id"] == eval_run and own in requests
     reconciled = json.loads(lab.cli("reconcile").stdout)
     assert set(reconciled) >= {"runs_reconciled", "artifacts_registered", "runs_failed"}
