@@ -87,6 +87,14 @@ def fingerprint(conn: psycopg.Connection[Any], path: str) -> Fingerprint:
     after = tree_stat(real)
     settled = after.digest == before.digest and after.newest_mtime_ns < started - int(RACY_SECONDS * 1e9)
     if settled:
-        stored = {"path": real, "stat_digest": after.digest, "content_hash": content}
-        conn.execute(QUERIES["store_fingerprint"], stored | {"files": after.files, "bytes": after.bytes})
+        conn.execute(
+            QUERIES["store_fingerprint"],
+            {
+                "path": real,
+                "stat_digest": after.digest,
+                "content_hash": content,
+                "files": after.files,
+                "bytes": after.bytes,
+            },
+        )
     return Fingerprint(path=real, content_hash=content, files=after.files, bytes=after.bytes, reused=False)
