@@ -158,9 +158,7 @@ def fingerprint(source: Source, stores: Iterable[Path]) -> str:
     parts: list[str] = []
     for table in _FINGERPRINTED:
         if table in source.tables:
-            query = sql.SQL("SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {} t").format(
-                sql.Identifier("public", table)
-            )
+            query = sql.SQL(Q["source_table_digest"]).format(table=sql.Identifier("public", table))
             parts.append(f"{table}:{source.conn.execute(query).fetchone()}")
     if "events" in source.tables:
         parts.append(f"events:{source.conn.execute(Q['source_events_mark']).fetchone()}")
@@ -729,7 +727,7 @@ def plan_import(
                 )
             )
     if "coalesce_claims" in source.tables:
-        claims = source.conn.execute("SELECT count(*) FROM public.coalesce_claims").fetchone()
+        claims = source.conn.execute(Q["source_coalesce_claims"]).fetchone()
         if claims and claims[0]:
             report.unmapped.append(
                 f"{claims[0]} coalesce claims: in-flight slots are not imported; each run's producer_run_id "

@@ -93,3 +93,10 @@ SELECT count(*), coalesce(max(id), 0) FROM public.events;
 
 -- name: target_last_fingerprint
 SELECT data ->> 'fingerprint' FROM events WHERE stream = %(stream)s ORDER BY version DESC LIMIT 1;
+
+-- name: source_coalesce_claims
+SELECT count(*) FROM public.coalesce_claims;
+
+-- name: source_table_digest
+-- Row count and the sum of the rows' hashes of one of the original's tables ({table}, from a fixed list).
+SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {table} t;
