@@ -26,7 +26,7 @@ import msgspec
 
 import events
 from events import ConcurrencyError, NewEvent
-from events.queries import load_queries
+from events.queries import load_queries, rows_as
 from events.types import JobSubmitted, RunStarted, RunSubmitted, SubmissionIntended
 from labctl import layout
 from labctl.app import App
@@ -44,6 +44,28 @@ from labctl.throttle import Scope, claimable_runs, hold_or_release
 QUERIES = load_queries("labctl", "slurm.sql")
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(msgspec.Struct, frozen=True):
+    """A SLURM run claimed for submission with no job id recorded yet."""
+
+    id: str
+    sweep_id: str | None
+    sweep_index: int | None
+    updated_at: datetime
+    name: str
+
+
+class ActiveJob(msgspec.Struct, frozen=True):
+    """A SLURM run whose job has not ended, with its sweep's index range (a job array)."""
+
+    id: str
+    job_id: str
+    status: str
+    created_at: datetime
+    start_index: int | None
+    end_index: int | None
+    run_dir: str
 
 
 def slurm_job_name(recipe_name: str) -> str:
@@ -245,19 +267,21 @@ def recover_intents(app: App, executor: SlurmExecutor, holder: str, *, user: str
     else submit again (``user``: only that user's runs; None: everyone's)."""
     conn = app.db.conn
     grace = timedelta(seconds=app.settings.slurm_recovery_grace)
-    rows = conn.execute(QUERIES["interrupted_submissions"], {"grace": grace, "user": user}).fetchall()
+    rows = rows_as(conn, Interrupted, QUERIES["interrupted_submissions"], {"grace": grace, "user": user})
     if not rows:
         return 0
-    keys = {r[0]: r[1] or r[0] for r in rows}
-    since = min(r[3] for r in rows) - timedelta(minutes=5)
-    found = executor.find_by_comment({keys[r[0]]: slurm_job_name(r[4]) for r in rows}, since=since)
+    keys = {r.id: r.sweep_id or r.id for r in rows}  # a sweep's points are one job array, found by the sweep id
+    since = min(r.updated_at for r in rows) - timedelta(minutes=5)
+    found = executor.find_by_comment({keys[r.id]: slurm_job_name(r.name) for r in rows}, since=since)
     recovered = [
-        (r[0], f"{found[keys[r[0]]]}_{r[2]}" if r[1] else found[keys[r[0]]]) for r in rows if keys[r[0]] in found
+        (r.id, f"{found[keys[r.id]]}_{r.sweep_index}" if r.sweep_id else found[keys[r.id]])
+        for r in rows
+        if keys[r.id] in found
     ]
     if recovered:
         _record_jobs(app, holder, recovered)
         log.info("recovered %d SLURM job id(s) by run id after an interrupted submission", len(recovered))
-    lost = [r[0] for r in rows if keys[r[0]] not in found and r[3] < datetime.now(UTC) - 4 * grace]
+    lost = [r.id for r in rows if keys[r.id] not in found and r.updated_at < datetime.now(UTC) - 4 * grace]
     if lost and not _lookup_was_complete(executor):
         lost = []  # try again next cycle
     for run_id in lost:
@@ -308,18 +332,23 @@ def reconcile(
     looked; every file when it is None); a job that ended has its last lines taken as its end is recorded.
     """
     conn = app.db.conn
-    rows = conn.execute(QUERIES["active_jobs"], {"user": user}).fetchall()
+    rows = rows_as(conn, ActiveJob, QUERIES["active_jobs"], {"user": user})
     report = ReconcileReport(active=len(rows), accounting_ok=executor.accounting_ok)
     if not rows:
         return report  # no sacct call: accounting_ok is what this executor last saw (e.g. in recovery)
     before = executor.sacct_calls
-    arrays = {r[1].split("_")[0]: f"{r[4]}-{r[5]}" for r in rows if "_" in r[1] and r[4] is not None}
+    arrays = {
+        r.job_id.split("_")[0]: f"{r.start_index}-{r.end_index}"
+        for r in rows
+        if "_" in r.job_id and r.start_index is not None
+    }
     states = executor.poll_runs(
-        [r[1] for r in rows], since=min(r[3] for r in rows) - timedelta(minutes=5), arrays=arrays
+        [r.job_id for r in rows], since=min(r.created_at for r in rows) - timedelta(minutes=5), arrays=arrays
     )
     report.sacct_calls = executor.sacct_calls - before
     report.accounting_ok = executor.accounting_ok
-    for run_id, job_id, status, _created, _start, _end, run_dir in rows:
+    for row in rows:
+        run_id, job_id, status, run_dir = row.id, row.job_id, row.status, row.run_dir
         state = states.get(job_id)
         if state is None:
             continue
