@@ -61,10 +61,23 @@ class Table(Generic[R]):
         value = self._key_getter(row)
         return value if len(self.key) > 1 else (value,)
 
+    @cached_property
+    def _values_getter(self) -> Callable[[Any], Any]:
+        return operator.attrgetter(*self.columns)
+
+    @cached_property
+    def _json_mask(self) -> tuple[bool, ...]:
+        return tuple(c in self.json_columns for c in self.columns)
+
     def to_db(self, row: R) -> tuple[Any, ...]:
+        # Called once per row of a replay (millions): one C-level attrgetter, JSON wrapped only where needed.
+        values = self._values_getter(row)
+        if len(self.columns) == 1:
+            values = (values,)
+        if not self.json_columns:
+            return values  # type: ignore[no-any-return]
         return tuple(
-            Jsonb(getattr(row, c), dumps=_json_dumps) if c in self.json_columns else getattr(row, c)
-            for c in self.columns
+            Jsonb(v, dumps=_json_dumps) if is_json else v for v, is_json in zip(values, self._json_mask, strict=True)
         )
 
     def from_db(self, values: Iterable[Any]) -> R:
