@@ -186,8 +186,17 @@ def _submit_waiting(
     return "ended" if result.status in TERMINAL_STATES else "queued"
 
 
-def _outputs_of(conn: psycopg.Connection[Any], run_id: str, role: str) -> list[tuple[str, str, str, int | None]]:
-    return conn.execute(QUERIES["outputs_of_role"], {"run_id": run_id, "role": role}).fetchall()
+class StageOutput(msgspec.Struct, frozen=True):
+    """One artifact a run registered for an output role (a checkpoint stream: one per step)."""
+
+    artifact_id: str
+    path: str
+    hash: str
+    step: int | None
+
+
+def _outputs_of(conn: psycopg.Connection[Any], run_id: str, role: str) -> list[StageOutput]:
+    return rows_as(conn, StageOutput, QUERIES["outputs_of_role"], {"run_id": run_id, "role": role})
 
 
 def _input_of_run(
@@ -201,16 +210,20 @@ def _input_of_run(
     if not outs:
         raise UserError(f"run {run_id} registered no output {role!r}")
     alias = _output_alias(conn, run_id, role)
-    if len(outs) == 1 and outs[0][3] is None:
-        aid, path, digest, _ = outs[0]
-        return InputRef(role=input_role, type="stage", path=path, artifact_id=aid, alias=alias, hash=digest)
+    if len(outs) == 1 and outs[0].step is None:
+        one = outs[0]
+        return InputRef(
+            role=input_role, type="stage", path=one.path, artifact_id=one.artifact_id, alias=alias, hash=one.hash
+        )
     if newest_step:
-        aid, path, digest, step = outs[-1]
-        alias = artifact_alias(conn, aid, path, step)
-        return InputRef(role=input_role, type="stage", path=path, artifact_id=aid, alias=alias, hash=digest)
+        last = outs[-1]
+        alias = artifact_alias(conn, last.artifact_id, last.path, last.step)
+        return InputRef(
+            role=input_role, type="stage", path=last.path, artifact_id=last.artifact_id, alias=alias, hash=last.hash
+        )
     # A checkpoint stream: the directory holding the steps.
-    digest = hashlib.sha256("\n".join(o[2] for o in outs).encode()).hexdigest()
-    return InputRef(role=input_role, type="stage", path=str(Path(outs[0][1]).parent), alias=alias, hash=digest)
+    digest = hashlib.sha256("\n".join(o.hash for o in outs).encode()).hexdigest()
+    return InputRef(role=input_role, type="stage", path=str(Path(outs[0].path).parent), alias=alias, hash=digest)
 
 
 def _output_alias(conn: psycopg.Connection[Any], run_id: str, role: str) -> str | None:
