@@ -18,7 +18,7 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
 _ENCODER = msgspec.json.Encoder()
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True, gc=False):
     """A fact that happened. Subclasses are registered under their class name."""
 
     stream_prefix: ClassVar[str] = ""
@@ -39,7 +39,7 @@ class UnknownEvent(msgspec.Struct, frozen=True):
     raw: bytes
 
 
-class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Who and what caused an event."""
 
     actor: str = ""
@@ -49,7 +49,7 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
 
 
-class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event as it stands in the log.
 
     ``data`` is decoded from ``raw`` on first use, so readers that only look at

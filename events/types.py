@@ -16,7 +16,7 @@ from events.codec import Event
 # ------------------------------------------------------------------ values
 
 
-class InputRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class InputRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A resolved input of a run."""
 
     role: str
@@ -27,7 +27,7 @@ class InputRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     hash: str | None = None
 
 
-class OutputSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class OutputSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """An output a run promises to write."""
 
     role: str
@@ -37,7 +37,7 @@ class OutputSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     marker: str | None = None
 
 
-class StageSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class StageSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One stage of a pipeline as planned (a sweep stage has one run per point)."""
 
     name: str
@@ -299,7 +299,7 @@ class CacheInvalidated(Event, frozen=True, kw_only=True):
 # ----------------------------------------------------------------- metrics
 
 
-class MetricPoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class MetricPoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One line a job logged: a step and its values (``"nan"``/``"inf"``/``"-inf"`` for non-finite ones)."""
 
     step: int
@@ -326,7 +326,7 @@ class MetricsLogged(Event, frozen=True, kw_only=True, omit_defaults=True):
 # They carry the original's own timestamps, since they happened before they were recorded here.
 
 
-class OriginalEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class OriginalEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One row of the original registry's own ``events`` table, as it was."""
 
     id: int
@@ -335,7 +335,7 @@ class OriginalEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     created_at: datetime
 
 
-class TrackingLink(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class TrackingLink(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A run's experiment-tracker page (the original's ``tracking`` row)."""
 
     entity: str
