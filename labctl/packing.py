@@ -188,13 +188,17 @@ def visible_devices(grant: Grant, capacity: Capacity) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(grant.gpu_ids)}
 
 
-def pinned(cpu_ids: Sequence[int] | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` pinning the child to ``cpu_ids`` (None: no pinning)."""
+def pinned_argv(argv: list[str], cpu_ids: Sequence[int] | None) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` run on ``cpu_ids`` only: behind ``taskset`` (which execs it, same pid), else with a
+    ``preexec_fn`` (a Python callback in the forked child: slow to start, so only when taskset is missing)."""
     if not cpu_ids or not hasattr(os, "sched_setaffinity"):
-        return None
+        return argv, None
+    taskset = shutil.which("taskset")
+    if taskset is not None:
+        return [taskset, "--cpu-list", ",".join(map(str, sorted(cpu_ids))), *argv], None
     ids = set(cpu_ids)
 
     def pin() -> None:
         os.sched_setaffinity(0, ids)
 
-    return pin
+    return argv, pin

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labctl.executors.base import JobSpec, JobState
-from labctl.packing import Capacity, Grant, pinned, visible_devices
+from labctl.packing import Capacity, Grant, pinned_argv, visible_devices
 from labctl.secrets import job_inherited_environ
 
 GRACE_SECONDS = 5.0
@@ -88,16 +88,17 @@ class LocalExecutor:
         env = dict(job_inherited_environ(), LABCTL_HOST=HOST)
         if grant is not None and capacity is not None:
             env.update(visible_devices(grant, capacity))
+        argv, pin = pinned_argv(["bash", str(job.script)], grant.cpu_ids if grant else None)
         with open(job.log_path, "ab") as log:
             proc = subprocess.Popen(
-                ["bash", str(job.script)],
+                argv,
                 cwd=job.run_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=pinned(grant.cpu_ids if grant else None),
+                preexec_fn=pin,
             )
         job_id = job_id_of(proc.pid)
         self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))
