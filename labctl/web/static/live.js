@@ -35,7 +35,9 @@
     if (timer === null) timer = setTimeout(() => { timer = null; refresh(); }, 60);
   }
 
-  if (watch.length && window.EventSource) {
+  // The stream opens once the page has loaded: it resumes from the page's position, so nothing is
+  // missed, and the page's load is not held up by a connection that never ends.
+  function follow() {
     const after = body.dataset.position;
     const source = new EventSource("/api/stream" + (after ? "?after=" + encodeURIComponent(after) : ""));
     source.onopen = () => { body.dataset.live = "on"; };
@@ -46,6 +48,10 @@
       try { ev = JSON.parse(msg.data); } catch { return; }
       if (wanted(ev)) schedule();
     });
+  }
+  if (watch.length && window.EventSource) {
+    if (document.readyState === "complete") follow();
+    else window.addEventListener("load", follow, { once: true });
   }
 
   // A run's log: lines appended as the file grows, kept to the last 2000, scrolled to the end if it was there.
