@@ -143,6 +143,16 @@ def with_param(plan: PipelinePlan, value: str) -> PipelinePlan:
     return msgspec.structs.replace(plan, stages=stages)
 
 
+def agent_env(url: str, tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A home under ``tmp`` and the environment a ``labctl agent`` subprocess gets: the bench's database,
+    that home, the bench user, no cluster file of the machine's."""
+    home = tmp / "home"
+    env = dict(os.environ, LABCTL_DATABASE_URL=url, LABCTL_HOME=str(home), XDG_CONFIG_HOME=str(tmp / "xdg"))
+    env["LABCTL_USER"] = USER
+    env.pop("LABCTL_CLUSTER", None)
+    return home, env
+
+
 def make_app(url: str, home: Path) -> App:
     return App(config=local_profile(home), config_path=None, home=home, db=Database(url), user=USER)
 
@@ -317,15 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     with bench_server([DB, PEER_DB], prefix="labctl-bench-pipelines-") as srv, tempfile.TemporaryDirectory() as tmp:
         url, peer_url = srv.url(DB), srv.url(PEER_DB)
-        home = Path(tmp) / "home"
-        env = dict(
-            os.environ,
-            LABCTL_DATABASE_URL=url,
-            LABCTL_HOME=str(home),
-            XDG_CONFIG_HOME=str(Path(tmp) / "xdg"),
-            LABCTL_USER=USER,
-        )
-        env.pop("LABCTL_CLUSTER", None)
+        home, env = agent_env(url, Path(tmp))
         two, wide = write_files(Path(tmp) / "files", sizes.wide)
         for db in (url, peer_url):
             with connect(db) as c:

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_pipelines import USER, make_app, with_param, write_files
+from bench_pipelines import agent_env, make_app, with_param, write_files
 from common import bench_server, labctl_argv, machine_line, markdown_table, median, report_section, step_printer
 from common import verdict as judged
 
@@ -167,15 +167,7 @@ def main() -> None:
     results: list[Round] = []
     with bench_server([DB], prefix="labctl-bench-throughput-") as srv, tempfile.TemporaryDirectory() as tmp:
         url = srv.url(DB)
-        home = Path(tmp) / "home"
-        env = dict(
-            os.environ,
-            LABCTL_DATABASE_URL=url,
-            LABCTL_HOME=str(home),
-            XDG_CONFIG_HOME=str(Path(tmp) / "xdg"),
-            LABCTL_USER=USER,
-        )
-        env.pop("LABCTL_CLUSTER", None)
+        home, env = agent_env(url, Path(tmp))
         two, _ = write_files(Path(tmp) / "files", 2)
         from labctl.db import connect
 
