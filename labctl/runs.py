@@ -16,7 +16,7 @@ from labctl import layout
 from labctl.errors import UserError
 from labctl.jsontext import dumps
 from labctl.lookup import resolve_id
-from projections.runs import TERMINAL_STATES
+from projections.runs import RUN_STATES, TERMINAL_STATES
 
 QUERIES = load_queries("labctl", "runs.sql")
 
@@ -53,7 +53,7 @@ def status_query(*, user: str | None, state: str | None, everything: bool) -> tu
     params: dict[str, Any] = {"user": user, "state": state}
     if everything:
         return QUERIES["status_all"], params
-    return QUERIES["status_default"], params | {"terminal": sorted(TERMINAL_STATES)}
+    return QUERIES["status_default"], params | {"unfinished": sorted(RUN_STATES - TERMINAL_STATES)}
 
 
 def status_rows(

@@ -7,7 +7,7 @@
         pipeline_id, stage_name, sweep_id, job_id, executor, reason
  FROM runs
  WHERE (%(user)s::text IS NULL OR user_name = %(user)s) AND (%(state)s::text IS NULL OR status = %(state)s)
-   AND status <> ALL (%(terminal)s::text[]))
+   AND status = ANY (%(unfinished)s::text[]))  -- the few unfinished runs, by runs_status_idx, not every run of the user
 UNION
 (SELECT id, name, status, exit_code, user_name AS user, created_at, started_at, finished_at, cache_key,
         pipeline_id, stage_name, sweep_id, job_id, executor, reason
