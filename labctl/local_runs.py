@@ -4,6 +4,7 @@ render and start its job, record the start; the agent's loop drives these (besid
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shlex
 from collections.abc import Sequence
@@ -75,7 +76,9 @@ def claim_many(app: App, runs: Sequence[tuple[str, int]], agent_id: str) -> list
     if not runs:
         return []
     try:
-        app.record(claims(runs), f"claim-{runs[0][0]}-{len(runs)}-{agent_id}")
+        # the key names exactly these runs: a retry of an unanswered commit is harmless, another set is not one
+        which = hashlib.sha256(",".join(r for r, _ in runs).encode()).hexdigest()[:24]
+        app.record(claims(runs), f"claim-{which}-{agent_id}")
         return [r for r, _ in runs]
     except ConcurrencyError:
         if len(runs) == 1:
