@@ -90,6 +90,7 @@ def detected_gpus() -> tuple[str, ...]:
     return tuple(m.group(1) for m in re.finditer(r"^GPU (\d+):", out, re.MULTILINE))
 
 
+@functools.cache  # read at every local submission (each stage of a pipeline); the machine's memory does not change
 def detected_mem_mb() -> int:
     try:
         with open("/proc/meminfo") as f:
