@@ -32,7 +32,7 @@ from labctl.executors.local import LocalExecutor, kill_orphan
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.packing import Grant, Pool, choose, machine_capacity
 from labctl.reactors.base import Reactor
-from labctl.throttle import Scope
+from labctl.throttle import QUERIES, Scope
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +142,12 @@ class Agent:
     def idle(self) -> bool:
         """Nothing left to do: no unfinished run, every reactor has read the whole log."""
         conn = self.app.db.conn
-        row = conn.execute(
-            "SELECT count(*) FROM runs WHERE status IN ('created', 'submitted', 'running', 'awaiting_peer') "
-            "AND (%(user)s::text IS NULL OR user_name = %(user)s)",
-            {"user": self.serves},
-        ).fetchone()
+        row = conn.execute(QUERIES["unfinished_runs_count"], {"user": self.serves}).fetchone()
         if row and row[0]:
             return False
         last = events.last_position(conn)
         names = [r.name for r in self.reactors if hasattr(r, "interested")]
-        done = dict(
-            conn.execute("SELECT name, position FROM reactor_checkpoints WHERE name = ANY(%s)", (names,)).fetchall()
-        )
+        done = dict(conn.execute(QUERIES["reactor_positions"], {"names": names}).fetchall())
         return all(done.get(n, 0) >= last for n in names)
 
     def install_signal_handlers(self) -> None:
@@ -195,18 +189,18 @@ class Agent:
         conn = self.app.db.conn
         stale_after = self.app.settings.agent_stale_seconds
         held = agents.runs_of_stale_agents(conn, self.id, stale_after)
-        for run_id, job_id, agent_id, user in held:
+        for run in held:
             # Any agent may record that a dead agent's run ended; only its own user's agent signals the
             # job, and only the process that still has the start time recorded with its pid.
-            if job_id and user == self.app.user:
-                kill_orphan(job_id, agents.process_start_of(conn, run_id))
+            if run.job_id and run.user == self.app.user:
+                kill_orphan(run.job_id, agents.process_start_of(conn, run.run_id))
             local_runs.finish(
                 self.app,
-                run_id,
+                run.run_id,
                 JobState(
-                    job_id=job_id or "",
+                    job_id=run.job_id or "",
                     state="node_fail",
-                    reason=f"agent {agent_id} stopped without ending it",
+                    reason=f"agent {run.agent_id} stopped without ending it",
                     finished_at=datetime.now(UTC),
                 ),
             )

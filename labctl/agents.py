@@ -13,11 +13,12 @@ import msgspec
 import psycopg
 
 import events
+from events.queries import rows_as
 from events.types import JobSubmitted
 from labctl.app import App
 from labctl.errors import InputError
 from labctl.executors.local import HOST
-from labctl.throttle import Scope
+from labctl.throttle import QUERIES, Scope
 
 
 def check_service(app: App) -> None:
@@ -44,50 +45,44 @@ def live_agents(
     """Agents whose heartbeat is younger than ``stale_after`` seconds (full agents only, unless
     ``include_scoped``); with ``serving``, only those that run that user's runs: the user's own, or the
     group's service account's."""
-    rows = conn.execute(
-        "SELECT id FROM agents WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => %(stale)s)"
-        " AND (%(user)s::text IS NULL OR user_name = %(user)s OR user_name = %(service)s)"
-        + ("" if include_scoped else " AND scope IS NULL"),
-        {"stale": stale_after, "user": serving, "service": service_user},
-    ).fetchall()
+    params = {"stale": stale_after, "user": serving, "service": service_user, "include_scoped": include_scoped}
+    rows = conn.execute(QUERIES["agents_alive"], params).fetchall()
     return [r[0] for r in rows]
 
 
 def register(conn: psycopg.Connection[Any], agent_id: str, user: str, slots: int, scope: Scope | None) -> None:
+    scope_json = msgspec.json.encode(scope).decode() if scope else None
     conn.execute(
-        "INSERT INTO agents (id, host, pid, user_name, slots, scope) VALUES (%s, %s, %s, %s, %s, %s)",
-        (agent_id, HOST, os.getpid(), user, slots, msgspec.json.encode(scope).decode() if scope else None),
+        QUERIES["register_agent"],
+        {"id": agent_id, "host": HOST, "pid": os.getpid(), "user": user, "slots": slots, "scope": scope_json},
     )
 
 
 def beat(conn: psycopg.Connection[Any], agent_id: str) -> None:
-    conn.execute("UPDATE agents SET heartbeat_at = now() WHERE id = %s", (agent_id,))
+    conn.execute(QUERIES["heartbeat"], {"id": agent_id})
 
 
 def mark_stopped(conn: psycopg.Connection[Any], agent_id: str) -> None:
-    conn.execute("UPDATE agents SET stopped_at = now() WHERE id = %s", (agent_id,))
+    conn.execute(QUERIES["mark_agent_stopped"], {"id": agent_id})
 
 
-def runs_of_stale_agents(
-    conn: psycopg.Connection[Any], agent_id: str, stale_after: float
-) -> list[tuple[str, str | None, str, str]]:
-    """``(run id, job id, agent id, user)`` of local runs held by agents (other than ``agent_id``) that
-    stopped or whose heartbeat went stale."""
-    return conn.execute(
-        "SELECT r.id, r.job_id, a.id, r.user_name FROM runs r JOIN agents a ON a.id = r.agent_id "
-        "WHERE r.executor = 'local' AND r.status IN ('submitted', 'running') AND a.id <> %s "
-        "AND (a.stopped_at IS NOT NULL OR a.heartbeat_at < now() - make_interval(secs => %s))",
-        (agent_id, stale_after),
-    ).fetchall()
+class StaleRun(msgspec.Struct, frozen=True):
+    """A local run held by an agent that stopped or went stale."""
+
+    run_id: str
+    job_id: str | None
+    agent_id: str
+    user: str
+
+
+def runs_of_stale_agents(conn: psycopg.Connection[Any], agent_id: str, stale_after: float) -> list[StaleRun]:
+    """Local runs held by agents (other than ``agent_id``) that stopped or whose heartbeat went stale."""
+    return rows_as(conn, StaleRun, QUERIES["runs_of_stale_agents"], {"id": agent_id, "stale": stale_after})
 
 
 def mark_stale_stopped(conn: psycopg.Connection[Any], agent_id: str, stale_after: float) -> None:
     """Agents (other than ``agent_id``) whose heartbeat went stale are recorded as stopped."""
-    conn.execute(
-        "UPDATE agents SET stopped_at = now() WHERE stopped_at IS NULL AND id <> %s "
-        "AND heartbeat_at < now() - make_interval(secs => %s)",
-        (agent_id, stale_after),
-    )
+    conn.execute(QUERIES["stop_stale_agents"], {"id": agent_id, "stale": stale_after})
 
 
 def process_start_of(conn: psycopg.Connection[Any], run_id: str) -> int | None:

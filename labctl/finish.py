@@ -17,6 +17,7 @@ import psycopg
 
 import projections
 from events import EventMeta, NewEvent
+from events.queries import load_queries
 from events.types import RunFinished, RunSubmitted
 from labctl import cache
 from labctl.db import Database
@@ -28,6 +29,8 @@ from labctl.registration import Registered, missing_outputs, register_outputs
 from labctl.retry import retry_on_conflict
 from labctl.submissions import submission_of
 from projections.runs import TERMINAL_STATES
+
+QUERIES = load_queries("labctl", "runs.sql")
 
 
 class _Ending(msgspec.Struct, kw_only=True):
@@ -92,13 +95,7 @@ def finish_runs(
 
     def attempt(c: psycopg.Connection[Any]) -> list[str | None]:
         ended_followers.clear()
-        rows = {
-            r[0]: r[1:]
-            for r in c.execute(
-                "SELECT id, status, stream_version, cache_key FROM runs WHERE id = ANY(%s)",
-                ([e.run_id for e in endings],),
-            )
-        }
+        rows = {r[0]: r[1:] for r in c.execute(QUERIES["runs_to_finish"], {"ids": [e.run_id for e in endings]})}
         batch: list[NewEvent] = []
         recorded: list[str | None] = []
         for e in endings:

@@ -47,13 +47,13 @@ def needs(app: App, run_ids: list[str]) -> dict[str, Need]:
 
 
 def run_dir_of(app: App, run_id: str) -> str:
-    row = app.db.conn.execute("SELECT run_dir FROM runs WHERE id = %s", (run_id,)).fetchone()
+    row = app.db.conn.execute(QUERIES["run_dir"], {"id": run_id}).fetchone()
     return row[0] if row else ""
 
 
 def ready(app: App, run_ids: Sequence[str]) -> list[str]:
     """Those of ``run_ids`` whose submitter has finished writing the run dir, in the same order."""
-    rows = app.db.conn.execute("SELECT id, run_dir FROM runs WHERE id = ANY(%s)", (list(run_ids),)).fetchall()
+    rows = app.db.conn.execute(QUERIES["run_dirs"], {"ids": list(run_ids)}).fetchall()
     dirs = dict(rows)
     return [r for r in run_ids if r in dirs and (Path(dirs[r]) / ".lab" / "context.json").exists()]
 
@@ -134,11 +134,7 @@ def record_starts(app: App, started: Sequence[Started], agent_id: str) -> None:
         return
 
     def work(conn: psycopg.Connection[Any]) -> None:
-        versions = dict(
-            conn.execute(
-                "SELECT id, stream_version FROM runs WHERE id = ANY(%s)", ([s.run_id for s in started],)
-            ).fetchall()
-        )
+        versions = dict(conn.execute(QUERIES["run_versions"], {"ids": [s.run_id for s in started]}).fetchall())
         batch: list[NewEvent] = []
         for s in started:
             if s.run_id not in versions:
@@ -203,8 +199,5 @@ def hash_finished_outputs(app: App, run_id: str) -> None:
 
 def cancel_requested_jobs(app: App, agent_id: str) -> list[str]:
     """Job ids of this agent's runs whose cancellation was requested."""
-    rows = app.db.conn.execute(
-        "SELECT job_id FROM runs WHERE agent_id = %s AND cancel_requested AND status IN ('submitted', 'running')",
-        (agent_id,),
-    ).fetchall()
+    rows = app.db.conn.execute(QUERIES["cancelled_jobs"], {"agent_id": agent_id}).fetchall()
     return [r[0] for r in rows]

@@ -25,3 +25,64 @@ SELECT id, throttle FROM sweeps WHERE id = ANY(%(sweep_ids)s)
 -- name: run_resources
 -- What each run's recipe asks of the machine (its [resources]), for the local agent's packing.
 SELECT id, recipe->'resources' FROM runs WHERE id = ANY(%(run_ids)s)
+
+
+-- The agent (agent.py), its table (agents.py), its local runs (local_runs.py), reactors' checkpoints.
+
+-- name: agents_alive
+-- Agents that beat within ``stale`` seconds and serve ``user`` (any user when NULL; the service user's
+-- serve everyone), scoped ones (started by --wait for one pipeline or sweep) only if ``include_scoped``.
+SELECT id FROM agents
+WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => %(stale)s)
+  AND (%(user)s::text IS NULL OR user_name = %(user)s OR user_name = %(service)s)
+  AND (%(include_scoped)s::boolean OR scope IS NULL)
+
+-- name: register_agent
+INSERT INTO agents (id, host, pid, user_name, slots, scope)
+VALUES (%(id)s, %(host)s, %(pid)s, %(user)s, %(slots)s, %(scope)s)
+
+-- name: heartbeat
+UPDATE agents SET heartbeat_at = now() WHERE id = %(id)s
+
+-- name: mark_agent_stopped
+UPDATE agents SET stopped_at = now() WHERE id = %(id)s
+
+-- name: runs_of_stale_agents
+-- Local runs held by another agent that stopped or has not beaten within ``stale`` seconds.
+SELECT r.id, r.job_id, a.id, r.user_name
+FROM runs r JOIN agents a ON a.id = r.agent_id
+WHERE r.executor = 'local' AND r.status IN ('submitted', 'running') AND a.id <> %(id)s
+  AND (a.stopped_at IS NOT NULL OR a.heartbeat_at < now() - make_interval(secs => %(stale)s))
+
+-- name: stop_stale_agents
+UPDATE agents SET stopped_at = now()
+WHERE stopped_at IS NULL AND id <> %(id)s AND heartbeat_at < now() - make_interval(secs => %(stale)s)
+
+-- name: unfinished_runs_count
+-- Runs not ended yet (only ``user``'s unless NULL): what an agent started with --until-idle waits for.
+SELECT count(*) FROM runs
+WHERE status IN ('created', 'submitted', 'running', 'awaiting_peer')
+  AND (%(user)s::text IS NULL OR user_name = %(user)s)
+
+-- name: reactor_positions
+SELECT name, position FROM reactor_checkpoints WHERE name = ANY (%(names)s)
+
+-- name: run_dir
+SELECT run_dir FROM runs WHERE id = %(id)s
+
+-- name: cancelled_jobs
+-- Job ids of this agent's runs whose cancel was requested and that have not ended.
+SELECT job_id FROM runs WHERE agent_id = %(agent_id)s AND cancel_requested AND status IN ('submitted', 'running')
+
+-- name: run_dirs
+SELECT id, run_dir FROM runs WHERE id = ANY (%(ids)s)
+
+-- name: run_versions
+SELECT id, stream_version FROM runs WHERE id = ANY (%(ids)s)
+
+-- name: reactor_position
+SELECT position FROM reactor_checkpoints WHERE name = %(name)s
+
+-- name: set_reactor_position
+INSERT INTO reactor_checkpoints (name, position, updated_at) VALUES (%(name)s, %(position)s, now())
+ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()

@@ -112,3 +112,7 @@ ORDER BY finished_at NULLS FIRST
 
 -- name: run_version
 SELECT status, stream_version FROM runs WHERE id = %(id)s
+
+-- name: runs_to_finish
+-- The state, stream version and cache key of runs whose ends are about to be recorded.
+SELECT id, status, stream_version, cache_key FROM runs WHERE id = ANY (%(ids)s)

@@ -69,3 +69,6 @@ SELECT id, name, arg, start_index, end_index, throttle, status, aggregate_run_id
 
 -- name: sweep_points
 SELECT sweep_index, id, status, exit_code, recipe FROM runs WHERE sweep_id = %(id)s ORDER BY sweep_index
+
+-- name: pipelines_of_runs
+SELECT DISTINCT pipeline_id FROM runs WHERE id = ANY (%(ids)s) AND pipeline_id IS NOT NULL

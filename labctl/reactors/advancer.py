@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from events import StoredEvent
-from labctl.pipelines.advance import advance, running_pipelines
+from labctl.pipelines.advance import QUERIES, advance, running_pipelines
 from labctl.reactors.base import LogReactor
 
 
@@ -15,10 +15,7 @@ class Advancer(LogReactor):
         conn = self.app.db.conn
         run_ids = [getattr(e.data, "run_id", None) for e in batch]
         pipelines = {getattr(e.data, "pipeline_id", None) for e in batch if e.type == "PipelineCreated"}
-        rows = conn.execute(
-            "SELECT DISTINCT pipeline_id FROM runs WHERE id = ANY(%s) AND pipeline_id IS NOT NULL",
-            ([r for r in run_ids if r],),
-        ).fetchall()
+        rows = conn.execute(QUERIES["pipelines_of_runs"], {"ids": [r for r in run_ids if r]}).fetchall()
         pipelines |= {r[0] for r in rows}
         ours = set(running_pipelines(conn, self.user))  # never advance (submit as) another user's pipeline
         changed = False

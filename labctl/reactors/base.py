@@ -23,7 +23,10 @@ import psycopg
 
 import events
 from events import StoredEvent
+from events.queries import load_queries
 from labctl.db import connect
+
+QUERIES = load_queries("labctl", "queries.sql")
 
 if TYPE_CHECKING:
     from labctl.app import App
@@ -85,16 +88,12 @@ class Leadership:
 
 
 def checkpoint(conn: psycopg.Connection[Any], name: str) -> int:
-    row = conn.execute("SELECT position FROM reactor_checkpoints WHERE name = %s", (name,)).fetchone()
+    row = conn.execute(QUERIES["reactor_position"], {"name": name}).fetchone()
     return int(row[0]) if row else 0
 
 
 def set_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> None:
-    conn.execute(
-        "INSERT INTO reactor_checkpoints (name, position, updated_at) VALUES (%s, %s, now()) "
-        "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-        (name, position),
-    )
+    conn.execute(QUERIES["set_reactor_position"], {"name": name, "position": position})
 
 
 #: events read (and handled in one transaction) at a time
