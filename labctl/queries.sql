@@ -49,7 +49,7 @@ UPDATE agents SET stopped_at = now() WHERE id = %(id)s
 
 -- name: runs_of_stale_agents
 -- Local runs held by another agent that stopped or has not beaten within ``stale`` seconds.
-SELECT r.id, r.job_id, a.id, r.user_name
+SELECT r.id AS run_id, r.job_id, a.id AS agent_id, r.user_name AS user
 FROM runs r JOIN agents a ON a.id = r.agent_id
 WHERE r.executor = 'local' AND r.status IN ('submitted', 'running') AND a.id <> %(id)s
   AND (a.stopped_at IS NOT NULL OR a.heartbeat_at < now() - make_interval(secs => %(stale)s))

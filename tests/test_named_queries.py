@@ -73,3 +73,30 @@ def test_every_named_query_prepares_on_the_schema(conn: psycopg.Connection[Any])
         checked += 1
     assert not failures, "\n".join(failures)
     assert checked >= 130
+
+
+# rows_as(conn, Struct, QUERIES["name"], ...) in labctl: the Struct is built from the columns by name.
+ROWS_AS = re.compile(r'rows?_as\(\s*\w+,\s*(\w+),\s*(\w+)\["(\w+)"\]')
+
+
+def test_every_struct_built_by_name_matches_its_querys_columns(conn: psycopg.Connection[Any]) -> None:
+    import importlib
+    from pathlib import Path
+
+    import msgspec
+
+    root = Path(__file__).resolve().parent.parent
+    mismatched, checked = [], 0
+    for path in sorted((root / "labctl").rglob("*.py")):
+        for struct, queries, name in ROWS_AS.findall(path.read_text()):
+            module = importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
+            fields = msgspec.structs.fields(getattr(module, struct))
+            conn.execute(f"PREPARE rows_as_{checked} AS {as_prepared(getattr(module, queries)[name])}")
+            described = conn.pgconn.describe_prepared(f"rows_as_{checked}".encode())
+            columns = {described.fname(i).decode() for i in range(described.nfields)}
+            required = {f.name for f in fields if f.required}
+            if not (required <= columns <= {f.name for f in fields}):
+                mismatched.append(f"{path.name} {struct} <- {name}: columns {sorted(columns)}")
+            checked += 1
+    assert not mismatched, "\n".join(mismatched)
+    assert checked >= 15
