@@ -58,11 +58,6 @@ def ready(app: App, run_ids: Sequence[str]) -> list[str]:
     return [r for r in run_ids if r in dirs and (Path(dirs[r]) / ".lab" / "context.json").exists()]
 
 
-def claim(app: App, run_id: str, version: int, agent_id: str) -> bool:
-    """Claim a queued run for ``agent_id``; False when another agent claimed it or it was cancelled."""
-    return bool(claim_many(app, [(run_id, version)], agent_id))
-
-
 def claim_many(app: App, runs: Sequence[tuple[str, int]], agent_id: str) -> list[str]:
     """Claim queued runs (id, stream version) for ``agent_id``: the ids claimed, in order.
 
@@ -87,7 +82,7 @@ def claim_many(app: App, runs: Sequence[tuple[str, int]], agent_id: str) -> list
 
 
 def finish(app: App, run_id: str, outcome: JobState) -> None:
-    finish_runs(app.db, app.config, [(run_id, outcome)], app.meta())
+    finish_many(app, [(run_id, outcome)])
 
 
 def finish_many(app: App, ends: Sequence[tuple[str, JobState]]) -> None:
@@ -120,12 +115,6 @@ class Started(msgspec.Struct, frozen=True, kw_only=True):
     process_start: int | None
     gpus: tuple[str, ...] = ()
     started_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
-
-
-def record_started(
-    app: App, run_id: str, job_id: str, agent_id: str, process_start: int | None, gpus: Sequence[str] = ()
-) -> None:
-    record_starts(app, [Started(run_id=run_id, job_id=job_id, process_start=process_start, gpus=tuple(gpus))], agent_id)
 
 
 def record_starts(app: App, started: Sequence[Started], agent_id: str) -> None:
