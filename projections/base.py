@@ -25,15 +25,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from events import StoredEvent
+from events.codec import encode  # psycopg's default (stdlib json) is most of the cost of JSON columns
 
 R = TypeVar("R", bound=msgspec.Struct)
-
-_ENCODER = msgspec.json.Encoder()
-
-
-def _json_dumps(value: Any) -> bytes:
-    # psycopg's default (the standard library's json) is most of the cost of writing JSON columns.
-    return _ENCODER.encode(value)
 
 
 Key = tuple[Any, ...]
@@ -77,7 +71,7 @@ class Table(Generic[R]):
         if not self.json_columns:
             return values  # type: ignore[no-any-return]
         return tuple(
-            Jsonb(v, dumps=_json_dumps) if is_json else v for v, is_json in zip(values, self._json_mask, strict=True)
+            Jsonb(v, dumps=encode) if is_json else v for v, is_json in zip(values, self._json_mask, strict=True)
         )
 
     def from_db(self, values: Iterable[Any]) -> R:
