@@ -100,12 +100,17 @@ $$;
 --
 -- p_expected[i], when not NULL, is the version event i's stream must be at
 -- just before event i (0 = a new stream), counting earlier events of the batch.
+-- p_data arrives as jsonb, parsed once (the client sends it in binary); every
+-- event of a call shares one p_meta. The events get positions
+-- out_first_position, +1, ...; out_replayed_positions is NULL unless the
+-- idempotency key was used before, and then holds that append's positions.
+-- Plans are generic: a custom plan would copy the argument arrays into every plan.
 CREATE FUNCTION labctl_append(
     p_streams text[], p_expected integer[], p_types text[],
-    p_data text[], p_meta text[], p_idempotency_key text
-) RETURNS TABLE (out_positions bigint[], out_versions integer[], out_recorded_at timestamptz[],
-               out_replayed boolean)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp AS $$
+    p_data jsonb[], p_meta jsonb, p_idempotency_key text
+) RETURNS TABLE (out_first_position bigint, out_versions integer[], out_recorded_at timestamptz,
+               out_replayed_positions bigint[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     n           integer := cardinality(p_streams);
     existing    bigint[];
@@ -113,26 +118,30 @@ DECLARE
     conflict_stream  text;
     conflict_version integer;
     versions    integer[];
-    positions   bigint[];
     hashes      bytea[];
     payloads    bytea[];
     prev        bytea;
     last_pos    bigint;
     now_ts      timestamptz := clock_timestamp();
-    datas       jsonb[];
-    metas       jsonb[];
+    meta        jsonb := coalesce(p_meta, '{}');
+    meta_text   text;
     claimed     text;
 BEGIN
     IF n IS NULL OR n = 0 THEN
         RETURN;
+    END IF;
+    IF cardinality(p_expected) IS DISTINCT FROM n OR cardinality(p_types) IS DISTINCT FROM n
+       OR cardinality(p_data) IS DISTINCT FROM n THEN
+        RAISE EXCEPTION 'labctl_append: % streams but % expected versions, % types and % payloads',
+            n, cardinality(p_expected), cardinality(p_types), cardinality(p_data);
     END IF;
     PERFORM pg_advisory_xact_lock(7146011);
 
     IF p_idempotency_key IS NOT NULL THEN
         SELECT i.positions INTO existing FROM event_idempotency i WHERE i.key = p_idempotency_key;
         IF FOUND THEN
-            RETURN QUERY SELECT array_agg(e.position ORDER BY e.position), array_agg(e.version ORDER BY e.position),
-                                array_agg(e.recorded_at ORDER BY e.position), true
+            RETURN QUERY SELECT min(e.position), array_agg(e.version ORDER BY e.position), min(e.recorded_at),
+                                array_agg(e.position ORDER BY e.position)
                 FROM events e WHERE e.position = ANY (existing);
             RETURN;
         END IF;
@@ -147,7 +156,7 @@ BEGIN
                row_number() OVER w AS nth,
                first_value(s.expected) OVER w AS anchor
         FROM unnest(p_streams, p_expected) WITH ORDINALITY AS s(stream, expected, ord)
-        WINDOW w AS (PARTITION BY s.stream ORDER BY s.ord)
+        WINDOW w AS (PARTITION BY s.stream COLLATE "C" ORDER BY s.ord)
     ), cur AS (
         SELECT d.stream, (SELECT max(e.version) FROM events e WHERE e.stream = d.stream) AS v
         FROM (SELECT DISTINCT x.stream FROM x WHERE x.nth = 1 AND x.anchor IS DISTINCT FROM 0) d
@@ -162,38 +171,37 @@ BEGIN
             USING ERRCODE = 'LB001';
     END IF;
 
-    datas := p_data::jsonb[];
-    metas := p_meta::jsonb[];
     IF labctl_session_is_personal() THEN
         -- A person's own role: the actor is who the database says is connected.
-        SELECT m.j ->> 'actor' INTO claimed FROM unnest(metas) AS m(j)
-        WHERE coalesce(m.j ->> 'actor', '') NOT IN ('', session_user) LIMIT 1;
-        IF claimed IS NOT NULL THEN
+        claimed := meta ->> 'actor';
+        IF coalesce(claimed, '') NOT IN ('', session_user) THEN
             RAISE EXCEPTION 'connected as database role %, refusing to record events as %: only members of labctl_service may act for another user',
                 session_user, claimed
                 USING ERRCODE = 'LB003';
         END IF;
-        SELECT array_agg(jsonb_set(m.j, '{actor}', to_jsonb(session_user::text)) ORDER BY m.ord) INTO metas
-        FROM unnest(metas) WITH ORDINALITY AS m(j, ord);
+        meta := jsonb_set(meta, '{actor}', to_jsonb(session_user::text));
     END IF;
+    meta_text := meta::text;
 
     SELECT e.position, e.hash INTO last_pos, prev FROM events e ORDER BY e.position DESC LIMIT 1;
-    positions := ARRAY(SELECT coalesce(last_pos, 0) + g FROM generate_series(1, n) AS g);
+    last_pos := coalesce(last_pos, 0);
     -- Each jsonb's text once (the lateral subquery), so the payload function inlines.
-    SELECT array_agg(labctl_event_payload(u.p, u.s, u.v, u.t, j.d, j.m, now_ts) ORDER BY u.ord) INTO payloads
-    FROM unnest(positions, p_streams, versions, p_types, datas, metas) WITH ORDINALITY AS u(p, s, v, t, d, m, ord)
-    CROSS JOIN LATERAL (SELECT u.d::text AS d, u.m::text AS m OFFSET 0) j;
+    SELECT array_agg(labctl_event_payload(last_pos + u.ord, u.s, u.v, u.t, j.d, meta_text, now_ts) ORDER BY u.ord)
+      INTO payloads
+    FROM unnest(p_streams, versions, p_types, p_data) WITH ORDINALITY AS u(s, v, t, d, ord)
+    CROSS JOIN LATERAL (SELECT u.d::text AS d OFFSET 0) j;
     -- Only the chaining is sequential.
     hashes := array_fill('\x'::bytea, ARRAY[n]);
+    prev := coalesce(prev, '\x'::bytea);
     FOR i IN 1..n LOOP
-        prev := sha256(coalesce(prev, '\x'::bytea) || payloads[i]);
+        prev := sha256(prev || payloads[i]);
         hashes[i] := prev;
     END LOOP;
 
     BEGIN
         INSERT INTO events (position, stream, version, type, data, meta, recorded_at, hash)
-        SELECT * FROM unnest(positions, p_streams, versions, p_types, datas, metas,
-                             array_fill(now_ts, ARRAY[n]), hashes);
+        SELECT last_pos + u.ord, u.s, u.v, u.t, u.d, meta, now_ts, u.h
+        FROM unnest(p_streams, versions, p_types, p_data, hashes) WITH ORDINALITY AS u(s, v, t, d, h, ord);
     EXCEPTION WHEN unique_violation THEN
         -- A stream expected to be new already exists: name it.
         SELECT s.stream, (SELECT max(e.version) FROM events e WHERE e.stream = s.stream)
@@ -211,12 +219,12 @@ BEGIN
 
     IF p_idempotency_key IS NOT NULL THEN
         INSERT INTO event_idempotency (key, positions, recorded_at)
-        VALUES (p_idempotency_key, positions, now_ts);
+        VALUES (p_idempotency_key, ARRAY(SELECT generate_series(last_pos + 1, last_pos + n)), now_ts);
     END IF;
 
-    PERFORM pg_notify('labctl_events', positions[n]::text);
-    -- One row of arrays: cheaper to send and read than a row per event.
-    RETURN QUERY SELECT positions, versions, ARRAY[now_ts], false;
+    PERFORM pg_notify('labctl_events', (last_pos + n)::text);
+    -- One row: positions are contiguous, so the first one says them all.
+    RETURN QUERY SELECT last_pos + 1, versions, now_ts, NULL::bigint[];
 END
 $$;
 
@@ -486,4 +494,4 @@ CREATE TABLE live.imported_artifacts (
 );
 
 INSERT INTO event_hash_encodings (encoding, from_position) VALUES (2, 1);
-INSERT INTO schema_version (version) VALUES (8);
+INSERT INTO schema_version (version) VALUES (9);

@@ -2,8 +2,8 @@
 -- belongs to labctl_app, which must not be able to shadow the log or its append function there.
 
 -- name: append
-SELECT out_positions, out_versions, out_recorded_at, out_replayed
-FROM labctl.labctl_append(%(streams)b, %(expected)b::integer[], %(types)b, %(data)b, %(meta)b, %(key)s);
+SELECT out_first_position, out_versions, out_recorded_at, out_replayed_positions
+FROM labctl.labctl_append(%(streams)b, %(expected)b, %(types)b, %(data)b, %(meta)b, %(key)s);
 
 -- name: read_all
 SELECT position, stream, version, type, data::text, meta::text, recorded_at

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import msgspec
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Dumper, PyFormat
+from psycopg.pq import Format
 
 from events.codec import Event, EventMeta, StoredEvent, decode_meta, encode
 from events.errors import ActorRefused, ConcurrencyError, ImmutableLogError
@@ -63,13 +67,14 @@ def append_batch(
     if not batch:
         return []
     meta = meta or EventMeta()
-    meta_json = encode(meta).decode()
+    if conn.adapters.get_dumper(_TextArray, PyFormat.BINARY) is not _DUMPERS[_TextArray]:
+        _register_dumpers(conn.adapters)
     params = {
-        "streams": [n.stream for n in batch],
-        "expected": [n.expected_version for n in batch],
-        "types": [n.event.type_name for n in batch],
-        "data": [encode(n.event).decode() for n in batch],
-        "meta": [meta_json] * len(batch),
+        "streams": _TextArray.of([n.stream.encode() for n in batch]),
+        "expected": _IntArray.of([n.expected_version for n in batch]),
+        "types": _TextArray.of([n.event.type_name.encode() for n in batch]),
+        "data": _JsonbArray.of([encode(n.event) for n in batch]),
+        "meta": _Jsonb(encode(meta)),
         "key": idempotency_key,
     }
     try:
@@ -80,14 +85,13 @@ def append_batch(
     except psycopg.Error as exc:
         raise _translate(exc) from exc
     assert row is not None
-    positions, versions, recorded, replayed = row
-    if replayed:
+    first, versions, at, replayed = row
+    if replayed is not None:
         # The key was used before: return what was stored then.
-        return [_stored_at(conn, position) for position in positions]
-    at = recorded[0]
+        return [_stored_at(conn, position) for position in replayed]
     return [
         StoredEvent(
-            position=pos,
+            position=first + i,
             stream=n.stream,
             version=ver,
             type=n.event.type_name,
@@ -95,8 +99,88 @@ def append_batch(
             meta=meta,
             recorded_at=at,
         )
-        for n, pos, ver in zip(batch, positions, versions, strict=True)
+        for i, (n, ver) in enumerate(zip(batch, versions, strict=True))
     ]
+
+
+# A batch's arrays go to labctl_append in Postgres's binary array format, built here in one
+# join: psycopg would dump a list element by element in Python, and text arrays of JSON would
+# be escaped here and parsed again by the server. Each wrapper type has a dumper that sends
+# its bytes as they are, under the array's type oid.
+_ARRAY_HEAD = struct.Struct(">iiIii")  # dimensions, has nulls, element oid, length, lower bound
+_LENGTH = struct.Struct(">i")
+_JSONB_ELEMENT = struct.Struct(">ib")  # length, jsonb's binary format version (1: the JSON text follows)
+_INT_ELEMENT = struct.Struct(">ii")
+_NULL = _LENGTH.pack(-1)
+
+
+class _TextArray(bytes):
+    """A text[] value in binary, from UTF-8 elements."""
+
+    @classmethod
+    def of(cls, items: list[bytes]) -> _TextArray:
+        pack = _LENGTH.pack
+        return cls(_ARRAY_HEAD.pack(1, 0, 25, len(items), 1) + b"".join([x for b in items for x in (pack(len(b)), b)]))
+
+
+class _JsonbArray(bytes):
+    """A jsonb[] value in binary, from JSON texts (UTF-8)."""
+
+    @classmethod
+    def of(cls, items: list[bytes]) -> _JsonbArray:
+        pack = _JSONB_ELEMENT.pack
+        return cls(
+            _ARRAY_HEAD.pack(1, 0, 3802, len(items), 1) + b"".join([x for b in items for x in (pack(len(b) + 1, 1), b)])
+        )
+
+
+class _IntArray(bytes):
+    """An integer[] value in binary; None is NULL."""
+
+    @classmethod
+    def of(cls, items: list[int | None]) -> _IntArray:
+        pack = _INT_ELEMENT.pack
+        nulls = None in items
+        return cls(
+            _ARRAY_HEAD.pack(1, int(nulls), 23, len(items), 1)
+            + b"".join([_NULL if i is None else pack(4, i) for i in items])
+        )
+
+
+class _Jsonb(bytes):
+    """A jsonb value in binary, from its JSON text."""
+
+
+class _AsIs(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> Buffer:
+        return obj  # type: ignore[no-any-return]
+
+
+class _JsonbDumper(Dumper):
+    format = Format.BINARY
+    oid = 3802
+
+    def dump(self, obj: Any) -> Buffer:
+        return b"\x01" + obj  # type: ignore[no-any-return]
+
+
+_DUMPERS: dict[type, type[Dumper]] = {
+    wrapper: type(f"{wrapper.__name__}Dumper", (_AsIs,), {"oid": oid})
+    for wrapper, oid in ((_TextArray, 1009), (_JsonbArray, 3807), (_IntArray, 1007))
+}
+_DUMPERS[_Jsonb] = _JsonbDumper
+
+
+def _register_dumpers(adapters: AdaptersMap) -> None:
+    for wrapper, dumper in _DUMPERS.items():
+        adapters.register_dumper(wrapper, dumper)
+
+
+# Connections copy the global map when they open: those opened later get the dumpers from it,
+# one opened before this module was imported gets them on its first append.
+_register_dumpers(psycopg.adapters)
 
 
 def _translate(exc: psycopg.Error) -> Exception:

@@ -108,8 +108,8 @@ def test_unknown_fields_and_types_from_newer_writers_are_tolerated(conn: psycopg
     with conn.transaction():
         conn.execute(
             "SELECT * FROM labctl_append(ARRAY['s-a','s-a'], ARRAY[NULL,NULL]::int[], ARRAY['Noted','FromTheFuture'],"
-            ' ARRAY[\'{"type":"Noted","text":"y","added_later":1}\', \'{"type":"FromTheFuture"}\'],'
-            " ARRAY['{}','{}'], NULL)"
+            ' ARRAY[\'{"type":"Noted","text":"y","added_later":1}\', \'{"type":"FromTheFuture"}\']::jsonb[],'
+            " '{}', NULL)"
         )
     stored = events.read_stream(conn, "s-a")
     assert stored[1].data == Noted(text="y")
