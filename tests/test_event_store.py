@@ -224,3 +224,32 @@ def test_expected_version_is_checked_for_an_event_later_in_a_batch(conn: psycopg
     assert (info.value.expected, info.value.actual) == (1, 2)
     ok = [NewEvent("run-x", Noted(text="b")), NewEvent("run-x", Noted(text="c"), expected_version=2)]
     assert len(events.append_batch(conn, ok)) == 2
+
+
+@pytest.mark.parametrize("repeat", [False, True], ids=["each-stream-once", "a-stream-twice"])
+def test_a_batch_across_streams_gets_each_streams_next_versions_and_checks_each(
+    conn: psycopg.Connection[Any], repeat: bool
+) -> None:
+    # Each stream once and a stream twice take different paths through labctl_append.
+    events.append(conn, "s-a", [Noted(text="a1")], expected_version=0)
+    events.append(conn, "s-b", [Noted(text="b1"), Noted(text="b2")], expected_version=0)
+    batch = [
+        NewEvent("s-a", Noted(text="a2"), 1),
+        NewEvent("s-b", Noted(text="b3")),
+        NewEvent("s-c", Noted(text="c1"), 0),
+    ]
+    batch += [NewEvent("s-b", Noted(text="b4"))] if repeat else []
+    stored = events.append_batch(conn, batch)
+    expected = [("s-a", 2), ("s-b", 3), ("s-c", 1)] + ([("s-b", 4)] if repeat else [])
+    assert [(e.stream, e.version) for e in stored] == expected
+    assert [(e.stream, e.version) for e in events.read_all(conn, after=3)] == expected
+    assert [e.position for e in stored] == [4, 5, 6, 7][: len(batch)]
+
+    stale = [NewEvent("s-c", Noted(text="c2"), 1), NewEvent("s-a", Noted(text="late"), 1)]
+    stale += [NewEvent("s-c", Noted(text="c3"))] if repeat else []
+    with pytest.raises(ConcurrencyError) as info:
+        events.append_batch(conn, stale)
+    assert (info.value.stream, info.value.expected, info.value.actual) == ("s-a", 1, 2)
+    assert events.event_count(conn) == 3 + len(batch)
+    with conn.transaction():
+        assert events.verify.verify_chain(conn).problem is None
