@@ -2,11 +2,13 @@
 
 from projections.engine import (
     apply_inline,
+    bring_up_to_date,
     catch_up,
     checkpoint,
     checkpoints,
     diff_live,
     fold,
+    rebuild_pays,
     record,
     replay_as_of,
     replay_live,
@@ -14,11 +16,13 @@ from projections.engine import (
 
 __all__ = [
     "apply_inline",
+    "bring_up_to_date",
     "catch_up",
     "checkpoint",
     "checkpoints",
     "diff_live",
     "fold",
+    "rebuild_pays",
     "record",
     "replay_as_of",
     "replay_live",

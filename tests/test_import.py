@@ -255,11 +255,20 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["projecting-each-batch", "bulk-then-rebuild"])
 def test_an_import_stopped_after_any_batch_then_run_again_ends_as_one_clean_import(
-    registry: Any, server_url: str
+    registry: Any, server_url: str, bulk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every batch boundary, not only the one a kill happens to land on, is a safe place to die."""
+    """Every batch boundary, not only the one a kill happens to land on, is a safe place to die.
+
+    In bulk (a big import: batches appended without projecting, read models rebuilt once at the end)
+    that includes the last boundary: everything appended, nothing projected yet; the re-run rebuilds.
+    """
+    import projections.engine
     from labctl.importer import import_registry
+
+    # Bulk is chosen by size: make this small registry big enough for it (or never, for the other case).
+    monkeypatch.setattr(projections.engine, "REBUILD_FROM", 1 if bulk else 10**9)
 
     src, _ = registry("eb54594", users=2)
     stores: list[Path] = []
@@ -272,11 +281,12 @@ def test_an_import_stopped_after_any_batch_then_run_again_ends_as_one_clean_impo
     try:
         clean = fresh()
         boundaries: list[int] = []
-        import_registry(clean, src, actor="t", stores=stores, batch_events=40, on_batch=boundaries.append)
+        first = import_registry(clean, src, actor="t", stores=stores, batch_events=40, on_batch=boundaries.append)
+        assert first.rebuilt_read_models == bulk
         want_size, want_models = _log_size(clean), _read_models(clean)
         assert len(boundaries) >= 5
 
-        for cut in range(1, len(boundaries)):
+        for cut in range(1, len(boundaries) + 1):
             url = fresh()
 
             def stop(done: int, cut: int = cut) -> None:
@@ -286,7 +296,8 @@ def test_an_import_stopped_after_any_batch_then_run_again_ends_as_one_clean_impo
             with pytest.raises(_Stop):
                 import_registry(url, src, actor="t", stores=stores, batch_events=40, on_batch=stop)
             assert _log_size(url) == boundaries[cut - 1]
-            import_registry(url, src, actor="t", stores=stores, batch_events=40)
+            again = import_registry(url, src, actor="t", stores=stores, batch_events=40)
+            assert again.rebuilt_read_models == bulk
             assert (_log_size(url), _read_models(url)) == (want_size, want_models), f"stopped after batch {cut}"
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
