@@ -22,13 +22,19 @@ CREATE TABLE schema_version (
 -- else reads it and appends only through labctl_append, a SECURITY DEFINER
 -- function: not even labctl's own role can alter, delete, disable the
 -- trigger below, or replace the function.
+--
+-- data is json, not jsonb: the log keeps each event's text exactly as its
+-- writer encoded it, which is also the text its hash covers, so neither an
+-- append nor a reader pays for turning jsonb back into text. (Events written
+-- before schema 10 hold the text jsonb gave them, which their hashes cover.)
+-- Cast to jsonb for containment or path queries.
 
 CREATE TABLE events (
     position     bigint      PRIMARY KEY,
     stream       text        NOT NULL,
     version      integer     NOT NULL CHECK (version > 0),
     type         text        NOT NULL,
-    data         jsonb       NOT NULL,
+    data         json        NOT NULL,
     meta         jsonb       NOT NULL DEFAULT '{}',
     recorded_at  timestamptz NOT NULL,
     hash         bytea       NOT NULL,
@@ -65,7 +71,7 @@ CREATE INDEX audit_checkpoints_verified_at_idx ON audit_checkpoints (verified_at
 -- version and recorded_at (microseconds since 1970) as big-endian integers,
 -- then stream, type, data and meta as UTF-8 text, each after its length.
 -- Nothing can be moved from one field into the next without changing a length.
--- p_data and p_meta are the jsonb values' text. One expression, so the planner inlines it.
+-- p_data and p_meta are the stored values' text. One expression, so the planner inlines it.
 CREATE FUNCTION labctl_event_payload(
     p_position bigint, p_stream text, p_version integer,
     p_type text, p_data text, p_meta text, p_recorded_at timestamptz
@@ -100,14 +106,14 @@ $$;
 --
 -- p_expected[i], when not NULL, is the version event i's stream must be at
 -- just before event i (0 = a new stream), counting earlier events of the batch.
--- p_data arrives as jsonb, parsed once (the client sends it in binary); every
--- event of a call shares one p_meta. The events get positions
+-- p_data is each event's JSON text (checked by json's input function, and
+-- stored and hashed as it is); every event of a call shares one p_meta. The events get positions
 -- out_first_position, +1, ...; out_replayed_positions is NULL unless the
 -- idempotency key was used before, and then holds that append's positions.
 -- Plans are generic: a custom plan would copy the argument arrays into every plan.
 CREATE FUNCTION labctl_append(
     p_streams text[], p_expected integer[], p_types text[],
-    p_data jsonb[], p_meta jsonb, p_idempotency_key text
+    p_data json[], p_meta jsonb, p_idempotency_key text
 ) RETURNS TABLE (out_first_position bigint, out_versions integer[], out_recorded_at timestamptz,
                out_replayed_positions bigint[])
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = labctl, pg_temp SET plan_cache_mode = force_generic_plan AS $$
@@ -500,4 +506,4 @@ CREATE TABLE live.imported_artifacts (
 );
 
 INSERT INTO event_hash_encodings (encoding, from_position) VALUES (2, 1);
-INSERT INTO schema_version (version) VALUES (9);
+INSERT INTO schema_version (version) VALUES (10);

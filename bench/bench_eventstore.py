@@ -252,7 +252,7 @@ def interleaved(rounds: int, cases: dict[str, Callable[[int], float]]) -> dict[s
 
 def bench_single(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder, sizes: Sizes) -> dict[str, Figure]:
     ours, raw, theirs = Streams("single"), Streams("single-raw"), Streams("single-es")
-    conn.execute("CREATE TABLE IF NOT EXISTS bench_scratch.single (stream text PRIMARY KEY, data jsonb NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS bench_scratch.single (stream text PRIMARY KEY, data json NOT NULL)")
     payload = encode(finished(1)).decode()
 
     def labctl(_r: int) -> float:
@@ -270,7 +270,7 @@ def bench_single(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder,
 
         def go() -> None:
             for s in names:
-                conn.execute("INSERT INTO bench_scratch.single (stream, data) VALUES (%s, %s::jsonb)", (s, payload))
+                conn.execute("INSERT INTO bench_scratch.single (stream, data) VALUES (%s, %s::json)", (s, payload))
 
         return rate_of(sizes.single, go)
 

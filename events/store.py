@@ -73,7 +73,7 @@ def append_batch(
         "streams": _TextArray.of([n.stream.encode() for n in batch]),
         "expected": _IntArray.of([n.expected_version for n in batch]),
         "types": _TextArray.of([n.event.type_name.encode() for n in batch]),
-        "data": _JsonbArray.of([encode(n.event) for n in batch]),
+        "data": _JsonArray.of([encode(n.event) for n in batch]),
         "meta": _Jsonb(encode(meta)),
         "key": idempotency_key,
     }
@@ -104,12 +104,12 @@ def append_batch(
 
 
 # A batch's arrays go to labctl_append in Postgres's binary array format, built here in one
-# join: psycopg would dump a list element by element in Python, and text arrays of JSON would
-# be escaped here and parsed again by the server. Each wrapper type has a dumper that sends
-# its bytes as they are, under the array's type oid.
+# join: psycopg would dump a list element by element in Python (and quote every JSON text in
+# a text-format array, for the server to unquote). Each wrapper type has a dumper that sends
+# its bytes as they are, under the array's type oid. In binary, text and json elements are
+# their UTF-8 bytes.
 _ARRAY_HEAD = struct.Struct(">iiIii")  # dimensions, has nulls, element oid, length, lower bound
 _LENGTH = struct.Struct(">i")
-_JSONB_ELEMENT = struct.Struct(">ib")  # length, jsonb's binary format version (1: the JSON text follows)
 _INT_ELEMENT = struct.Struct(">ii")
 _NULL = _LENGTH.pack(-1)
 
@@ -117,21 +117,21 @@ _NULL = _LENGTH.pack(-1)
 class _TextArray(bytes):
     """A text[] value in binary, from UTF-8 elements."""
 
+    element_oid = 25
+
     @classmethod
     def of(cls, items: list[bytes]) -> _TextArray:
         pack = _LENGTH.pack
-        return cls(_ARRAY_HEAD.pack(1, 0, 25, len(items), 1) + b"".join([x for b in items for x in (pack(len(b)), b)]))
-
-
-class _JsonbArray(bytes):
-    """A jsonb[] value in binary, from JSON texts (UTF-8)."""
-
-    @classmethod
-    def of(cls, items: list[bytes]) -> _JsonbArray:
-        pack = _JSONB_ELEMENT.pack
         return cls(
-            _ARRAY_HEAD.pack(1, 0, 3802, len(items), 1) + b"".join([x for b in items for x in (pack(len(b) + 1, 1), b)])
+            _ARRAY_HEAD.pack(1, 0, cls.element_oid, len(items), 1)
+            + b"".join([x for b in items for x in (pack(len(b)), b)])
         )
+
+
+class _JsonArray(_TextArray):
+    """A json[] value in binary, from JSON texts (UTF-8)."""
+
+    element_oid = 114
 
 
 class _IntArray(bytes):
@@ -168,7 +168,7 @@ class _JsonbDumper(Dumper):
 
 _DUMPERS: dict[type, type[Dumper]] = {
     wrapper: type(f"{wrapper.__name__}Dumper", (_AsIs,), {"oid": oid})
-    for wrapper, oid in ((_TextArray, 1009), (_JsonbArray, 3807), (_IntArray, 1007))
+    for wrapper, oid in ((_TextArray, 1009), (_JsonArray, 199), (_IntArray, 1007))
 }
 _DUMPERS[_Jsonb] = _JsonbDumper
 

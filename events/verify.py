@@ -24,7 +24,7 @@ LENGTH_PREFIXED = 2
 _FIXED = struct.Struct(">qiqi")  # position, version, recorded_at in microseconds, length of stream
 _LENGTH = struct.Struct(">i")
 
-# The jsonb texts as UTF-8 bytes, and recorded_at as microseconds since 1970, by the server's
+# The stored JSON texts as UTF-8 bytes, and recorded_at as microseconds since 1970, by the server's
 # built-in functions (extract is exact: numeric).
 _SCAN = (
     "SELECT position, stream, version, type, convert_to(data::text, 'UTF8'), convert_to(meta::text, 'UTF8'), "
@@ -38,7 +38,7 @@ Progress = Callable[[int], None]
 def payload(
     encoding: int, position: int, stream: str, version: int, type_: str, data: bytes, meta: bytes, micros: int
 ) -> bytes:
-    """The bytes an event's hash covers (``data``/``meta``: the jsonb's text, UTF-8)."""
+    """The bytes an event's hash covers (``data``/``meta``: their stored text, UTF-8)."""
     s = stream.encode()
     t = type_.encode()
     if encoding == LENGTH_PREFIXED:

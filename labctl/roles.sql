@@ -43,7 +43,7 @@ ALTER TABLE labctl.event_idempotency OWNER TO labctl_owner;
 ALTER TABLE labctl.event_hash_encodings OWNER TO labctl_owner;
 ALTER TABLE labctl.audit_checkpoints OWNER TO labctl_owner;
 ALTER TABLE labctl.schema_version OWNER TO labctl_owner;
-ALTER FUNCTION labctl.labctl_append(text[], integer[], text[], jsonb[], jsonb, text) OWNER TO labctl_owner;
+ALTER FUNCTION labctl.labctl_append(text[], integer[], text[], json[], jsonb, text) OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_record_verified(bigint, bytea) OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_event_payload(bigint, text, integer, text, text, text, timestamptz) OWNER TO labctl_owner;
 ALTER FUNCTION labctl.labctl_session_is_personal() OWNER TO labctl_owner;
@@ -52,9 +52,9 @@ REVOKE ALL ON labctl.events, labctl.event_idempotency, labctl.event_hash_encodin
     labctl.schema_version FROM PUBLIC;
 GRANT SELECT ON labctl.events, labctl.event_idempotency, labctl.event_hash_encodings, labctl.audit_checkpoints,
     labctl.schema_version TO labctl_app;
-REVOKE ALL ON FUNCTION labctl.labctl_append(text[], integer[], text[], jsonb[], jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION labctl.labctl_append(text[], integer[], text[], json[], jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION labctl.labctl_record_verified(bigint, bytea) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION labctl.labctl_append(text[], integer[], text[], jsonb[], jsonb, text) TO labctl_app;
+GRANT EXECUTE ON FUNCTION labctl.labctl_append(text[], integer[], text[], json[], jsonb, text) TO labctl_app;
 GRANT EXECUTE ON FUNCTION labctl.labctl_record_verified(bigint, bytea) TO labctl_app;
 ALTER SCHEMA labctl OWNER TO labctl_owner;
 REVOKE ALL ON SCHEMA labctl FROM PUBLIC;

@@ -76,7 +76,9 @@ def test_audit_verify_passes_then_names_the_altered_position(
     pos = conn.execute("SELECT min(position) FROM events").fetchone()[0]  # type: ignore[index]
     with conn.transaction():
         conn.execute("ALTER TABLE events DISABLE TRIGGER events_are_immutable")
-        conn.execute("UPDATE events SET data = jsonb_set(data, '{user}', '\"mallory\"') WHERE position = %s", (pos,))
+        conn.execute(
+            "UPDATE events SET data = jsonb_set(data::jsonb, '{user}', '\"mallory\"')::json WHERE position = %s", (pos,)
+        )
         conn.execute("ALTER TABLE events ENABLE TRIGGER events_are_immutable")
     incremental = run_cli(labctl_env, "audit", "verify")
     assert incremental.returncode == 0  # trusts what it verified before: the change is behind its checkpoint

@@ -96,7 +96,8 @@ def test_changed_byte_breaks_the_hash_chain_at_that_position(conn: psycopg.Conne
     with conn.transaction():
         conn.execute("ALTER TABLE events DISABLE TRIGGER events_are_immutable")
         conn.execute(
-            "UPDATE events SET data = jsonb_set(data, '{text}', '\"E2\"') WHERE position = %s", (positions[2],)
+            "UPDATE events SET data = jsonb_set(data::jsonb, '{text}', '\"E2\"')::json WHERE position = %s",
+            (positions[2],),
         )
         conn.execute("ALTER TABLE events ENABLE TRIGGER events_are_immutable")
     with conn.transaction():
@@ -108,7 +109,7 @@ def test_unknown_fields_and_types_from_newer_writers_are_tolerated(conn: psycopg
     with conn.transaction():
         conn.execute(
             "SELECT * FROM labctl_append(ARRAY['s-a','s-a'], ARRAY[NULL,NULL]::int[], ARRAY['Noted','FromTheFuture'],"
-            ' ARRAY[\'{"type":"Noted","text":"y","added_later":1}\', \'{"type":"FromTheFuture"}\']::jsonb[],'
+            ' ARRAY[\'{"type":"Noted","text":"y","added_later":1}\', \'{"type":"FromTheFuture"}\']::json[],'
             " '{}', NULL)"
         )
     stored = events.read_stream(conn, "s-a")

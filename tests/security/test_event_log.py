@@ -60,7 +60,7 @@ def _superuser_edit(conn: psycopg.Connection[Any], statement: str, params: tuple
         "TRUNCATE events",
         "ALTER TABLE events DISABLE TRIGGER events_are_immutable",
         "INSERT INTO events SELECT position + 9, stream, version + 9, type, data, meta, recorded_at, hash FROM events",
-        "CREATE OR REPLACE FUNCTION labctl.labctl_append(text[], integer[], text[], jsonb[], jsonb, text) "
+        "CREATE OR REPLACE FUNCTION labctl.labctl_append(text[], integer[], text[], json[], jsonb, text) "
         "RETURNS TABLE (out_first_position bigint, out_versions integer[], out_recorded_at timestamptz, "
         "out_replayed_positions bigint[]) "
         "LANGUAGE sql AS 'SELECT NULL::bigint, NULL::integer[], NULL::timestamptz, NULL::bigint[]'",
@@ -99,7 +99,7 @@ def test_a_log_or_append_function_shadowed_in_the_read_model_schema_is_never_use
     with connect(role_url("labctl_app")) as app:
         app.execute("CREATE TABLE live.events (LIKE labctl.events)")
         app.execute(
-            "CREATE FUNCTION live.labctl_append(text[], integer[], text[], jsonb[], jsonb, text) RETURNS TABLE "
+            "CREATE FUNCTION live.labctl_append(text[], integer[], text[], json[], jsonb, text) RETURNS TABLE "
             "(out_first_position bigint, out_versions integer[], out_recorded_at timestamptz, "
             "out_replayed_positions bigint[]) "
             "LANGUAGE sql AS 'SELECT 99::bigint, ARRAY[1], now(), NULL::bigint[]'"
