@@ -9,7 +9,11 @@ on the same machine:
   roots submitted), then one ``labctl agent --slots 8`` subprocess drains them
   all (claims, starts, ends, output hashing and registration, children
   submitted by the advancer); the clock stops when every pipeline's row says
-  ``succeeded``. Reported: recording, draining, and both together;
+  ``succeeded``. Reported: recording, draining, and both together. The agent packs
+  jobs by their ``[resources]`` against what the machine has; Snakemake is told
+  ``--cores 8`` whatever the machine has, so labctl is told the same: the bench's
+  ``cluster.toml`` declares ``[local] cpus = 8`` and ``mem = "32GB"`` (eight of
+  the recipes' default 1 CPU, 4 GB), else a 2-core machine runs two jobs at once;
 - Snakemake (``pip install '.[bench]'``): one Snakefile with the two rules and
   the same shell commands, ``snakemake --cores 8`` in a fresh directory;
 - ``xargs -P 8``: every ``a`` command through ``bash -c``, then every ``b``
@@ -37,12 +41,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_pipelines import agent_env, make_app, with_param, write_files
+from bench_pipelines import USER, agent_env, with_param, write_files
 from common import bench_server, labctl_argv, machine_line, markdown_table, median, report_section, step_printer
 from common import verdict as judged
 
-from labctl.db import ensure_schema
-from labctl.files import load_pipeline
+import msgspec
+
+from labctl.app import App
+from labctl.db import Database, ensure_schema
+from labctl.files import dump_cluster_toml, load_pipeline, local_profile
 from labctl.pipelines.plan import create_pipeline
 
 DB = "bench_throughput"
@@ -173,7 +180,13 @@ def main() -> None:
 
         with connect(url) as c:
             ensure_schema(c)
-        app = make_app(url, home)
+        # What `--cores 8` tells Snakemake: room for eight jobs of the recipes' default size.
+        profile = local_profile(home)
+        config = msgspec.structs.replace(profile, local=msgspec.structs.replace(profile.local, cpus=SLOTS, mem="32GB"))
+        cluster = Path(tmp) / "cluster.toml"
+        cluster.write_text(dump_cluster_toml(config))
+        env["LABCTL_CLUSTER"] = str(cluster)
+        app = App(config=config, config_path=cluster, home=home, db=Database(url), user=USER)
         plan = load_pipeline(two)
         for k in range(rounds):
             step(f"round {k + 1}/{rounds}: xargs -P {SLOTS}, {2 * n:,} commands")
