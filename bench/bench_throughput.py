@@ -41,11 +41,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import msgspec
 from bench_pipelines import USER, agent_env, with_param, write_files
 from common import bench_server, labctl_argv, machine_line, markdown_table, median, report_section, step_printer
 from common import verdict as judged
-
-import msgspec
 
 from labctl.app import App
 from labctl.db import Database, ensure_schema

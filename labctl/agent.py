@@ -217,8 +217,8 @@ class Agent:
                 self.free.give_back(self.grants.pop(job_id))
                 self.run_dirs.pop(run_id, None)
                 self.metric_files.forget(run_id)
-                if state.state == "succeeded":
-                    local_runs.hash_finished_outputs(self.app, run_id)
+                # No .lab/output_hashes.json here: registration (finish_many) hashes the outputs itself
+                # when there is no manifest, which a compute node writes only because it cannot register.
                 self.ended[job_id] = (run_id, state)
         # Record the ends together, in one transaction; if that fails (database away) they stay
         # here and are recorded next tick. The reactors see them all at once right after.

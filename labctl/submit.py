@@ -6,6 +6,7 @@ events of one submission are appended in one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tomllib
@@ -18,7 +19,7 @@ import msgspec
 import psycopg
 
 import projections
-from events import NewEvent
+from events import ConcurrencyError, NewEvent
 from events.queries import load_queries
 from events.types import (
     InputRef,
@@ -449,11 +450,7 @@ def submit(
 ) -> Submitted:
     """Prepare, write the run dir, and record one run."""
     run = prepare(app, recipe, recipe_path, stage=stage, executor=executor, run_id=run_id)
-    peek = None if no_cache else cache.load(app.db.conn, run.cache_key)
-    will_hit = peek is not None and peek.state == "succeeded"
-    if not will_hit:
-        _refuse_existing_markers(run.outputs, str(recipe_path))
-        write_run_dir(run)
+    will_hit = _write_unless_hit(app, run, str(recipe_path), no_cache)
     try:
         result = record_submission(app, run, no_cache=no_cache, run_version=run_version, extra=extra)
     except DatabaseUnavailable:
@@ -464,6 +461,21 @@ def submit(
         if run_id is None:
             shutil.rmtree(run.run_dir, ignore_errors=True)
         raise
+    return _after_record(app, run, result, will_hit)
+
+
+def _write_unless_hit(app: App, run: PreparedRun, recipe_path: str, no_cache: bool) -> bool:
+    """Write the run dir unless the cache will hit (then nothing runs there); whether it will hit."""
+    peek = None if no_cache else cache.load(app.db.conn, run.cache_key)
+    will_hit = peek is not None and peek.state == "succeeded"
+    if not will_hit:
+        _refuse_existing_markers(run.outputs, recipe_path)
+        write_run_dir(run)
+    return will_hit
+
+
+def _after_record(app: App, run: PreparedRun, result: Submitted, will_hit: bool) -> Submitted:
+    """What follows a recorded submission: the key's explanation, the run dir or the cache hit's links."""
     result.explanation = explain(
         run.cache_key,
         run.key_parts.parts,
@@ -477,3 +489,96 @@ def submit(
         linked = producer_outputs(app.db.conn, result.producer_run_id) or []
         write_linked_alias_links(app.config, run.user, run.outputs, linked)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One run for ``submit_many``: what ``submit`` takes, and the user it is submitted as."""
+
+    recipe: Recipe
+    recipe_path: str
+    user: str
+    executor: str | None = None
+    no_cache: bool = False
+    stage: StageContext | None = None
+    run_id: str | None = None
+    run_version: int = 0
+
+
+#: what a submission can fail with that is the submitted run's, not the submitter's (it ends the run)
+SUBMISSION_ERRORS = (UserError, FileFormatError, OSError, ConcurrencyError)
+
+
+def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Exception]:
+    """Submit several runs as ``submit`` does each, with one transaction for all their records.
+
+    Each run is prepared and its run dir written on its own; a run that cannot be (a ``SUBMISSION_ERRORS``)
+    gets its exception in its place and the others go on. Then every submission and cache decision is
+    appended together, or none is. When that loses a race (a run submitted meanwhile by another agent, a
+    cache key taken) or two runs share a cache key (the second must see the first's decision), the runs
+    are recorded one by one instead, exactly as ``submit`` records them.
+    """
+    results: list[Submitted | Exception | None] = []
+    ready: list[tuple[int, App, Request, PreparedRun, bool]] = []
+    for i, req in enumerate(requests):
+        as_user = app if req.user == app.user else dataclasses.replace(app, user=req.user)
+        try:
+            run = prepare(
+                as_user, req.recipe, req.recipe_path, stage=req.stage, executor=req.executor, run_id=req.run_id
+            )
+            will_hit = _write_unless_hit(as_user, run, req.recipe_path, req.no_cache)
+        except DatabaseUnavailable:
+            raise
+        except SUBMISSION_ERRORS as exc:
+            results.append(exc)
+            continue
+        results.append(None)  # filled once recorded
+        ready.append((i, as_user, req, run, will_hit))
+    keys = [run.cache_key for _, _, req, run, _ in ready if not req.no_cache]
+    shared = {k for k in keys if keys.count(k) > 1}
+    together = [r for r in ready if r[3].cache_key not in shared or r[2].no_cache]
+    alone = [r for r in ready if r not in together]
+    try:
+        for (i, as_user, _, run, will_hit), result in zip(together, _record_together(app, together), strict=True):
+            results[i] = _after_record(as_user, run, result, will_hit)
+    except ConcurrencyError:
+        alone = ready
+    except DatabaseUnavailable:
+        raise
+    except BaseException:
+        for _, _, req, run, _ in ready:
+            if req.run_id is None:
+                shutil.rmtree(run.run_dir, ignore_errors=True)
+        raise
+    for i, as_user, req, run, will_hit in alone:
+        try:
+            result = record_submission(as_user, run, no_cache=req.no_cache, run_version=req.run_version)
+        except DatabaseUnavailable:
+            raise
+        except SUBMISSION_ERRORS as exc:
+            if req.run_id is None:
+                shutil.rmtree(run.run_dir, ignore_errors=True)
+            results[i] = exc
+            continue
+        results[i] = _after_record(as_user, run, result, will_hit)
+    return [r if r is not None else RuntimeError("not recorded") for r in results]
+
+
+def _record_together(app: App, runs: Sequence[tuple[int, App, Request, PreparedRun, bool]]) -> list[Submitted]:
+    """Every run's submission and cache decision in one transaction (one append per submitting user)."""
+    if not runs:
+        return []
+    idempotency = f"submit-{runs[0][3].run_id}-{len(runs)}-{uuid.uuid4().hex}"
+
+    def attempt(conn: psycopg.Connection[Any]) -> list[Submitted]:
+        results: list[Submitted] = []
+        by_user: dict[str, tuple[App, list[NewEvent]]] = {}
+        for _, as_user, req, run, _ in runs:
+            batch, result = _decide(conn, run, no_cache=req.no_cache, run_version=req.run_version)
+            by_user.setdefault(as_user.user, (as_user, []))[1].extend(batch)
+            results.append(result)
+        for user, (as_user, batch) in by_user.items():
+            projections.record(conn, batch, idempotency_key=f"{idempotency}-{user}", meta=as_user.meta())
+        return results
+
+    return app.db.run(attempt)

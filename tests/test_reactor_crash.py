@@ -226,8 +226,9 @@ def test_advancer_losing_its_connection_halfway_through_a_page_commits_none_of_i
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The connection dies between two submissions of one page: the first is not kept without the
-    checkpoint, nor is the second retried on a new connection outside the page's transaction."""
+    """The connection dies after the page's submissions were appended, before its checkpoint: the
+    submissions are not kept without the checkpoint, nor retried on a new connection outside the page's
+    transaction. (b and c are submitted together, in one append: ``submit_many``.)"""
     import projections
     from labctl.reactors.advancer import Advancer
 
@@ -244,10 +245,11 @@ def test_advancer_losing_its_connection_halfway_through_a_page_commits_none_of_i
 
     def record_then_lose_the_connection(on: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> list[Any]:
         calls.append(on)
-        if len(calls) == 2:  # b's submission is in, c's is next
+        stored = record(on, *args, **kwargs)
+        if len(calls) == 1:  # b's and c's submissions are in; the checkpoint is next
             with psycopg.connect(server_url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (on.info.backend_pid,))
-        return record(on, *args, **kwargs)
+        return stored
 
     try:
         with monkeypatch.context() as patch:
@@ -258,7 +260,7 @@ def test_advancer_losing_its_connection_halfway_through_a_page_commits_none_of_i
                 advancer.step()
             advancer.close()
         assert (types_of(conn, f"run-{b}"), types_of(conn, f"run-{c}")) == (["RunPending"], ["RunPending"])
-        assert len(calls) == 2  # c's submission was not tried again on a new connection
+        assert len(calls) == 1  # the submissions were not tried again on a new connection
         assert reactor_checkpoint(conn, "advancer:alice") == before
 
         fresh = Advancer(app, "alice")  # reconnects; handles the page again

@@ -3,7 +3,6 @@ close the pipeline when every run has ended (called by the advancer reactor and 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import uuid
@@ -22,7 +21,7 @@ from events.types import InputRef, PipelineFinished, RunFinished, RunPending, Sw
 from labctl.app import App
 from labctl.errors import UserError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput
-from labctl.submit import StageContext, artifact_alias, submit
+from labctl.submit import Request, StageContext, artifact_alias, submit_many
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
 QUERIES = load_queries("labctl.pipelines", "pipelines.sql")
@@ -81,6 +80,48 @@ def stage_state(run_ids: Sequence[str], runs: dict[str, RunRow]) -> tuple[str, s
     return "waiting", None
 
 
+Loaded = tuple[PipelineRow, list[StageRow], dict[str, RunRow]]
+
+
+def load_many(conn: psycopg.Connection[Any], pipeline_ids: Sequence[str]) -> dict[str, Loaded]:
+    """``load`` for several pipelines in three queries (the advancer's page, its full pass)."""
+    ids = {"ids": list(pipeline_ids)}
+    stages: dict[str, list[StageRow]] = {}
+    for pid, name, run_ids, parents in conn.execute(QUERIES["stages_many"], ids):
+        stages.setdefault(pid, []).append(StageRow(name, run_ids, parents))
+    runs: dict[str, dict[str, RunRow]] = {}
+    for pid, *row in conn.execute(QUERIES["runs_many"], ids):
+        run = RunRow(*row)
+        runs.setdefault(pid, {})[run.id] = run
+    return {
+        pid: (PipelineRow(pid, status, from_run, user), stages.get(pid, []), runs.get(pid, {}))
+        for pid, status, from_run, user in conn.execute(QUERIES["pipelines_many"], ids)
+    }
+
+
+def _wave(stages: list[StageRow], runs: dict[str, RunRow]) -> tuple[list[tuple[RunRow, str]], list[RunRow]]:
+    """What one wave does: the waiting runs to end ``dependency_failed`` (with why), the waiting runs to submit."""
+    run_ids_of = {stage.name: stage.run_ids for stage in stages}
+    doomed: list[tuple[RunRow, str]] = []
+    ready: list[RunRow] = []
+    for stage in stages:
+        waiting = [runs[r] for r in stage.run_ids if r in runs and runs[r].status == "created"]
+        if not waiting:
+            continue
+        parent_states = {p: stage_state(run_ids_of[p], runs) for p in stage.parents}
+        failed = [(p, cause) for p, (state, cause) in parent_states.items() if state == "failed"]
+        if failed:
+            p, cause = failed[0]
+            doomed += [(row, f"parent stage {p} failed: {cause}") for row in waiting]
+        elif all(state == "succeeded" for state, _ in parent_states.values()):
+            ready += waiting
+    return doomed, ready
+
+
+def _all_ended(stages: list[StageRow], runs: dict[str, RunRow]) -> bool:
+    return all(r in runs and runs[r].status in TERMINAL_STATES for stage in stages for r in stage.run_ids)
+
+
 def advance(app: App, pipeline_id: str) -> bool:
     """Submit what can run, fail what cannot, close the pipeline when done; True if anything changed."""
     changed = False
@@ -92,33 +133,51 @@ def advance(app: App, pipeline_id: str) -> bool:
     return changed
 
 
+def advance_many(app: App, pipeline_ids: Sequence[str]) -> bool:
+    """``advance`` each pipeline, in bulk: one read of them all, every run ready to start submitted in one
+    transaction (``submit_many``), every finished pipeline closed in one; pipelines with nothing to do cost
+    nothing more. A pipeline whose wave ends runs (a cache hit, a failed parent) goes on through ``advance``."""
+    loaded = load_many(app.db.conn, pipeline_ids)
+    todo: list[tuple[PipelineRow, dict[str, list[str]], dict[str, RunRow], RunRow]] = []
+    closing: list[Loaded] = []
+    again: list[str] = []
+    for pid in pipeline_ids:
+        if pid not in loaded or loaded[pid][0].status != "running":
+            continue
+        pipeline, stages, runs = loaded[pid]
+        doomed, ready = _wave(stages, runs)
+        if doomed:
+            again.append(pid)  # rare: the one-by-one path ends them and goes on
+        elif ready:
+            run_ids_of = {stage.name: stage.run_ids for stage in stages}
+            todo += [(pipeline, run_ids_of, runs, row) for row in ready]
+        elif _all_ended(stages, runs):
+            closing.append(loaded[pid])
+    outcomes = _submit_waiting(app, todo)
+    again += sorted({pipeline.id for (pipeline, *_), outcome in zip(todo, outcomes, strict=True) if outcome == "ended"})
+    changed = any(o is not None for o in outcomes)
+    changed |= _close_many(app, closing)
+    for pid in again:
+        changed |= advance(app, pid)
+    return changed
+
+
 def _advance_once(app: App, pipeline_id: str) -> tuple[bool, bool]:
     """One wave: ``(anything changed, some run ended)``; only an ended run can make another wave."""
-    conn = app.db.conn
-    pipeline, stages, runs = load(conn, pipeline_id)
+    pipeline, stages, runs = load(app.db.conn, pipeline_id)
     if pipeline is None or pipeline.status != "running":
         return False, False
-    run_ids_of = {stage.name: stage.run_ids for stage in stages}
     changed = ended = False
-    for stage in stages:
-        waiting = [runs[r] for r in stage.run_ids if r in runs and runs[r].status == "created"]
-        if not waiting:
-            continue
-        parent_states = {p: stage_state(run_ids_of[p], runs) for p in stage.parents}
-        failed = [(p, cause) for p, (state, cause) in parent_states.items() if state == "failed"]
-        if failed:
-            p, cause = failed[0]
-            for row in waiting:
-                if _end_dependency_failed(app, row, f"parent stage {p} failed: {cause}"):
-                    changed = ended = True
-            continue
-        if all(state == "succeeded" for state, _ in parent_states.values()):
-            for row in waiting:
-                outcome = _submit_waiting(app, pipeline, run_ids_of, runs, row)
-                changed |= outcome is not None
-                ended |= outcome == "ended"
-    if not changed:
-        changed = _close_if_done(app, pipeline_id, stages, runs)
+    doomed, ready = _wave(stages, runs)
+    for row, reason in doomed:
+        if _end_dependency_failed(app, row, reason):
+            changed = ended = True
+    run_ids_of = {stage.name: stage.run_ids for stage in stages}
+    for outcome in _submit_waiting(app, [(pipeline, run_ids_of, runs, row) for row in ready]):
+        changed |= outcome is not None
+        ended |= outcome == "ended"
+    if not changed and _all_ended(stages, runs):
+        changed = _close_many(app, [(pipeline, stages, runs)])
     return changed, ended
 
 
@@ -139,51 +198,68 @@ def _pending_of(conn: psycopg.Connection[Any], run_id: str) -> RunPending | None
 
 
 def _submit_waiting(
-    app: App, pipeline: PipelineRow, run_ids_of: dict[str, list[str]], runs: dict[str, RunRow], row: RunRow
-) -> str | None:
-    """Submit one waiting run: ``"queued"``, ``"ended"`` (a cache hit or a failed submission) or None."""
+    app: App, waiting: Sequence[tuple[PipelineRow, dict[str, list[str]], dict[str, RunRow], RunRow]]
+) -> list[str | None]:
+    """Submit waiting runs together (``submit_many``): per run ``"queued"``, ``"ended"`` (a cache hit or a
+    failed submission, recorded as the run's end) or None (nothing: another agent submitted it first)."""
     conn = app.db.conn
-    pending = _pending_of(conn, row.id)
-    if pending is None:
-        return None
-    recipe = msgspec.convert(pending.recipe, Recipe)
-    if pending.sweep_index is not None:
-        recipe = with_index(recipe, pending.sweep_index)
-    as_user = dataclasses.replace(app, user=pending.user)
-    try:
-        inputs = {
-            role: _resolve_stage_input(conn, spec, pipeline, run_ids_of, Path(pending.run_dir), role)
-            for role, spec in recipe.inputs.items()
-            if isinstance(spec, StageInput | FromInput)
-        }
-        result = submit(
-            as_user,
-            recipe,
-            pending.recipe_path or "",
-            executor=pending.executor,
-            stage=StageContext(
-                pipeline_id=pending.pipeline_id,
-                stage_name=pending.stage_name,
-                sweep_id=pending.sweep_id,
-                sweep_index=pending.sweep_index,
-                inputs=inputs,
-            ),
-            run_id=row.id,
-            run_version=row.version,
-            no_cache=pending.no_cache,
-        )
-    except ConcurrencyError:
-        return None  # another agent submitted it first
-    except (UserError, FileFormatError, OSError) as exc:
-        end = RunFinished(
-            run_id=row.id, state="failed", reason=f"could not submit: {exc}", finished_at=datetime.now(UTC)
-        )
+    outcomes: list[str | None] = [None] * len(waiting)
+    requests: list[Request] = []
+    which: list[int] = []
+    for i, (pipeline, run_ids_of, _runs, row) in enumerate(waiting):
+        pending = _pending_of(conn, row.id)
+        if pending is None:
+            continue
+        recipe = msgspec.convert(pending.recipe, Recipe)
+        if pending.sweep_index is not None:
+            recipe = with_index(recipe, pending.sweep_index)
         try:
-            app.record([NewEvent(f"run-{row.id}", end, row.version)], f"subfail-{row.id}-{uuid.uuid4().hex}")
-        except ConcurrencyError:
-            return None
-        return "ended"
-    return "ended" if result.status in TERMINAL_STATES else "queued"
+            inputs = {
+                role: _resolve_stage_input(conn, spec, pipeline, run_ids_of, Path(pending.run_dir), role)
+                for role, spec in recipe.inputs.items()
+                if isinstance(spec, StageInput | FromInput)
+            }
+        except (UserError, FileFormatError, OSError) as exc:
+            outcomes[i] = _failed_submission(app, row, exc)
+            continue
+        stage = StageContext(
+            pipeline_id=pending.pipeline_id,
+            stage_name=pending.stage_name,
+            sweep_id=pending.sweep_id,
+            sweep_index=pending.sweep_index,
+            inputs=inputs,
+        )
+        requests.append(
+            Request(
+                recipe=recipe,
+                recipe_path=pending.recipe_path or "",
+                user=pending.user,
+                executor=pending.executor,
+                no_cache=pending.no_cache,
+                stage=stage,
+                run_id=row.id,
+                run_version=row.version,
+            )
+        )
+        which.append(i)
+    for i, result in zip(which, submit_many(app, requests), strict=True):
+        row = waiting[i][3]
+        if isinstance(result, ConcurrencyError):
+            outcomes[i] = None  # another agent submitted it first
+        elif isinstance(result, Exception):
+            outcomes[i] = _failed_submission(app, row, result)
+        else:
+            outcomes[i] = "ended" if result.status in TERMINAL_STATES else "queued"
+    return outcomes
+
+
+def _failed_submission(app: App, row: RunRow, exc: Exception) -> str | None:
+    end = RunFinished(run_id=row.id, state="failed", reason=f"could not submit: {exc}", finished_at=datetime.now(UTC))
+    try:
+        app.record([NewEvent(f"run-{row.id}", end, row.version)], f"subfail-{row.id}-{uuid.uuid4().hex}")
+    except ConcurrencyError:
+        return None
+    return "ended"
 
 
 class StageOutput(msgspec.Struct, frozen=True):
@@ -262,31 +338,44 @@ def _resolve_stage_input(
     return InputRef(role=role, type="stage", path=str(folder), hash=digest)
 
 
-def _close_if_done(app: App, pipeline_id: str, stages: list[StageRow], runs: dict[str, RunRow]) -> bool:
-    all_ids = [r for stage in stages for r in stage.run_ids]
-    if not all(r in runs and runs[r].status in TERMINAL_STATES for r in all_ids):
-        return False
+def _close_events(
+    pipeline_id: str, stages: list[StageRow], runs: dict[str, RunRow], sweeps: list[tuple[str, str, list[str]]]
+) -> list[NewEvent]:
+    """PipelineFinished (and SweepFinished for a sweep stage still running) for a pipeline whose runs all ended."""
     batch: list[NewEvent] = []
     for stage in stages:
-        sweep = app.db.conn.execute(
-            QUERIES["sweep_of_stage"], {"pipeline_id": pipeline_id, "run_id": stage.run_ids[0]}
-        ).fetchone()
+        sweep = next(((sid, status) for sid, status, run_ids in sweeps if stage.run_ids[0] in run_ids), None)
         if sweep and sweep[1] == "running":
             state, _ = stage_state(stage.run_ids, runs)
             batch.append(NewEvent(f"sweep-{sweep[0]}", SweepFinished(sweep_id=sweep[0], state=state), 1))
     failed = [(st.name, c) for st in stages for s, c in [stage_state(st.run_ids, runs)] if s != "succeeded"]
     state = "failed" if failed else "succeeded"
-    ends = {runs[r].status for r in all_ids}
+    ends = {runs[r].status for stage in stages for r in stage.run_ids}
     if failed and "cancelled" in ends and not ends & HARD_FAILURES:
         state = "cancelled"  # stopped on purpose (`labctl cancel`), not broken
     reason = f"stage {failed[0][0]}: {failed[0][1]}" if failed else None
-    batch.insert(
-        0, NewEvent(f"pipeline-{pipeline_id}", PipelineFinished(pipeline_id=pipeline_id, state=state, reason=reason), 1)
-    )
-    try:
-        app.record(batch, f"close-{pipeline_id}")
-    except ConcurrencyError:
+    finished = PipelineFinished(pipeline_id=pipeline_id, state=state, reason=reason)
+    return [NewEvent(f"pipeline-{pipeline_id}", finished, 1), *batch]
+
+
+def _close_many(app: App, closing: Sequence[Loaded]) -> bool:
+    """Close pipelines whose runs all ended, in one transaction; if one was closed meanwhile (another
+    agent), each is closed on its own. True if any was closed here."""
+    if not closing:
         return False
+    ids = [pipeline.id for pipeline, _, _ in closing]
+    sweeps: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for pid, sid, status, run_ids in app.db.conn.execute(QUERIES["sweeps_of_pipelines"], {"ids": ids}):
+        sweeps.setdefault(pid, []).append((sid, status, run_ids))
+    batches = [_close_events(p.id, stages, runs, sweeps.get(p.id, [])) for p, stages, runs in closing]
+    try:
+        # the key names exactly these pipelines: a retry of an unanswered commit is harmless
+        which = ids[0] if len(ids) == 1 else hashlib.sha256(",".join(ids).encode()).hexdigest()[:24]
+        app.record([e for batch in batches for e in batch], f"close-{which}")
+    except ConcurrencyError:
+        if len(closing) == 1:
+            return False
+        return any([_close_many(app, [one]) for one in closing])
     return True
 
 

@@ -72,3 +72,19 @@ SELECT sweep_index, id, status, exit_code, recipe FROM runs WHERE sweep_id = %(i
 
 -- name: pipelines_of_runs
 SELECT DISTINCT pipeline_id FROM runs WHERE id = ANY (%(ids)s) AND pipeline_id IS NOT NULL
+
+-- name: pipelines_many
+SELECT id, status, from_run, user_name AS user FROM pipelines WHERE id = ANY (%(ids)s)
+
+-- name: stages_many
+-- The stages of several pipelines, each pipeline's in declaration order.
+SELECT pipeline_id, stage_name AS name, run_ids, parents FROM pipeline_stages
+WHERE pipeline_id = ANY (%(ids)s) ORDER BY pipeline_id, ordinal
+
+-- name: runs_many
+SELECT pipeline_id, id, status, stage_name AS stage, sweep_index, stream_version AS version, user_name AS user
+FROM runs WHERE pipeline_id = ANY (%(ids)s)
+
+-- name: sweeps_of_pipelines
+-- The sweeps of several pipelines (a sweep stage's runs are one sweep's).
+SELECT pipeline_id, id, status, run_ids FROM sweeps WHERE pipeline_id = ANY (%(ids)s)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from events import StoredEvent
-from labctl.pipelines.advance import QUERIES, advance, running_pipelines
+from labctl.pipelines.advance import QUERIES, advance_many, running_pipelines
 from labctl.reactors.base import LogReactor
 
 
@@ -18,13 +18,7 @@ class Advancer(LogReactor):
         rows = conn.execute(QUERIES["pipelines_of_runs"], {"ids": [r for r in run_ids if r]}).fetchall()
         pipelines |= {r[0] for r in rows}
         ours = set(running_pipelines(conn, self.user))  # never advance (submit as) another user's pipeline
-        changed = False
-        for pipeline_id in sorted(p for p in pipelines if p in ours):
-            changed |= advance(self.app, pipeline_id)
-        return changed
+        return advance_many(self.app, sorted(p for p in pipelines if p in ours))
 
     def full_pass(self) -> bool:
-        changed = False
-        for pipeline_id in running_pipelines(self.app.db.conn, self.user):
-            changed |= advance(self.app, pipeline_id)
-        return changed
+        return advance_many(self.app, running_pipelines(self.app.db.conn, self.user))
