@@ -3,8 +3,8 @@
 Each tick it (1) ends runs held by agents whose heartbeat went stale as
 ``node_fail``, (2) polls its own jobs and records their ends, (3) passes
 cancel requests on, (4) gives each reactor a turn, and (5) claims queued
-local runs up to its free slots and starts them. It wakes on NOTIFY and at
-least every ``poll_interval``. The agents table lives in ``labctl.agents``,
+local runs up to its free slots and starts them. Between ticks with nothing to do it sleeps until a
+NOTIFY, the exit of one of its jobs, or ``poll_interval``. The agents table lives in ``labctl.agents``,
 the local runs' steps in ``labctl.local_runs``; the caller chooses the reactors.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -28,7 +29,7 @@ from labctl import agents, local_runs
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
-from labctl.executors.local import LocalExecutor, kill_orphan
+from labctl.executors.local import LocalExecutor, kill_orphan, parse_job_id
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.packing import Grant, Pool, choose, machine_capacity
 from labctl.reactors.base import Reactor
@@ -70,6 +71,7 @@ class Agent:
         self.running: dict[str, str] = {}  # job id -> run id (local jobs this agent started)
         self.ended: dict[str, tuple[str, JobState]] = {}  # jobs that ended, their end not yet recorded
         self.run_dirs: dict[str, str] = {}  # run id -> run dir of the jobs in ``running``
+        self.exit_fds: dict[str, int] = {}  # job id -> pidfd of its process, readable once it exits
         self.metric_files = LiveFiles()
         self.metrics_interval = metrics_interval
         self._next_metrics = 0.0
@@ -108,8 +110,7 @@ class Agent:
                     if until is not None and until():
                         break
                     if not busy:
-                        for _ in listener.notifies(timeout=self.poll_interval, stop_after=1):
-                            pass
+                        self.wait_for_work(listener)
                 except (psycopg.OperationalError, DatabaseUnavailable) as exc:
                     # Keep the jobs running and keep trying: the database comes back.
                     log.warning("database unavailable (%s); retrying", exc)
@@ -121,6 +122,30 @@ class Agent:
             if listener is not None:
                 listener.close()
 
+    def wait_for_work(self, listener: psycopg.Connection[Any]) -> None:
+        """Sleep until a NOTIFY arrives (something was appended), one of this agent's jobs exits, or
+        ``poll_interval`` passes (the heartbeats of other agents, time limits, the reactors' timers)."""
+        if any(True for _ in listener.notifies(timeout=0)):
+            return  # arrived while the tick ran
+        watched = [listener.fileno(), *self.exit_fds.values()]
+        readable, _, _ = select.select(watched, [], [], self.poll_interval)
+        if listener.fileno() in readable:
+            for _ in listener.notifies(timeout=0):
+                pass  # read them, or the socket stays readable
+
+    def _watch_exit(self, job_id: str) -> None:
+        """A descriptor that becomes readable when the job's process exits (Linux pidfd), for ``wait_for_work``."""
+        parsed = parse_job_id(job_id)
+        if parsed is None or not hasattr(os, "pidfd_open"):
+            return
+        with contextlib.suppress(OSError):  # gone already (then the next tick sees it ended) or no pidfd support
+            self.exit_fds[job_id] = os.pidfd_open(parsed[1])
+
+    def _unwatch_exit(self, job_id: str) -> None:
+        fd = self.exit_fds.pop(job_id, None)
+        if fd is not None:
+            os.close(fd)
+
     def stop(self) -> None:
         if self.stopping.is_set() and self._heartbeat_thread is None:
             return
@@ -129,6 +154,8 @@ class Agent:
             self._heartbeat_thread.join(5)
             self._heartbeat_thread = None
         self.local.shutdown()
+        for job_id in list(self.exit_fds):
+            self._unwatch_exit(job_id)
         for reactor in self.reactors:
             reactor.close()
         for run_id, state in list(self.ended.values()):
@@ -214,11 +241,12 @@ class Agent:
         for job_id, state in self.local.poll(list(self.running)).items():
             if not state.active:
                 run_id = self.running.pop(job_id)
+                self._unwatch_exit(job_id)
                 self.free.give_back(self.grants.pop(job_id))
-                self.run_dirs.pop(run_id, None)
+                run_dir = self.run_dirs.pop(run_id, None)
                 self.metric_files.forget(run_id)
-                # No .lab/output_hashes.json here: registration (finish_many) hashes the outputs itself
-                # when there is no manifest, which a compute node writes only because it cannot register.
+                if state.state == "succeeded" and run_dir:
+                    local_runs.hash_finished_outputs(run_id, run_dir)  # the run dir's manifest, as on a node
                 self.ended[job_id] = (run_id, state)
         # Record the ends together, in one transaction; if that fails (database away) they stay
         # here and are recorded next tick. The reactors see them all at once right after.
@@ -273,6 +301,7 @@ class Agent:
             job_id, self.run_dirs[run_id] = launched
             self.running[job_id] = run_id  # before the record: a failed record still leaves it ours to end
             self.grants[job_id] = grant
+            self._watch_exit(job_id)
             started.append(
                 local_runs.Started(
                     run_id=run_id,

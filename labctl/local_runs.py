@@ -20,6 +20,7 @@ from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted
 from labctl import layout
 from labctl.app import App
+from labctl.artifacts import ContextError, hash_outputs
 from labctl.executors.base import JobSpec, JobState
 from labctl.executors.local import HOST, LocalExecutor
 from labctl.executors.sbatch_script import render_script_body
@@ -43,11 +44,6 @@ def needs(app: App, run_ids: list[str]) -> dict[str, Need]:
     """What each run's recipe asks of the machine (``[resources]`` cpus, mem, gpus)."""
     rows = app.db.conn.execute(QUERIES["run_resources"], {"run_ids": run_ids}).fetchall()
     return {run_id: Need.of(msgspec.convert(res or {}, Resources)) for run_id, res in rows}
-
-
-def run_dir_of(app: App, run_id: str) -> str:
-    row = app.db.conn.execute(QUERIES["run_dir"], {"id": run_id}).fetchone()
-    return row[0] if row else ""
 
 
 def ready(app: App, run_ids: Sequence[str]) -> list[str]:
@@ -158,7 +154,7 @@ def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
         modules=app.config.modules,
         command=job_command(recipe),
         workdir=job_workdir(run_dir, recipe),
-        labctl_bin=None,  # registration hashes the outputs when the agent records the end
+        labctl_bin=None,  # the agent hashes the outputs itself when the job ends
         run_dir=Path(run_dir),
         job_id_expr=shlex.quote(layout.local_job_id(run_id)),  # as the original's local scheduler
     )
@@ -175,6 +171,14 @@ def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
         mem_mb=parse_mem_mb(recipe.resources.mem),
         gpus=recipe.resources.gpus,
     )
+
+
+def hash_finished_outputs(run_id: str, run_dir: str) -> None:
+    """Write the run's ``.lab/output_hashes.json`` here (on SLURM the job does it on the node)."""
+    try:
+        hash_outputs(run_dir)
+    except (ContextError, OSError) as exc:
+        log.warning("run %s: outputs not hashed ahead of registration: %s", run_id, exc)
 
 
 def cancel_requested_jobs(app: App, agent_id: str) -> list[str]:

@@ -67,9 +67,6 @@ WHERE status IN ('created', 'submitted', 'running', 'awaiting_peer')
 -- name: reactor_positions
 SELECT name, position FROM reactor_checkpoints WHERE name = ANY (%(names)s)
 
--- name: run_dir
-SELECT run_dir FROM runs WHERE id = %(id)s
-
 -- name: cancelled_jobs
 -- Job ids of this agent's runs whose cancel was requested and that have not ended.
 SELECT job_id FROM runs WHERE agent_id = %(agent_id)s AND cancel_requested AND status IN ('submitted', 'running')

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import psycopg
 
+import projections
 from events import NewEvent
 from events.types import PipelineCreated, RunPending, StageSpec, SweepCreated
 from labctl import layout
@@ -181,8 +182,15 @@ def create_pipeline(
                     0,
                 )
             )
-    app.record([*head, *batch], f"pipeline-{pipeline_id}")
-    advance(app, pipeline_id)
+
+    def record_and_start(conn: psycopg.Connection[Any]) -> None:
+        # The pipeline and the submissions of the runs that can start now commit together, in one
+        # transaction (the advance's appends join it): one commit per pipeline, and never a pipeline
+        # recorded without its first wave. A failure records none of it, as the advancer's page.
+        projections.record(conn, [*head, *batch], idempotency_key=f"pipeline-{pipeline_id}", meta=app.meta())
+        advance(app, pipeline_id)
+
+    app.db.run(record_and_start)
     return PipelineSubmitted(
         pipeline_id=pipeline_id, name=plan.name, runs=runs, sweep_id=next(iter(sweep_ids.values()), None)
     )
