@@ -292,9 +292,10 @@ class Agent:
         ready = local_runs.ready(self.app, chosen)
         claimed = local_runs.claim_many(self.app, [(r, versions[r]) for r in ready], self.id)
         started: list[local_runs.Started] = []
+        subs = local_runs.submissions(self.app, claimed)
         for run_id in claimed:
             grant = self.free.take(needs[run_id])
-            launched = local_runs.launch(self.app, self.local, run_id, grant, self.capacity)
+            launched = local_runs.launch(self.app, self.local, run_id, grant, self.capacity, subs.get(run_id))
             if launched is None:
                 self.free.give_back(grant)
                 continue

@@ -27,7 +27,7 @@ from labctl.linking import write_linked_alias_links
 from labctl.metrics_ingest import ingest_quietly
 from labctl.registration import Registered, missing_outputs, register_outputs
 from labctl.retry import retry_on_conflict
-from labctl.submissions import submission_of
+from labctl.submissions import submissions_of
 from projections.runs import TERMINAL_STATES
 
 QUERIES = load_queries("labctl", "runs.sql")
@@ -44,9 +44,10 @@ class _Ending(msgspec.Struct, kw_only=True):
     registered: Registered
 
 
-def _prepare(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> _Ending:
+def _prepare(
+    db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta, sub: RunSubmitted | None
+) -> _Ending:
     """What has to happen before the end's transaction: last metrics, outputs moved into the store."""
-    sub = submission_of(db.conn, run_id)
     if sub is not None:
         # The job has stopped writing: take its last metrics lines before the end is recorded.
         ingest_quietly(db.run, run_id, sub.run_dir, meta, final=True)
@@ -88,7 +89,8 @@ def finish_runs(
     """
     if not ends:
         return []
-    endings = [_prepare(db, config, run_id, outcome, meta) for run_id, outcome in ends]
+    subs = submissions_of(db.conn, [run_id for run_id, _ in ends])
+    endings = [_prepare(db, config, run_id, outcome, meta, subs.get(run_id)) for run_id, outcome in ends]
     now = datetime.now(UTC)
     key = f"finish-{endings[0].run_id}-{uuid.uuid4().hex}"
     ended_followers: list[tuple[RunSubmitted, _Ending]] = []

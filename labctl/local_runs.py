@@ -17,7 +17,7 @@ import psycopg
 
 import projections
 from events import ConcurrencyError, NewEvent
-from events.types import JobSubmitted, RunClaimed, RunStarted
+from events.types import JobSubmitted, RunClaimed, RunStarted, RunSubmitted
 from labctl import layout
 from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
@@ -28,7 +28,7 @@ from labctl.files import Recipe, Resources, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_runs
 from labctl.jobenv import job_command, job_environment, job_workdir
 from labctl.packing import Capacity, Grant, Need
-from labctl.submissions import submission_of
+from labctl.submissions import submission_of, submissions_of
 from labctl.throttle import QUERIES, Scope, claimable_runs
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,11 @@ def claim_many(app: App, runs: Sequence[tuple[str, int]], agent_id: str) -> list
     return [r for r, v in runs if claim_many(app, [(r, v)], agent_id)]
 
 
+def submissions(app: App, run_ids: Sequence[str]) -> dict[str, RunSubmitted]:
+    """What each run promised when submitted, in one read (the runs claimed in one tick)."""
+    return submissions_of(app.db.conn, run_ids)
+
+
 def finish(app: App, run_id: str, outcome: JobState) -> None:
     finish_many(app, [(run_id, outcome)])
 
@@ -86,11 +91,16 @@ def finish_many(app: App, ends: Sequence[tuple[str, JobState]]) -> None:
 
 
 def launch(
-    app: App, executor: LocalExecutor, run_id: str, grant: Grant | None = None, capacity: Capacity | None = None
+    app: App,
+    executor: LocalExecutor,
+    run_id: str,
+    grant: Grant | None = None,
+    capacity: Capacity | None = None,
+    sub: RunSubmitted | None = None,
 ) -> tuple[str, str] | None:
     """Start a claimed run's job on the devices it was granted; its job id and run dir,
-    or None if it could not start (then it ended failed)."""
-    sub = submission_of(app.db.conn, run_id)
+    or None if it could not start (then it ended failed). ``sub``: its submission, when read already."""
+    sub = sub or submission_of(app.db.conn, run_id)
     if sub is None:
         return None
     try:

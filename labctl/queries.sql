@@ -83,3 +83,9 @@ SELECT position FROM reactor_checkpoints WHERE name = %(name)s
 -- name: set_reactor_position
 INSERT INTO reactor_checkpoints (name, position, updated_at) VALUES (%(name)s, %(position)s, now())
 ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()
+
+-- name: submissions
+-- Each run's latest RunSubmitted (what it promised when submitted), read from the log: the run streams' own.
+SELECT DISTINCT ON (stream) substr(stream, 5), data::text FROM events
+WHERE stream = ANY (%(streams)s) AND type = 'RunSubmitted'
+ORDER BY stream, version DESC
