@@ -69,12 +69,19 @@ def append_batch(
     meta = meta or EventMeta()
     if conn.adapters.get_dumper(_TextArray, PyFormat.BINARY) is not _DUMPERS[_TextArray]:
         _register_dumpers(conn.adapters)
+    # The server reads text in the connection's encoding; msgspec writes UTF-8.
+    charset = conn.info.encoding
+    datas = [encode(n.event) for n in batch]
+    meta_json = encode(meta)
+    if charset != "utf-8":
+        datas = [d.decode().encode(charset) for d in datas]
+        meta_json = meta_json.decode().encode(charset)
     params = {
-        "streams": _TextArray.of([n.stream.encode() for n in batch]),
+        "streams": _TextArray.of([n.stream.encode(charset) for n in batch]),
         "expected": _IntArray.of([n.expected_version for n in batch]),
-        "types": _TextArray.of([n.event.type_name.encode() for n in batch]),
-        "data": _JsonArray.of([encode(n.event) for n in batch]),
-        "meta": _Jsonb(encode(meta)),
+        "types": _TextArray.of([n.event.type_name.encode(charset) for n in batch]),
+        "data": _JsonArray.of(datas),
+        "meta": _Jsonb(meta_json),
         "key": idempotency_key,
     }
     try:
@@ -107,7 +114,7 @@ def append_batch(
 # join: psycopg would dump a list element by element in Python (and quote every JSON text in
 # a text-format array, for the server to unquote). Each wrapper type has a dumper that sends
 # its bytes as they are, under the array's type oid. In binary, text and json elements are
-# their UTF-8 bytes.
+# their bytes in the connection's encoding.
 _ARRAY_HEAD = struct.Struct(">iiIii")  # dimensions, has nulls, element oid, length, lower bound
 _LENGTH = struct.Struct(">i")
 _INT_ELEMENT = struct.Struct(">ii")
@@ -115,7 +122,7 @@ _NULL = _LENGTH.pack(-1)
 
 
 class _TextArray(bytes):
-    """A text[] value in binary, from UTF-8 elements."""
+    """A text[] value in binary, from encoded elements."""
 
     element_oid = 25
 
@@ -129,7 +136,7 @@ class _TextArray(bytes):
 
 
 class _JsonArray(_TextArray):
-    """A json[] value in binary, from JSON texts (UTF-8)."""
+    """A json[] value in binary, from encoded JSON texts."""
 
     element_oid = 114
 

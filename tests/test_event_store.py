@@ -254,3 +254,15 @@ def test_a_batch_across_streams_gets_each_streams_next_versions_and_checks_each(
     assert events.event_count(conn) == 3 + len(batch)
     with conn.transaction():
         assert events.verify.verify_chain(conn).problem is None
+
+
+def test_a_connection_in_another_encoding_appends_text_that_reads_back_the_same(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with connect(db_url) as latin:
+        latin.execute("SET client_encoding = 'LATIN1'")
+        events.append(latin, "s-é", [Noted(text="café ü")], expected_version=0)
+    (stored,) = events.read_stream(conn, "s-é")
+    assert stored.data == Noted(text="café ü")
+    with conn.transaction():
+        assert events.verify.verify_chain(conn).problem is None
