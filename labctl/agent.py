@@ -75,6 +75,7 @@ class Agent:
         self.metric_files = LiveFiles()
         self.metrics_interval = metrics_interval
         self._next_metrics = 0.0
+        self._next_reap = 0.0
         self.stopping = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self.reactors = list(reactors)
@@ -212,7 +213,14 @@ class Agent:
         return changed
 
     def reap_stale_agents(self) -> bool:
-        """End runs held by agents that stopped or whose heartbeat went stale as ``node_fail``."""
+        """End runs held by agents that stopped or whose heartbeat went stale as ``node_fail``.
+
+        At most once per heartbeat interval: a heartbeat goes stale after seconds, and a busy agent
+        ticks many times a second."""
+        now = time.monotonic()
+        if now < self._next_reap:
+            return False
+        self._next_reap = now + self.heartbeat_interval
         conn = self.app.db.conn
         stale_after = self.app.settings.agent_stale_seconds
         held = agents.runs_of_stale_agents(conn, self.id, stale_after)

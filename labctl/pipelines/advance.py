@@ -133,16 +133,17 @@ def advance(app: App, pipeline_id: str) -> bool:
     return changed
 
 
-def advance_many(app: App, pipeline_ids: Sequence[str]) -> bool:
+def advance_many(app: App, pipeline_ids: Sequence[str], *, user: str | None = None) -> bool:
     """``advance`` each pipeline, in bulk: one read of them all, every run ready to start submitted in one
     transaction (``submit_many``), every finished pipeline closed in one; pipelines with nothing to do cost
-    nothing more. A pipeline whose wave ends runs (a cache hit, a failed parent) goes on through ``advance``."""
+    nothing more. A pipeline whose wave ends runs (a cache hit, a failed parent) goes on through ``advance``.
+    ``user``: only that user's pipelines (an agent never submits as another user); None: everyone's."""
     loaded = load_many(app.db.conn, pipeline_ids)
     todo: list[tuple[PipelineRow, dict[str, list[str]], dict[str, RunRow], RunRow]] = []
     closing: list[Loaded] = []
     again: list[str] = []
     for pid in pipeline_ids:
-        if pid not in loaded or loaded[pid][0].status != "running":
+        if pid not in loaded or loaded[pid][0].status != "running" or user not in (None, loaded[pid][0].user):
             continue
         pipeline, stages, runs = loaded[pid]
         doomed, ready = _wave(stages, runs)

@@ -17,8 +17,7 @@ class Advancer(LogReactor):
         pipelines = {getattr(e.data, "pipeline_id", None) for e in batch if e.type == "PipelineCreated"}
         rows = conn.execute(QUERIES["pipelines_of_runs"], {"ids": [r for r in run_ids if r]}).fetchall()
         pipelines |= {r[0] for r in rows}
-        ours = set(running_pipelines(conn, self.user))  # never advance (submit as) another user's pipeline
-        return advance_many(self.app, sorted(p for p in pipelines if p in ours))
+        return advance_many(self.app, sorted(p for p in pipelines if p), user=self.user)
 
     def full_pass(self) -> bool:
-        return advance_many(self.app, running_pipelines(self.app.db.conn, self.user))
+        return advance_many(self.app, running_pipelines(self.app.db.conn, self.user), user=self.user)
