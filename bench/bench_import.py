@@ -11,21 +11,27 @@ the original's own events rows; artifacts listed, bytes not written) with about
   same rows costs with no hashing, no projections, no reading of the source;
 - a second import with nothing new (target: under 5 s).
 
-Usage: PYTHONPATH=. python bench/bench_import.py [--runs 100000] [--quick] [--write]
+Usage: PYTHONPATH=. python bench/bench_import.py [--runs 100000] [--quick] [--keep-source] [--write]
+
+Seeding 100k runs takes minutes: with ``LABCTL_DATABASE_URL`` set (a server that outlives the
+run) and ``--keep-source``, the seeded registry is kept as database ``imp_src_<runs>`` and
+reused by the next run with the same ``--runs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_server, machine_line, markdown_table, report_section, step_printer, verdict
+from bench.common import Server, bench_server, machine_line, markdown_table, report_section, step_printer, verdict
 from labctl.db import connect, ensure_schema
 from labctl.importer import import_registry
 from tests.original.ddl import VERSIONS
@@ -58,6 +64,18 @@ def seed(url: str, runs: int) -> dict[str, int]:
         return {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in SOURCE_TABLES}  # type: ignore[index]
 
 
+def kept_counts(server: Server, dbname: str) -> dict[str, int] | None:
+    """The row counts of a registry kept by an earlier ``--keep-source`` run; None after creating it empty."""
+    with psycopg.connect(server.url("postgres"), autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            return None
+    with psycopg.connect(server.url(dbname)) as c:
+        if c.execute("SELECT to_regclass('public.events')").fetchone() == (None,):
+            return None
+        return {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in SOURCE_TABLES}  # type: ignore[index]
+
+
 def copy_baseline(dst: str, scratch: str) -> tuple[int, float]:
     """COPY the events the import appended, pre-encoded, into a bare table shaped like ours; (rows, seconds)."""
     with connect(dst) as c:
@@ -83,22 +101,46 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--write", action="store_true", help="Write the section into bench/RESULTS.md.")
     parser.add_argument("--quick", action="store_true", help="10,000 runs instead.")
+    parser.add_argument(
+        "--keep-source",
+        action="store_true",
+        help="Keep the seeded registry (database imp_src_<runs> of LABCTL_DATABASE_URL's server) and reuse it.",
+    )
+    parser.add_argument(
+        "--batchwise", action="store_true", help="Also import projecting batch by batch (the path before bulk)."
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs = 10_000
+    if args.keep_source and not os.environ.get("LABCTL_DATABASE_URL"):
+        parser.error("--keep-source needs LABCTL_DATABASE_URL: the embedded server of a run is deleted after it")
     step = step_printer()
-    with bench_server(["imp_src", "imp_dst", "imp_copy"]) as server:
-        src, dst, scratch = server.url("imp_src"), server.url("imp_dst"), server.url("imp_copy")
-        step(f"seeding an original registry of ~{args.runs:,} runs")
-        counts = seed(src, args.runs)
+    kept = f"imp_src_{args.runs}"
+    with bench_server(["imp_dst", "imp_copy", *([] if args.keep_source else ["imp_src"])]) as server:
+        dst, scratch = server.url("imp_dst"), server.url("imp_copy")
+        src = server.url(kept if args.keep_source else "imp_src")
+        counts = kept_counts(server, kept) if args.keep_source else None
+        if counts is None:
+            step(f"seeding an original registry of ~{args.runs:,} runs")
+            counts = seed(src, args.runs)
         source_rows = sum(counts.values())
         step(f"seeded {counts['runs']:,} runs, {source_rows:,} rows in all")
         with connect(dst) as c:
             ensure_schema(c)
         first = import_registry(dst, src, actor="bench", verify=False)
-        step(f"import: {first.events_appended:,} events in {first.seconds:.1f}s")
+        how = "bulk, read models rebuilt once" if first.rebuilt_read_models else "projected batch by batch"
+        step(f"import: {first.events_appended:,} events in {first.seconds:.1f}s ({how})")
         again = import_registry(dst, src, actor="bench", verify=False)
         step(f"no-change re-run: {again.events_appended} events in {again.seconds:.2f}s")
+        batchwise = None
+        if args.batchwise:
+            with connect(scratch) as c:
+                ensure_schema(c)
+            batchwise = import_registry(scratch, src, actor="bench", verify=False, bulk=False)
+            step(f"import projecting batch by batch: {batchwise.seconds:.1f}s")
+            with psycopg.connect(server.url("postgres"), autocommit=True) as c:
+                c.execute("DROP DATABASE imp_copy WITH (FORCE)")
+                c.execute("CREATE DATABASE imp_copy")
         copied, copy_s = copy_baseline(dst, scratch)
         step(f"COPY baseline: {copied:,} rows in {copy_s:.1f}s")
 
@@ -115,6 +157,19 @@ def main() -> None:
                 "",
                 verdict(first.seconds < 60, "< 60 s"),
             ],
+            *(
+                [
+                    [
+                        "first import projecting batch by batch (the path small imports take), s (vs bulk)",
+                        f"{batchwise.seconds:.1f}",
+                        f"{first.seconds:.1f}",
+                        f"{batchwise.seconds / first.seconds:.2f}x",
+                        "",
+                    ]
+                ]
+                if batchwise is not None
+                else []
+            ),
             [
                 "source rows/s (vs COPY of the appended events, rows/s)",
                 f"{rate:,.0f}",
@@ -142,7 +197,9 @@ def main() -> None:
     body = (
         "`bench/bench_import.py`: an original registry (schema 0001-0003, DDL in tests/original) seeded like a "
         f"team's ({rows_line}; artifact bytes not written, so integrity reads `missing`), imported with "
-        "`import_registry` (`--no-verify`), into a fresh database; then imported again with nothing new. "
+        f"`import_registry` (`--no-verify`), into a fresh database ({how}); then imported again with nothing new. "
+        "With `--batchwise`, also imported into a second fresh database projecting batch by batch (`bulk=False`), "
+        "as every import did before the bulk path. "
         f"Baseline: COPY of the {copied:,} events the import appended (pre-encoded, same columns, primary key "
         "and (stream, version) key) into a bare table on the same server: no hashing, no projections, no source "
         "reads.\n\n"

@@ -7,7 +7,10 @@ difference: new runs, users, artifacts, aliases, pipelines and eval requests,
 and later changes to them (a status, a job id, new history rows, new outputs).
 Batches are appended and projected in one transaction each, and a new entity's
 first event expects a new stream, so a run killed half-way and run again ends
-as one clean run would have, and a run with nothing new appends nothing.
+as one clean run would have, and a run with nothing new appends nothing. A big
+import (a first one) appends its batches without projecting and rebuilds the
+read models once at the end, as ``replay`` does; killed before that, the next
+import rebuilds them before comparing.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 import projections
-from events import EventMeta, NewEvent, StoredEvent, append_batch, last_position
+from events import EventMeta, NewEvent, last_position
 from events.queries import load_queries
 from events.types import (
     AliasImported,
@@ -523,8 +526,6 @@ def plan_import(
     kc.new = len(new_ids)
 
     cache_producers: dict[str, str] = {}
-    # Runs of one sweep or one recipe resubmitted share recipe, inputs and commit: one key computation each.
-    keys: dict[tuple[str, tuple[InputRef, ...], str | None], str | None] = {}
     run_groups: dict[str, list[NewEvent]] = {}
     no_cache_key = 0
     # A new run's history goes in its own group: projected with it, its row is at hand. One query for
@@ -588,12 +589,11 @@ def plan_import(
                 )
             plan.add(*group)
             run_groups[r[0]] = plan.groups[-1]
-            key = None
-            if r[3] == "succeeded" and target_conn is not None:
-                same = (r[8], tuple(refs), imported_run.repo_commit)
-                if same not in keys:
-                    keys[same] = our_cache_key(target_conn, recipe, refs, imported_run.repo_commit)
-                key = keys[same]
+            key = (
+                our_cache_key(target_conn, recipe, refs, imported_run.repo_commit)
+                if r[3] == "succeeded" and target_conn is not None
+                else None
+            )
             if key is not None:
                 cache_producers[key] = r[0]  # the latest success wins (rows come in creation order)
             elif r[3] == "succeeded" and target_conn is not None:
@@ -852,21 +852,20 @@ def import_registry(
             )
             if bulk is None:
                 bulk = projections.rebuild_pays(len(plan), last_position(conn) + len(plan))
-            # Bulk: batches are appended without projecting, then every read model is rebuilt once.
-            # Killed in between, the read models lag the log: the next import rebuilds them first.
-            appended: list[StoredEvent] = []
-            for batch in plan.batches(batch_events):
-                if bulk:
-                    with conn.transaction():
-                        appended += append_batch(conn, batch, meta=meta)
-                else:
-                    projections.record(conn, batch, meta=meta)
-                report.events_appended += len(batch)
+
+            def appended(n: int) -> None:
+                report.events_appended = n
                 if on_batch is not None:
-                    on_batch(report.events_appended)
-            if appended:
-                projections.replay_live(conn, appended=appended)
+                    on_batch(n)
+
+            if bulk and len(plan):
+                # Killed before the rebuild, the read models lag the log: the next import rebuilds them first.
+                projections.append_and_rebuild(conn, plan.batches(batch_events), meta=meta, on_batch=appended)
                 report.rebuilt_read_models = True
+            else:
+                for batch in plan.batches(batch_events):
+                    projections.record(conn, batch, meta=meta)
+                    appended(report.events_appended + len(batch))
             # Last, once everything is in: what the source looked like, so an unchanged one is seen at a glance.
             done = RegistryImported(source=report.source, fingerprint=digest, events=report.events_appended)
             projections.record(conn, [NewEvent(stream, done)], meta=meta)
@@ -913,6 +912,8 @@ def print_report(report: ImportReport, echo: Callable[[str], None]) -> None:
     for kind, c in report.kinds.items():
         echo(f"  {kind:<16}{c.new:>9}{c.changed:>9}{c.unchanged:>11}")
     echo(f"  events {'to append' if report.dry_run else 'appended'}: {report.events_appended} in {report.seconds:.1f}s")
+    if report.rebuilt_read_models:
+        echo("  read models rebuilt from the log once, not batch by batch")
     if report.integrity:
         echo(f"artifacts not as recorded ({len(report.integrity)}; imported, marked, not trusted):")
         for line in report.integrity:

@@ -1,6 +1,7 @@
 """Read models built from the event log: applied inline, caught up, or rebuilt."""
 
 from projections.engine import (
+    append_and_rebuild,
     apply_inline,
     bring_up_to_date,
     catch_up,
@@ -15,6 +16,7 @@ from projections.engine import (
 )
 
 __all__ = [
+    "append_and_rebuild",
     "apply_inline",
     "bring_up_to_date",
     "catch_up",

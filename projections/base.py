@@ -14,7 +14,7 @@ handler serves both ways of applying events:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Generic, TypeVar
@@ -22,7 +22,6 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from events import StoredEvent
 from events.codec import encode  # psycopg's default (stdlib json) is most of the cost of JSON columns
@@ -60,19 +59,23 @@ class Table(Generic[R]):
         return operator.attrgetter(*self.columns)
 
     @cached_property
-    def _json_mask(self) -> tuple[bool, ...]:
-        return tuple(c in self.json_columns for c in self.columns)
+    def _json_indexes(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.columns) if c in self.json_columns)
 
-    def to_db(self, row: R) -> tuple[Any, ...]:
-        # Called once per row of a replay (millions): one C-level attrgetter, JSON wrapped only where needed.
+    def to_db(self, row: R) -> Sequence[Any]:
+        # Called once per row of a replay (millions): one C-level attrgetter, and only the JSON columns
+        # touched, encoded to text the server parses as jsonb (no wrapper object and dumper per value).
+        # None is SQL NULL, not a JSON null: `metrics IS NOT NULL` means "has metrics".
         values = self._values_getter(row)
         if len(self.columns) == 1:
             values = (values,)
         if not self.json_columns:
             return values  # type: ignore[no-any-return]
-        return tuple(
-            Jsonb(v, dumps=encode) if is_json else v for v, is_json in zip(values, self._json_mask, strict=True)
-        )
+        values = list(values)
+        for i in self._json_indexes:
+            if (v := values[i]) is not None:
+                values[i] = encode(v).decode()
+        return values
 
     def from_db(self, values: Iterable[Any]) -> R:
         return self.row_type(**dict(zip(self.columns, values, strict=True)))
@@ -181,7 +184,7 @@ class DbRows(Rows[R]):
             sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key),
         )
 
-    def _upsert_by_copy(self, rows: list[tuple[Any, ...]]) -> None:
+    def _upsert_by_copy(self, rows: list[Sequence[Any]]) -> None:
         """Many rows (an import, a long catch-up): COPY them into a scratch table, then one upsert from it."""
         scratch = sql.Identifier(f"_upsert_{self.table.name}")
         self.conn.execute(

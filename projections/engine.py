@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -210,41 +213,27 @@ def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | 
                 progress(done)
 
 
-def _consecutive(events: Sequence[StoredEvent]) -> bool:
-    return bool(events) and events[-1].position - events[0].position == len(events) - 1
-
-
-def fold(
-    conn: psycopg.Connection[Any],
-    until: int | None = None,
-    progress: Progress | None = None,
-    *,
-    appended: Sequence[StoredEvent] = (),
-) -> FoldResult:
-    """Rebuild every projection in memory from the log (up to ``until``).
-
-    ``appended``: events this process just appended, in order, still holding the events they were
-    made from. When they are consecutive in the log they are folded as they are, and only the
-    log before them is read (and decoded): the result then stands at the last of them.
-    """
+def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Progress | None = None) -> FoldResult:
+    """Rebuild every projection in memory from the log (up to ``until``)."""
     started = time.perf_counter()
-    # The fold builds many long-lived objects; the cyclic collector would rescan them over and over.
-    gc_was_enabled = gc.isenabled()
+    with without_gc(), conn.transaction():
+        end = last_position(conn) if until is None else until
+        state = State(MemoryRows)
+        n = apply(state, scan_events(conn, end, progress))
+    return FoldResult(state, end, n, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def without_gc() -> Iterator[None]:
+    """A fold builds many long-lived objects, and writing them out many short-lived ones: the cyclic
+    collector would rescan the long-lived ones over and over. Nothing here makes cycles."""
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with conn.transaction():
-            end = last_position(conn) if until is None else until
-            state = State(MemoryRows)
-            if _consecutive(appended) and appended[-1].position <= end:
-                n = apply(state, scan_events(conn, appended[0].position - 1, progress))
-                n += apply(state, appended)
-                end = appended[-1].position
-            else:
-                n = apply(state, scan_events(conn, end, progress))
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
-    return FoldResult(state, end, n, time.perf_counter() - started)
 
 
 def _clone_tables(conn: psycopg.Connection[Any], target: str, *, indexes: bool) -> None:
@@ -310,6 +299,13 @@ def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
 
 def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
     """Create ``schema`` holding the folded projection tables (in the caller's transaction)."""
+    with without_gc():
+        _write_schema(conn, schema, result)
+
+
+def _write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
+    # Index builds sort every key: in memory rather than in batches spilled to disk.
+    conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     _as_read_model_owner(conn)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -323,8 +319,16 @@ def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult)
     _set_checkpoints(conn, schema, result.position)
     # Fresh tables have no statistics until autovacuum gets to them: without these, the first
     # lookups after a replay plan for empty tables (seconds instead of milliseconds at 1M events).
-    for name in [CHECKPOINTS, *(t.name for t in all_tables())]:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, name)))
+    # JSON columns are left out: nothing filters on their values, and sampling their documents (recipes,
+    # contexts) costs more than all the other columns together.
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, CHECKPOINTS)))
+    for table in all_tables():
+        columns = [c for c in table.columns if c not in table.json_columns]
+        conn.execute(
+            sql.SQL("ANALYZE {} ({})").format(
+                sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
+        )
 
 
 def make_read_only(conn: psycopg.Connection[Any], schema: str, why: str) -> None:
@@ -345,16 +349,15 @@ class ReplayReport(msgspec.Struct):
     total_seconds: float
 
 
-def replay_live(
-    conn: psycopg.Connection[Any], progress: Progress | None = None, *, appended: Sequence[StoredEvent] = ()
-) -> ReplayReport:
-    """Rebuild every projection into a fresh schema and swap it in atomically.
-
-    ``appended``: see ``fold`` (a bulk append that projects once at the end hands over its events).
-    """
+def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None) -> ReplayReport:
+    """Rebuild every projection into a fresh schema and swap it in atomically."""
     started = time.perf_counter()
+    return _swap_in(conn, fold(conn, progress=progress), started)
+
+
+def _swap_in(conn: psycopg.Connection[Any], result: FoldResult, started: float) -> ReplayReport:
+    """Write ``result`` into a fresh schema, apply what was appended after it, and make it the live one."""
     staging = f"live_rebuild_{int(time.time() * 1000)}"
-    result = fold(conn, progress=progress, appended=appended)
     with conn.transaction():
         write_schema(conn, staging, result)
     try:
@@ -376,6 +379,62 @@ def replay_live(
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
         raise
     return ReplayReport(LIVE, end, result.events + n, result.seconds, time.perf_counter() - started)
+
+
+def append_and_rebuild(
+    conn: psycopg.Connection[Any],
+    batches: Iterable[Sequence[NewEvent]],
+    *,
+    meta: EventMeta | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Append ``batches`` (each atomically) without projecting, then rebuild every read model once.
+
+    For appends too big to project batch by batch (an import): the log as it was is folded first,
+    then each batch's events are folded as the server returns them, in a thread of their own while
+    the next batch is appended, and the result is swapped in as ``replay_live`` does. ``on_batch``
+    is told how many events are in after each batch. Stopped anywhere (killed, or ``on_batch``
+    raising), the read models lag the log until ``bring_up_to_date`` rebuilds them.
+    """
+    started = time.perf_counter()
+    base = fold(conn)
+    pending: queue.Queue[list[StoredEvent] | None] = queue.Queue()
+    folded = [base.events]
+    failed: list[BaseException] = []
+
+    def fold_appended() -> None:
+        with without_gc():
+            while (stored := pending.get()) is not None:
+                if not failed:
+                    try:
+                        folded[0] += apply(base.state, stored)
+                    except BaseException as exc:  # re-raised by the appending thread
+                        failed.append(exc)
+
+    folder = threading.Thread(target=fold_appended, name="labctl-fold", daemon=True)
+    folder.start()
+    expected, appended = base.position + 1, 0
+    try:
+        for batch in batches:
+            with conn.transaction():
+                stored = append_batch(conn, batch, meta=meta)
+            pending.put(stored)
+            if stored and stored[0].position != expected:
+                expected = -1  # another writer's events came in between: the fold below reads them all
+            elif stored:
+                expected = stored[-1].position + 1
+            appended += len(stored)
+            if on_batch is not None:
+                on_batch(appended)
+    finally:
+        pending.put(None)
+        folder.join()
+    if failed:
+        raise failed[0]
+    if expected == -1:
+        return _swap_in(conn, fold(conn), started)
+    end = expected - 1
+    return _swap_in(conn, FoldResult(base.state, end, folded[0], time.perf_counter() - started), started)
 
 
 def replay_as_of(conn: psycopg.Connection[Any], position: int, progress: Progress | None = None) -> ReplayReport:

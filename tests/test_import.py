@@ -338,14 +338,7 @@ def test_a_second_import_brings_new_runs_and_status_changes(registry: Any, env: 
                 "VALUES (%s, 'run_status', '{\"status\": \"succeeded\"}', 1800000000)",
                 (running,),
             )
-        more = Seeder("0003", Path(seeded_root(src)), seed=99)
-        more.n = 10_000  # ids that do not clash with the first seeding
-        more.clock += 10_000_000
-        more.job += 1_000_000
-        more.rows.tables.clear()
-        more.seed(users=2, pipelines_per_user=1, sweeps_per_user=0, user_prefix="newcomer")
-        more.write(c)
-        new_ids = more.out.run_ids
+        new_ids = _add_runs(c, src)
     report = json.loads(run_cli(env, "import", "--from", src, "--json", check=True).stdout)
     assert report["kinds"]["runs"]["new"] == len(new_ids)
     assert report["kinds"]["runs"]["changed"] == 1
@@ -360,6 +353,42 @@ def test_a_second_import_brings_new_runs_and_status_changes(registry: Any, env: 
     )
     assert json.loads(run_cli(env, "import", "--from", src, "--json", check=True).stdout)["events_appended"] == 0
     assert run_cli(env, "audit", "verify").returncode == 0
+
+
+def _add_runs(c: psycopg.Connection[Any], src: str) -> list[str]:
+    """Seed a few more runs (two newcomers' pipelines) into the original registry; their ids."""
+    more = Seeder("0003", Path(seeded_root(src)), seed=99)
+    more.n = 10_000  # ids that do not clash with the first seeding
+    more.clock += 10_000_000
+    more.job += 1_000_000
+    more.rows.tables.clear()
+    more.seed(users=2, pipelines_per_user=1, sweeps_per_user=0, user_prefix="newcomer")
+    more.write(c)
+    return list(more.out.run_ids)
+
+
+def test_a_bulk_import_then_a_few_new_runs_are_projected_batch_by_batch(
+    registry: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big first import rebuilds the read models once; importing a few new runs later must not replay the log."""
+    import projections.engine
+    from labctl.importer import import_registry
+
+    monkeypatch.setattr(projections.engine, "REBUILD_FROM", 1)  # this small registry counts as big
+    src, seeded = registry("0003")
+    first = import_registry(db_url, src, actor="t")
+    assert first.rebuilt_read_models and first.events_appended > 0
+    with connect(db_url) as c:
+        assert projections.checkpoint(c) == _log_size(db_url)  # the rebuild left nothing unprojected
+        assert {r[0] for r in c.execute("SELECT id FROM runs")} == set(seeded.run_ids)
+    with psycopg.connect(src, autocommit=True) as c:
+        new_ids = _add_runs(c, src)
+    second = import_registry(db_url, src, actor="t")
+    assert not second.rebuilt_read_models and 0 < second.events_appended < first.events_appended / 4
+    with connect(db_url) as c:
+        assert {r[0] for r in c.execute("SELECT id FROM runs")} == set(seeded.run_ids) | set(new_ids)
+        assert projections.checkpoint(c) == _log_size(db_url)
+    assert import_registry(db_url, src, actor="t").events_appended == 0
 
 
 def seeded_root(src: str) -> str:
