@@ -189,15 +189,48 @@ _SCAN = (
 Progress = Callable[[int], None]
 
 
-def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | None = None) -> Iterator[StoredEvent]:
-    """Every event up to ``until`` through a server-side cursor (call inside a transaction).
+_PAGE = 20000
 
-    ``progress`` is told how many events were read after each page of 20,000.
+
+def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | None = None) -> Iterator[StoredEvent]:
+    """Every event up to ``until`` through a server-side cursor (call inside a transaction; the
+    connection is this generator's until it ends).
+
+    The next page is fetched in a thread while this one is folded: the server produces it
+    meanwhile instead of the fold waiting for it. ``progress`` is told how many events were
+    read after each page of 20,000.
     """
+    pages: queue.Queue[list[tuple[Any, ...]] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        def put(item: list[tuple[Any, ...]] | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    pages.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            with conn.cursor(name="labctl_scan", binary=True) as cur:
+                cur.execute(_SCAN, (until,))
+                while rows := cur.fetchmany(_PAGE):
+                    if not put(rows):
+                        return
+        except BaseException as exc:  # handed to the reading thread
+            put(exc)
+            return
+        put(None)
+
+    fetcher = threading.Thread(target=fetch, name="labctl-scan", daemon=True)
+    fetcher.start()
     done = 0
-    with conn.cursor(name="labctl_scan", binary=True) as cur:
-        cur.execute(_SCAN, (until,))
-        while rows := cur.fetchmany(20000):
+    try:
+        while (rows := pages.get()) is not None:
+            if isinstance(rows, BaseException):
+                raise rows
             for pos, stream, ver, typ, data, meta, at in rows:
                 yield StoredEvent(
                     position=pos,
@@ -211,6 +244,9 @@ def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | 
             done += len(rows)
             if progress is not None:
                 progress(done)
+    finally:
+        stop.set()
+        fetcher.join()
 
 
 def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Progress | None = None) -> FoldResult:
