@@ -124,3 +124,45 @@ def test_audit_diff_names_a_tampered_projection_row(conn: psycopg.Connection[Any
     assert by_key["r1"].problem == "differs"
     assert by_key["r1"].columns["status"] == ["succeeded", "failed"]
     assert by_key["ghost"].problem == "not in the log"
+
+
+def _user(name: str) -> NewEvent:
+    from events.types import UserImported
+
+    return NewEvent(f"user-{name}", UserImported(name=name, created_at=datetime(2026, 1, 1, tzinfo=UTC)), 0)
+
+
+def test_a_bulk_append_rebuilds_once_and_keeps_what_another_writer_appended_meanwhile(
+    db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """append_and_rebuild folds its own events from memory; a foreign event between its batches must not be lost."""
+    from labctl.db import connect
+
+    counts: list[int] = []
+    with connect(db_url) as other:
+
+        def meanwhile(n: int) -> None:
+            counts.append(n)
+            if n == 1:  # between the first and the second batch
+                projections.record(other, [_user("someone-else")])
+
+        projections.append_and_rebuild(conn, [[_user("a")], [_user("b"), _user("c")]], on_batch=meanwhile)
+    assert counts == [1, 3]
+    assert {r[0] for r in conn.execute("SELECT name FROM users")} == {"a", "b", "c", "someone-else"}
+    assert projections.checkpoint(conn) == events.last_position(conn) == 4
+    assert projections.diff_live(conn)[1] == []
+
+
+def test_a_bulk_append_stopped_midway_leaves_read_models_that_bring_up_to_date_repairs(
+    conn: psycopg.Connection[Any],
+) -> None:
+    def stop(n: int) -> None:
+        if n == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        projections.append_and_rebuild(conn, [[_user("a")], [_user("b")]], on_batch=stop)
+    assert events.last_position(conn) == 1 and projections.checkpoint(conn) == 0
+    projections.bring_up_to_date(conn)
+    assert [r[0] for r in conn.execute("SELECT name FROM users")] == ["a"]
+    assert projections.checkpoint(conn) == 1 and projections.diff_live(conn)[1] == []
