@@ -240,6 +240,19 @@ def rate_of(n: int, fn: Callable[[], object]) -> float:
     return n / (time.perf_counter() - start)
 
 
+def cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
+    """CPU time of this process plus the connection's server backend (None when the server is not on this machine).
+
+    Contention on a busy machine hurts a call that waits for the server (an append) more than
+    a COPY, whose client and server run at once: CPU per event is the ratio load cannot skew.
+    """
+    try:
+        fields = Path(f"/proc/{conn.info.backend_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return time.process_time() + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def interleaved(rounds: int, cases: dict[str, Callable[[int], float]]) -> dict[str, Figure]:
     """Run each case once per round, in turn, rotating who goes first; keep every round's rate."""
     names = list(cases)
@@ -292,6 +305,16 @@ def bench_batched(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder
     n = calls * sizes.batch
     meta = encode(EventMeta()).decode()
     next_position = [10**9]
+    per_cpu: dict[str, list[float]] = {"labctl_cpu": [], "copy_cpu": []}
+
+    def on_cpu(name: str, go: Callable[[], None]) -> float:
+        """Run ``go``; record its events per CPU-second (both sides of the connection); return its rate."""
+        before = cpu_seconds(conn)
+        rate = rate_of(n, go)
+        after = cpu_seconds(conn)
+        if before is not None and after is not None and after > before:
+            per_cpu[name].append(n / (after - before))
+        return rate
 
     def labctl(_r: int) -> float:
         names = ours.take(n)
@@ -304,7 +327,7 @@ def bench_batched(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder
             for chunk in chunks:
                 append_batch(conn, chunk)
 
-        return rate_of(n, go)
+        return on_cpu("labctl_cpu", go)
 
     def copy(_r: int) -> float:
         at = datetime.now(UTC)
@@ -325,7 +348,7 @@ def bench_batched(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder
                     for row in chunk:
                         cp.write_row(row)
 
-        return rate_of(n, go)
+        return on_cpu("copy_cpu", go)
 
     def eventsourcing(_r: int) -> float:
         names = theirs.take(n)
@@ -340,7 +363,9 @@ def bench_batched(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder
 
         return rate_of(n, go)
 
-    return interleaved(sizes.rounds, {"labctl": labctl, "copy": copy, "es": eventsourcing})
+    figures = interleaved(sizes.rounds, {"labctl": labctl, "copy": copy, "es": eventsourcing})
+    figures.update({name: Figure(rates) for name, rates in per_cpu.items() if len(rates) == sizes.rounds})
+    return figures
 
 
 def populate(conn: psycopg.Connection[Any], es: PostgresApplicationRecorder, sizes: Sizes) -> tuple[float, float, int]:
@@ -549,6 +574,13 @@ class Report:
                     b["labctl"].rate >= 0.7 * b["copy"].rate and b["labctl"].rate >= 100_000,
                     ">= 70% of COPY and >= 100k/s",
                 ),
+            ),
+            (
+                f"batched append x{self.sizes.batch}, events per CPU-second, client + server (vs COPY)",
+                fmt(b["labctl_cpu"].rate) if "labctl_cpu" in b else "n/a",
+                fmt(b["copy_cpu"].rate) if "copy_cpu" in b else "n/a",
+                f"{b['labctl_cpu'].rate / b['copy_cpu'].rate:.0%}" if "labctl_cpu" in b and "copy_cpu" in b else "",
+                "",
             ),
             (
                 f"batched append x{self.sizes.batch}, events/s (vs eventsourcing)",
