@@ -206,6 +206,11 @@ BEGIN
     prev := coalesce(prev, '\x'::bytea);
     FOR i IN 1..n LOOP
         data_text := p_data[i]::text;
+        -- json keeps what jsonb refused: \u0000, which no text column of a read model can hold.
+        IF strpos(data_text, '\u0000') > 0 AND data_text ~ '(^|[^\\])(\\\\)*\\u0000' THEN
+            RAISE EXCEPTION 'event % of the batch (%): its data holds \u0000, which text cannot hold', i, p_types[i]
+                USING ERRCODE = 'untranslatable_character';
+        END IF;
         prev := sha256(prev || labctl_event_payload(last_pos + i, p_streams[i], versions[i], p_types[i], data_text, meta_text, now_ts));
         hashes[i] := prev;
     END LOOP;
@@ -506,4 +511,4 @@ CREATE TABLE live.imported_artifacts (
 );
 
 INSERT INTO event_hash_encodings (encoding, from_position) VALUES (2, 1);
-INSERT INTO schema_version (version) VALUES (10);
+INSERT INTO schema_version (version) VALUES (11);

@@ -266,3 +266,16 @@ def test_a_connection_in_another_encoding_appends_text_that_reads_back_the_same(
     assert stored.data == Noted(text="café ü")
     with conn.transaction():
         assert events.verify.verify_chain(conn).problem is None
+
+
+def test_a_nul_escape_in_data_is_refused_and_a_backslash_before_u0000_is_kept(conn: psycopg.Connection[Any]) -> None:
+    call = "SELECT * FROM labctl_append(ARRAY['s-a'], ARRAY[0], ARRAY['Noted'], ARRAY[%s]::json[], '{}', NULL)"
+    for nul in ('{"type":"Noted","text":"a\\u0000b"}', '{"type":"Noted","text":"a\\\\\\u0000b"}'):
+        with pytest.raises(psycopg.errors.UntranslatableCharacter), conn.transaction():
+            conn.execute(call, (nul,))
+    with pytest.raises(psycopg.errors.UntranslatableCharacter):
+        events.append(conn, "s-a", [Noted(text="a\x00b")], expected_version=0)
+    assert events.event_count(conn) == 0
+    conn.execute(call, ('{"type":"Noted","text":"a\\\\u0000b"}',))  # an escaped backslash, then "u0000"
+    (stored,) = events.read_stream(conn, "s-a")
+    assert stored.data == Noted(text="a\\u0000b")
