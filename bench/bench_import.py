@@ -77,7 +77,9 @@ def kept_counts(server: Server, dbname: str) -> dict[str, int] | None:
 
 
 def copy_baseline(dst: str, scratch: str) -> tuple[int, float]:
-    """COPY the events the import appended, pre-encoded, into a bare table shaped like ours; (rows, seconds)."""
+    """COPY the events the import appended, pre-encoded, into a bare table shaped like ours; (rows, seconds).
+
+    Same column types as ``labctl.events`` (data ``json``, meta ``jsonb``), its keys, and nothing else."""
     with connect(dst) as c:
         rows = c.execute(
             "SELECT position, stream, version, type, data::text, meta::text, recorded_at, hash FROM events "
@@ -86,7 +88,7 @@ def copy_baseline(dst: str, scratch: str) -> tuple[int, float]:
     with psycopg.connect(scratch, autocommit=True) as c:
         c.execute(
             "CREATE TABLE events (position bigint PRIMARY KEY, stream text NOT NULL, version integer NOT NULL, "
-            "type text NOT NULL, data jsonb NOT NULL, meta jsonb NOT NULL, recorded_at timestamptz NOT NULL, "
+            "type text NOT NULL, data json NOT NULL, meta jsonb NOT NULL, recorded_at timestamptz NOT NULL, "
             "hash bytea NOT NULL, UNIQUE (stream, version))"
         )
         started = time.perf_counter()
