@@ -107,3 +107,21 @@ def test_concurrent_first_connects_create_the_schema_once(empty_db: Any) -> None
         assert errors == []
         with connect(url) as c:
             assert c.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_upgrading_to_12_turns_json_nulls_of_read_models_into_sql_null(empty_db: Any) -> None:
+    # Before version 12 an eval without results was stored with metrics = JSON null, which
+    # `metrics IS NOT NULL` (the evals with results) counted; the upgrade leaves real results alone.
+    with connect(empty_db()) as conn:
+        ensure_schema(conn)
+        with conn.transaction():
+            conn.execute("DELETE FROM labctl.schema_version WHERE version = 12")
+            conn.execute("INSERT INTO labctl.schema_version (version) VALUES (11)")
+            conn.execute(
+                "INSERT INTO live.evals (eval_key, policy, checkpoint_artifact_id, eval_recipe_hash, run_id, metrics, "
+                "requested_at) VALUES ('pending', 'p', 'a1', 'h', 'r1', 'null'::jsonb, now()), "
+                "('done', 'p', 'a2', 'h', 'r2', '{\"acc\": 0.5}'::jsonb, now())"
+            )
+        assert ensure_schema(conn)[0] == 11
+        rows = conn.execute("SELECT eval_key, metrics FROM live.evals WHERE metrics IS NOT NULL").fetchall()
+        assert rows == [("done", {"acc": 0.5})]
