@@ -297,6 +297,11 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         lineage_ms = p50_ms(lambda: lineage.lineage(conn, who, checkpoint_id(probe)))
         page = api_runs_page()
         api_ms = p50_ms(lambda: page(conn, who)) if page else None
+        # Each figure as soon as it is known: a long run stopped early keeps what it measured.
+        say(
+            f"{size:,}: replay {replay.total_seconds:.1f}s; status {status_ms:.1f} ms, show {show_ms:.1f} ms, "
+            f"history {history_ms:.1f} ms, lineage {lineage_ms:.1f} ms, API page {api_ms or 0:.1f} ms"
+        )
         say(f"{size:,}: audit verify --full")
         start = time.perf_counter()
         report = maintenance.audit(conn, full=True)
@@ -307,6 +312,8 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
             chain = verify.verify_chain(conn)
             chain_s = time.perf_counter() - start
         scan_s = bare_scan(conn)
+        chain_rate, scan_rate = chain.checked / chain_s, chain.checked / scan_s
+        say(f"{size:,}: verify --full {verify_full_s:.1f}s; chain {chain_rate:,.0f}/s, scan {scan_rate:,.0f}/s")
         more = next(iter(log_batches(1000, start_unit=units + 40 - units % 40)))[0]
         with conn.transaction():
             append_batch(conn, more, meta=EventMeta(actor="bench"))
@@ -327,8 +334,8 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         lineage_ms=lineage_ms,
         api_ms=api_ms,
         verify_full_s=verify_full_s,
-        chain_rate=chain.checked / chain_s,
-        scan_rate=chain.checked / scan_s,
+        chain_rate=chain_rate,
+        scan_rate=scan_rate,
         verify_incremental_s=verify_incremental_s,
         db_mb=db_mb,
     )
