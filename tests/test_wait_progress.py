@@ -31,6 +31,13 @@ def test_wait_on_a_failed_run_shows_the_end_of_its_log(env: dict[str, str]) -> N
     assert "last lines of" in proc.stderr and "| failing on purpose" in proc.stderr, proc.stderr
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    # A command typed at a terminal gets Ctrl-C with its default action. A test suite started in the
+    # background by a non-interactive shell (`pytest &`, as CI scripts may) has SIGINT ignored, and an
+    # ignored signal stays ignored across exec: Python would then never raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted_wait(
     env: dict[str, str], conn: psycopg.Connection[Any]
 ) -> tuple[str, subprocess.CompletedProcess[str]]:
@@ -40,6 +47,7 @@ def _interrupted_wait(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )
     assert proc.stdout is not None
     run_id = re.match(r"run_id: (\S+)", proc.stdout.readline())
