@@ -68,30 +68,91 @@ def command_files(recipe: Recipe) -> list[str]:
     return sorted(found)
 
 
-def _known_by_path(ref: InputRef) -> bool:
-    """An input whose recorded hash is only its location (external inputs and external artifacts)."""
-    return ref.type == "external" or (ref.type == "artifact" and ref.hash == path_identity_hash(ref.path))
+class Lookups:
+    """What ``key_parts`` asks the filesystem (and the stored fingerprints), asked afresh each time.
+
+    ``Remembered`` answers each question once, for computing many keys at one moment (an import).
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def identity(self, path: str) -> str:
+        return path_identity_hash(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def fingerprint(self, path: str) -> Fingerprint:
+        return fingerprint(self.conn, path)
+
+    def recipe(self, recipe: Recipe) -> tuple[str, list[str]]:
+        """The hash of the canonical recipe, and the files its command names (without a repo)."""
+        files = command_files(recipe) if recipe.repo is None else []
+        return hashlib.sha256(canonical_recipe_bytes(recipe)).hexdigest(), files
+
+
+class Remembered(Lookups):
+    """``Lookups`` that answer each path (and each recipe object) once: thousands of imported runs share
+    their inputs, scripts and recipes. A file changed while it is in use is not seen, so it is made for one
+    batch of keys and dropped."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(conn)
+        self._identity: dict[str, str] = {}
+        self._exists: dict[str, bool] = {}
+        self._prints: dict[str, Fingerprint] = {}
+        # By id(): the caller passes the same Recipe object for the same recipe; the object is kept so its
+        # id is not reused.
+        self._recipes: dict[int, tuple[Recipe, tuple[str, list[str]]]] = {}
+
+    def identity(self, path: str) -> str:
+        if (found := self._identity.get(path)) is None:
+            found = self._identity[path] = super().identity(path)
+        return found
+
+    def exists(self, path: str) -> bool:
+        if (found := self._exists.get(path)) is None:
+            found = self._exists[path] = super().exists(path)
+        return found
+
+    def fingerprint(self, path: str) -> Fingerprint:
+        if (found := self._prints.get(path)) is None:
+            found = self._prints[path] = super().fingerprint(path)
+        return found
+
+    def recipe(self, recipe: Recipe) -> tuple[str, list[str]]:
+        if (found := self._recipes.get(id(recipe))) is None:
+            found = self._recipes[id(recipe)] = (recipe, super().recipe(recipe))
+        return found[1]
 
 
 def key_parts(
-    conn: psycopg.Connection[Any], recipe: Recipe, inputs: Sequence[InputRef], source: Source | None
+    conn: psycopg.Connection[Any],
+    recipe: Recipe,
+    inputs: Sequence[InputRef],
+    source: Source | None,
+    lookups: Lookups | None = None,
 ) -> KeyParts:
     """The parts of the key of a run of ``recipe`` (unrendered) with these resolved inputs."""
+    look = lookups or Lookups(conn)
     prints: dict[str, Fingerprint] = {}
     by_role: dict[str, str] = {}
     for ref in inputs:
-        if _known_by_path(ref) and os.path.exists(ref.path):
-            prints[ref.role] = fingerprint(conn, ref.path)
+        # Known only by its location: an external input, or an artifact whose recorded hash names its path.
+        by_path = ref.type == "external" or (ref.type == "artifact" and ref.hash == look.identity(ref.path))
+        if by_path and look.exists(ref.path):
+            prints[ref.role] = look.fingerprint(ref.path)
             by_role[ref.role] = prints[ref.role].content_hash
         else:
             by_role[ref.role] = ref.hash or ref.path
+    recipe_digest, command = look.recipe(recipe)
     files: dict[str, str] = {}
-    if recipe.repo is None:
-        for path in command_files(recipe):
-            prints[path] = fingerprint(conn, path)
-            files[path] = prints[path].content_hash
+    for path in command:
+        prints[path] = look.fingerprint(path)
+        files[path] = prints[path].content_hash
     parts = CacheKeyParts(
-        recipe=hashlib.sha256(canonical_recipe_bytes(recipe)).hexdigest(),
+        recipe=recipe_digest,
         source=source.fingerprint if source else None,
         inputs=by_role,
         files=files,

@@ -100,3 +100,9 @@ SELECT count(*) FROM public.coalesce_claims;
 -- name: source_table_digest
 -- Row count and the sum of the rows' hashes of one of the original's tables ({table}, from a fixed list).
 SELECT count(*), coalesce(sum(hashtext(t::text)::bigint), 0) FROM {table} t;
+
+-- name: target_imported_since
+-- Runs imported after this source's last finished import (its last RegistryImported), by an import stopped midway.
+SELECT data ->> 'run_id' FROM events
+WHERE type = 'RunImported'
+  AND position > coalesce((SELECT max(position) FROM events WHERE stream = %(stream)s), 0);

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from events import EventMeta, NewEvent, StoredEvent, UnknownEvent, append_batch, last_position, read_all
 from events.codec import decode_meta
+from projections.ahead import ahead
 from projections.base import DbRows, MemoryRows, Rows, State, Table
 from projections.registry import PROJECTIONS
 
@@ -200,37 +201,17 @@ def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | 
     meanwhile instead of the fold waiting for it. ``progress`` is told how many events were
     read after each page of 20,000.
     """
-    pages: queue.Queue[list[tuple[Any, ...]] | BaseException | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
 
-    def fetch() -> None:
-        def put(item: list[tuple[Any, ...]] | BaseException | None) -> bool:
-            while not stop.is_set():
-                try:
-                    pages.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+    def pages() -> Iterator[list[tuple[Any, ...]]]:
+        with conn.cursor(name="labctl_scan", binary=True) as cur:
+            cur.execute(_SCAN, (until,))
+            while rows := cur.fetchmany(_PAGE):
+                yield rows
 
-        try:
-            with conn.cursor(name="labctl_scan", binary=True) as cur:
-                cur.execute(_SCAN, (until,))
-                while rows := cur.fetchmany(_PAGE):
-                    if not put(rows):
-                        return
-        except BaseException as exc:  # handed to the reading thread
-            put(exc)
-            return
-        put(None)
-
-    fetcher = threading.Thread(target=fetch, name="labctl-scan", daemon=True)
-    fetcher.start()
     done = 0
-    try:
-        while (rows := pages.get()) is not None:
-            if isinstance(rows, BaseException):
-                raise rows
+    # Closed explicitly: a scan stopped early releases the connection before this generator returns.
+    with contextlib.closing(ahead(pages(), depth=2, name="labctl-scan")) as fetched:
+        for rows in fetched:
             for pos, stream, ver, typ, data, meta, at in rows:
                 yield StoredEvent(
                     position=pos,
@@ -244,9 +225,6 @@ def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | 
             done += len(rows)
             if progress is not None:
                 progress(done)
-    finally:
-        stop.set()
-        fetcher.join()
 
 
 def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Progress | None = None) -> FoldResult:

@@ -245,6 +245,7 @@ def test_an_import_killed_midway_then_run_again_ends_as_one_clean_import(
         run_cli(clean_env, "import", "--from", src, check=True)
         assert 0 < partial < _log_size(clean_url) == _log_size(db_url)
         assert _read_models(db_url) == _read_models(clean_url)
+        assert _cache_entries(db_url) == _cache_entries(clean_url)
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {conninfo_to_dict(clean_url)['dbname']} WITH (FORCE)")
@@ -283,8 +284,10 @@ def test_an_import_stopped_after_any_batch_then_run_again_ends_as_one_clean_impo
         boundaries: list[int] = []
         first = import_registry(clean, src, actor="t", stores=stores, batch_events=40, on_batch=boundaries.append)
         assert first.rebuilt_read_models == bulk
-        want_size, want_models = _log_size(clean), _read_models(clean)
+        want_size, want_models, want_cache = _log_size(clean), _read_models(clean), _cache_entries(clean)
         assert len(boundaries) >= 5
+        # Cache entries come after every run, in batches of their own: some stops fall between a run and its entry.
+        assert want_cache
 
         for cut in range(1, len(boundaries) + 1):
             url = fresh()
@@ -299,10 +302,19 @@ def test_an_import_stopped_after_any_batch_then_run_again_ends_as_one_clean_impo
             again = import_registry(url, src, actor="t", stores=stores, batch_events=40)
             assert again.rebuilt_read_models == bulk
             assert (_log_size(url), _read_models(url)) == (want_size, want_models), f"stopped after batch {cut}"
+            assert _cache_entries(url) == want_cache, f"stopped after batch {cut}"
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             for url in made:
                 admin.execute(f"DROP DATABASE IF EXISTS {conninfo_to_dict(url)['dbname']} WITH (FORCE)")
+
+
+def _cache_entries(url: str) -> list[tuple[Any, ...]]:
+    """Every cache key's stream: which run produced it (what a resubmitted recipe hits)."""
+    with connect(url) as c:
+        return c.execute(
+            "SELECT stream, version, type, data ->> 'run_id' FROM events WHERE stream LIKE 'cache-%' ORDER BY 1, 2"
+        ).fetchall()
 
 
 def _read_models(url: str) -> dict[str, list[tuple[Any, ...]]]:
