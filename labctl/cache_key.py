@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import stat
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -100,6 +101,7 @@ class Remembered(Lookups):
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         super().__init__(conn)
         self._identity: dict[str, str] = {}
+        self._real: dict[str, str] = {}
         self._exists: dict[str, bool] = {}
         self._prints: dict[str, Fingerprint] = {}
         # By id(): the caller passes the same Recipe object for the same recipe; the object is kept so its
@@ -108,7 +110,25 @@ class Remembered(Lookups):
 
     def identity(self, path: str) -> str:
         if (found := self._identity.get(path)) is None:
-            found = self._identity[path] = super().identity(path)
+            found = self._identity[path] = hashlib.sha256(os.fsencode(self.realpath(path))).hexdigest()
+        return found
+
+    def realpath(self, path: str) -> str:
+        """``os.path.realpath``, resolving each directory once: one lstat per new path instead of one per
+        component (inputs share their parent directories)."""
+        if (found := self._real.get(path)) is not None:
+            return found
+        head, name = os.path.split(path)
+        if not head.startswith("/") or head == path or name in ("", ".", ".."):
+            found = os.path.realpath(path)  # relative, the root, or not normalized: as realpath does it
+        else:
+            candidate = os.path.join(self.realpath(head), name)
+            try:
+                link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+            except OSError:
+                link = False  # missing: kept as written, as realpath does
+            found = os.path.realpath(candidate) if link else candidate
+        self._real[path] = found
         return found
 
     def exists(self, path: str) -> bool:

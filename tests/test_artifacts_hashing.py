@@ -101,3 +101,30 @@ def test_path_identity_hash_is_sha256_of_the_canonical_path(tmp_path: Path) -> N
 def test_artifact_id_is_prefix_and_first_16_hex_digits() -> None:
     h = _sha(b"x")
     assert artifact_id(h) == "artifact_" + h[:16]
+
+
+def test_the_import_s_remembered_path_identity_equals_path_identity_hash(tmp_path: Path) -> None:
+    """An import resolves each directory once (``Remembered``); the identity it gets must be the one
+    ``submit`` computes, or a recipe that succeeded under the original would not be a cache hit here."""
+    from labctl.cache_key import Remembered
+
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    os.symlink(tmp_path / "a" / "b", tmp_path / "abs_link")
+    os.symlink("b/c", tmp_path / "a" / "rel_link")
+    os.symlink("../..", tmp_path / "a" / "b" / "c" / "up")
+    paths = [
+        "a/b/c/x",
+        "abs_link/c/y",
+        "a/rel_link/z",
+        "a/b/c/up/b/c",
+        "missing/m/n",
+        "a/../a/b",
+        "a//b/",
+        "a/./b",
+        "abs_link",
+    ]
+    remembered = Remembered(None)  # type: ignore[arg-type]  # no fingerprint is asked for
+    for rel in paths * 2:  # the second time from memory
+        path = f"{tmp_path}/{rel}"
+        assert remembered.identity(path) == path_identity_hash(path), rel
+    assert remembered.identity("relative/x") == path_identity_hash("relative/x")
