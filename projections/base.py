@@ -9,6 +9,11 @@ handler serves both ways of applying events:
   is exact).
 * ``MemoryRows`` — rebuilds: every row lives in a dict and each table is
   written once with COPY at the end (rebuild speed is a headline number).
+
+A table can also say how the server computes it from the log (``rebuild_query``):
+a rebuild then runs that query instead of the handlers' puts (``ServerBuiltRows``
+drops them), so rows too many to hold in memory never are. Inline projection
+still runs the handler, and the audit compares the two.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ class Table(Generic[R]):
     row_type: type[R]
     key: tuple[str, ...]
     json_columns: frozenset[str] = frozenset()
+    # A SELECT of this table's columns, in order, from the log up to %(until)s without the events at
+    # positions %(skip)s (see State.undecodable): how a rebuild gets the rows, instead of folding them.
+    rebuild_query: str | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -84,6 +92,9 @@ class Table(Generic[R]):
 class Rows(Generic[R]):
     """Rows of one table, by primary key."""
 
+    # False where a rebuild computes the table in the server: a handler may skip building its rows.
+    collects = True
+
     def get(self, *key: Any) -> R | None:
         raise NotImplementedError
 
@@ -107,6 +118,24 @@ class MemoryRows(Rows[R]):
 
     def delete(self, *key: Any) -> None:
         self.rows.pop(key, None)
+
+
+class ServerBuiltRows(Rows[R]):
+    """A rebuild's rows of a table the server computes from the log (``Table.rebuild_query``)."""
+
+    collects = False
+
+    def __init__(self, table: Table[R]) -> None:
+        self.table = table
+
+    def get(self, *key: Any) -> R | None:
+        raise TypeError(f"{self.table.name} is computed by the server in a rebuild: a handler cannot read it back")
+
+    def put(self, row: R) -> None:
+        pass
+
+    def delete(self, *key: Any) -> None:
+        raise TypeError(f"{self.table.name} is computed by the server in a rebuild: a handler cannot delete from it")
 
 
 _MISSING = object()
@@ -214,6 +243,9 @@ class State:
     def __init__(self, make: Callable[[Table[Any]], Rows[Any]]) -> None:
         self._make = make
         self._rows: dict[str, Rows[Any]] = {}
+        # Positions of events whose data no longer decodes as their type: the handlers skipped them,
+        # so a table computed by the server must skip them too.
+        self.undecodable: list[int] = []
 
     def rows(self, table: Table[R]) -> Rows[R]:
         rows = self._rows.get(table.name)

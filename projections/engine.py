@@ -17,7 +17,7 @@ from psycopg import sql
 from events import EventMeta, NewEvent, StoredEvent, UnknownEvent, append_batch, last_position, read_all
 from events.codec import decode_meta
 from projections.ahead import ahead
-from projections.base import DbRows, MemoryRows, Rows, State, Table
+from projections.base import DbRows, MemoryRows, Rows, ServerBuiltRows, State, Table
 from projections.registry import PROJECTIONS
 
 LIVE = "live"
@@ -53,6 +53,7 @@ def apply(state: State, events: Iterable[StoredEvent]) -> int:
                 # An event that no longer decodes as its type (see decode_event) has nothing to fold;
                 # checked only on failure, so the common path pays nothing for it.
                 if isinstance(e.data, UnknownEvent):
+                    state.undecodable.append(e.position)
                     break
                 raise
         n += 1
@@ -232,9 +233,24 @@ def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Prog
     started = time.perf_counter()
     with without_gc(), conn.transaction():
         end = last_position(conn) if until is None else until
-        state = State(MemoryRows)
+        state = State(_rebuild_rows)
         n = apply(state, scan_events(conn, end, progress))
     return FoldResult(state, end, n, time.perf_counter() - started)
+
+
+def _rebuild_rows(table: Table[Any]) -> Rows[Any]:
+    return MemoryRows(table) if table.rebuild_query is None else ServerBuiltRows(table)
+
+
+def _rebuild_select(table: Table[Any]) -> sql.SQL:
+    """``table``'s rows as the server computes them from the log (``Table.rebuild_query``)."""
+    assert table.rebuild_query is not None
+    return sql.SQL(table.rebuild_query)  # (not .format()ted: the query's text is taken as it is)
+
+
+# A table the server computes sorts every row of it once to keep the last write of each key: in
+# memory where that fits.
+_SORT_MEMORY = "SET LOCAL work_mem = '256MB'"
 
 
 @contextlib.contextmanager
@@ -300,6 +316,14 @@ def _copy_rows(conn: psycopg.Connection[Any], schema: str, table: Table[Any], ro
             copy.write_row(table.to_db(row))
 
 
+def _insert_server_built(conn: psycopg.Connection[Any], schema: str, table: Table[Any], result: FoldResult) -> None:
+    """Fill ``schema.table`` with the rows the server computes from the log up to the fold's position."""
+    insert = sql.SQL("INSERT INTO {} ({}) ").format(
+        sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    )
+    conn.execute(insert + _rebuild_select(table), {"until": result.position, "skip": result.state.undecodable})
+
+
 def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
     """Create what follows as the read models' owner role (for this transaction), not as whoever runs it:
     a schema one user builds stays usable by the next."""
@@ -320,6 +344,7 @@ def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult)
 def _write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
     # Index builds sort every key: in memory rather than in batches spilled to disk.
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    conn.execute(_SORT_MEMORY)
     _as_read_model_owner(conn)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -329,6 +354,8 @@ def _write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult
         rows = rows_by_table.get(table.name)
         if isinstance(rows, MemoryRows) and rows.rows:
             _copy_rows(conn, schema, table, rows.rows.values())
+        elif table.rebuild_query is not None:
+            _insert_server_built(conn, schema, table, result)
     _clone_indexes(conn, schema)
     _set_checkpoints(conn, schema, result.position)
     # Fresh tables have no statistics until autovacuum gets to them: without these, the first
@@ -481,6 +508,9 @@ def diff_live(conn: psycopg.Connection[Any], limit: int = 20) -> tuple[int, list
         result = fold(conn, until=position)
         rebuilt = result.state.all_rows()
         for table in all_tables():
+            if table.rebuild_query is not None:
+                diffs += _diff_server_built(conn, table, result, limit)
+                continue
             mem: Rows[Any] | None = rebuilt.get(table.name)
             expected = mem.rows if isinstance(mem, MemoryRows) else {}
             query = sql.SQL("SELECT {} FROM {}").format(
@@ -504,3 +534,43 @@ def diff_live(conn: psycopg.Connection[Any], limit: int = 20) -> tuple[int, list
             for key in expected.keys() - seen:
                 diffs.append(RowDiff(table.name, list(key), "missing in live"))
     return position, diffs[:limit] if limit else diffs
+
+
+def _diff_server_built(
+    conn: psycopg.Connection[Any], table: Table[Any], result: FoldResult, limit: int
+) -> list[RowDiff]:
+    """How the live rows of a table the server computes in rebuilds differ from what it computes
+    (``diff_live`` for such a table, in its transaction): a full join in the server."""
+    conn.execute(_SORT_MEMORY)
+    n = len(table.columns)
+    side = [
+        sql.SQL(", ").join(sql.Identifier(alias, c) for c in table.columns) for alias in ("l", "r")
+    ]  # live, rebuilt
+    query = (
+        sql.SQL("WITH rebuilt AS (")
+        + _rebuild_select(table)
+        + sql.SQL(
+            ") SELECT {l}, {r} FROM {t} AS l FULL JOIN rebuilt AS r ON {on} WHERE ({l}) IS DISTINCT FROM ({r})"
+        ).format(
+            l=side[0],
+            r=side[1],
+            t=sql.Identifier(LIVE, table.name),
+            on=sql.SQL(" AND ").join(sql.SQL("l.{k} = r.{k}").format(k=sql.Identifier(k)) for k in table.key),
+        )
+        + (sql.SQL(" LIMIT {}").format(limit) if limit else sql.SQL(""))
+    )
+    present = table.columns.index(table.key[0])  # NULL on the side of the join without the row
+    diffs: list[RowDiff] = []
+    for values in conn.execute(query, {"until": result.position, "skip": result.state.undecodable}):
+        live, want = values[:n], values[n:]
+        live_row = table.from_db(live) if live[present] is not None else None
+        want_row = table.from_db(want) if want[present] is not None else None
+        if want_row is None:
+            assert live_row is not None
+            diffs.append(RowDiff(table.name, list(table.key_of(live_row)), "not in the log"))
+        elif live_row is None:
+            diffs.append(RowDiff(table.name, list(table.key_of(want_row)), "missing in live"))
+        else:
+            cols = {c: [a, b] for c, a, b in zip(table.columns, live, want, strict=True) if a != b}
+            diffs.append(RowDiff(table.name, list(table.key_of(live_row)), "differs", cols))
+    return diffs

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from events import StoredEvent
+from events.queries import load_queries
 from events.types import MetricsLogged
 from projections.base import Projection, State, Table
 
@@ -29,7 +30,10 @@ class MetricFileRow(msgspec.Struct, kw_only=True):
     updated_at: datetime
 
 
-METRICS = Table("metrics", MetricRow, key=("run_id", "name", "step"))
+# A rebuild has the server compute the points (most of a long log's rows) from the log: see queries.sql.
+METRICS = Table(
+    "metrics", MetricRow, key=("run_id", "name", "step"), rebuild_query=load_queries("projections")["metrics_rebuild"]
+)
 METRIC_FILES = Table("metric_files", MetricFileRow, key=("run_id",))
 
 projection = Projection("metrics", [METRICS, METRIC_FILES])
@@ -49,10 +53,12 @@ def _logged(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, MetricsLogged)
     rows = state.rows(METRICS)
-    for point in d.points:
-        at = datetime.fromtimestamp(point.at, UTC) if point.at is not None else e.recorded_at
-        for name, raw in point.values.items():
-            rows.put(MetricRow(run_id=d.run_id, name=name, step=point.step, value=metric_value(raw), logged_at=at))
+    if rows.collects:  # (a rebuild has the server compute them: see METRICS)
+        for point in d.points:
+            at = datetime.fromtimestamp(point.at, UTC) if point.at is not None else e.recorded_at
+            for name, raw in point.values.items():
+                value = metric_value(raw)
+                rows.put(MetricRow(run_id=d.run_id, name=name, step=point.step, value=value, logged_at=at))
     files = state.rows(METRIC_FILES)
     row = files.get(d.run_id)
     files.put(
