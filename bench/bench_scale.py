@@ -7,7 +7,8 @@ running), their checkpoints (ArtifactRegistered + OutputLinked), metrics
 ingested from ``.lab/metrics.jsonl`` (MetricsLogged), two-stage pipelines,
 sweeps and evals of checkpoints. Then, on the same server:
 
-* ``replay`` end to end (rebuild every read model, swap it in), events/s;
+* ``replay`` end to end (rebuild every read model, swap it in), events/s, and
+  this process's peak resident memory while it ran (and while the full audit ran);
 * lookups, p50 of 15 in-process calls on an open connection: ``status`` of
   one user (``runs.status_rows``), ``show`` of one run, ``history`` of one
   run, ``lineage`` of one checkpoint, the web API's runs page
@@ -27,6 +28,7 @@ import argparse
 import hashlib
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -236,12 +238,14 @@ class Row:
     events: int
     append_rate: float
     replay_s: float
+    replay_peak_mb: float
     status_ms: float
     show_ms: float
     history_ms: float
     lineage_ms: float
     api_ms: float | None
     verify_full_s: float
+    verify_peak_mb: float
     chain_rate: float
     scan_rate: float
     verify_incremental_s: float
@@ -255,6 +259,33 @@ def p50_ms(fn: Callable[[], object], rounds: int = ROUNDS) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return median(times) * 1000
+
+
+class PeakMemory:
+    """This process's highest resident set size while the block runs, sampled every 50 ms, in MB."""
+
+    def __enter__(self) -> PeakMemory:
+        self.mb = self._rss_mb()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sampler.join()
+        self.mb = max(self.mb, self._rss_mb())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.mb = max(self.mb, self._rss_mb())
+
+    @staticmethod
+    def _rss_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
 
 def bare_scan(conn: psycopg.Connection[Any]) -> float:
@@ -285,7 +316,8 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         n, units, append_s = populate(conn, size, say)
         conn.execute("VACUUM ANALYZE")
         say(f"{size:,}: {n:,} events in {append_s:.1f}s; replaying")
-        replay = projections.replay_live(conn)
+        with PeakMemory() as replay_memory:
+            replay = projections.replay_live(conn)
         conn.execute("VACUUM ANALYZE")
         who = USERS[7]
         probe = units // 2 + 1  # a finished run in the middle of the log (i % 10 != 0)
@@ -299,12 +331,14 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         api_ms = p50_ms(lambda: page(conn, who)) if page else None
         # Each figure as soon as it is known: a long run stopped early keeps what it measured.
         say(
-            f"{size:,}: replay {replay.total_seconds:.1f}s; status {status_ms:.1f} ms, show {show_ms:.1f} ms, "
+            f"{size:,}: replay {replay.total_seconds:.1f}s (peak {replay_memory.mb:,.0f} MB); "
+            f"status {status_ms:.1f} ms, show {show_ms:.1f} ms, "
             f"history {history_ms:.1f} ms, lineage {lineage_ms:.1f} ms, API page {api_ms or 0:.1f} ms"
         )
         say(f"{size:,}: audit verify --full")
         start = time.perf_counter()
-        report = maintenance.audit(conn, full=True)
+        with PeakMemory() as verify_memory:
+            report = maintenance.audit(conn, full=True)
         verify_full_s = time.perf_counter() - start
         assert report.clean, report.problems or report.differences
         with conn.transaction():
@@ -313,7 +347,10 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
             chain_s = time.perf_counter() - start
         scan_s = bare_scan(conn)
         chain_rate, scan_rate = chain.checked / chain_s, chain.checked / scan_s
-        say(f"{size:,}: verify --full {verify_full_s:.1f}s; chain {chain_rate:,.0f}/s, scan {scan_rate:,.0f}/s")
+        say(
+            f"{size:,}: verify --full {verify_full_s:.1f}s (peak {verify_memory.mb:,.0f} MB); "
+            f"chain {chain_rate:,.0f}/s, scan {scan_rate:,.0f}/s"
+        )
         more = next(iter(log_batches(1000, start_unit=units + 40 - units % 40)))[0]
         with conn.transaction():
             append_batch(conn, more, meta=EventMeta(actor="bench"))
@@ -328,12 +365,14 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         events=n,
         append_rate=n / append_s,
         replay_s=replay.total_seconds,
+        replay_peak_mb=replay_memory.mb,
         status_ms=status_ms,
         show_ms=show_ms,
         history_ms=history_ms,
         lineage_ms=lineage_ms,
         api_ms=api_ms,
         verify_full_s=verify_full_s,
+        verify_peak_mb=verify_memory.mb,
         chain_rate=chain_rate,
         scan_rate=scan_rate,
         verify_incremental_s=verify_incremental_s,
@@ -366,7 +405,9 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         line("API runs page (one user, 100 rows) p50, ms", [r.api_ms for r in rows], ms),
         line("`replay` end to end, s", [r.replay_s for r in rows], s),
         line("`replay` end to end, events/s", [r.events / r.replay_s for r in rows], rate),
+        line("`replay`: peak memory of the process, MB", [r.replay_peak_mb for r in rows], rate),
         line("`audit verify --full` (chain + read models), s", [r.verify_full_s for r in rows], s),
+        line("`audit verify --full`: peak memory of the process, MB", [r.verify_peak_mb for r in rows], rate),
         line("hash chain in Python, events/s", [r.chain_rate for r in rows], rate),
         line("bare scan of the same columns, events/s", [r.scan_rate for r in rows], rate),
         line("`audit verify` incremental (1,000 new events), s", [r.verify_incremental_s for r in rows], s),
