@@ -9,6 +9,9 @@ examples="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 home="${LABCTL_HOME:-$HOME/.labctl}"
 mkdir -p "$home"
 cluster="$home/examples-cluster.toml"
+# Outputs go to a fresh directory per invocation: an output whose marker exists is never overwritten,
+# and a run from another checkout of this repo (another commit) is not a cache hit of this one's.
+outputs="$home/outputs/$(date -u +%Y%m%dT%H%M%S)-$$"
 
 # A cluster config like the built-in local profile, plus the examples repo and its eval policies.
 cat > "$cluster" <<TOML
@@ -25,11 +28,11 @@ model = "$home/artifacts/model"
 external = "$home/artifacts/external"
 
 [filesystem.output_roots]
-checkpoint_stream = "$home/outputs/checkpoint_stream"
-checkpoint = "$home/outputs/checkpoint"
-dataset = "$home/outputs/dataset"
-eval_result = "$home/outputs/eval_result"
-model = "$home/outputs/model"
+checkpoint_stream = "$outputs/checkpoint_stream"
+checkpoint = "$outputs/checkpoint"
+dataset = "$outputs/dataset"
+eval_result = "$outputs/eval_result"
+model = "$outputs/model"
 
 [repos]
 examples = "$examples"

@@ -23,6 +23,8 @@ from projections.registry import PROJECTIONS
 LIVE = "live"
 CHECKPOINTS = "projection_checkpoints"
 APPEND_LOCK = 7146011  # the advisory lock labctl_append takes
+REBUILD_LOCK = 7146012  # held by whoever builds a staging schema to swap in: rebuilds take turns
+STAGING_PREFIX = "live_rebuild_"
 READ_MODEL_OWNER = "labctl_app"  # owns the projection schemas, so any member may rebuild them
 
 
@@ -398,7 +400,29 @@ def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None)
 
 def _swap_in(conn: psycopg.Connection[Any], result: FoldResult, started: float) -> ReplayReport:
     """Write ``result`` into a fresh schema, apply what was appended after it, and make it the live one."""
-    staging = f"live_rebuild_{int(time.time() * 1000)}"
+    with _rebuilding(conn):
+        return _write_and_swap(conn, result, started)
+
+
+@contextlib.contextmanager
+def _rebuilding(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Take the rebuild lock, and drop what a rebuild killed before its swap left behind."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (REBUILD_LOCK,))
+    try:
+        with conn.transaction():
+            _as_read_model_owner(conn)
+            abandoned = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (STAGING_PREFIX,)
+            ).fetchall()
+            for (name,) in abandoned:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (REBUILD_LOCK,))
+
+
+def _write_and_swap(conn: psycopg.Connection[Any], result: FoldResult, started: float) -> ReplayReport:
+    staging = f"{STAGING_PREFIX}{int(time.time() * 1000)}"
     with conn.transaction():
         write_schema(conn, staging, result)
     try:

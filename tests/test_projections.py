@@ -68,6 +68,18 @@ def test_replay_swaps_in_an_identical_rebuild_and_repairs_a_damaged_row(conn: ps
     assert {"runs_pkey", "runs_created_at_idx", "runs_user_created_idx"} <= indexes
 
 
+def test_a_replay_drops_what_a_replay_killed_before_its_swap_left_behind(conn: psycopg.Connection[Any]) -> None:
+    from projections.engine import fold, write_schema
+
+    _lifecycle(conn, "r0", 0)
+    with conn.transaction():  # a replay's first step, committed; killed before the swap
+        write_schema(conn, "live_rebuild_1700000000000", fold(conn))
+    projections.replay_live(conn)
+    schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'live%'")}
+    assert schemas == {"live"}
+    assert conn.execute("SELECT status FROM live.runs WHERE id = 'r0'").fetchall() == [("succeeded",)]
+
+
 def test_replay_keeps_appends_made_while_it_rebuilds(db_url: str, conn: psycopg.Connection[Any]) -> None:
     from labctl.db import connect
 
