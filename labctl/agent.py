@@ -25,7 +25,7 @@ import psycopg
 
 import events
 from events import ConcurrencyError
-from labctl import agents, local_runs
+from labctl import agents, fanout, local_runs
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
@@ -246,6 +246,7 @@ class Agent:
         if not self.running and not self.ended:
             return False
         changed = False
+        to_hash: list[tuple[str, str]] = []
         for job_id, state in self.local.poll(list(self.running)).items():
             if not state.active:
                 run_id = self.running.pop(job_id)
@@ -254,8 +255,10 @@ class Agent:
                 run_dir = self.run_dirs.pop(run_id, None)
                 self.metric_files.forget(run_id)
                 if state.state == "succeeded" and run_dir:
-                    local_runs.hash_finished_outputs(run_id, run_dir)  # the run dir's manifest, as on a node
+                    to_hash.append((run_id, run_dir))
                 self.ended[job_id] = (run_id, state)
+        # the run dirs' manifests, as a job writes its own on a node; each ends in an fsync, so together
+        fanout.each(lambda run: local_runs.hash_finished_outputs(*run), to_hash, ())
         # Record the ends together, in one transaction; if that fails (database away) they stay
         # here and are recorded next tick. The reactors see them all at once right after.
         if self.ended:

@@ -19,13 +19,13 @@ import projections
 from events import EventMeta, NewEvent
 from events.queries import load_queries
 from events.types import RunFinished, RunSubmitted
-from labctl import cache
+from labctl import cache, fanout
 from labctl.db import Database
 from labctl.executors.base import JobState
 from labctl.files import ClusterConfig
 from labctl.linking import write_linked_alias_links
 from labctl.metrics_ingest import ingest_quietly
-from labctl.registration import Registered, missing_outputs, register_outputs
+from labctl.registration import OutputPlan, Registered, missing_outputs, record_outputs, store_files
 from labctl.retry import retry_on_conflict
 from labctl.submissions import submissions_of
 from projections.runs import TERMINAL_STATES
@@ -44,25 +44,50 @@ class _Ending(msgspec.Struct, kw_only=True):
     registered: Registered
 
 
+def _store(config: ClusterConfig, end: tuple[_Ending, RunSubmitted | None], now: datetime) -> list[OutputPlan] | None:
+    """A succeeded run's outputs moved into the store (files only: runs of one tick do this in threads)."""
+    ending, sub = end
+    if ending.state != "succeeded" or sub is None:
+        return None
+    return store_files(config, sub, now=now)
+
+
 def _prepare(
-    db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta, sub: RunSubmitted | None
-) -> _Ending:
-    """What has to happen before the end's transaction: last metrics, outputs moved into the store."""
-    if sub is not None:
-        # The job has stopped writing: take its last metrics lines before the end is recorded.
-        ingest_quietly(db.run, run_id, sub.run_dir, meta, final=True)
-    ending = _Ending(
-        run_id=run_id,
-        outcome=outcome,
-        state=outcome.state,
-        reason=outcome.reason,
-        cacheable=True,
-        registered=Registered(events=[], linked=[]),
-    )
-    if ending.state == "succeeded" and sub is not None:
+    db: Database,
+    config: ClusterConfig,
+    ends: Sequence[tuple[str, JobState]],
+    meta: EventMeta,
+    subs: dict[str, RunSubmitted],
+) -> list[_Ending]:
+    """What has to happen before the ends' transaction: last metrics, outputs moved into the store."""
+    endings = []
+    for run_id, outcome in ends:
+        sub = subs.get(run_id)
+        if sub is not None:
+            # The job has stopped writing: take its last metrics lines before the end is recorded.
+            ingest_quietly(db.run, run_id, sub.run_dir, meta, final=True)
+        endings.append(
+            _Ending(
+                run_id=run_id,
+                outcome=outcome,
+                state=outcome.state,
+                reason=outcome.reason,
+                cacheable=True,
+                registered=Registered(events=[], linked=[]),
+            )
+        )
+    now = datetime.now(UTC)
+    pairs = [(e, subs.get(e.run_id)) for e in endings]
+    # ValueError: a path outside its root, bytes not matching their hash
+    stored = fanout.each(lambda end: _store(config, end, now), pairs, (OSError, ValueError))
+    for (ending, sub), plans in zip(pairs, stored, strict=True):
+        if sub is None or ending.state != "succeeded":
+            continue
         try:
-            ending.registered = register_outputs(db.conn, config, sub, now=datetime.now(UTC))
-        except (OSError, ValueError) as exc:  # ValueError: a path outside its root, bytes not matching their hash
+            if isinstance(plans, Exception):
+                raise plans
+            ending.registered = record_outputs(db.conn, config, sub, plans or [])
+        except (OSError, ValueError) as exc:
             ending.state, ending.reason = "failed", f"registering outputs failed: {exc}"
         missing = missing_outputs(sub, ending.registered)
         if ending.state == "succeeded" and missing:
@@ -70,7 +95,7 @@ def _prepare(
             # may cache-hit on a run that did not write what it declared.
             ending.cacheable = False
             ending.reason = f"exit 0 but {'; '.join(missing)}: not registered, not cached"
-    return ending
+    return endings
 
 
 def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobState, meta: EventMeta) -> str | None:
@@ -90,7 +115,7 @@ def finish_runs(
     if not ends:
         return []
     subs = submissions_of(db.conn, [run_id for run_id, _ in ends])
-    endings = [_prepare(db, config, run_id, outcome, meta, subs.get(run_id)) for run_id, outcome in ends]
+    endings = _prepare(db, config, ends, meta, subs)
     now = datetime.now(UTC)
     key = f"finish-{endings[0].run_id}-{uuid.uuid4().hex}"
     ended_followers: list[tuple[RunSubmitted, _Ending]] = []

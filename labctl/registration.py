@@ -161,12 +161,17 @@ def output_events(conn: psycopg.Connection[Any], sub: RunSubmitted, plans: list[
     return Registered(events=batch, linked=linked)
 
 
-def register_outputs(
-    conn: psycopg.Connection[Any], config: ClusterConfig, sub: RunSubmitted, *, now: datetime
-) -> Registered:
-    """Hash and store each finished output (files move here); return the events that record it."""
+def store_files(config: ClusterConfig, sub: RunSubmitted, *, now: datetime) -> list[OutputPlan]:
+    """Hash and store each finished output (files move here, no database): what ``record_outputs`` records."""
     plans = plan_outputs(config, sub)
     store_outputs(config, sub, plans, now=now)
+    return plans
+
+
+def record_outputs(
+    conn: psycopg.Connection[Any], config: ClusterConfig, sub: RunSubmitted, plans: list[OutputPlan]
+) -> Registered:
+    """The events that record the stored outputs; each output's alias link points at what it stored."""
     registered = output_events(conn, sub, plans)
     for plan in plans:
         if plan.pieces:

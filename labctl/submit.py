@@ -26,7 +26,7 @@ from events.types import (
     OutputSpec,
     RunSubmitted,
 )
-from labctl import cache, layout
+from labctl import cache, fanout, layout
 from labctl.app import App
 from labctl.artifacts import (
     ContextInput,
@@ -466,11 +466,18 @@ def submit(
 
 def _write_unless_hit(app: App, run: PreparedRun, recipe_path: str, no_cache: bool) -> bool:
     """Write the run dir unless the cache will hit (then nothing runs there); whether it will hit."""
+    will_hit = _peek_hit(app, run, recipe_path, no_cache)
+    if not will_hit:
+        write_run_dir(run)
+    return will_hit
+
+
+def _peek_hit(app: App, run: PreparedRun, recipe_path: str, no_cache: bool) -> bool:
+    """Whether the cache will hit; when not, the run is to write its outputs, and none may be there yet."""
     peek = None if no_cache else cache.load(app.db.conn, run.cache_key)
     will_hit = peek is not None and peek.state == "succeeded"
     if not will_hit:
         _refuse_existing_markers(run.outputs, recipe_path)
-        write_run_dir(run)
     return will_hit
 
 
@@ -519,21 +526,29 @@ def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Excep
     are recorded one by one instead, exactly as ``submit`` records them.
     """
     results: list[Submitted | Exception | None] = []
-    ready: list[tuple[int, App, Request, PreparedRun, bool]] = []
+    prepared: list[tuple[int, App, Request, PreparedRun, bool]] = []
     for i, req in enumerate(requests):
         as_user = app if req.user == app.user else dataclasses.replace(app, user=req.user)
         try:
             run = prepare(
                 as_user, req.recipe, req.recipe_path, stage=req.stage, executor=req.executor, run_id=req.run_id
             )
-            will_hit = _write_unless_hit(as_user, run, req.recipe_path, req.no_cache)
+            will_hit = _peek_hit(as_user, run, req.recipe_path, req.no_cache)
         except DatabaseUnavailable:
             raise
         except SUBMISSION_ERRORS as exc:
             results.append(exc)
             continue
         results.append(None)  # filled once recorded
-        ready.append((i, as_user, req, run, will_hit))
+        prepared.append((i, as_user, req, run, will_hit))
+    # The run dirs, each ending in its context.json's fsync, are written together (no database here).
+    written = fanout.each(lambda r: None if r[4] else write_run_dir(r[3]), prepared, SUBMISSION_ERRORS)
+    ready: list[tuple[int, App, Request, PreparedRun, bool]] = []
+    for r, error in zip(prepared, written, strict=True):
+        if isinstance(error, Exception):
+            results[r[0]] = error
+        else:
+            ready.append(r)
     keys = [run.cache_key for _, _, req, run, _ in ready if not req.no_cache]
     shared = {k for k in keys if keys.count(k) > 1}
     together = [r for r in ready if r[3].cache_key not in shared or r[2].no_cache]

@@ -141,6 +141,26 @@ class ServerBuiltRows(Rows[R]):
 _MISSING = object()
 
 
+class KeysRead(Rows[R]):
+    """Rows that are never there, noting each key asked for: a dry run of a batch's handlers through
+    these names the rows they will read first (rows they find then lead to others, read one by one)."""
+
+    collects = False  # what a handler only writes, the dry run need not build
+
+    def __init__(self, keys: set[Key]) -> None:
+        self.keys = keys
+
+    def get(self, *key: Any) -> R | None:
+        self.keys.add(key)
+        return None
+
+    def put(self, row: R) -> None:
+        pass
+
+    def delete(self, *key: Any) -> None:
+        pass
+
+
 class DbRows(Rows[R]):
     """Rows read by key from ``schema.table`` and written back on ``flush``."""
 
@@ -164,6 +184,35 @@ class DbRows(Rows[R]):
         row = self.table.from_db(values) if values is not None else None
         self.cache[key] = row
         return row
+
+    def prefetch(self, keys: Iterable[Key]) -> None:
+        """Read the rows of ``keys`` not read yet in one query (absent ones cached as absent), so that
+        a batch's handlers do not cost a round trip per key."""
+        wanted = [k for k in dict.fromkeys(keys) if k not in self.cache and len(k) == len(self.table.key)]
+        for start in range(0, len(wanted), _PREFETCH_CHUNK):
+            self._prefetch(wanted[start : start + _PREFETCH_CHUNK])
+
+    def _prefetch(self, wanted: list[Key]) -> None:
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.table.columns))
+        if len(self.table.key) == 1:
+            query = sql.SQL("SELECT {cols} FROM {t} WHERE {k} = ANY(%s)").format(
+                cols=cols, t=self.ident, k=sql.Identifier(self.table.key[0])
+            )
+            params: list[Any] = [[k[0] for k in wanted]]
+        else:
+            one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(self.table.key)))
+            query = sql.SQL("SELECT {cols} FROM {t} WHERE ({keys}) IN ({tuples})").format(
+                cols=cols,
+                t=self.ident,
+                keys=sql.SQL(", ").join(map(sql.Identifier, self.table.key)),
+                tuples=sql.SQL(", ").join([one] * len(wanted)),
+            )
+            params = [v for k in wanted for v in k]
+        for k in wanted:
+            self.cache[k] = None
+        for values in self.conn.execute(query, params).fetchall():
+            row = self.table.from_db(values)
+            self.cache[self.table.key_of(row)] = row
 
     def put(self, row: R) -> None:
         key = self.table.key_of(row)
@@ -235,6 +284,8 @@ class DbRows(Rows[R]):
 
 # From this many rows a flush COPYs them instead of sending one upsert per row.
 _COPY_FROM = 200
+# Keys read per prefetch query (a query's parameters stay few).
+_PREFETCH_CHUNK = 500
 
 
 class State:

@@ -156,3 +156,52 @@ def test_ends_recorded_together_skip_a_run_that_had_already_ended(
     assert recorded == [None, "failed"]
     assert statuses(conn, runs) == {runs[0]: "cancelled", runs[1]: "failed"}
     assert run_cli(env, "audit", "verify").returncode == 0
+
+
+def test_ends_recorded_together_when_one_runs_outputs_cannot_be_stored_record_the_others_outputs(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs of runs ending together are stored at once (threads); one that cannot be stored
+    fails that run alone, and the others' ends, artifacts and aliases are all recorded."""
+    from labctl.executors.base import JobState
+    from labctl.finish import finish_runs
+
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text(GATED)
+    runs = {i: submit(env, recipe, f"params.gate={tmp_path / 'never'}", f"params.i={i}") for i in range(4)}
+    for i, run_id in runs.items():
+        [(path,)] = conn.execute(
+            "SELECT data->'outputs'->0->>'path' FROM events WHERE stream = %s AND type = 'RunSubmitted'",
+            (f"run-{run_id}",),
+        ).fetchall()
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "v").write_text(str(i))
+        (out / "DONE").touch()
+        if i == 2:
+            (out / ".meta.json").write_text("{}")  # a name the artifact store keeps for itself: refused
+    app = app_for(env, monkeypatch)
+    try:
+        recorded = finish_runs(
+            app.db,
+            app.config,
+            [(r, JobState(job_id=f"by-hand-{r}", state="succeeded", exit_code=0)) for r in runs.values()],
+            app.meta(),
+        )
+    finally:
+        app.close()
+    assert recorded == ["succeeded", "succeeded", "failed", "succeeded"]
+    reason = conn.execute("SELECT reason FROM runs WHERE id = %s", (runs[2],)).fetchone()
+    assert reason is not None and "registering outputs failed" in reason[0] and ".meta.json" in reason[0]
+    for i, run_id in runs.items():
+        stored = conn.execute(
+            "SELECT a.path FROM aliases al JOIN artifacts a ON a.id = al.artifact_id"
+            " WHERE al.alias = %s AND a.producer_run_id = %s",
+            (f"gated-{i}", run_id),
+        ).fetchall()
+        if i == 2:
+            assert stored == []
+            continue
+        [(path,)] = stored
+        assert (Path(path) / "v").read_text() == str(i)
+    assert run_cli(env, "audit", "verify").returncode == 0

@@ -178,3 +178,43 @@ def test_a_bulk_append_stopped_midway_leaves_read_models_that_bring_up_to_date_r
     projections.bring_up_to_date(conn)
     assert [r[0] for r in conn.execute("SELECT name FROM users")] == ["a"]
     assert projections.checkpoint(conn) == 1 and projections.diff_live(conn)[1] == []
+
+
+def test_a_batch_reads_its_rows_together_and_leaves_what_one_event_at_a_time_would(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """apply_inline reads the rows a batch touches in one query per table (single and composite keys,
+    rows there and rows not yet there); the read models must be what applying each event alone gives."""
+    from events.types import AliasSet, ArtifactRegistered, OutputLinked
+
+    def artifact(i: int) -> list[NewEvent]:
+        aid = f"a{i}"
+        return [
+            NewEvent(
+                f"artifact-{aid}",
+                ArtifactRegistered(artifact_id=aid, hash=f"h{i}", kind="dataset", path="/p", user="alice"),
+            ),
+            NewEvent(f"run-r{i}", OutputLinked(run_id=f"r{i}", role="out", artifact_id=aid, path="/p")),
+            NewEvent("alias-alice/shared", AliasSet(user="alice", alias="shared", artifact_id=aid)),
+            NewEvent(f"alias-alice/own-{i}", AliasSet(user="alice", alias=f"own-{i}", artifact_id=aid)),
+        ]
+
+    for i in range(4):
+        projections.record(conn, [NewEvent(f"run-r{i}", _submitted(f"r{i}"), 0)])
+    projections.record(conn, [*artifact(0)])  # an alias row that the batch below then moves
+    batch = [NewEvent(f"run-r{i}", RunStarted(run_id=f"r{i}", started_at=datetime.now(UTC))) for i in range(4)]
+    batch += [NewEvent(f"run-r{i}", RunFinished(run_id=f"r{i}", state="failed", exit_code=i)) for i in range(1, 4)]
+    batch += [e for i in (1, 2) for e in artifact(i)]
+    batch.append(NewEvent("run-r9", _submitted("r9"), 0))  # a row the batch creates
+    projections.record(conn, batch)
+    assert _runs(conn) == [
+        ("r0", "running", None),
+        ("r1", "failed", 1),
+        ("r2", "failed", 2),
+        ("r3", "failed", 3),
+        ("r9", "submitted", None),
+    ]
+    aliases = conn.execute("SELECT alias, artifact_id FROM live.aliases ORDER BY alias").fetchall()
+    assert aliases == [("own-0", "a0"), ("own-1", "a1"), ("own-2", "a2"), ("shared", "a2")]
+    # and exactly what a rebuild from the log gives, every table
+    assert projections.diff_live(conn)[1] == []
