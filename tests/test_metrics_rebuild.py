@@ -12,7 +12,7 @@ import psycopg
 import events
 from events import NewEvent
 from events.types import MetricPoint, MetricsLogged
-from projections.engine import catch_up, diff_live, replay_live
+from projections.engine import catch_up, diff_live, replay_as_of, replay_live
 
 
 class _RawMetricsLogged(msgspec.Struct, frozen=True, tag="MetricsLogged", tag_field="type"):
@@ -102,3 +102,20 @@ def test_the_audit_finds_metric_points_changed_behind_the_logs_back(conn: psycop
         ("missing in live", 2, {}),
         ("not in the log", 99, {}),
     ]
+
+
+def test_the_world_as_of_a_past_position_has_the_metric_points_logged_by_then(conn: psycopg.Connection[Any]) -> None:
+    first = [_logged("run_a", [MetricPoint(step=s, values={"loss": 1.0}) for s in range(3)])]
+    events.append_batch(conn, first)
+    catch_up(conn)
+    then = events.last_position(conn)
+    before = _metric_rows(conn)
+    # Later, step 1 is logged again with another value and step 3 is new.
+    later = [_logged("run_a", [MetricPoint(step=s, values={"loss": 0.5}) for s in (1, 3)])]
+    events.append_batch(conn, later)
+    catch_up(conn)
+
+    report = replay_as_of(conn, then)
+    query = f"SELECT run_id, name, step, value, logged_at FROM {report.schema}.metrics ORDER BY 1, 2, 3"
+    assert [(r, n, s, repr(v), t) for r, n, s, v, t in conn.execute(query)] == before
+    assert [(s, v) for _, _, s, v, _ in _metric_rows(conn)] == [(0, "1.0"), (1, "0.5"), (2, "1.0"), (3, "0.5")]
