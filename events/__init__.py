@@ -13,6 +13,7 @@ from events.store import (
     position_at,
     read_all,
     read_stream,
+    read_streams,
     stream_version,
     streams_matching,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "position_at",
     "read_all",
     "read_stream",
+    "read_streams",
     "stream_version",
     "streams_matching",
     "types",

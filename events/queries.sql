@@ -28,6 +28,12 @@ FROM labctl.events
 WHERE stream = %(stream)s AND version > %(after_version)s
 ORDER BY version;
 
+-- name: read_streams
+SELECT position, stream, version, type, data::text, meta::text, recorded_at
+FROM labctl.events
+WHERE stream = ANY (%(streams)s)
+ORDER BY stream, version;
+
 -- name: streams_like
 SELECT DISTINCT stream FROM labctl.events WHERE stream LIKE %(pattern)s ORDER BY stream LIMIT 20;
 

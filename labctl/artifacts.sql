@@ -138,11 +138,9 @@ FROM run_outputs o JOIN artifacts a ON a.id = o.artifact_id
 WHERE o.run_id = %(run_id)s
 ORDER BY o.role, o.step NULLS FIRST
 
--- name: artifacts_of_producer
-SELECT id FROM artifacts WHERE producer_run_id = %(run_id)s
-
--- name: live_artifact_exists
-SELECT 1 FROM artifacts WHERE id = %(id)s AND removed_at IS NULL
+-- name: registered_artifacts
+-- Of these artifact ids, those registered already: who produced each, and whether its bytes are still there.
+SELECT id, producer_run_id, removed_at IS NULL FROM artifacts WHERE id = ANY (%(ids)s)
 
 -- name: collectable
 -- What gc may delete: bytes labctl moved into <root>/_objects/ for a run's output, still there, created before

@@ -60,8 +60,19 @@ def cache_key(canonical_recipe: bytes, input_hashes: Iterable[tuple[str, str]], 
 
 
 def load(conn: psycopg.Connection[Any], key: str) -> CacheState:
+    return _fold(key, events.read_stream(conn, stream_of(key)))
+
+
+def load_many(conn: psycopg.Connection[Any], keys: Iterable[str]) -> dict[str, CacheState]:
+    """``load`` of several keys in one query (the runs of one batch)."""
+    wanted = list(dict.fromkeys(keys))
+    found = events.read_streams(conn, [stream_of(k) for k in wanted])
+    return {k: _fold(k, found.get(stream_of(k), [])) for k in wanted}
+
+
+def _fold(key: str, stream: Iterable[events.StoredEvent]) -> CacheState:
     state = CacheState(key=key)
-    for e in events.read_stream(conn, stream_of(key)):
+    for e in stream:
         state.version = e.version
         d = e.data
         if isinstance(d, CacheClaimed):
@@ -86,13 +97,21 @@ class Decision(msgspec.Struct, kw_only=True):
     producer_run_id: str | None = None
 
 
-def decide(conn: psycopg.Connection[Any], run_id: str, user: str, key: str, outputs: Sequence[OutputSpec]) -> Decision:
+def decide(
+    conn: psycopg.Connection[Any],
+    run_id: str,
+    user: str,
+    key: str,
+    outputs: Sequence[OutputSpec],
+    state: CacheState | None = None,
+) -> Decision:
     """Hit (link the producer's outputs), coalesce onto a producer in flight, or claim ``key``.
 
-    Every event expects the cache stream's version, so of two racing submitters one wins.
+    Every event expects the cache stream's version, so of two racing submitters one wins. ``state``:
+    the key's, when read already in this transaction (``load_many``).
     """
     run_stream = f"run-{run_id}"
-    state = load(conn, key)
+    state = state or load(conn, key)
     cache_stream = stream_of(key)
     if state.state == "succeeded" and state.producer:
         linked = producer_outputs(conn, state.producer)
@@ -123,12 +142,14 @@ def release(
     linked_followers: list[RunSubmitted],
     *,
     cacheable: bool = True,
+    st: CacheState | None = None,
 ) -> list[NewEvent]:
     """Release the cache key if this run produces it, and end every run waiting on it.
 
     Followers that now link this run's outputs are added to ``linked_followers`` (their alias links follow the commit).
+    ``st``: the key's state, when read already in this transaction (``load_many``).
     """
-    st = load(conn, key)
+    st = st or load(conn, key)
     if st.state != "claimed" or st.producer != run_id:
         return []
     ok = state == "succeeded" and cacheable

@@ -25,7 +25,14 @@ from labctl.executors.base import JobState
 from labctl.files import ClusterConfig
 from labctl.linking import write_linked_alias_links
 from labctl.metrics_ingest import ingest_quietly
-from labctl.registration import OutputPlan, Registered, missing_outputs, record_outputs, store_files
+from labctl.registration import (
+    OutputPlan,
+    Registered,
+    missing_outputs,
+    record_outputs,
+    registered_artifacts,
+    store_files,
+)
 from labctl.retry import retry_on_conflict
 from labctl.submissions import submissions_of
 from projections.runs import TERMINAL_STATES
@@ -80,13 +87,14 @@ def _prepare(
     pairs = [(e, subs.get(e.run_id)) for e in endings]
     # ValueError: a path outside its root, bytes not matching their hash
     stored = fanout.each(lambda end: _store(config, end, now), pairs, (OSError, ValueError))
+    known = registered_artifacts(db.conn, [p for plans in stored if isinstance(plans, list) for p in plans])
     for (ending, sub), plans in zip(pairs, stored, strict=True):
         if sub is None or ending.state != "succeeded":
             continue
         try:
             if isinstance(plans, Exception):
                 raise plans
-            ending.registered = record_outputs(db.conn, config, sub, plans or [])
+            ending.registered = record_outputs(db.conn, config, sub, plans or [], known)
         except (OSError, ValueError) as exc:
             ending.state, ending.reason = "failed", f"registering outputs failed: {exc}"
         missing = missing_outputs(sub, ending.registered)
@@ -123,6 +131,7 @@ def finish_runs(
     def attempt(c: psycopg.Connection[Any]) -> list[str | None]:
         ended_followers.clear()
         rows = {r[0]: r[1:] for r in c.execute(QUERIES["runs_to_finish"], {"ids": [e.run_id for e in endings]})}
+        states = cache.load_many(c, [row[2] for row in rows.values() if row[2]])
         batch: list[NewEvent] = []
         recorded: list[str | None] = []
         for e in endings:
@@ -144,7 +153,15 @@ def finish_runs(
             if cache_key:
                 followers: list[RunSubmitted] = []
                 batch += cache.release(
-                    c, cache_key, e.run_id, e.state, e.outcome, e.registered.linked, followers, cacheable=e.cacheable
+                    c,
+                    cache_key,
+                    e.run_id,
+                    e.state,
+                    e.outcome,
+                    e.registered.linked,
+                    followers,
+                    cacheable=e.cacheable,
+                    st=states[cache_key],  # as load() would read it: the batch is appended after
                 )
                 ended_followers.extend((f, e) for f in followers)
             recorded.append(e.state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -128,16 +129,36 @@ def store_outputs(config: ClusterConfig, sub: RunSubmitted, plans: list[OutputPl
         piece.path = plan.alias_target = str(stored)
 
 
-def output_events(conn: psycopg.Connection[Any], sub: RunSubmitted, plans: list[OutputPlan]) -> Registered:
-    """ArtifactRegistered for artifacts not yet known, OutputLinked for each piece, AliasSet per output."""
+class Known(msgspec.Struct, frozen=True):
+    """An artifact registered already: who produced it, whether its bytes are still there."""
+
+    producer_run_id: str | None
+    live: bool
+
+
+def registered_artifacts(conn: psycopg.Connection[Any], plans: Iterable[OutputPlan]) -> dict[str, Known]:
+    """Which of the plans' artifacts are registered already (the plans of several runs: one query)."""
+    ids = [artifact_id(piece.digest) for plan in plans for piece in plan.pieces]
+    rows = conn.execute(QUERIES["registered_artifacts"], {"ids": ids}).fetchall() if ids else []
+    return {aid: Known(producer, live) for aid, producer, live in rows}
+
+
+def output_events(
+    conn: psycopg.Connection[Any], sub: RunSubmitted, plans: list[OutputPlan], known: dict[str, Known] | None = None
+) -> Registered:
+    """ArtifactRegistered for artifacts not yet known, OutputLinked for each piece, AliasSet per output.
+    ``known``: ``registered_artifacts`` of these plans, when read already."""
     batch: list[NewEvent] = []
     linked: list[LinkedOutput] = []
-    known = {r[0] for r in conn.execute(QUERIES["artifacts_of_producer"], {"run_id": sub.run_id})}
+    if known is None:
+        known = registered_artifacts(conn, plans)
     for plan in plans:
         last = None
         for piece in plan.pieces:
             aid = artifact_id(piece.digest)
-            exists = aid in known or conn.execute(QUERIES["live_artifact_exists"], {"id": aid}).fetchone()
+            found = known.get(aid)
+            # registered before by this run (a retried end), or by another whose bytes are still there
+            exists = found is not None and (found.producer_run_id == sub.run_id or found.live)
             if not exists:
                 registered = ArtifactRegistered(
                     artifact_id=aid,
@@ -169,10 +190,14 @@ def store_files(config: ClusterConfig, sub: RunSubmitted, *, now: datetime) -> l
 
 
 def record_outputs(
-    conn: psycopg.Connection[Any], config: ClusterConfig, sub: RunSubmitted, plans: list[OutputPlan]
+    conn: psycopg.Connection[Any],
+    config: ClusterConfig,
+    sub: RunSubmitted,
+    plans: list[OutputPlan],
+    known: dict[str, Known] | None = None,
 ) -> Registered:
     """The events that record the stored outputs; each output's alias link points at what it stored."""
-    registered = output_events(conn, sub, plans)
+    registered = output_events(conn, sub, plans, known)
     for plan in plans:
         if plan.pieces:
             alias_link(config, sub.user, plan.out.alias, plan.kind, Path(plan.alias_target))

@@ -405,13 +405,18 @@ def submitted_event(run: PreparedRun, *, no_cache: bool) -> RunSubmitted:
 
 
 def _decide(
-    conn: psycopg.Connection[Any], run: PreparedRun, *, no_cache: bool, run_version: int
+    conn: psycopg.Connection[Any],
+    run: PreparedRun,
+    *,
+    no_cache: bool,
+    run_version: int,
+    state: cache.CacheState | None = None,
 ) -> tuple[list[NewEvent], Submitted]:
     batch = [NewEvent(f"run-{run.run_id}", submitted_event(run, no_cache=no_cache), run_version)]
     result = Submitted(run_id=run.run_id, run_dir=run.run_dir, status="submitted", cache_key=run.cache_key)
     if no_cache:
         return batch, result
-    decision = cache.decide(conn, run.run_id, run.user, run.cache_key, run.outputs)
+    decision = cache.decide(conn, run.run_id, run.user, run.cache_key, run.outputs, state)
     result.status, result.producer_run_id = decision.status, decision.producer_run_id
     return batch + decision.events, result
 
@@ -472,9 +477,13 @@ def _write_unless_hit(app: App, run: PreparedRun, recipe_path: str, no_cache: bo
     return will_hit
 
 
-def _peek_hit(app: App, run: PreparedRun, recipe_path: str, no_cache: bool) -> bool:
-    """Whether the cache will hit; when not, the run is to write its outputs, and none may be there yet."""
-    peek = None if no_cache else cache.load(app.db.conn, run.cache_key)
+def _peek_hit(
+    app: App, run: PreparedRun, recipe_path: str, no_cache: bool, peek: cache.CacheState | None = None
+) -> bool:
+    """Whether the cache will hit; when not, the run is to write its outputs, and none may be there yet.
+    ``peek``: the key's state, when read already."""
+    if peek is None and not no_cache:
+        peek = cache.load(app.db.conn, run.cache_key)
     will_hit = peek is not None and peek.state == "succeeded"
     if not will_hit:
         _refuse_existing_markers(run.outputs, recipe_path)
@@ -526,20 +535,28 @@ def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Excep
     are recorded one by one instead, exactly as ``submit`` records them.
     """
     results: list[Submitted | Exception | None] = []
-    prepared: list[tuple[int, App, Request, PreparedRun, bool]] = []
+    runs: list[tuple[int, App, Request, PreparedRun]] = []
     for i, req in enumerate(requests):
         as_user = app if req.user == app.user else dataclasses.replace(app, user=req.user)
         try:
             run = prepare(
                 as_user, req.recipe, req.recipe_path, stage=req.stage, executor=req.executor, run_id=req.run_id
             )
-            will_hit = _peek_hit(as_user, run, req.recipe_path, req.no_cache)
         except DatabaseUnavailable:
             raise
         except SUBMISSION_ERRORS as exc:
             results.append(exc)
             continue
         results.append(None)  # filled once recorded
+        runs.append((i, as_user, req, run))
+    peeks = cache.load_many(app.db.conn, [run.cache_key for _, _, req, run in runs if not req.no_cache])
+    prepared: list[tuple[int, App, Request, PreparedRun, bool]] = []
+    for i, as_user, req, run in runs:
+        try:
+            will_hit = _peek_hit(as_user, run, req.recipe_path, req.no_cache, peeks.get(run.cache_key))
+        except SUBMISSION_ERRORS as exc:
+            results[i] = exc
+            continue
         prepared.append((i, as_user, req, run, will_hit))
     # The run dirs, each ending in its context.json's fsync, are written together (no database here).
     written = fanout.each(lambda r: None if r[4] else write_run_dir(r[3]), prepared, SUBMISSION_ERRORS)
@@ -588,8 +605,12 @@ def _record_together(app: App, runs: Sequence[tuple[int, App, Request, PreparedR
     def attempt(conn: psycopg.Connection[Any]) -> list[Submitted]:
         results: list[Submitted] = []
         by_user: dict[str, tuple[App, list[NewEvent]]] = {}
+        # the keys are distinct (runs sharing one are recorded one by one), so each state holds for its run
+        states = cache.load_many(conn, [run.cache_key for _, _, req, run, _ in runs if not req.no_cache])
         for _, as_user, req, run, _ in runs:
-            batch, result = _decide(conn, run, no_cache=req.no_cache, run_version=req.run_version)
+            batch, result = _decide(
+                conn, run, no_cache=req.no_cache, run_version=req.run_version, state=states.get(run.cache_key)
+            )
             by_user.setdefault(as_user.user, (as_user, []))[1].extend(batch)
             results.append(result)
         for user, (as_user, batch) in by_user.items():

@@ -223,6 +223,11 @@ class DbRows(Rows[R]):
         self.cache[key] = None
         self.dirty.add(key)
 
+    @property
+    def copies(self) -> bool:
+        """Whether ``flush`` will COPY (which psycopg's pipeline mode cannot hold)."""
+        return len(self.dirty) >= _COPY_FROM
+
     def flush(self) -> None:
         if not self.dirty:
             return

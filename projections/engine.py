@@ -133,8 +133,12 @@ def apply_inline(conn: psycopg.Connection[Any], events: Sequence[StoredEvent], s
     pending = [e for e in events if e.position > done]
     _prefetch(state, pending)
     apply(state, pending)
-    _flush(state)
-    _set_checkpoints(conn, schema, events[-1].position)
+    # Every table's writes and the checkpoints in one round trip (pipeline mode) when none needs a COPY.
+    rows = state.all_rows().values()
+    together = not any(isinstance(r, DbRows) and r.copies for r in rows)
+    with conn.pipeline() if together else contextlib.nullcontext():
+        _flush(state)
+        _set_checkpoints(conn, schema, events[-1].position)
 
 
 def record(
