@@ -126,8 +126,17 @@ def _crash_deleting(_: str) -> None:
     snapshots.shutil = types.SimpleNamespace(rmtree=rmtree)  # type: ignore[attr-defined]
 
 
+def _crash_recording_ends(_: str) -> None:
+    """The agent dies after the jobs that ended in a tick had their outputs moved into the store,
+    before the transaction that records their ends."""
+    from labctl import finish
+
+    finish.retry_on_conflict = lambda *args, **kwargs: _die()  # type: ignore[assignment]
+
+
 CRASH_POINTS = {
     "checkpoint": _crash_before_checkpoint,
+    "ends": _crash_recording_ends,
     "sbatch": _crash_after_sbatch,
     "hold": _crash_holding,
     "rmtree": _crash_deleting,
@@ -186,6 +195,56 @@ def audit_clean(env: dict[str, str]) -> None:
     """The read models are exactly what a rebuild from the log gives."""
     proc = run_cli(env, "audit", "verify")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ the agent's own jobs
+
+
+def test_agent_killed_between_its_jobs_ends_and_their_record_ends_each_once_on_restart_and_keeps_the_outputs(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Jobs that ended in one tick have their outputs stored together, then one transaction records
+    their ends; killed in between, a fresh agent ends each run once (``node_fail``: the exit was never
+    recorded) and the bytes the jobs wrote are still at their output paths."""
+    from tests.test_agent_batches import GATED, statuses, submit
+    from tests.test_local_packing import write_cluster as room_for_jobs
+
+    env = {**env, "LABCTL_CLUSTER": str(room_for_jobs(tmp_path)), "LABCTL_AGENT_STALE_SECONDS": "2"}
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text(GATED)
+    gate = tmp_path / "gate"
+    gate.touch()  # each job ends as soon as it starts
+    runs = {i: submit(env, recipe, f"params.gate={gate}", f"params.i={2 * i}") for i in range(3)}
+    outputs = {
+        i: Path(
+            scalar_text(
+                conn,
+                "SELECT data->'outputs'->0->>'path' FROM events WHERE stream = %s AND type = 'RunSubmitted'",
+                f"run-{r}",
+            )
+        )
+        for i, r in runs.items()
+    }
+
+    crash_agent(env, tmp_path / "crashed.log", "ends", "", "--slots", "3")
+
+    # nothing recorded the ends, yet the first tick's outputs moved into the store
+    assert set(statuses(conn, list(runs.values())).values()) == {"running"}
+    assert any(outputs[i].is_symlink() for i in runs)
+
+    with agent(env, tmp_path / "fresh.log"):
+        wait_for(lambda: "running" not in statuses(conn, list(runs.values())).values(), "the runs ended", timeout=60)
+    assert set(statuses(conn, list(runs.values())).values()) == {"node_fail"}
+    for i, run_id in runs.items():
+        assert types_of(conn, f"run-{run_id}").count("RunFinished") == 1
+        assert (outputs[i] / "v").read_text().strip() == str(2 * i)  # in the store or still in place
+    audit_clean(env)
+
+
+def scalar_text(conn: psycopg.Connection[Any], query: str, *params: Any) -> str:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None and row[0] is not None, query
+    return str(row[0])
 
 
 # ------------------------------------------------------------------ advancer
