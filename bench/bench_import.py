@@ -31,7 +31,16 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Server, bench_server, machine_line, markdown_table, report_section, step_printer, verdict
+from bench.common import (
+    Server,
+    bench_server,
+    machine_line,
+    markdown_table,
+    report_section,
+    server_cpu_seconds,
+    step_printer,
+    verdict,
+)
 from labctl.db import connect, ensure_schema
 from labctl.importer import import_registry
 from tests.original.ddl import VERSIONS
@@ -76,8 +85,15 @@ def kept_counts(server: Server, dbname: str) -> dict[str, int] | None:
         return {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in SOURCE_TABLES}  # type: ignore[index]
 
 
-def copy_baseline(dst: str, scratch: str) -> tuple[int, float]:
-    """COPY the events the import appended, pre-encoded, into a bare table shaped like ours; (rows, seconds).
+def cpu_seconds(url: str) -> float | None:
+    """CPU seconds of this process and of the whole server so far (None: the server is elsewhere)."""
+    server = server_cpu_seconds(url)
+    return None if server is None else time.process_time() + server
+
+
+def copy_baseline(dst: str, scratch: str) -> tuple[int, float, float | None]:
+    """COPY the events the import appended, pre-encoded, into a bare table shaped like ours;
+    (rows, seconds, CPU seconds of client and server).
 
     Same column types as ``labctl.events`` (data ``json``, meta ``jsonb``), its keys, and nothing else."""
     with connect(dst) as c:
@@ -91,11 +107,12 @@ def copy_baseline(dst: str, scratch: str) -> tuple[int, float]:
             "type text NOT NULL, data json NOT NULL, meta jsonb NOT NULL, recorded_at timestamptz NOT NULL, "
             "hash bytea NOT NULL, UNIQUE (stream, version))"
         )
-        started = time.perf_counter()
+        cpu, started = cpu_seconds(scratch), time.perf_counter()
         with c.transaction(), c.cursor() as cur, cur.copy("COPY events FROM STDIN") as cp:
             for r in rows:
                 cp.write_row(r)
-        return len(rows), time.perf_counter() - started
+        seconds, cpu_after = time.perf_counter() - started, cpu_seconds(scratch)
+        return len(rows), seconds, None if cpu is None or cpu_after is None else cpu_after - cpu
 
 
 def main() -> None:
@@ -129,7 +146,12 @@ def main() -> None:
         step(f"seeded {counts['runs']:,} runs, {source_rows:,} rows in all")
         with connect(dst) as c:
             ensure_schema(c)
+        cpu = cpu_seconds(dst)
         first = import_registry(dst, src, actor="bench", verify=False)
+        cpu_after = cpu_seconds(dst)
+        first_cpu = None if cpu is None or cpu_after is None else cpu_after - cpu
+        if first_cpu is not None:
+            step(f"import CPU, client + server: {first_cpu:.1f}s")
         how = "bulk, read models rebuilt once" if first.rebuilt_read_models else "projected batch by batch"
         step(f"import: {first.events_appended:,} events in {first.seconds:.1f}s ({how})")
         again = import_registry(dst, src, actor="bench", verify=False)
@@ -143,8 +165,8 @@ def main() -> None:
             with psycopg.connect(server.url("postgres"), autocommit=True) as c:
                 c.execute("DROP DATABASE imp_copy WITH (FORCE)")
                 c.execute("CREATE DATABASE imp_copy")
-        copied, copy_s = copy_baseline(dst, scratch)
-        step(f"COPY baseline: {copied:,} rows in {copy_s:.1f}s")
+        copied, copy_s, copy_cpu = copy_baseline(dst, scratch)
+        step(f"COPY baseline: {copied:,} rows in {copy_s:.1f}s (CPU {copy_cpu or 0:.1f}s)")
 
     rate = source_rows / first.seconds
     ev_rate = first.events_appended / first.seconds
@@ -186,6 +208,19 @@ def main() -> None:
                 f"{ev_rate / copy_rate:.0%}",
                 "",
             ],
+            *(
+                [
+                    [
+                        "events appended per CPU-second, client + server (vs the same COPY)",
+                        f"{first.events_appended / first_cpu:,.0f}",
+                        f"{copied / copy_cpu:,.0f}",
+                        f"{first.events_appended / first_cpu / (copied / copy_cpu):.0%}",
+                        "",
+                    ]
+                ]
+                if first_cpu and copy_cpu
+                else []
+            ),
             [
                 "re-run with nothing new, s (events appended)",
                 f"{again.seconds:.2f} ({again.events_appended})",

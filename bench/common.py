@@ -134,6 +134,37 @@ def bench_server(databases: Sequence[str], prefix: str = "labctl-bench-") -> Ite
             shutil.rmtree(home, ignore_errors=True)
 
 
+def server_cpu_seconds(url: str) -> float | None:
+    """CPU seconds used so far by every process of the Postgres server at ``url`` (the postmaster's
+    children, running or ended), or None when the server is not on this machine.
+
+    For work spread over several connections (an import reads the source, appends, and looks up
+    fingerprints on three): with the client's ``time.process_time``, the CPU a job took, which a
+    busy machine's other work does not inflate the way it inflates wall time.
+    """
+    import psycopg
+
+    def stat(pid: int | str) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    try:
+        with psycopg.connect(url) as conn:
+            postmaster = int(stat(conn.info.backend_pid)[1])
+        own = stat(postmaster)
+        ticks = int(own[13]) + int(own[14])  # ended children, once reaped
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    fields = stat(pid)
+                except OSError:
+                    continue  # ended meanwhile
+                if int(fields[1]) == postmaster:
+                    ticks += int(fields[11]) + int(fields[12])
+    except OSError:
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def interleaved_times(rounds: int, cases: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
     """Seconds per call of each case, one call per round each, rotating who goes first."""
     names = list(cases)

@@ -5,12 +5,16 @@ Lossless, idempotent, incremental. Each run reads the original's tables (schema
 with what earlier imports left in our read models, and appends only the
 difference: new runs, users, artifacts, aliases, pipelines and eval requests,
 and later changes to them (a status, a job id, new history rows, new outputs).
-Batches are appended and projected in one transaction each, and a new entity's
-first event expects a new stream, so a run killed half-way and run again ends
-as one clean run would have, and a run with nothing new appends nothing. A big
-import (a first one) appends its batches without projecting and rebuilds the
-read models once at the end, as ``replay`` does; killed before that, the next
-import rebuilds them before comparing.
+The events are planned in a thread while the batches before them are appended
+(planning is Python, appending mostly the server's work). Each batch is
+appended atomically, and a new entity's first event expects a new stream, so a
+run killed half-way and run again ends as one clean run would have, and a run
+with nothing new appends nothing. Cache entries come after every run (which
+run owns a key is known only then): a re-run after an import stopped before
+them computes the keys of the runs that import appended. A big import (a first
+one) appends its batches without projecting and rebuilds the read models once
+at the end, as ``replay`` does; killed before that, the next import rebuilds
+them before comparing.
 """
 
 from __future__ import annotations
