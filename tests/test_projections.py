@@ -218,3 +218,36 @@ def test_a_batch_reads_its_rows_together_and_leaves_what_one_event_at_a_time_wou
     assert aliases == [("own-0", "a0"), ("own-1", "a1"), ("own-2", "a2"), ("shared", "a2")]
     # and exactly what a rebuild from the log gives, every table
     assert projections.diff_live(conn)[1] == []
+
+
+def test_work_produced_ahead_in_a_thread_arrives_in_order_fails_loudly_and_stops_when_dropped() -> None:
+    """``ahead`` runs an import's planning (and a replay's page fetches) in a thread: what it yields, its
+    errors and its clean-up must reach the caller as if it ran inline."""
+    import contextlib
+
+    from projections.ahead import ahead
+
+    assert list(ahead(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing() -> Any:
+        yield 1
+        raise ValueError("the source went away")
+
+    with pytest.raises(ValueError, match="the source went away"):
+        list(ahead(failing()))
+
+    released: list[str] = []
+    produced: list[int] = []
+
+    def holding() -> Any:
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                yield i
+        finally:  # a cursor or a connection, in the real producers
+            released.append(threading.current_thread().name)
+
+    with contextlib.closing(ahead(holding(), depth=2, name="producer")) as items:
+        assert next(items) == 0
+    # Closed: the producer stopped within a few items and released what it held, in its own thread.
+    assert released == ["producer"] and len(produced) < 10
