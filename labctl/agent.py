@@ -304,9 +304,9 @@ class Agent:
         claimed = local_runs.claim_many(self.app, [(r, versions[r]) for r in ready], self.id)
         started: list[local_runs.Started] = []
         subs = local_runs.submissions(self.app, claimed)
-        for run_id in claimed:
-            grant = self.free.take(needs[run_id])
-            launched = local_runs.launch(self.app, self.local, run_id, grant, self.capacity, subs.get(run_id))
+        grants = [(run_id, self.free.take(needs[run_id])) for run_id in claimed]
+        all_launched = local_runs.launch_many(self.app, self.local, grants, self.capacity, subs)
+        for (run_id, grant), launched in zip(grants, all_launched, strict=True):
             if launched is None:
                 self.free.give_back(grant)
                 continue

@@ -18,7 +18,7 @@ import psycopg
 import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted, RunSubmitted
-from labctl import layout
+from labctl import fanout, layout
 from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
 from labctl.executors.base import JobSpec, JobState
@@ -90,26 +90,40 @@ def finish_many(app: App, ends: Sequence[tuple[str, JobState]]) -> None:
     finish_runs(app.db, app.config, ends, app.meta())
 
 
-def launch(
+def launch_many(
     app: App,
     executor: LocalExecutor,
-    run_id: str,
-    grant: Grant | None = None,
-    capacity: Capacity | None = None,
-    sub: RunSubmitted | None = None,
-) -> tuple[str, str] | None:
-    """Start a claimed run's job on the devices it was granted; its job id and run dir,
-    or None if it could not start (then it ended failed). ``sub``: its submission, when read already."""
-    sub = sub or submission_of(app.db.conn, run_id)
-    if sub is None:
-        return None
-    try:
+    runs: Sequence[tuple[str, Grant | None]],
+    capacity: Capacity | None,
+    subs: dict[str, RunSubmitted],
+) -> list[tuple[str, str] | None]:
+    """Start claimed runs' jobs on the devices each was granted: per run its job id and run dir, or None
+    if it could not start (then it ended failed). ``subs``: their submissions, read already.
+
+    The jobs start together (threads: each start waits for its process to exec, so one tick's starts
+    overlap); recording the ones that could not start is done here, after, on the app's connection."""
+    conn = app.db.conn
+    known = [(run_id, grant, subs.get(run_id) or submission_of(conn, run_id)) for run_id, grant in runs]
+
+    def start(item: tuple[str, Grant | None, RunSubmitted | None]) -> tuple[str, str] | None:
+        run_id, grant, sub = item
+        if sub is None:
+            return None
         recipe = msgspec.convert(sub.recipe, Recipe)
         spec = job_spec(app, run_id, sub.run_dir, recipe)
         return executor.submit(spec, grant, capacity), sub.run_dir
-    except (OSError, ValueError, msgspec.ValidationError) as exc:
-        finish(app, run_id, JobState(job_id="", state="failed", reason=f"could not start: {exc}"))
-        return None
+
+    # Any exception is caught, so that every job that did start is returned to be tracked and recorded.
+    started = fanout.each(start, known, (Exception,))
+    results: list[tuple[str, str] | None] = []
+    for (run_id, _, _), result in zip(known, started, strict=True):
+        if isinstance(result, Exception):
+            if not isinstance(result, OSError | ValueError | msgspec.ValidationError):
+                log.error("run %s: starting its job failed", run_id, exc_info=result)  # a bug of ours
+            finish(app, run_id, JobState(job_id="", state="failed", reason=f"could not start: {result}"))
+            result = None
+        results.append(result)
+    return results
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True):

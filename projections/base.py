@@ -4,9 +4,10 @@ A projection owns some tables and has one handler per event type. A handler
 reads and writes rows by primary key through a ``Rows`` object, so the same
 handler serves both ways of applying events:
 
-* ``DbRows`` — inline, in the append transaction: rows are fetched by key,
-  changed in memory and upserted at the end (``labctl run`` then ``status``
-  is exact).
+* ``DbRows`` — inline, in the append transaction: rows are fetched by key
+  (a batch's first reads all at once: ``engine._prefetch`` runs the handlers
+  dry over ``KeysRead`` to learn which), changed in memory and upserted at
+  the end (``labctl run`` then ``status`` is exact).
 * ``MemoryRows`` — rebuilds: every row lives in a dict and each table is
   written once with COPY at the end (rebuild speed is a headline number).
 

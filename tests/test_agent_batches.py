@@ -205,3 +205,33 @@ def test_ends_recorded_together_when_one_runs_outputs_cannot_be_stored_record_th
         [(path,)] = stored
         assert (Path(path) / "v").read_text() == str(i)
     assert run_cli(env, "audit", "verify").returncode == 0
+
+
+def test_jobs_started_together_when_one_cannot_start_end_it_failed_and_run_the_others(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The jobs claimed in one tick start together (threads); one that cannot start (its script cannot
+    be written) ends failed with the reason, and the others run, each recorded once."""
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text(GATED)
+    gate = tmp_path / "gate"
+    gate.touch()
+    runs = {i: submit(env, recipe, f"params.gate={gate}", f"params.i={2 * i}") for i in range(3)}
+    [(run_dir,)] = conn.execute("SELECT run_dir FROM runs WHERE id = %s", (runs[1],)).fetchall()
+    (Path(run_dir) / ".lab" / "submit.sh").mkdir(parents=True)  # where its job script goes: not a file
+    with agent(env, tmp_path / "agent.log", "--slots", "3"):
+        wait_for(
+            lambda: not {"running", "submitted"} & set(statuses(conn, list(runs.values())).values()),
+            "all three ended",
+            timeout=60,
+        )
+    assert statuses(conn, list(runs.values())) == {runs[0]: "succeeded", runs[1]: "failed", runs[2]: "succeeded"}
+    reason = conn.execute("SELECT reason FROM runs WHERE id = %s", (runs[1],)).fetchone()
+    assert reason is not None and reason[0].startswith("could not start:") and "submit.sh" in reason[0]
+    ends = conn.execute(
+        "SELECT stream, count(*) FROM events WHERE type = 'RunFinished' AND stream = ANY(%s) GROUP BY stream",
+        ([f"run-{r}" for r in runs.values()],),
+    ).fetchall()
+    assert sorted(n for _, n in ends) == [1, 1, 1]
+    assert run_cli(env, "audit", "verify").returncode == 0

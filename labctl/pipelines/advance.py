@@ -191,11 +191,15 @@ def _end_dependency_failed(app: App, row: RunRow, reason: str) -> bool:
     return True
 
 
-def _pending_of(conn: psycopg.Connection[Any], run_id: str) -> RunPending | None:
-    for e in events.read_stream(conn, f"run-{run_id}"):
-        if isinstance(e.data, RunPending):
-            return e.data
-    return None
+def _pendings_of(conn: psycopg.Connection[Any], run_ids: Sequence[str]) -> dict[str, RunPending]:
+    """Each run's ``RunPending`` (what its stage planned), read in one query."""
+    found: dict[str, RunPending] = {}
+    streams = events.read_streams(conn, [f"run-{r}" for r in run_ids])
+    for run_id in run_ids:
+        pending = next((e.data for e in streams.get(f"run-{run_id}", []) if isinstance(e.data, RunPending)), None)
+        if pending is not None:
+            found[run_id] = pending
+    return found
 
 
 def _submit_waiting(
@@ -207,8 +211,9 @@ def _submit_waiting(
     outcomes: list[str | None] = [None] * len(waiting)
     requests: list[Request] = []
     which: list[int] = []
+    pendings = _pendings_of(conn, [row.id for *_, row in waiting])
     for i, (pipeline, run_ids_of, _runs, row) in enumerate(waiting):
-        pending = _pending_of(conn, row.id)
+        pending = pendings.get(row.id)
         if pending is None:
             continue
         recipe = msgspec.convert(pending.recipe, Recipe)

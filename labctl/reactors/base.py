@@ -59,6 +59,8 @@ class Leadership:
         self.url = url
         self.name = name
         self.conn: psycopg.Connection[Any] | None = None
+        #: the lock was (re)taken since the reactor last looked: what it remembers of the log may be stale
+        self.taken = False
 
     def held(self) -> bool:
         try:
@@ -73,6 +75,7 @@ class Leadership:
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.name),)).fetchone()
             if row and row[0]:
                 self.conn = conn
+                self.taken = True
                 log.info("reactor %s: this agent is now active", self.name)
                 return True
             conn.close()
@@ -123,6 +126,9 @@ class LogReactor:
         self.next_full_pass = 0.0
         self.read_to = 0  # how far this reactor has read (ahead of its stored checkpoint by skipped pages)
         self.next_checkpoint_write = 0.0
+        #: its stored checkpoint, as it last read or wrote it; only the active reactor writes it, so it is
+        #: read again only when this agent takes the lock (another may have moved it meanwhile)
+        self.stored: int | None = None
 
     def step(self) -> bool:
         if not self.leadership.held():
@@ -133,7 +139,11 @@ class LogReactor:
         if now >= self.next_full_pass:
             self.next_full_pass = now + self.full_pass_every
             changed |= self.full_pass()
-        stored = checkpoint(conn, self.name)
+        if self.stored is None or self.leadership.taken:
+            self.leadership.taken = False
+            self.stored = None
+            self.stored = checkpoint(conn, self.name)
+        stored = self.stored
         done = max(stored, self.read_to)
         first = True
         while True:
@@ -147,17 +157,22 @@ class LogReactor:
                 # joins it as a savepoint) and the checkpoint past the page commit together, or neither
                 # does. A crash in between leaves the page to the next active reactor, which handles it
                 # again; the files written on the way stay (a stage's run dir is written again in place).
+                self.stored = None  # unknown until the transaction commits
                 with conn.transaction():
                     changed |= self.handle(relevant)
                     set_checkpoint(conn, self.name, page[-1].position)
-                stored = page[-1].position
+                stored = self.stored = page[-1].position
             done = self.read_to = page[-1].position
+            if len(page) < PAGE_SIZE:
+                break  # the end of the log as it was: what came after (its own appends too) is next tick's
         # Pages with nothing of interest move the checkpoint only in memory while the log is busy (a
         # commit per reactor per tick would cost more than the work); it is written once the reactor
         # finds nothing new, or every few seconds. Losing it in a crash re-reads pages it ignores anyway.
         now = time.monotonic()
         if done > stored and (first or now >= self.next_checkpoint_write):
+            self.stored = None
             set_checkpoint(conn, self.name, done)
+            self.stored = done
             self.next_checkpoint_write = now + CHECKPOINT_EVERY
         return changed
 
