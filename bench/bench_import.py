@@ -239,7 +239,8 @@ def main() -> None:
         "as every import did before the bulk path. "
         f"Baseline: COPY of the {copied:,} events the import appended (pre-encoded, same columns, primary key "
         "and (stream, version) key) into a bare table on the same server: no hashing, no projections, no source "
-        "reads.\n\n"
+        "reads. The CPU row counts this process and every process of the server (the import's three connections, "
+        "and the source's reads, which are on the same server); its baseline is the COPY's client and server.\n\n"
         f"Machine: {machine_line(server.describe())}.\n\n{table}"
     )
     report_section("Import from an original registry", body, write=args.write)

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import os
 import socket
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -779,39 +780,38 @@ class _Planner:
 
     def _evals(self) -> Iterator[list[NewEvent]]:
         """Eval requests, with their attempts and the metrics their eval run recorded."""
-        if "eval_requests" in self.source.tables:
-            kc = self.report.count("evals")
-            for key, ckpt, recipe_hash, policy, run_id, state, attempts, user, created, updated in self.source.query(
-                "source_evals"
-            ):
-                metrics = _eval_metrics(run_id, self.outputs_by_run, self.artifacts)
-                eval_have = self.target.evals.get(key)
-                if not kc.tally(
-                    eval_have is not None, eval_have == (state, attempts, run_id or "", metrics is not None)
-                ):
-                    continue
-                ck = self.artifacts.get(ckpt)
-                step = ck.metadata.get("step") if ck is not None else None
-                yield [
-                    NewEvent(
-                        f"eval-{key}",
-                        EvalImported(
-                            eval_key=key,
-                            policy=policy,
-                            checkpoint_artifact_id=ckpt,
-                            eval_recipe_hash=recipe_hash,
-                            state=state,
-                            attempts=int(attempts),
-                            user=user,
-                            requested_at=_ts_req(created),
-                            updated_at=_ts_req(updated),
-                            run_id=run_id,
-                            step=step if isinstance(step, int) else None,
-                            metrics=metrics,
-                        ),
-                        0 if eval_have is None else None,
-                    )
-                ]
+        if "eval_requests" not in self.source.tables:
+            return
+        kc = self.report.count("evals")
+        for key, ckpt, recipe_hash, policy, run_id, state, attempts, user, created, updated in self.source.query(
+            "source_evals"
+        ):
+            metrics = _eval_metrics(run_id, self.outputs_by_run, self.artifacts)
+            eval_have = self.target.evals.get(key)
+            if not kc.tally(eval_have is not None, eval_have == (state, attempts, run_id or "", metrics is not None)):
+                continue
+            ck = self.artifacts.get(ckpt)
+            step = ck.metadata.get("step") if ck is not None else None
+            yield [
+                NewEvent(
+                    f"eval-{key}",
+                    EvalImported(
+                        eval_key=key,
+                        policy=policy,
+                        checkpoint_artifact_id=ckpt,
+                        eval_recipe_hash=recipe_hash,
+                        state=state,
+                        attempts=int(attempts),
+                        user=user,
+                        requested_at=_ts_req(created),
+                        updated_at=_ts_req(updated),
+                        run_id=run_id,
+                        step=step if isinstance(step, int) else None,
+                        metrics=metrics,
+                    ),
+                    0 if eval_have is None else None,
+                )
+            ]
 
 
 class _OurKeys:
@@ -981,7 +981,8 @@ def _append(
         if on_batch is not None:
             on_batch(n)
 
-    with contextlib.closing(ahead(batches(planner.groups(), batch_events), depth=4, name="labctl-plan")) as planned:
+    planning = ahead(batches(planner.groups(), batch_events), depth=4, name="labctl-plan")
+    with _prompt_handoff(), contextlib.closing(planning) as planned:
         first = next(planned, None)
         if first is None:
             return
@@ -994,6 +995,23 @@ def _append(
             for batch in todo:
                 projections.record(conn, batch, meta=meta)
                 appended(report.events_appended + len(batch))
+
+
+@contextlib.contextmanager
+def _prompt_handoff() -> Iterator[None]:
+    """Switch threads every 0.5 ms instead of 5 while planning and appending run at once.
+
+    The appending thread waits on the server many times per batch (each chunk of a large query
+    sent, each result read) and needs the interpreter back after each wait; with the planning
+    thread busy, the default interval kept it (and the server) idle up to 5 ms each time. In an
+    A/B of the 100k-run import on a loaded machine: 108 and 121 s against 136 and 146 s.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, 0.0005))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _has_no_schema(conn: psycopg.Connection[Any]) -> bool:
