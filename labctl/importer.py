@@ -62,6 +62,7 @@ from labctl.artifacts.store import META_FILENAME, OBJECTS_DIRNAME
 from labctl.db import connect, describe_url, ensure_schema
 from labctl.errors import InputError, UserError
 from projections.ahead import ahead
+from projections.engine import without_gc
 
 Q = load_queries("labctl", "importer.sql")
 
@@ -926,7 +927,9 @@ def import_registry(
             planner = _Planner(source, target, report, stores=stores, verify=verify, keys=None, recovering=set())
             report.events_appended = sum(len(group) for group in planner.groups())
         else:
-            with connect(database_url) as keys_conn:
+            # Hundreds of thousands of long-lived objects and no cycles: the cyclic collector would only rescan
+            # them (a fifth of the planning's CPU).
+            with connect(database_url) as keys_conn, without_gc():
                 planner = _Planner(
                     source,
                     target,
