@@ -2,8 +2,8 @@
 
 For each size, database ``bench_scale`` is filled with a realistic log written
 by the store's own batched append (no inline projections): runs of 50 users
-(submitted, started, finished; a failed one in ten; 1% still queued or
-running), their checkpoints (ArtifactRegistered + OutputLinked), metrics
+(submitted, started, finished; a failed one in ten; 1% left queued and
+1% running), their checkpoints (ArtifactRegistered + OutputLinked), metrics
 ingested from ``.lab/metrics.jsonl`` (MetricsLogged), two-stage pipelines,
 sweeps and evals of checkpoints. Then, on the same server:
 
@@ -438,9 +438,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text_table(header, body), flush=True)  # after each size: a long run's early sizes are kept
     intro = (
         "`bench/bench_scale.py`: per size, a fresh database filled by the store's batched append with a realistic "
-        "log (50 users; runs submitted/started/finished, 1 in 10 failed, 1% queued or running; checkpoints "
+        "log (50 users; runs submitted/started/finished, 1 in 10 failed, 1% left queued and 1% running; checkpoints "
         "registered and linked; metrics batches; two-stage pipelines every 25 runs, 8-point sweeps every 40, "
-        "evals of every 5th checkpoint: about 8 events per run), then `replay` builds the read models. Lookups are "
+        "evals of every 5th checkpoint: about 6 events and 40 metric points per run), then `replay` builds the read "
+        "models. Lookups are "
         "p50 of 15 in-process calls on an open connection (the CLI's own start-up is in the CLI section); the "
         "incremental verify starts from the checkpoint the full one recorded, after 1,000 more events."
     )
