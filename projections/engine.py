@@ -573,19 +573,24 @@ def diff_live(conn: psycopg.Connection[Any], limit: int = 20) -> tuple[int, list
                 live_row = table.from_db(values)
                 key = table.key_of(live_row)
                 seen.add(key)
-                want = expected.get(key)
-                if want is None:
-                    diffs.append(RowDiff(table.name, list(key), "not in the log"))
-                elif want != live_row:
-                    cols = {
-                        c: [getattr(live_row, c), getattr(want, c)]
-                        for c in table.columns
-                        if getattr(live_row, c) != getattr(want, c)
-                    }
-                    diffs.append(RowDiff(table.name, list(key), "differs", cols))
+                if (diff := _row_diff(table, live_row, expected.get(key))) is not None:
+                    diffs.append(diff)
             for key in expected.keys() - seen:
                 diffs.append(RowDiff(table.name, list(key), "missing in live"))
     return position, diffs[:limit] if limit else diffs
+
+
+def _row_diff(table: Table[Any], live: Any | None, want: Any | None) -> RowDiff | None:
+    """How a live row differs from the rebuilt one of the same key (None: it does not); one side may be absent."""
+    if want is None:
+        assert live is not None
+        return RowDiff(table.name, list(table.key_of(live)), "not in the log")
+    if live is None:
+        return RowDiff(table.name, list(table.key_of(want)), "missing in live")
+    if live == want:
+        return None
+    cols = {c: [getattr(live, c), getattr(want, c)] for c in table.columns if getattr(live, c) != getattr(want, c)}
+    return RowDiff(table.name, list(table.key_of(live)), "differs", cols)
 
 
 def _diff_server_built(
@@ -615,14 +620,11 @@ def _diff_server_built(
     diffs: list[RowDiff] = []
     for values in conn.execute(query, {"until": result.position, "skip": result.state.undecodable}):
         live, want = values[:n], values[n:]
-        live_row = table.from_db(live) if live[present] is not None else None
-        want_row = table.from_db(want) if want[present] is not None else None
-        if want_row is None:
-            assert live_row is not None
-            diffs.append(RowDiff(table.name, list(table.key_of(live_row)), "not in the log"))
-        elif live_row is None:
-            diffs.append(RowDiff(table.name, list(table.key_of(want_row)), "missing in live"))
-        else:
-            cols = {c: [a, b] for c, a, b in zip(table.columns, live, want, strict=True) if a != b}
-            diffs.append(RowDiff(table.name, list(table.key_of(live_row)), "differs", cols))
+        diff = _row_diff(
+            table,
+            table.from_db(live) if live[present] is not None else None,
+            table.from_db(want) if want[present] is not None else None,
+        )
+        if diff is not None:
+            diffs.append(diff)
     return diffs
