@@ -132,6 +132,8 @@ DECLARE
     meta_text   text;
     claimed     text;
     data_text   text;
+    at_bytes    bytea;
+    meta_bytes  bytea;
 BEGIN
     IF n IS NULL OR n = 0 THEN
         RETURN;
@@ -202,8 +204,12 @@ BEGIN
     SELECT e.position, e.hash INTO last_pos, prev FROM events e ORDER BY e.position DESC LIMIT 1;
     last_pos := coalesce(last_pos, 0);
     -- The chain, event by event; each payload is built inside the loop (arrays of them cost more).
+    -- The payload is labctl_event_payload's bytes written out, with the parts every event of the
+    -- call shares (its time, its meta) encoded once: a tenth of an append's time at 1,000 events.
     hashes := array_fill('\x'::bytea, ARRAY[n]);
     prev := coalesce(prev, '\x'::bytea);
+    at_bytes := int8send((extract(epoch FROM now_ts) * 1000000)::bigint);
+    meta_bytes := int4send(octet_length(meta_text)) || convert_to(meta_text, 'UTF8');
     FOR i IN 1..n LOOP
         data_text := p_data[i]::text;
         -- json keeps what jsonb refused: \u0000, which no text column of a read model can hold.
@@ -211,7 +217,11 @@ BEGIN
             RAISE EXCEPTION 'event % of the batch (%): its data holds \u0000, which text cannot hold', i, p_types[i]
                 USING ERRCODE = 'untranslatable_character';
         END IF;
-        prev := sha256(prev || labctl_event_payload(last_pos + i, p_streams[i], versions[i], p_types[i], data_text, meta_text, now_ts));
+        prev := sha256(prev || int8send(last_pos + i) || int4send(versions[i]) || at_bytes
+                       || int4send(octet_length(p_streams[i])) || convert_to(p_streams[i], 'UTF8')
+                       || int4send(octet_length(p_types[i])) || convert_to(p_types[i], 'UTF8')
+                       || int4send(octet_length(data_text)) || convert_to(data_text, 'UTF8')
+                       || meta_bytes);
         hashes[i] := prev;
     END LOOP;
 
@@ -511,4 +521,4 @@ CREATE TABLE live.imported_artifacts (
 );
 
 INSERT INTO event_hash_encodings (encoding, from_position) VALUES (2, 1);
-INSERT INTO schema_version (version) VALUES (12);
+INSERT INTO schema_version (version) VALUES (13);

@@ -115,7 +115,7 @@ def test_upgrading_to_12_turns_json_nulls_of_read_models_into_sql_null(empty_db:
     with connect(empty_db()) as conn:
         ensure_schema(conn)
         with conn.transaction():
-            conn.execute("DELETE FROM labctl.schema_version WHERE version = 12")
+            conn.execute("DELETE FROM labctl.schema_version")
             conn.execute("INSERT INTO labctl.schema_version (version) VALUES (11)")
             conn.execute(
                 "INSERT INTO live.evals (eval_key, policy, checkpoint_artifact_id, eval_recipe_hash, run_id, metrics, "
