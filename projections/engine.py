@@ -23,7 +23,9 @@ from projections.registry import PROJECTIONS
 LIVE = "live"
 CHECKPOINTS = "projection_checkpoints"
 APPEND_LOCK = 7146011  # the advisory lock labctl_append takes
-REBUILD_LOCK = 7146014  # held by whoever builds a staging schema to swap in: rebuilds take turns (own id: 7146012 is db.py's schema lock, 7146013 the importer's)
+# Held by whoever builds a staging schema to swap in: rebuilds take turns. (7146012 is db.py's schema
+# lock and 7146013 the importer's.)
+REBUILD_LOCK = 7146014
 STAGING_PREFIX = "live_rebuild_"
 READ_MODEL_OWNER = "labctl_app"  # owns the projection schemas, so any member may rebuild them
 
