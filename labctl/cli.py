@@ -372,6 +372,13 @@ def status(
             runs.set_search_path(conn, f"asof_{position}")
             show()
         return
+    if (behind := runs.read_model_lag(conn)) > 0:
+        events = "event" if behind == 1 else "events"
+        typer.echo(
+            f"note: these runs are {behind:,} {events} behind the log (an import stopped before it rebuilt "
+            "them?): `labctl replay` brings them up to date",
+            err=True,
+        )
     if as_json:
         show()
         return

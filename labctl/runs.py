@@ -41,6 +41,16 @@ class StatusRow(msgspec.Struct, frozen=True):
     reason: str | None
 
 
+def read_model_lag(conn: psycopg.Connection[Any]) -> int:
+    """Events of the log the read models have not applied. Every append projects in its own
+    transaction, so this is 0 unless an import was stopped before its rebuild or events were
+    appended bare; until the next write or ``labctl replay`` brings them up, reads show the past."""
+    import projections
+    from events import last_position
+
+    return last_position(conn) - projections.checkpoint(conn)
+
+
 def resolve_run(conn: psycopg.Connection[Any], ref: str) -> str:
     """A run id from an id or an unambiguous prefix (with or without ``run_``)."""
     return resolve_id(conn, "runs", "run", ref)

@@ -82,3 +82,24 @@ def test_json_lines_hold_the_same_rows_as_the_table(conn: psycopg.Connection[Any
         assert [(d["id"], d["status"], d["user"], d["exit_code"]) for d in lines] == [
             (r.id, r.status, r.user, r.exit_code) for r in table
         ]
+
+
+def test_status_says_when_the_read_models_lag_the_log_and_replay_mends_it(
+    conn: psycopg.Connection[Any], env: dict[str, str]
+) -> None:
+    # An import killed before its rebuild leaves events the read models have not applied: status shows the
+    # past, and says so, until `labctl replay` (or the next write) brings them up.
+    from events import append_batch
+    from tests.conftest import run_cli
+
+    _run(conn, "lagging", "alice", None)
+    assert "behind the log" not in run_cli(env, "status", "--all", check=True).stderr
+    with conn.transaction():
+        append_batch(conn, [NewEvent("run-lagging", RunFinished(run_id="lagging", state="failed", exit_code=3))])
+    shown = run_cli(env, "status", "--all", check=True)
+    assert "1 event behind the log" in shown.stderr and "labctl replay" in shown.stderr
+    assert "submitted" in shown.stdout
+    run_cli(env, "replay", check=True)
+    mended = run_cli(env, "status", "--all", check=True)
+    assert "behind the log" not in mended.stderr
+    assert "failed" in mended.stdout
