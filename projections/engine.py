@@ -41,14 +41,38 @@ def _handlers() -> dict[str, list[Any]]:
 _BY_TYPE = _handlers()
 
 
+def _decodes(state: State, e: StoredEvent) -> None:
+    """Stands in, in a rebuild, for the handlers of projections the server computes: of the event,
+    only whether it decodes matters there (what does not is skipped, by the server's query too)."""
+    assert not isinstance(e.data, UnknownEvent)
+
+
+def _rebuild_handlers() -> dict[str, list[Any]]:
+    """The handlers a rebuild runs: those of projections with a table folded in memory. A projection
+    whose every table the server computes (``Table.rebuild_query``) is not folded at all."""
+    by_type: dict[str, list[Any]] = {}
+    checked: set[str] = set()
+    for p in PROJECTIONS:
+        if all(t.rebuild_query is not None for t in p.tables):
+            checked.update(p.handlers)
+            continue
+        for type_name, fn in p.handlers.items():
+            by_type.setdefault(type_name, []).append(fn)
+    for type_name in checked - by_type.keys():  # (a folded handler finds an undecodable event itself)
+        by_type[type_name] = [_decodes]
+    return by_type
+
+
+_REBUILD_BY_TYPE = _rebuild_handlers()
+
+
 def all_tables() -> list[Table[Any]]:
     return [t for p in PROJECTIONS for t in p.tables]
 
 
-def apply(state: State, events: Iterable[StoredEvent]) -> int:
-    """Run every projection's handlers over ``events``; return how many were applied."""
+def apply(state: State, events: Iterable[StoredEvent], by_type: dict[str, list[Any]] = _BY_TYPE) -> int:
+    """Run every projection's handlers (``by_type``: a rebuild's) over ``events``; return how many were applied."""
     n = 0
-    by_type = _BY_TYPE
     for e in events:
         for fn in by_type.get(e.type, ()):
             try:
@@ -266,7 +290,7 @@ def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Prog
     with without_gc(), conn.transaction():
         end = last_position(conn) if until is None else until
         state = State(_rebuild_rows)
-        n = apply(state, scan_events(conn, end, progress))
+        n = apply(state, scan_events(conn, end, progress), _REBUILD_BY_TYPE)
     return FoldResult(state, end, n, time.perf_counter() - started)
 
 
@@ -502,7 +526,7 @@ def append_and_rebuild(
             while (stored := pending.get()) is not None:
                 if not failed:
                     try:
-                        folded[0] += apply(base.state, stored)
+                        folded[0] += apply(base.state, stored, _REBUILD_BY_TYPE)
                     except BaseException as exc:  # re-raised by the appending thread
                         failed.append(exc)
 

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from events import StoredEvent
+from events.queries import load_queries
 from events.types import (
     CancelRequested,
     JobSubmitted,
@@ -73,7 +74,15 @@ class RunRow(msgspec.Struct, kw_only=True):
     stream_version: int
 
 
-RUNS = Table("runs", RunRow, key=("id",), json_columns=frozenset({"recipe"}))
+# A rebuild has the server compute the rows from the log (queries.sql runs_rebuild), which must match
+# these handlers exactly: tests/test_runs_rebuild.py compares the two.
+RUNS = Table(
+    "runs",
+    RunRow,
+    key=("id",),
+    json_columns=frozenset({"recipe"}),
+    rebuild_query=load_queries("projections")["runs_rebuild"],
+)
 
 projection = Projection("runs", [RUNS])
 
