@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from events import StoredEvent
+from events.queries import load_queries
 from events.types import (
     AliasImported,
     AliasRemoved,
@@ -61,10 +62,21 @@ class RunInputRow(msgspec.Struct, kw_only=True):
     hash: str | None
 
 
-ARTIFACTS = Table("artifacts", ArtifactRow, key=("id",), json_columns=frozenset({"metadata"}))
-ALIASES = Table("aliases", AliasRow, key=("user_name", "alias"))
-RUN_OUTPUTS = Table("run_outputs", RunOutputRow, key=("run_id", "artifact_id"))
-RUN_INPUTS = Table("run_inputs", RunInputRow, key=("run_id", "role"))
+# A rebuild has the server compute every table from the log (queries.sql): the handlers below
+# project appends, and skip their work in a rebuild.
+_QUERIES = load_queries("projections")
+ARTIFACTS = Table(
+    "artifacts",
+    ArtifactRow,
+    key=("id",),
+    json_columns=frozenset({"metadata"}),
+    rebuild_query=_QUERIES["artifacts_rebuild"],
+)
+ALIASES = Table("aliases", AliasRow, key=("user_name", "alias"), rebuild_query=_QUERIES["aliases_rebuild"])
+RUN_OUTPUTS = Table(
+    "run_outputs", RunOutputRow, key=("run_id", "artifact_id"), rebuild_query=_QUERIES["run_outputs_rebuild"]
+)
+RUN_INPUTS = Table("run_inputs", RunInputRow, key=("run_id", "role"), rebuild_query=_QUERIES["run_inputs_rebuild"])
 
 projection = Projection("artifacts", [ARTIFACTS, ALIASES, RUN_OUTPUTS, RUN_INPUTS])
 
@@ -73,7 +85,10 @@ projection = Projection("artifacts", [ARTIFACTS, ALIASES, RUN_OUTPUTS, RUN_INPUT
 def _registered(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactRegistered)
-    state.rows(ARTIFACTS).put(
+    rows = state.rows(ARTIFACTS)
+    if not rows.collects:
+        return
+    rows.put(
         ArtifactRow(
             id=d.artifact_id,
             hash=d.hash,
@@ -94,6 +109,8 @@ def _collected(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactsCollected)
     rows = state.rows(ARTIFACTS)
+    if rows.server_built:
+        return
     for artifact_id in d.artifact_ids:
         row = rows.get(artifact_id)
         if row is not None:
@@ -105,23 +122,27 @@ def _collected(state: State, e: StoredEvent) -> None:
 def _alias_set(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, AliasSet)
-    state.rows(ALIASES).put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=e.recorded_at))
+    rows = state.rows(ALIASES)
+    if rows.collects:
+        rows.put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=e.recorded_at))
 
 
 @projection.on(AliasRemoved)
 def _alias_removed(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, AliasRemoved)
-    state.rows(ALIASES).delete(d.user, d.alias)
+    rows = state.rows(ALIASES)
+    if rows.collects:
+        rows.delete(d.user, d.alias)
 
 
 @projection.on(OutputLinked)
 def _output(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, OutputLinked)
-    state.rows(RUN_OUTPUTS).put(
-        RunOutputRow(run_id=d.run_id, artifact_id=d.artifact_id, role=d.role, path=d.path, step=d.step)
-    )
+    rows = state.rows(RUN_OUTPUTS)
+    if rows.collects:
+        rows.put(RunOutputRow(run_id=d.run_id, artifact_id=d.artifact_id, role=d.role, path=d.path, step=d.step))
 
 
 @projection.on(RunSubmitted)
@@ -140,6 +161,8 @@ def _imported_inputs(state: State, e: StoredEvent) -> None:
 
 def _put_inputs(state: State, run_id: str, inputs: list[InputRef]) -> None:
     rows = state.rows(RUN_INPUTS)
+    if not rows.collects:
+        return
     for i in inputs:
         rows.put(
             RunInputRow(
@@ -158,7 +181,10 @@ def _put_inputs(state: State, run_id: str, inputs: list[InputRef]) -> None:
 def _imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactImported)
-    state.rows(ARTIFACTS).put(
+    rows = state.rows(ARTIFACTS)
+    if not rows.collects:
+        return
+    rows.put(
         ArtifactRow(
             id=d.artifact_id,
             hash=d.hash,
@@ -178,4 +204,6 @@ def _imported(state: State, e: StoredEvent) -> None:
 def _alias_imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, AliasImported)
-    state.rows(ALIASES).put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=d.set_at))
+    rows = state.rows(ALIASES)
+    if rows.collects:
+        rows.put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=d.set_at))

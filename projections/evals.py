@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from events import StoredEvent
+from events.queries import load_queries
 from events.types import EvalImported, EvalRecorded, EvalRequested
 from projections.base import Projection, State, Table
 
@@ -24,7 +25,14 @@ class EvalRow(msgspec.Struct, kw_only=True):
     recorded_at: datetime | None
 
 
-EVALS = Table("evals", EvalRow, key=("eval_key",), json_columns=frozenset({"metrics"}))
+# A rebuild has the server compute the table from the log (queries.sql); the handlers project appends.
+EVALS = Table(
+    "evals",
+    EvalRow,
+    key=("eval_key",),
+    json_columns=frozenset({"metrics"}),
+    rebuild_query=load_queries("projections")["evals_rebuild"],
+)
 
 projection = Projection("evals", [EVALS])
 
@@ -33,7 +41,10 @@ projection = Projection("evals", [EVALS])
 def _requested(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalRequested)
-    state.rows(EVALS).put(
+    rows = state.rows(EVALS)
+    if not rows.collects:
+        return
+    rows.put(
         EvalRow(
             eval_key=d.eval_key,
             policy=d.policy,
@@ -53,6 +64,8 @@ def _recorded(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalRecorded)
     rows = state.rows(EVALS)
+    if rows.server_built:
+        return
     row = rows.get(d.eval_key)
     if row is not None:
         row.metrics = d.metrics
@@ -64,7 +77,10 @@ def _recorded(state: State, e: StoredEvent) -> None:
 def _imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalImported)
-    state.rows(EVALS).put(
+    rows = state.rows(EVALS)
+    if not rows.collects:
+        return
+    rows.put(
         EvalRow(
             eval_key=d.eval_key,
             policy=d.policy,

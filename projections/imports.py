@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from events import StoredEvent
+from events.queries import load_queries
 from events.types import (
     ArtifactImported,
     EvalImported,
@@ -52,12 +53,26 @@ class ImportedArtifactRow(msgspec.Struct, kw_only=True):
     alias_segment: str | None
 
 
+# A rebuild has the server compute every table from the log (queries.sql): the handlers below
+# project appends, and skip their work in a rebuild.
+_QUERIES = load_queries("projections")
 IMPORTED_RUNS = Table(
-    "imported_runs", ImportedRunRow, key=("run_id",), json_columns=frozenset({"context", "dependency_on", "tracking"})
+    "imported_runs",
+    ImportedRunRow,
+    key=("run_id",),
+    json_columns=frozenset({"context", "dependency_on", "tracking"}),
+    rebuild_query=_QUERIES["imported_runs_rebuild"],
 )
-USERS = Table("users", UserRow, key=("name",))
-IMPORTED_EVALS = Table("imported_evals", ImportedEvalRow, key=("eval_key",))
-IMPORTED_ARTIFACTS = Table("imported_artifacts", ImportedArtifactRow, key=("artifact_id",))
+USERS = Table("users", UserRow, key=("name",), rebuild_query=_QUERIES["users_rebuild"])
+IMPORTED_EVALS = Table(
+    "imported_evals", ImportedEvalRow, key=("eval_key",), rebuild_query=_QUERIES["imported_evals_rebuild"]
+)
+IMPORTED_ARTIFACTS = Table(
+    "imported_artifacts",
+    ImportedArtifactRow,
+    key=("artifact_id",),
+    rebuild_query=_QUERIES["imported_artifacts_rebuild"],
+)
 
 projection = Projection("imports", [IMPORTED_RUNS, USERS, IMPORTED_EVALS, IMPORTED_ARTIFACTS])
 
@@ -70,7 +85,10 @@ def _tracking(link: Any) -> dict[str, Any] | None:
 def _run(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunImported)
-    state.rows(IMPORTED_RUNS).put(
+    rows = state.rows(IMPORTED_RUNS)
+    if not rows.collects:
+        return
+    rows.put(
         ImportedRunRow(
             run_id=d.run_id,
             recipe_hash=d.recipe_hash,
@@ -90,6 +108,8 @@ def _status(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunStatusImported)
     rows = state.rows(IMPORTED_RUNS)
+    if rows.server_built:
+        return
     row = rows.get(d.run_id)
     if row is not None:
         row.original_status = d.status
@@ -105,6 +125,8 @@ def _history(state: State, e: StoredEvent) -> None:
     if d.run_id is None or not d.events:
         return
     rows = state.rows(IMPORTED_RUNS)
+    if rows.server_built:
+        return
     row = rows.get(d.run_id)
     if row is not None:
         row.original_events += len(d.events)
@@ -116,29 +138,35 @@ def _history(state: State, e: StoredEvent) -> None:
 def _user(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, UserImported)
-    state.rows(USERS).put(UserRow(name=d.name, pg_role=d.pg_role, created_at=d.created_at))
+    rows = state.rows(USERS)
+    if rows.collects:
+        rows.put(UserRow(name=d.name, pg_role=d.pg_role, created_at=d.created_at))
 
 
 @projection.on(EvalImported)
 def _eval(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalImported)
-    state.rows(IMPORTED_EVALS).put(
-        ImportedEvalRow(
-            eval_key=d.eval_key, state=d.state, attempts=d.attempts, user_name=d.user, updated_at=d.updated_at
+    rows = state.rows(IMPORTED_EVALS)
+    if rows.collects:
+        rows.put(
+            ImportedEvalRow(
+                eval_key=d.eval_key, state=d.state, attempts=d.attempts, user_name=d.user, updated_at=d.updated_at
+            )
         )
-    )
 
 
 @projection.on(ArtifactImported)
 def _artifact(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactImported)
-    state.rows(IMPORTED_ARTIFACTS).put(
-        ImportedArtifactRow(
-            artifact_id=d.artifact_id,
-            integrity=d.integrity,
-            observed_hash=d.observed_hash,
-            alias_segment=d.alias_segment,
+    rows = state.rows(IMPORTED_ARTIFACTS)
+    if rows.collects:
+        rows.put(
+            ImportedArtifactRow(
+                artifact_id=d.artifact_id,
+                integrity=d.integrity,
+                observed_hash=d.observed_hash,
+                alias_segment=d.alias_segment,
+            )
         )
-    )

@@ -34,7 +34,9 @@ class MetricFileRow(msgspec.Struct, kw_only=True):
 METRICS = Table(
     "metrics", MetricRow, key=("run_id", "name", "step"), rebuild_query=load_queries("projections")["metrics_rebuild"]
 )
-METRIC_FILES = Table("metric_files", MetricFileRow, key=("run_id",))
+METRIC_FILES = Table(
+    "metric_files", MetricFileRow, key=("run_id",), rebuild_query=load_queries("projections")["metric_files_rebuild"]
+)
 
 projection = Projection("metrics", [METRICS, METRIC_FILES])
 
@@ -60,6 +62,8 @@ def _logged(state: State, e: StoredEvent) -> None:
                 value = metric_value(raw)
                 rows.put(MetricRow(run_id=d.run_id, name=name, step=point.step, value=value, logged_at=at))
     files = state.rows(METRIC_FILES)
+    if files.server_built:
+        return
     row = files.get(d.run_id)
     files.put(
         MetricFileRow(

@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 
 from events import StoredEvent
+from events.queries import load_queries
 from events.types import PipelineCreated, PipelineFinished, PipelineImported, StageSpec, SweepCreated, SweepFinished
 from projections.base import Projection, State, Table
 
@@ -47,9 +48,14 @@ class SweepRow(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
 
 
-PIPELINES = Table("pipelines", PipelineRow, key=("id",))
-STAGES = Table("pipeline_stages", StageRow, key=("pipeline_id", "stage_name"))
-SWEEPS = Table("sweeps", SweepRow, key=("id",))
+# A rebuild has the server compute every table from the log (queries.sql): the handlers below
+# project appends, and skip their work in a rebuild.
+_QUERIES = load_queries("projections")
+PIPELINES = Table("pipelines", PipelineRow, key=("id",), rebuild_query=_QUERIES["pipelines_rebuild"])
+STAGES = Table(
+    "pipeline_stages", StageRow, key=("pipeline_id", "stage_name"), rebuild_query=_QUERIES["pipeline_stages_rebuild"]
+)
+SWEEPS = Table("sweeps", SweepRow, key=("id",), rebuild_query=_QUERIES["sweeps_rebuild"])
 
 projection = Projection("pipelines", [PIPELINES, STAGES, SWEEPS])
 
@@ -58,24 +64,28 @@ projection = Projection("pipelines", [PIPELINES, STAGES, SWEEPS])
 def _created(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, PipelineCreated)
-    state.rows(PIPELINES).put(
-        PipelineRow(
-            id=d.pipeline_id,
-            name=d.name,
-            user_name=d.user,
-            status="running",
-            file_path=d.file_path,
-            from_run=d.from_run,
-            reason=None,
-            created_at=e.recorded_at,
-            finished_at=None,
+    rows = state.rows(PIPELINES)
+    if rows.collects:
+        rows.put(
+            PipelineRow(
+                id=d.pipeline_id,
+                name=d.name,
+                user_name=d.user,
+                status="running",
+                file_path=d.file_path,
+                from_run=d.from_run,
+                reason=None,
+                created_at=e.recorded_at,
+                finished_at=None,
+            )
         )
-    )
     _put_stages(state, d.pipeline_id, d.stages)
 
 
 def _put_stages(state: State, pipeline_id: str, specs: list[StageSpec]) -> None:
     stages = state.rows(STAGES)
+    if not stages.collects:
+        return
     for ordinal, s in enumerate(specs):
         stages.put(
             StageRow(
@@ -93,6 +103,8 @@ def _finished(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, PipelineFinished)
     rows = state.rows(PIPELINES)
+    if rows.server_built:
+        return
     row = rows.get(d.pipeline_id)
     if row is not None:
         row.status = d.state
@@ -105,7 +117,10 @@ def _finished(state: State, e: StoredEvent) -> None:
 def _sweep(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, SweepCreated)
-    state.rows(SWEEPS).put(
+    rows = state.rows(SWEEPS)
+    if not rows.collects:
+        return
+    rows.put(
         SweepRow(
             id=d.sweep_id,
             name=d.name,
@@ -129,6 +144,8 @@ def _sweep_finished(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, SweepFinished)
     rows = state.rows(SWEEPS)
+    if rows.server_built:
+        return
     row = rows.get(d.sweep_id)
     if row is not None:
         row.status = d.state
@@ -140,17 +157,19 @@ def _sweep_finished(state: State, e: StoredEvent) -> None:
 def _imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, PipelineImported)
-    state.rows(PIPELINES).put(
-        PipelineRow(
-            id=d.pipeline_id,
-            name=d.name,
-            user_name=d.user,
-            status=d.status,
-            file_path=d.file_path,
-            from_run=None,
-            reason=None,
-            created_at=d.created_at,
-            finished_at=d.finished_at,
+    rows = state.rows(PIPELINES)
+    if rows.collects:
+        rows.put(
+            PipelineRow(
+                id=d.pipeline_id,
+                name=d.name,
+                user_name=d.user,
+                status=d.status,
+                file_path=d.file_path,
+                from_run=None,
+                reason=None,
+                created_at=d.created_at,
+                finished_at=d.finished_at,
+            )
         )
-    )
     _put_stages(state, d.pipeline_id, d.stages)

@@ -177,3 +177,341 @@ FROM (
     WHERE position >= first_creator
     GROUP BY run_id
 ) AS runs
+
+
+-- name: artifacts_rebuild
+-- ---------------------------------------------------------------------------------------------------
+-- The other read models beside runs and metrics (artifacts.py, evals.py, pipelines.py, imports.py and
+-- metrics.py's metric_files), each as its handlers write it for the log up to %(until)s, without the
+-- events at positions %(skip)s (those the fold could not decode, which every handler ignores).
+--
+-- How they mirror the handlers, throughout:
+-- * Each event is parsed once, by json_to_record / json_to_recordset into the fields the handler
+--   reads (json, not jsonb: nothing is built for the fields not read, e.g. a run's recipe). Like the
+--   decoder, the last of duplicate keys wins, a missing or null field is NULL, and an object field
+--   comes out as jsonb, which is what the handler's dict becomes when it is written.
+-- * An event that decoded has the types the handler expects (the decoder refused anything else), so
+--   the casts here cannot fail on what the handlers accept.
+-- * A put is the last write of its key: DISTINCT ON (key) ... ORDER BY key, position DESC (and, for
+--   rows put from one event's list, the later element first). A delete is a last write that leaves
+--   no row.
+-- * A handler that reads its row back and changes it (gc's ArtifactsCollected, PipelineFinished,
+--   SweepFinished, EvalRecorded, RunStatusImported, OriginalEventsImported) changes the row put by the
+--   latest creating event before it, or nothing if there is none: the last such event after the
+--   creating one is what a row shows.
+-- * The server cannot parse a \u0000 (NUL) escape into text: an event with one in any field (the text
+--   columns could not hold one either, but a handler never reads some fields, e.g. a run's repo_diff)
+--   fails the rebuild with Postgres' error naming it, where the fold would pass it.
+-- * Datetimes inside events are parsed as Postgres parses timestamptz: the same instant as the
+--   decoder's for everything the encoder writes (at most six digits of a second).
+--
+-- artifacts: put by ArtifactRegistered (created now) and ArtifactImported (created when the original
+-- did, size unknown); gc's ArtifactsCollected marks the current row removed.
+WITH made AS (
+    SELECT DISTINCT ON (d.artifact_id)
+           d.artifact_id AS id, d.hash, d.kind, d.path, d."user" AS user_name, d.producer_run_id,
+           CASE WHEN e.type = 'ArtifactRegistered' THEN d.size_bytes END AS size_bytes,
+           coalesce(d.metadata, '{}') AS metadata,
+           CASE WHEN e.type = 'ArtifactRegistered' THEN e.recorded_at ELSE d.created_at END AS created_at,
+           e.position
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (
+        artifact_id text, hash text, kind text, path text, "user" text, producer_run_id text,
+        size_bytes bigint, metadata jsonb, created_at timestamptz
+    )
+    WHERE e.type IN ('ArtifactRegistered', 'ArtifactImported')
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.artifact_id, e.position DESC
+),
+collected AS (
+    SELECT DISTINCT ON (c.id) c.id, e.position, e.recorded_at
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_array_elements_text(e.data -> 'artifact_ids') AS c (id)
+    WHERE e.type = 'ArtifactsCollected'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY c.id, e.position DESC
+)
+SELECT m.id, m.hash, m.kind, m.path, m.user_name, m.producer_run_id, m.size_bytes, m.metadata, m.created_at,
+       CASE WHEN c.position > m.position THEN c.recorded_at END AS removed_at
+FROM made AS m
+LEFT JOIN collected AS c ON c.id = m.id
+
+-- name: aliases_rebuild
+-- aliases: put by AliasSet (now) and AliasImported (when the original set it), deleted by AliasRemoved.
+SELECT user_name, alias, artifact_id, set_at
+FROM (
+    SELECT DISTINCT ON (d."user", d.alias)
+           d."user" AS user_name, d.alias, d.artifact_id,
+           CASE WHEN e.type = 'AliasImported' THEN d.set_at ELSE e.recorded_at END AS set_at,
+           e.type
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d ("user" text, alias text, artifact_id text, set_at timestamptz)
+    WHERE e.type IN ('AliasSet', 'AliasRemoved', 'AliasImported')
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d."user", d.alias, e.position DESC
+) AS last_write
+WHERE type <> 'AliasRemoved'
+
+-- name: run_outputs_rebuild
+-- run_outputs: put by OutputLinked.
+SELECT DISTINCT ON (d.run_id, d.artifact_id) d.run_id, d.artifact_id, d.role, d.path, d.step
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, artifact_id text, role text, path text, step integer)
+WHERE e.type = 'OutputLinked'
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+ORDER BY d.run_id, d.artifact_id, e.position DESC
+
+-- name: run_inputs_rebuild
+-- run_inputs: one row per input of RunSubmitted and RunImported (a role listed twice: the later one).
+SELECT DISTINCT ON (d.run_id, i.role) d.run_id, i.role, i.type, i.path, i.artifact_id, i.alias, i.hash
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, inputs json)
+CROSS JOIN LATERAL ROWS FROM (
+    json_to_recordset(d.inputs) AS (role text, type text, path text, artifact_id text, alias text, hash text)
+) WITH ORDINALITY AS i (role, type, path, artifact_id, alias, hash, n)
+WHERE e.type IN ('RunSubmitted', 'RunImported')
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+ORDER BY d.run_id, i.role, e.position DESC, i.n DESC
+
+-- name: pipelines_rebuild
+-- pipelines: put by PipelineCreated (running) and PipelineImported (as the original had it);
+-- PipelineFinished ends the current row.
+WITH made AS (
+    SELECT DISTINCT ON (d.pipeline_id)
+           d.pipeline_id AS id, d.name, d."user" AS user_name,
+           CASE WHEN e.type = 'PipelineCreated' THEN 'running' ELSE d.status END AS status,
+           d.file_path,
+           CASE WHEN e.type = 'PipelineCreated' THEN d.from_run END AS from_run,
+           CASE WHEN e.type = 'PipelineCreated' THEN e.recorded_at ELSE d.created_at END AS created_at,
+           CASE WHEN e.type = 'PipelineImported' THEN d.finished_at END AS finished_at,
+           e.position
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (
+        pipeline_id text, name text, "user" text, status text, file_path text, from_run text,
+        created_at timestamptz, finished_at timestamptz
+    )
+    WHERE e.type IN ('PipelineCreated', 'PipelineImported')
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.pipeline_id, e.position DESC
+),
+finished AS (
+    SELECT DISTINCT ON (d.pipeline_id) d.pipeline_id, d.state, d.reason, e.position, e.recorded_at
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (pipeline_id text, state text, reason text)
+    WHERE e.type = 'PipelineFinished'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.pipeline_id, e.position DESC
+)
+SELECT m.id, m.name, m.user_name,
+       CASE WHEN f.position > m.position THEN f.state ELSE m.status END AS status,
+       m.file_path, m.from_run,
+       CASE WHEN f.position > m.position THEN f.reason END AS reason,
+       m.created_at,
+       CASE WHEN f.position > m.position THEN f.recorded_at ELSE m.finished_at END AS finished_at
+FROM made AS m
+LEFT JOIN finished AS f ON f.pipeline_id = m.id
+
+-- name: pipeline_stages_rebuild
+-- pipeline_stages: one row per stage of PipelineCreated and PipelineImported, numbered from 0 in the
+-- event's order (a name listed twice: the later one).
+SELECT DISTINCT ON (d.pipeline_id, s.name)
+       d.pipeline_id, s.name AS stage_name, (s.n - 1)::integer AS ordinal,
+       coalesce(s.run_ids, '{}') AS run_ids, coalesce(s.parents, '{}') AS parents
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (pipeline_id text, stages json)
+CROSS JOIN LATERAL ROWS FROM (
+    json_to_recordset(d.stages) AS (name text, run_ids text[], parents text[])
+) WITH ORDINALITY AS s (name, run_ids, parents, n)
+WHERE e.type IN ('PipelineCreated', 'PipelineImported')
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+ORDER BY d.pipeline_id, s.name, e.position DESC, s.n DESC
+
+-- name: sweeps_rebuild
+-- sweeps: put by SweepCreated (running); SweepFinished ends the current row.
+WITH made AS (
+    SELECT DISTINCT ON (d.sweep_id)
+           d.sweep_id AS id, d.name, d."user" AS user_name, d.arg, d.start AS start_index, d."end" AS end_index,
+           d.throttle, coalesce(d.run_ids, '{}') AS run_ids, d.aggregate_run_id, d.pipeline_id,
+           e.recorded_at AS created_at, e.position
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (
+        sweep_id text, name text, "user" text, arg text, start integer, "end" integer, throttle integer,
+        run_ids text[], aggregate_run_id text, pipeline_id text
+    )
+    WHERE e.type = 'SweepCreated'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.sweep_id, e.position DESC
+),
+finished AS (
+    SELECT DISTINCT ON (d.sweep_id) d.sweep_id, d.state, e.position, e.recorded_at
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (sweep_id text, state text)
+    WHERE e.type = 'SweepFinished'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.sweep_id, e.position DESC
+)
+SELECT m.id, m.name, m.user_name, m.arg, m.start_index, m.end_index, m.throttle, m.run_ids,
+       m.aggregate_run_id, m.pipeline_id,
+       CASE WHEN f.position > m.position THEN f.state ELSE 'running' END AS status,
+       m.created_at,
+       CASE WHEN f.position > m.position THEN f.recorded_at END AS finished_at
+FROM made AS m
+LEFT JOIN finished AS f ON f.sweep_id = m.id
+
+-- name: evals_rebuild
+-- evals: put by EvalRequested (no metrics yet) and EvalImported (run "" when the original had not
+-- claimed one; recorded at its last update if it has metrics); EvalRecorded fills the current row.
+WITH made AS (
+    SELECT DISTINCT ON (d.eval_key)
+           d.eval_key, d.policy, d.checkpoint_artifact_id, d.eval_recipe_hash,
+           CASE WHEN e.type = 'EvalImported' THEN coalesce(d.run_id, '') ELSE d.run_id END AS run_id,
+           d.step,
+           CASE WHEN e.type = 'EvalImported' THEN d.metrics END AS metrics,
+           CASE WHEN e.type = 'EvalImported' THEN d.requested_at ELSE e.recorded_at END AS requested_at,
+           CASE WHEN e.type = 'EvalImported' AND d.metrics IS NOT NULL THEN d.updated_at END AS recorded_at,
+           e.position
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (
+        eval_key text, policy text, checkpoint_artifact_id text, eval_recipe_hash text, run_id text,
+        step integer, metrics jsonb, requested_at timestamptz, updated_at timestamptz
+    )
+    WHERE e.type IN ('EvalRequested', 'EvalImported')
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.eval_key, e.position DESC
+),
+recorded AS (
+    SELECT DISTINCT ON (d.eval_key) d.eval_key, d.metrics, e.position, e.recorded_at
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (eval_key text, metrics jsonb)
+    WHERE e.type = 'EvalRecorded'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.eval_key, e.position DESC
+)
+SELECT m.eval_key, m.policy, m.checkpoint_artifact_id, m.eval_recipe_hash, m.run_id, m.step,
+       CASE WHEN r.position > m.position THEN r.metrics ELSE m.metrics END AS metrics,
+       m.requested_at,
+       CASE WHEN r.position > m.position THEN r.recorded_at ELSE m.recorded_at END AS recorded_at
+FROM made AS m
+LEFT JOIN recorded AS r ON r.eval_key = m.eval_key
+
+-- name: metric_files_rebuild
+-- metric_files: each MetricsLogged adds its points and skipped lines to its run's row and moves the
+-- row to its version, end and time.
+SELECT DISTINCT ON (d.run_id)
+       d.run_id, e.version AS batches, d."end" AS byte_offset,
+       sum(json_array_length(d.points)) OVER run AS points,
+       sum(coalesce(d.skipped, 0)) OVER run AS skipped,
+       e.recorded_at AS updated_at
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, "end" bigint, points json, skipped bigint)
+WHERE e.type = 'MetricsLogged'
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+WINDOW run AS (PARTITION BY d.run_id)
+ORDER BY d.run_id, e.position DESC
+
+-- name: imported_runs_rebuild
+-- imported_runs: put by RunImported (no history yet); a later RunStatusImported sets the original's
+-- status and, when it has one, the tracking link; each OriginalEventsImported about the run with
+-- events adds them and sets the last one's id to the highest of its own. A tracking link is the
+-- object the handler rebuilds from the decoded link: its known fields, without a null group.
+WITH made AS (
+    SELECT DISTINCT ON (d.run_id)
+           d.run_id, d.recipe_hash, d.source_path, d.context, d.dependency_on, d.tracking, d.status, e.position
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (
+        run_id text, recipe_hash text, source_path text, context jsonb, dependency_on jsonb, tracking jsonb, status text
+    )
+    WHERE e.type = 'RunImported'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    ORDER BY d.run_id, e.position DESC
+),
+changed AS (
+    SELECT d.run_id, d.status, d.tracking, e.position
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, status text, tracking jsonb)
+    JOIN made AS m ON m.run_id = d.run_id AND m.position < e.position
+    WHERE e.type = 'RunStatusImported'
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+),
+last_status AS (
+    SELECT DISTINCT ON (run_id) run_id, status FROM changed ORDER BY run_id, position DESC
+),
+last_tracking AS (
+    SELECT DISTINCT ON (run_id) run_id, tracking FROM changed WHERE tracking IS NOT NULL ORDER BY run_id, position DESC
+),
+history AS (
+    SELECT d.run_id,
+           sum(json_array_length(d.events)) AS events,
+           (array_agg(h.last_id ORDER BY e.position DESC))[1] AS last_id
+    FROM labctl.events AS e
+    CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, events json)
+    CROSS JOIN LATERAL (SELECT max(x.id) AS last_id FROM json_to_recordset(d.events) AS x (id bigint)) AS h
+    JOIN made AS m ON m.run_id = d.run_id AND m.position < e.position
+    WHERE e.type = 'OriginalEventsImported'
+      AND json_array_length(d.events) > 0
+      AND e.position <= %(until)s
+      AND e.position <> ALL (%(skip)s::bigint[])
+    GROUP BY d.run_id
+)
+SELECT m.run_id, m.recipe_hash, m.source_path, m.context, m.dependency_on,
+       (SELECT jsonb_strip_nulls(jsonb_build_object(
+                   'entity', t -> 'entity', 'project', t -> 'project', 'url', t -> 'url',
+                   'source', t -> 'source', 'created_at', t -> 'created_at', 'group', t -> 'group'))
+        FROM (SELECT coalesce(lt.tracking, m.tracking) AS t) AS link
+        WHERE t IS NOT NULL) AS tracking,
+       coalesce(ls.status, m.status) AS original_status,
+       coalesce(h.events, 0)::integer AS original_events,
+       h.last_id AS last_event_id
+FROM made AS m
+LEFT JOIN last_status AS ls ON ls.run_id = m.run_id
+LEFT JOIN last_tracking AS lt ON lt.run_id = m.run_id
+LEFT JOIN history AS h ON h.run_id = m.run_id
+
+-- name: users_rebuild
+-- users: put by UserImported.
+SELECT DISTINCT ON (d.name) d.name, d.pg_role, d.created_at
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (name text, pg_role text, created_at timestamptz)
+WHERE e.type = 'UserImported'
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+ORDER BY d.name, e.position DESC
+
+-- name: imported_evals_rebuild
+-- imported_evals: put by EvalImported.
+SELECT DISTINCT ON (d.eval_key) d.eval_key, d.state, d.attempts, d."user" AS user_name, d.updated_at
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (
+    eval_key text, state text, attempts integer, "user" text, updated_at timestamptz
+)
+WHERE e.type = 'EvalImported'
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+ORDER BY d.eval_key, e.position DESC
+
+-- name: imported_artifacts_rebuild
+-- imported_artifacts: put by ArtifactImported.
+SELECT DISTINCT ON (d.artifact_id) d.artifact_id, d.integrity, d.observed_hash, d.alias_segment
+FROM labctl.events AS e
+CROSS JOIN LATERAL json_to_record(e.data) AS d (
+    artifact_id text, integrity text, observed_hash text, alias_segment text
+)
+WHERE e.type = 'ArtifactImported'
+  AND e.position <= %(until)s
+  AND e.position <> ALL (%(skip)s::bigint[])
+ORDER BY d.artifact_id, e.position DESC
