@@ -5,7 +5,10 @@ give the same rows, column by column, and the audit must compare them."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -42,8 +45,13 @@ from events.types import (
     TrackingLink,
     UserImported,
 )
+from labctl import gc
+from labctl.app import App
 from projections.base import MemoryRows, State, Table
 from projections.engine import all_tables, apply, catch_up, diff_live, replay_as_of, replay_live, scan_events
+from tests.conftest import run_cli
+from tests.test_artifact_commands import _gc_world, app  # noqa: F401 (app: the fixture)
+from tests.test_pipelines_acceptance import DATA
 
 # The tables this file covers (runs and metrics have tests of their own).
 TABLES = [
@@ -483,6 +491,15 @@ def _varied_log() -> list[NewEvent]:
             run_id='"i2"',
             events='[{"id": 99, "type": "t", "payload": [], "created_at": "2024-01-01T00:00:00Z"}]',
         ),
+        NewEvent("run-i5", _imported_run("i5", [])),
+        _raw(
+            "run-i5",
+            "RunStatusImported",
+            run_id='"i5"',
+            status='"failed"',
+            tracking='{"entity": "e", "project": "p", "url": "u", '
+            '"source": "s", "created_at": "2024-01-01T00:00:00.500000Z", "group": null, "unknown": 1}',
+        ),
         _raw("user-u2", "UserImported", name='"u2"', created_at='"2024-01-01T00:00Z"'),
         _raw(
             "eval-e4",
@@ -620,6 +637,14 @@ def test_a_rebuild_computes_the_same_rows_as_projecting_each_append(conn: psycop
     )
     assert '"group"' not in runs[("i2",)]["tracking"] and '"group": "h"' in runs[("i4",)]["tracking"]
     assert runs[("i3",)]["original_events"] == "0" and runs[("i3",)]["tracking"] is None
+    # As the handler rebuilds the decoded link: no null group, no field it does not know.
+    assert json.loads(runs[("i5",)]["tracking"] or "") == {
+        "entity": "e",
+        "project": "p",
+        "url": "u",
+        "source": "s",
+        "created_at": "2024-01-01T00:00:00.500000Z",
+    }
     assert folded["users"][("u1",)]["pg_role"] == "u1_role" and ("u2",) in folded["users"]
 
 
@@ -662,3 +687,54 @@ def test_the_audit_finds_rows_changed_missing_or_extra_in_these_tables(conn: psy
         ("imported_runs", "differs", ["i2"], ["original_events"]),
         ("pipeline_stages", "differs", ["p1", "train"], ["run_ids"]),
     ]
+
+
+# ------------------------------------------------------------------------- through labctl itself
+
+
+def test_the_server_agrees_with_the_handlers_on_what_labctl_records(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Pipelines, a sweep with a failing point, checkpoints and their evals, aliases set and removed,
+    an external dataset, and gc, all through the CLI; the read models projected append by append
+    equal the server's rebuild column by column."""
+    failed = run_cli(env, "run-sweep", str(DATA / "sweep" / "point_fail.toml"), "--wait")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    run_cli(env, "run-pipeline", str(DATA / "diamond" / "pipeline.toml"), "--wait", check=True)
+    trained = run_cli(env, "run", str(DATA / "evals" / "train_alone.toml"), "--wait", check=True).stdout
+    train_run = re.search(r"^run_id: (\S+)$", trained, re.M).group(1)  # type: ignore[union-attr]
+    run_cli(env, "evald", "once", str(DATA / "evals" / "policies" / "every-step.toml"), check=True)
+    run_cli(env, "agent", "--drain", check=True, timeout=120)
+    data = tmp_path / "external"
+    data.mkdir()
+    (data / "x.bin").write_bytes(b"x" * 100)
+    run_cli(env, "register-external", "--alias", "ext", "--path", str(data), check=True)
+    run_cli(env, "alias", "set", "best", f"evals-alone-{train_run}", check=True)
+    run_cli(env, "alias", "set", "best", "ext", check=True)
+    run_cli(env, "alias", "rm", "ext", check=True)
+    run_cli(env, "gc", "--older-than", "0s", "--force", "--yes", check=True)
+    projected = _live(conn)
+
+    folded = assert_server_rebuild_matches(conn)
+    assert _differences(folded, projected) == []
+    recorded = [v for v in folded["evals"].values() if v["recorded_at"] is not None]
+    assert len(recorded) == 3 and all(v["metrics"] for v in recorded)
+    assert {v["status"] for v in folded["pipelines"].values()} == {"failed", "succeeded"}
+    assert [v["status"] for v in folded["sweeps"].values()] == ["failed"]
+    assert ("alice", "best") in folded["aliases"] and ("alice", "ext") not in folded["aliases"]
+    assert len(folded["run_inputs"]) > 5 and len(folded["run_outputs"]) > 5
+
+
+def test_the_server_agrees_with_the_handlers_on_what_gc_collected(
+    app: App,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    world = _gc_world(app, tmp_path)  # outputs stored and linked, an alias, a reader still running, an external
+    report = gc.gc(app, older_than=timedelta(0), remove=True, force=True)
+    assert [c.artifact_id for c in report.artifacts] == [world["unreferenced"]]
+    projected = _live(app.db.conn)
+
+    folded = assert_server_rebuild_matches(app.db.conn)
+    assert _differences(folded, projected) == []
+    removed = {k[0] for k, v in folded["artifacts"].items() if v["removed_at"] is not None}
+    assert removed == {world["unreferenced"]}
