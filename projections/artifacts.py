@@ -62,8 +62,8 @@ class RunInputRow(msgspec.Struct, kw_only=True):
     hash: str | None
 
 
-# A rebuild has the server compute every table from the log (queries.sql): the handlers below
-# project appends, and skip their work in a rebuild.
+# A rebuild has the server compute every table from the log (queries.sql), which must match these
+# handlers exactly (tests/test_server_rebuild.py compares the two); the handlers project each append.
 _QUERIES = load_queries("projections")
 ARTIFACTS = Table(
     "artifacts",
@@ -85,10 +85,7 @@ projection = Projection("artifacts", [ARTIFACTS, ALIASES, RUN_OUTPUTS, RUN_INPUT
 def _registered(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactRegistered)
-    rows = state.rows(ARTIFACTS)
-    if not rows.collects:
-        return
-    rows.put(
+    state.rows(ARTIFACTS).put(
         ArtifactRow(
             id=d.artifact_id,
             hash=d.hash,
@@ -109,8 +106,6 @@ def _collected(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactsCollected)
     rows = state.rows(ARTIFACTS)
-    if rows.server_built:
-        return
     for artifact_id in d.artifact_ids:
         row = rows.get(artifact_id)
         if row is not None:
@@ -122,27 +117,23 @@ def _collected(state: State, e: StoredEvent) -> None:
 def _alias_set(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, AliasSet)
-    rows = state.rows(ALIASES)
-    if rows.collects:
-        rows.put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=e.recorded_at))
+    state.rows(ALIASES).put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=e.recorded_at))
 
 
 @projection.on(AliasRemoved)
 def _alias_removed(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, AliasRemoved)
-    rows = state.rows(ALIASES)
-    if rows.collects:
-        rows.delete(d.user, d.alias)
+    state.rows(ALIASES).delete(d.user, d.alias)
 
 
 @projection.on(OutputLinked)
 def _output(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, OutputLinked)
-    rows = state.rows(RUN_OUTPUTS)
-    if rows.collects:
-        rows.put(RunOutputRow(run_id=d.run_id, artifact_id=d.artifact_id, role=d.role, path=d.path, step=d.step))
+    state.rows(RUN_OUTPUTS).put(
+        RunOutputRow(run_id=d.run_id, artifact_id=d.artifact_id, role=d.role, path=d.path, step=d.step)
+    )
 
 
 @projection.on(RunSubmitted)
@@ -161,8 +152,6 @@ def _imported_inputs(state: State, e: StoredEvent) -> None:
 
 def _put_inputs(state: State, run_id: str, inputs: list[InputRef]) -> None:
     rows = state.rows(RUN_INPUTS)
-    if not rows.collects:
-        return
     for i in inputs:
         rows.put(
             RunInputRow(
@@ -181,10 +170,7 @@ def _put_inputs(state: State, run_id: str, inputs: list[InputRef]) -> None:
 def _imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactImported)
-    rows = state.rows(ARTIFACTS)
-    if not rows.collects:
-        return
-    rows.put(
+    state.rows(ARTIFACTS).put(
         ArtifactRow(
             id=d.artifact_id,
             hash=d.hash,
@@ -204,6 +190,4 @@ def _imported(state: State, e: StoredEvent) -> None:
 def _alias_imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, AliasImported)
-    rows = state.rows(ALIASES)
-    if rows.collects:
-        rows.put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=d.set_at))
+    state.rows(ALIASES).put(AliasRow(user_name=d.user, alias=d.alias, artifact_id=d.artifact_id, set_at=d.set_at))

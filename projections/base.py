@@ -95,9 +95,6 @@ class Rows(Generic[R]):
 
     # False where a rebuild computes the table in the server: a handler may skip building its rows.
     collects = True
-    # True where a rebuild computes the table in the server: a handler that reads its rows back and
-    # changes them has nothing to do (the dry run of ``KeysRead`` does not collect, yet must read).
-    server_built = False
 
     def get(self, *key: Any) -> R | None:
         raise NotImplementedError
@@ -128,7 +125,6 @@ class ServerBuiltRows(Rows[R]):
     """A rebuild's rows of a table the server computes from the log (``Table.rebuild_query``)."""
 
     collects = False
-    server_built = True
 
     def __init__(self, table: Table[R]) -> None:
         self.table = table

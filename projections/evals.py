@@ -25,7 +25,8 @@ class EvalRow(msgspec.Struct, kw_only=True):
     recorded_at: datetime | None
 
 
-# A rebuild has the server compute the table from the log (queries.sql); the handlers project appends.
+# A rebuild has the server compute the table from the log (queries.sql), which must match these
+# handlers exactly (tests/test_server_rebuild.py compares the two); the handlers project each append.
 EVALS = Table(
     "evals",
     EvalRow,
@@ -41,10 +42,7 @@ projection = Projection("evals", [EVALS])
 def _requested(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalRequested)
-    rows = state.rows(EVALS)
-    if not rows.collects:
-        return
-    rows.put(
+    state.rows(EVALS).put(
         EvalRow(
             eval_key=d.eval_key,
             policy=d.policy,
@@ -64,8 +62,6 @@ def _recorded(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalRecorded)
     rows = state.rows(EVALS)
-    if rows.server_built:
-        return
     row = rows.get(d.eval_key)
     if row is not None:
         row.metrics = d.metrics
@@ -77,10 +73,7 @@ def _recorded(state: State, e: StoredEvent) -> None:
 def _imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalImported)
-    rows = state.rows(EVALS)
-    if not rows.collects:
-        return
-    rows.put(
+    state.rows(EVALS).put(
         EvalRow(
             eval_key=d.eval_key,
             policy=d.policy,

@@ -53,8 +53,8 @@ class ImportedArtifactRow(msgspec.Struct, kw_only=True):
     alias_segment: str | None
 
 
-# A rebuild has the server compute every table from the log (queries.sql): the handlers below
-# project appends, and skip their work in a rebuild.
+# A rebuild has the server compute every table from the log (queries.sql), which must match these
+# handlers exactly (tests/test_server_rebuild.py compares the two); the handlers project each append.
 _QUERIES = load_queries("projections")
 IMPORTED_RUNS = Table(
     "imported_runs",
@@ -85,10 +85,7 @@ def _tracking(link: Any) -> dict[str, Any] | None:
 def _run(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunImported)
-    rows = state.rows(IMPORTED_RUNS)
-    if not rows.collects:
-        return
-    rows.put(
+    state.rows(IMPORTED_RUNS).put(
         ImportedRunRow(
             run_id=d.run_id,
             recipe_hash=d.recipe_hash,
@@ -108,8 +105,6 @@ def _status(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, RunStatusImported)
     rows = state.rows(IMPORTED_RUNS)
-    if rows.server_built:
-        return
     row = rows.get(d.run_id)
     if row is not None:
         row.original_status = d.status
@@ -125,8 +120,6 @@ def _history(state: State, e: StoredEvent) -> None:
     if d.run_id is None or not d.events:
         return
     rows = state.rows(IMPORTED_RUNS)
-    if rows.server_built:
-        return
     row = rows.get(d.run_id)
     if row is not None:
         row.original_events += len(d.events)
@@ -138,35 +131,29 @@ def _history(state: State, e: StoredEvent) -> None:
 def _user(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, UserImported)
-    rows = state.rows(USERS)
-    if rows.collects:
-        rows.put(UserRow(name=d.name, pg_role=d.pg_role, created_at=d.created_at))
+    state.rows(USERS).put(UserRow(name=d.name, pg_role=d.pg_role, created_at=d.created_at))
 
 
 @projection.on(EvalImported)
 def _eval(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, EvalImported)
-    rows = state.rows(IMPORTED_EVALS)
-    if rows.collects:
-        rows.put(
-            ImportedEvalRow(
-                eval_key=d.eval_key, state=d.state, attempts=d.attempts, user_name=d.user, updated_at=d.updated_at
-            )
+    state.rows(IMPORTED_EVALS).put(
+        ImportedEvalRow(
+            eval_key=d.eval_key, state=d.state, attempts=d.attempts, user_name=d.user, updated_at=d.updated_at
         )
+    )
 
 
 @projection.on(ArtifactImported)
 def _artifact(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, ArtifactImported)
-    rows = state.rows(IMPORTED_ARTIFACTS)
-    if rows.collects:
-        rows.put(
-            ImportedArtifactRow(
-                artifact_id=d.artifact_id,
-                integrity=d.integrity,
-                observed_hash=d.observed_hash,
-                alias_segment=d.alias_segment,
-            )
+    state.rows(IMPORTED_ARTIFACTS).put(
+        ImportedArtifactRow(
+            artifact_id=d.artifact_id,
+            integrity=d.integrity,
+            observed_hash=d.observed_hash,
+            alias_segment=d.alias_segment,
         )
+    )

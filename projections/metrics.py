@@ -34,6 +34,7 @@ class MetricFileRow(msgspec.Struct, kw_only=True):
 METRICS = Table(
     "metrics", MetricRow, key=("run_id", "name", "step"), rebuild_query=load_queries("projections")["metrics_rebuild"]
 )
+# And how far each run's file was read (tests/test_server_rebuild.py compares it with the handler's).
 METRIC_FILES = Table(
     "metric_files", MetricFileRow, key=("run_id",), rebuild_query=load_queries("projections")["metric_files_rebuild"]
 )
@@ -62,8 +63,6 @@ def _logged(state: State, e: StoredEvent) -> None:
                 value = metric_value(raw)
                 rows.put(MetricRow(run_id=d.run_id, name=name, step=point.step, value=value, logged_at=at))
     files = state.rows(METRIC_FILES)
-    if files.server_built:
-        return
     row = files.get(d.run_id)
     files.put(
         MetricFileRow(

@@ -48,8 +48,8 @@ class SweepRow(msgspec.Struct, kw_only=True):
     finished_at: datetime | None
 
 
-# A rebuild has the server compute every table from the log (queries.sql): the handlers below
-# project appends, and skip their work in a rebuild.
+# A rebuild has the server compute every table from the log (queries.sql), which must match these
+# handlers exactly (tests/test_server_rebuild.py compares the two); the handlers project each append.
 _QUERIES = load_queries("projections")
 PIPELINES = Table("pipelines", PipelineRow, key=("id",), rebuild_query=_QUERIES["pipelines_rebuild"])
 STAGES = Table(
@@ -64,28 +64,24 @@ projection = Projection("pipelines", [PIPELINES, STAGES, SWEEPS])
 def _created(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, PipelineCreated)
-    rows = state.rows(PIPELINES)
-    if rows.collects:
-        rows.put(
-            PipelineRow(
-                id=d.pipeline_id,
-                name=d.name,
-                user_name=d.user,
-                status="running",
-                file_path=d.file_path,
-                from_run=d.from_run,
-                reason=None,
-                created_at=e.recorded_at,
-                finished_at=None,
-            )
+    state.rows(PIPELINES).put(
+        PipelineRow(
+            id=d.pipeline_id,
+            name=d.name,
+            user_name=d.user,
+            status="running",
+            file_path=d.file_path,
+            from_run=d.from_run,
+            reason=None,
+            created_at=e.recorded_at,
+            finished_at=None,
         )
+    )
     _put_stages(state, d.pipeline_id, d.stages)
 
 
 def _put_stages(state: State, pipeline_id: str, specs: list[StageSpec]) -> None:
     stages = state.rows(STAGES)
-    if not stages.collects:
-        return
     for ordinal, s in enumerate(specs):
         stages.put(
             StageRow(
@@ -103,8 +99,6 @@ def _finished(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, PipelineFinished)
     rows = state.rows(PIPELINES)
-    if rows.server_built:
-        return
     row = rows.get(d.pipeline_id)
     if row is not None:
         row.status = d.state
@@ -117,10 +111,7 @@ def _finished(state: State, e: StoredEvent) -> None:
 def _sweep(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, SweepCreated)
-    rows = state.rows(SWEEPS)
-    if not rows.collects:
-        return
-    rows.put(
+    state.rows(SWEEPS).put(
         SweepRow(
             id=d.sweep_id,
             name=d.name,
@@ -144,8 +135,6 @@ def _sweep_finished(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, SweepFinished)
     rows = state.rows(SWEEPS)
-    if rows.server_built:
-        return
     row = rows.get(d.sweep_id)
     if row is not None:
         row.status = d.state
@@ -157,19 +146,17 @@ def _sweep_finished(state: State, e: StoredEvent) -> None:
 def _imported(state: State, e: StoredEvent) -> None:
     d = e.data
     assert isinstance(d, PipelineImported)
-    rows = state.rows(PIPELINES)
-    if rows.collects:
-        rows.put(
-            PipelineRow(
-                id=d.pipeline_id,
-                name=d.name,
-                user_name=d.user,
-                status=d.status,
-                file_path=d.file_path,
-                from_run=None,
-                reason=None,
-                created_at=d.created_at,
-                finished_at=d.finished_at,
-            )
+    state.rows(PIPELINES).put(
+        PipelineRow(
+            id=d.pipeline_id,
+            name=d.name,
+            user_name=d.user,
+            status=d.status,
+            file_path=d.file_path,
+            from_run=None,
+            reason=None,
+            created_at=d.created_at,
+            finished_at=d.finished_at,
         )
+    )
     _put_stages(state, d.pipeline_id, d.stages)
