@@ -51,6 +51,7 @@ from projections.base import MemoryRows, State, Table
 from projections.engine import all_tables, apply, catch_up, diff_live, replay_as_of, replay_live, scan_events
 from tests.conftest import run_cli
 from tests.test_artifact_commands import _gc_world, app  # noqa: F401 (app: the fixture)
+from tests.test_import import _add_runs, _source, registry  # noqa: F401 (registry: the fixture)
 from tests.test_pipelines_acceptance import DATA
 
 # The tables this file covers (runs and metrics have tests of their own).
@@ -349,6 +350,8 @@ def _varied_log() -> list[NewEvent]:
     add("sweep-s2", SweepCreated(sweep_id="s2", name="wd", user="bob", arg="wd", start=-3, end=3, run_ids=[]))
     add("sweep-s1", SweepFinished(sweep_id="s1", state="failed"), SweepFinished(sweep_id="s1", state="succeeded"))
     add("sweep-s9", SweepFinished(sweep_id="s9", state="succeeded"))
+    add("sweep-s3", SweepFinished(sweep_id="s3", state="failed"))  # before it was created: nothing
+    add("sweep-s3", SweepCreated(sweep_id="s3", name="bs", user="carol", arg="bs", start=1, end=2, run_ids=["r30"]))
     # evals: requested, recorded twice, recorded before requested (nothing), requested again after it
     # was recorded (no metrics again), imported with and without metrics and run.
     add(
@@ -387,6 +390,7 @@ def _varied_log() -> list[NewEvent]:
         _eval_imported("e4", metrics={"loss": 1.25}, run_id="re4"),
         _eval_imported("e5", metrics=None, run_id=None),
     )
+    add("eval-e6", _eval_imported("e6", metrics=None, run_id="re6"))  # pending in the original: not recorded
     add("eval-e5", EvalRecorded(eval_key="e5", run_id="re5", metrics={"late": True}))
     # metric files: several batches of one run, with skipped lines, and another run.
     for n, run in ((3, "m1"), (1, "m2")):
@@ -619,11 +623,16 @@ def test_a_rebuild_computes_the_same_rows_as_projecting_each_append(conn: psycop
         "run_ids": "{r13}",
         "parents": "{}",
     }
-    assert {k: v["status"] for k, v in folded["sweeps"].items()} == {("s1",): "succeeded", ("s2",): "running"}
+    assert {k[0]: v["status"] for k, v in folded["sweeps"].items()} == {
+        "s1": "succeeded",
+        "s2": "running",
+        "s3": "running",
+    }
     evals = folded["evals"]
     assert evals[("e1",)]["metrics"] == '{"n": [1, {"x": null}], "top1": 0.75}'
     assert evals[("e2",)]["metrics"] is None and evals[("e2",)]["recorded_at"] is None  # recorded before requested
     assert evals[("e3",)]["policy"] == "pol2" and evals[("e3",)]["metrics"] == '{"m": [true]}'  # the later key
+    assert evals[("e6",)]["recorded_at"] is None and evals[("e4",)]["recorded_at"] is not None
     assert evals[("e5",)]["run_id"] == "" and evals[("e5",)]["metrics"] == '{"late": true}'
     assert {k[0]: (v["batches"], v["points"], v["skipped"]) for k, v in folded["metric_files"].items()} == {
         "m1": ("3", "9", "3"),
@@ -738,3 +747,34 @@ def test_the_server_agrees_with_the_handlers_on_what_gc_collected(
     assert _differences(folded, projected) == []
     removed = {k[0] for k, v in folded["artifacts"].items() if v["removed_at"] is not None}
     assert removed == {world["unreferenced"]}
+
+
+def test_the_server_agrees_with_the_handlers_on_an_imported_registry(
+    registry: Any,  # noqa: F811
+    env: dict[str, str],
+    conn: psycopg.Connection[Any],
+) -> None:
+    """An original registry imported, then imported again after a run ended there (its status and
+    history change) and new runs came: users, runs with their history and tracking, artifacts by
+    integrity, aliases, pipelines and evals as the importer records them."""
+    src, _ = registry("0003")
+    run_cli(env, "import", "--from", src, check=True)
+    running = _source(src, "SELECT id FROM runs WHERE status = 'running' ORDER BY id")[0][0]
+    with psycopg.connect(src, autocommit=True) as c:
+        c.execute("UPDATE runs SET status = 'succeeded', finished_at = created_at + 100 WHERE id = %s", (running,))
+        c.execute(
+            "INSERT INTO events (run_id, event_type, payload_json, created_at) "
+            "VALUES (%s, 'run_status', '{\"status\": \"succeeded\"}', 1800000000)",
+            (running,),
+        )
+        _add_runs(c, src)
+    run_cli(env, "import", "--from", src, check=True)
+
+    folded = assert_server_rebuild_matches(conn)
+    for name in ("imported_runs", "users", "imported_evals", "imported_artifacts", "artifacts", "pipelines"):
+        assert folded[name], name
+    assert folded["imported_runs"][(running,)]["original_status"] == "succeeded"
+    assert (
+        int(folded["imported_runs"][(running,)]["original_events"] or 0)
+        == (_source(src, f"SELECT count(*) FROM events WHERE run_id = '{running}'")[0][0])
+    )
