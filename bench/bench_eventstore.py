@@ -21,6 +21,10 @@ Timed cases are interleaved round by round and the median round is kept, so
 both sides of a ratio see the same noise.
 
     PYTHONPATH=. python bench/bench_eventstore.py [--quick] [--write]
+
+With ``--only replay``, just the rebuild log and ``replay_live`` end to end, each round in a fresh
+process (events/s and the process's peak memory); ``--against TREE`` alternates it with another
+checkout's code (e.g. ``git archive <commit> | tar -x -C TREE``) on the same log, for an A/B.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import queue
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -679,6 +684,49 @@ class Report:
         return "\n".join(lines)
 
 
+# ------------------------------------------------------------ replay only
+
+_REPLAY_CHILD = """
+import resource, sys, time
+from labctl.db import connect
+from projections.engine import replay_live
+with connect(sys.argv[1]) as conn:
+    start = time.perf_counter()
+    report = replay_live(conn)
+    seconds = time.perf_counter() - start
+print(report.events, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def replay_in(tree: Path, url: str) -> tuple[int, float, float]:
+    """``replay_live`` of ``tree``'s code in a fresh process: events, seconds, peak resident MB."""
+    out = subprocess.run(
+        [sys.executable, "-c", _REPLAY_CHILD, url],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return int(out[0]), float(out[1]), float(out[2])
+
+
+def replay_only(sizes: Sizes, against: Path | None) -> None:
+    here = Path(__file__).resolve().parent.parent
+    trees = {"this tree": here} | ({f"against {against}": against} if against else {})
+    with server() as srv:
+        url = srv.url(LABCTL_DB)
+        with connect(url) as conn:
+            ensure_schema(conn)
+            for batch in run_log_batches(sizes.runs):
+                append_batch(conn, batch)
+        print(f"PostgreSQL {srv.version}; {sizes.runs * 3:,} events; {machine_line('')}")
+        for r in range(sizes.rounds):
+            for name in list(trees)[r % len(trees) :] + list(trees)[: r % len(trees)]:
+                events, seconds, peak = replay_in(trees[name], url)
+                print(f"round {r + 1} {name}: {events / seconds:,.0f} events/s ({seconds:.2f} s), peak {peak:,.0f} MB")
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -686,8 +734,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 30 s)")
     parser.add_argument("--write", action="store_true", help="replace the '## Event store' section of bench/RESULTS.md")
+    parser.add_argument("--only", choices=["replay"], help="run only this case (see the module's doc)")
+    parser.add_argument("--against", type=Path, help="with --only replay: another checkout to alternate with")
     opts = parser.parse_args(argv)
     sizes = QUICK if opts.quick else FULL
+    if opts.only == "replay":
+        replay_only(sizes, opts.against)
+        return
     # A plain `kill` still stops the embedded server we started (via server()'s finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started_at = time.perf_counter()

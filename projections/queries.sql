@@ -54,129 +54,136 @@ ORDER BY run_id, name, step, position DESC, i DESC
 
 -- name: runs_rebuild
 -- The runs table exactly as the handlers in runs.py leave it after the log up to %(until)s, without
--- the events at %(skip)s (those the fold could not decode, which the handlers skip). A run's row is
--- made by RunPending, RunSubmitted or RunImported (its "creators"); events about a run before its first
--- creator find no row and are ignored, every later one touches updated_at and stream_version. Each
--- field is the value of the last event that set it, and every creator sets every field (a RunSubmitted
--- keeps created_at and cancel_requested, which follow the last RunPending or RunImported, else the
--- first creator). The one dependence on order: a RunStarted changes the status (and started_at,
--- job_id) only when the status the last other event set is not terminal (TERMINAL_STATES in runs.py).
--- Each run's events are sorted once by position: windows find its creators and, for each RunStarted,
--- whether it applies; arrays aggregated in that order give each field's last value.
-SELECT id, r_doc ->> 'name' AS name, r_doc ->> 'user' AS user_name, status[cardinality(status)] AS status,
-       r_doc ->> 'executor' AS executor, job_id[cardinality(job_id)] AS job_id,
-       exit_code[cardinality(exit_code)] AS exit_code, signal[cardinality(signal)] AS signal,
-       reason[cardinality(reason)] AS reason, r_doc ->> 'run_dir' AS run_dir,
-       CASE WHEN r_type <> 'RunPending' THEN r_doc ->> 'cache_key' END AS cache_key,
-       producer_run_id[cardinality(producer_run_id)] AS producer_run_id,
-       r_doc ->> 'pipeline_id' AS pipeline_id, r_doc ->> 'stage_name' AS stage_name,
-       CASE WHEN r_type <> 'RunImported' THEN r_doc ->> 'sweep_id' END AS sweep_id,
-       CASE WHEN r_type <> 'RunImported' THEN (r_doc ->> 'sweep_index')::integer END AS sweep_index,
-       CASE WHEN r_type <> 'RunImported' THEN r_doc ->> 'recipe_path' END AS recipe_path,
-       r_doc -> 'recipe' AS recipe,
-       CASE WHEN r_type <> 'RunPending' THEN r_doc ->> 'repo' END AS repo,
-       CASE WHEN r_type <> 'RunPending' THEN r_doc ->> 'repo_commit' END AS repo_commit,
-       CASE WHEN r_type = 'RunSubmitted' THEN (r_doc ->> 'repo_dirty')::boolean END AS repo_dirty,
-       agent_id[cardinality(agent_id)] AS agent_id, cancel_requested, created_at,
-       started_at[cardinality(started_at)] AS started_at, finished_at[cardinality(finished_at)] AS finished_at,
-       updated_at, stream_version
+-- the events at %(skip)s (those the fold could not decode, which the handlers skip too).
+--
+-- A run's row is made by RunPending, RunSubmitted or RunImported (its "creators"), each of which sets
+-- every field; events about a run before its first creator find no row and are ignored. So each field
+-- is the value of the last event that set it (the last creator at least): each run's events are
+-- sorted once by position, a window gives the position of each field's last setter, and the group of
+-- the run's rows takes the value at that position. Two fields reach further back: created_at and
+-- cancel_requested follow the last RunPending or RunImported (a RunSubmitted keeps them), else the
+-- first creator. The one dependence on order: a RunStarted changes the status (and started_at,
+-- job_id) only when the last status another event set is not terminal (TERMINAL_STATES in runs.py).
+--
+-- Each event is parsed once, into text fields (json_to_record: no jsonb tree is built, the recipe
+-- stays text until the one that counts is cast); values are cast only for the types that carry them
+-- (an unknown field of another type is ignored, as the decoder ignores it). Text from JSON is the
+-- decoded string, the last of duplicate keys, as the decoder reads it.
+SELECT run_id AS id,
+       max(name) FILTER (WHERE position = last_creator) AS name,
+       max("user") FILTER (WHERE position = last_creator) AS user_name,
+       max(CASE WHEN type = 'RunStarted' THEN 'running' ELSE new_status END) FILTER (WHERE position = last_status)
+           AS status,
+       max(executor) FILTER (WHERE position = last_creator) AS executor,
+       max(new_job_id) FILTER (WHERE position = last_job_id) AS job_id,
+       max(exit_code) FILTER (WHERE position = last_end) AS exit_code,
+       max(signal) FILTER (WHERE position = last_end) AS signal,
+       max(reason) FILTER (WHERE position = last_end) AS reason,
+       max(run_dir) FILTER (WHERE position = last_creator) AS run_dir,
+       max(cache_key) FILTER (WHERE position = last_creator AND type <> 'RunPending') AS cache_key,
+       max(new_producer) FILTER (WHERE position = last_producer) AS producer_run_id,
+       max(pipeline_id) FILTER (WHERE position = last_creator) AS pipeline_id,
+       max(stage_name) FILTER (WHERE position = last_creator) AS stage_name,
+       max(sweep_id) FILTER (WHERE position = last_creator AND type <> 'RunImported') AS sweep_id,
+       max(sweep_index::integer) FILTER (WHERE position = last_creator AND type <> 'RunImported') AS sweep_index,
+       max(recipe_path) FILTER (WHERE position = last_creator AND type <> 'RunImported') AS recipe_path,
+       max(recipe) FILTER (WHERE position = last_creator)::jsonb AS recipe,
+       max(repo) FILTER (WHERE position = last_creator AND type <> 'RunPending') AS repo,
+       max(repo_commit) FILTER (WHERE position = last_creator AND type <> 'RunPending') AS repo_commit,
+       bool_or(repo_dirty::boolean) FILTER (WHERE position = last_creator AND type = 'RunSubmitted') AS repo_dirty,
+       max(new_agent_id) FILTER (WHERE position = last_agent_id) AS agent_id,
+       coalesce(max(last_cancel) > max(anchor), false) AS cancel_requested,
+       max(new_created_at) FILTER (WHERE position = anchor) AS created_at,
+       max(new_started_at) FILTER (WHERE position = last_started_at) AS started_at,
+       max(new_finished_at) FILTER (WHERE position = last_finished_at) AS finished_at,
+       max(recorded_at) FILTER (WHERE position = last_event) AS updated_at,
+       max(version) FILTER (WHERE position = last_event) AS stream_version
 FROM (
-    SELECT run_id AS id,
-           (array_agg(doc) FILTER (WHERE position = last_creator))[1] AS r_doc,
-           (array_agg(type) FILTER (WHERE position = last_creator))[1] AS r_type,
-           (array_agg(created_at) FILTER (WHERE position = anchor))[1] AS created_at,
-           bool_or(type = 'CancelRequested' AND position > anchor) AS cancel_requested,
-           (array_agg(recorded_at) FILTER (WHERE position = last_position))[1] AS updated_at,
-           (array_agg(version) FILTER (WHERE position = last_position))[1] AS stream_version,
-           array_agg(coalesce(status, 'running') ORDER BY position)
-               FILTER (WHERE (status IS NOT NULL OR type = 'RunStarted') AND applies AND position >= last_creator)
-               AS status,
-           array_agg(job_id ORDER BY position) FILTER (WHERE sets_job_id AND applies AND position >= last_creator)
-               AS job_id,
-           array_agg(agent_id ORDER BY position) FILTER (WHERE sets_agent_id AND position >= last_creator)
-               AS agent_id,
-           array_agg(exit_code ORDER BY position) FILTER (WHERE ends AND position >= last_creator) AS exit_code,
-           array_agg(signal ORDER BY position) FILTER (WHERE ends AND position >= last_creator) AS signal,
-           array_agg(reason ORDER BY position) FILTER (WHERE ends AND position >= last_creator) AS reason,
-           array_agg(started_at ORDER BY position)
-               FILTER (WHERE sets_started_at AND applies AND position >= last_creator) AS started_at,
-           array_agg(finished_at ORDER BY position) FILTER (WHERE sets_finished_at AND position >= last_creator)
-               AS finished_at,
-           array_agg(producer_run_id ORDER BY position)
-               FILTER (WHERE sets_producer AND position >= last_creator) AS producer_run_id
+    SELECT a.*,
+           max(position) FILTER (WHERE creates) OVER run AS last_creator,
+           -- where created_at and cancel_requested were last reset
+           greatest(min(position) FILTER (WHERE creates) OVER run,
+                    max(position) FILTER (WHERE type IN ('RunPending', 'RunImported')) OVER run) AS anchor,
+           max(position) FILTER (WHERE (new_status IS NOT NULL OR type = 'RunStarted') AND applies) OVER run
+               AS last_status,
+           max(position) FILTER (WHERE sets_job_id AND applies) OVER run AS last_job_id,
+           max(position) FILTER (WHERE sets_agent_id) OVER run AS last_agent_id,
+           max(position) FILTER (WHERE creates OR type = 'RunFinished') OVER run AS last_end,
+           max(position) FILTER (WHERE sets_started_at AND applies) OVER run AS last_started_at,
+           max(position) FILTER (WHERE sets_finished_at) OVER run AS last_finished_at,
+           max(position) FILTER (WHERE creates OR type IN ('RunCacheHit', 'RunCoalesced')) OVER run AS last_producer,
+           max(position) FILTER (WHERE type = 'CancelRequested') OVER run AS last_cancel,
+           max(position) OVER run AS last_event
     FROM (
         SELECT ev.*,
-               max(position) FILTER (WHERE creates) OVER run AS last_creator,
-               min(position) FILTER (WHERE creates) OVER run AS first_creator,
-               -- where created_at and cancel_requested were last reset
-               greatest(min(position) FILTER (WHERE creates) OVER run,
-                        max(position) FILTER (WHERE type IN ('RunPending', 'RunImported')) OVER run) AS anchor,
-               max(position) OVER run AS last_position,
-               -- a RunStarted applies when the last status set before it (its position, zero-padded so
-               -- that text order is numeric order, then 1 if terminal) is not terminal
+               -- a RunStarted applies when the last status set before it is not terminal
                type <> 'RunStarted'
-               OR right(max(lpad(position::text, 19, '0') || (status IN ('succeeded', 'failed', 'cancelled', 'timeout',
-                                                                         'oom', 'node_fail', 'dependency_failed',
-                                                                         'unknown_terminal', 'cache_hit'))::integer)
-                        OVER before, 1) = '0' AS applies
+               OR coalesce(max(position) FILTER (WHERE new_status IN ('succeeded', 'failed', 'cancelled', 'timeout',
+                                                                      'oom', 'node_fail', 'dependency_failed',
+                                                                      'unknown_terminal', 'cache_hit')) OVER before, 0)
+                  < coalesce(max(position) FILTER (WHERE new_status IS NOT NULL) OVER before, 0) AS applies
         FROM (
-            SELECT e.position, e.type, e.version, e.recorded_at, d.doc ->> 'run_id' AS run_id,
+            SELECT e.position, e.type, e.version, e.recorded_at, x.run_id,
+                   x.name, x."user", x.executor, x.run_dir, x.recipe, x.recipe_path, x.cache_key, x.repo,
+                   x.repo_commit, x.repo_dirty, x.pipeline_id, x.stage_name, x.sweep_id, x.sweep_index,
                    e.type IN ('RunPending', 'RunSubmitted', 'RunImported') AS creates,
-                   e.type = 'RunFinished' OR e.type IN ('RunPending', 'RunSubmitted', 'RunImported') AS ends,
-                   CASE WHEN e.type IN ('RunPending', 'RunSubmitted', 'RunImported') THEN d.doc END AS doc,
-                   CASE e.type WHEN 'RunImported' THEN (d.doc ->> 'created_at')::timestamptz ELSE e.recorded_at END
-                       AS created_at,
+                   CASE e.type WHEN 'RunImported' THEN x.created_at::timestamptz ELSE e.recorded_at END
+                       AS new_created_at,
                    -- the status an event sets whatever the status was (RunStarted: see applies)
                    CASE e.type
                        WHEN 'RunPending' THEN 'created'
                        WHEN 'RunSubmitted' THEN 'submitted'
-                       WHEN 'RunImported' THEN d.doc ->> 'status'
+                       WHEN 'RunImported' THEN x.status
                        WHEN 'RunCacheHit' THEN 'cache_hit'
                        WHEN 'RunCoalesced' THEN 'awaiting_peer'
-                       WHEN 'RunFinished' THEN d.doc ->> 'state'
-                       WHEN 'RunStatusImported' THEN d.doc ->> 'status'
-                   END AS status,
+                       WHEN 'RunFinished' THEN x.state
+                       WHEN 'RunStatusImported' THEN x.status
+                   END AS new_status,
                    e.type IN ('RunPending', 'RunSubmitted', 'RunImported', 'JobSubmitted')
-                   OR e.type IN ('RunStarted', 'RunStatusImported') AND d.doc ->> 'job_id' <> '' AS sets_job_id,
+                   OR e.type IN ('RunStarted', 'RunStatusImported') AND x.job_id <> '' AS sets_job_id,
                    CASE WHEN e.type IN ('RunImported', 'JobSubmitted', 'RunStarted', 'RunStatusImported')
-                        THEN d.doc ->> 'job_id' END AS job_id,
+                        THEN x.job_id END AS new_job_id,
                    e.type IN ('RunPending', 'RunSubmitted', 'RunImported', 'RunClaimed', 'SubmissionIntended')
-                   OR e.type = 'JobSubmitted' AND d.doc ->> 'agent_id' <> '' AS sets_agent_id,
-                   CASE WHEN e.type IN ('RunClaimed', 'SubmissionIntended', 'JobSubmitted')
-                        THEN d.doc ->> 'agent_id' END AS agent_id,
-                   CASE WHEN e.type = 'RunFinished' THEN (d.doc ->> 'exit_code')::integer END AS exit_code,
-                   CASE WHEN e.type = 'RunFinished' THEN (d.doc ->> 'signal')::integer END AS signal,
-                   CASE WHEN e.type = 'RunFinished' THEN d.doc ->> 'reason' END AS reason,
+                   OR e.type = 'JobSubmitted' AND x.agent_id <> '' AS sets_agent_id,
+                   CASE WHEN e.type IN ('RunClaimed', 'SubmissionIntended', 'JobSubmitted') THEN x.agent_id END
+                       AS new_agent_id,
+                   CASE WHEN e.type = 'RunFinished' THEN x.exit_code::integer END AS exit_code,
+                   CASE WHEN e.type = 'RunFinished' THEN x.signal::integer END AS signal,
+                   CASE WHEN e.type = 'RunFinished' THEN x.reason END AS reason,
                    e.type IN ('RunPending', 'RunSubmitted', 'RunImported', 'RunStarted')
-                   OR e.type = 'RunFinished' AND d.doc ->> 'started_at' IS NOT NULL AS sets_started_at,
-                   CASE WHEN e.type IN ('RunStarted', 'RunFinished') THEN (d.doc ->> 'started_at')::timestamptz END
-                       AS started_at,
+                   OR e.type = 'RunFinished' AND x.started_at IS NOT NULL AS sets_started_at,
+                   CASE WHEN e.type IN ('RunStarted', 'RunFinished') THEN x.started_at::timestamptz END
+                       AS new_started_at,
                    e.type IN ('RunPending', 'RunSubmitted', 'RunImported', 'RunCacheHit', 'RunFinished',
                               'RunStatusImported') AS sets_finished_at,
                    CASE e.type
-                       WHEN 'RunImported' THEN (d.doc ->> 'finished_at')::timestamptz
+                       WHEN 'RunImported' THEN x.finished_at::timestamptz
                        WHEN 'RunCacheHit' THEN e.recorded_at
-                       WHEN 'RunFinished' THEN coalesce((d.doc ->> 'finished_at')::timestamptz, e.recorded_at)
-                       WHEN 'RunStatusImported' THEN (d.doc ->> 'finished_at')::timestamptz
-                   END AS finished_at,
-                   e.type IN ('RunPending', 'RunSubmitted', 'RunImported', 'RunCacheHit', 'RunCoalesced')
-                       AS sets_producer,
-                   CASE WHEN e.type IN ('RunImported', 'RunCacheHit', 'RunCoalesced')
-                        THEN d.doc ->> 'producer_run_id' END AS producer_run_id
+                       WHEN 'RunFinished' THEN coalesce(x.finished_at::timestamptz, e.recorded_at)
+                       WHEN 'RunStatusImported' THEN x.finished_at::timestamptz
+                   END AS new_finished_at,
+                   CASE WHEN e.type IN ('RunImported', 'RunCacheHit', 'RunCoalesced') THEN x.producer_run_id END
+                       AS new_producer
             FROM labctl.events AS e
-            CROSS JOIN LATERAL (SELECT e.data::jsonb AS doc OFFSET 0) AS d
+            CROSS JOIN LATERAL json_to_record(e.data) AS x (
+                run_id text, name text, "user" text, executor text, run_dir text, recipe text, recipe_path text,
+                cache_key text, repo text, repo_commit text, repo_dirty text, pipeline_id text, stage_name text,
+                sweep_id text, sweep_index text, status text, state text, created_at text, finished_at text,
+                started_at text, job_id text, agent_id text, producer_run_id text, exit_code text, signal text,
+                reason text
+            )
             WHERE e.type IN ('RunPending', 'RunSubmitted', 'RunImported', 'RunCacheHit', 'RunCoalesced',
                              'RunClaimed', 'SubmissionIntended', 'JobSubmitted', 'RunStarted', 'RunFinished',
                              'CancelRequested', 'RunStatusImported')
               AND e.position <= %(until)s
               AND e.position <> ALL (%(skip)s::bigint[])
         ) AS ev
-        WINDOW run AS (PARTITION BY run_id ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING),
-               before AS (PARTITION BY run_id ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-    ) AS w
-    WHERE position >= first_creator
-    GROUP BY run_id
-) AS runs
+        WINDOW before AS (PARTITION BY run_id ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    ) AS a
+    WINDOW run AS (PARTITION BY run_id ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) AS w
+WHERE last_creator IS NOT NULL
+GROUP BY run_id
 
 
 -- name: artifacts_rebuild
