@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from events import EventMeta, NewEvent, StoredEvent, UnknownEvent, append_batch, last_position, read_all
-from events.codec import decode_meta
+from events.codec import decode_event, decode_meta
 from projections.ahead import ahead
 from projections.base import DbRows, KeysRead, MemoryRows, Rows, ServerBuiltRows, State, Table
 from projections.registry import PROJECTIONS
@@ -250,38 +250,40 @@ Progress = Callable[[int], None]
 _PAGE = 20000
 
 
-def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | None = None) -> Iterator[StoredEvent]:
-    """Every event up to ``until`` through a server-side cursor (call inside a transaction; the
-    connection is this generator's until it ends).
-
-    The next page is fetched in a thread while this one is folded: the server produces it
-    meanwhile instead of the fold waiting for it. ``progress`` is told how many events were
-    read after each page of 20,000.
-    """
+def _pages_of(conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """``query``'s rows in pages of 20,000 through a server-side cursor, the next page fetched in a
+    thread while the caller works on this one (the server produces it meanwhile instead of waiting).
+    Call inside a transaction; the connection is this generator's until it ends."""
 
     def pages() -> Iterator[list[tuple[Any, ...]]]:
         with conn.cursor(name="labctl_scan", binary=True) as cur:
-            cur.execute(_SCAN, (until,))
+            cur.execute(query, params)
             while rows := cur.fetchmany(_PAGE):
                 yield rows
 
-    done = 0
     # Closed explicitly: a scan stopped early releases the connection before this generator returns.
     with contextlib.closing(ahead(pages(), depth=2, name="labctl-scan")) as fetched:
-        for rows in fetched:
-            for pos, stream, ver, typ, data, meta, at in rows:
-                yield StoredEvent(
-                    position=pos,
-                    stream=stream,
-                    version=ver,
-                    type=typ,
-                    raw=data,
-                    meta=decode_meta(meta),
-                    recorded_at=at,
-                )
-            done += len(rows)
-            if progress is not None:
-                progress(done)
+        yield from fetched
+
+
+def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | None = None) -> Iterator[StoredEvent]:
+    """Every event up to ``until`` (see ``_pages_of``); ``progress`` is told how many events were read
+    after each page."""
+    done = 0
+    for rows in _pages_of(conn, _SCAN, (until,)):
+        for pos, stream, ver, typ, data, meta, at in rows:
+            yield StoredEvent(
+                position=pos,
+                stream=stream,
+                version=ver,
+                type=typ,
+                raw=data,
+                meta=decode_meta(meta),
+                recorded_at=at,
+            )
+        done += len(rows)
+        if progress is not None:
+            progress(done)
 
 
 def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Progress | None = None) -> FoldResult:
@@ -290,8 +292,37 @@ def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Prog
     with without_gc(), conn.transaction():
         end = last_position(conn) if until is None else until
         state = State(_rebuild_rows)
-        n = apply(state, scan_events(conn, end, progress), _REBUILD_BY_TYPE)
+        if _CHECKS_ONLY:
+            n = _find_undecodable(conn, end, state.undecodable, progress)
+        else:
+            n = apply(state, scan_events(conn, end, progress), _REBUILD_BY_TYPE)
     return FoldResult(state, end, n, time.perf_counter() - started)
+
+
+# Whether the server computes every table, so that a rebuild's fold only finds the events that do not decode.
+_CHECKS_ONLY = all(fns == [_decodes] for fns in _REBUILD_BY_TYPE.values())
+
+# (the text only of the types a rebuild handles: the others' payloads are not even sent)
+_DECODE_SCAN = (
+    "SELECT position, type, CASE WHEN type = ANY(%s) THEN data::text END "
+    "FROM labctl.events WHERE position <= %s ORDER BY position"
+)
+
+
+def _find_undecodable(
+    conn: psycopg.Connection[Any], until: int, undecodable: list[int], progress: Progress | None
+) -> int:
+    """What ``apply`` with only ``_decodes`` handlers does, without making a StoredEvent of each event:
+    note the positions of the events up to ``until`` that no longer decode; return how many there are."""
+    done = 0
+    for rows in _pages_of(conn, _DECODE_SCAN, (list(_REBUILD_BY_TYPE), until)):
+        for pos, typ, data in rows:
+            if data is not None and isinstance(decode_event(typ, data), UnknownEvent):
+                undecodable.append(pos)
+        done += len(rows)
+        if progress is not None:
+            progress(done)
+    return done
 
 
 def _rebuild_rows(table: Table[Any]) -> Rows[Any]:
@@ -372,12 +403,15 @@ def _copy_rows(conn: psycopg.Connection[Any], schema: str, table: Table[Any], ro
             copy.write_row(table.to_db(row))
 
 
-def _insert_server_built(conn: psycopg.Connection[Any], schema: str, table: Table[Any], result: FoldResult) -> None:
-    """Fill ``schema.table`` with the rows the server computes from the log up to the fold's position."""
+def _insert_server_built(
+    conn: psycopg.Connection[Any], schema: str, table: Table[Any], until: int, skip: list[int]
+) -> None:
+    """Fill ``schema.table`` with the rows the server computes from the log up to ``until``, without
+    the events at ``skip``."""
     insert = sql.SQL("INSERT INTO {} ({}) ").format(
         sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
     )
-    conn.execute(insert + _rebuild_select(table), {"until": result.position, "skip": result.state.undecodable})
+    conn.execute(insert + _rebuild_select(table), {"until": until, "skip": skip})
 
 
 def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
@@ -394,10 +428,65 @@ def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
 def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
     """Create ``schema`` holding the folded projection tables (in the caller's transaction)."""
     with without_gc():
-        _write_schema(conn, schema, result)
+        _create_schema(conn, schema)
+        for table in all_tables():
+            if table.rebuild_query is not None:
+                _insert_server_built(conn, schema, table, result.position, result.state.undecodable)
+        _finish_schema(conn, schema, result)
 
 
-def _write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
+def build_schema(
+    conn: psycopg.Connection[Any], schema: str, until: int | None = None, progress: Progress | None = None
+) -> FoldResult:
+    """Create ``schema`` holding every read model as of ``until`` (in the caller's transaction), the
+    server computing its tables while the log is folded in Python on a second connection.
+
+    The server's queries must leave out the events that do not decode, which only the fold finds: they
+    run first as if there were none (there almost never are), and again with them left out if the fold
+    found any (or if one of those events made a query fail).
+    """
+    with without_gc():
+        _create_schema(conn, schema)
+        end = last_position(conn) if until is None else until
+        server_built = [t for t in all_tables() if t.rebuild_query is not None]
+        failed: list[psycopg.Error] = []
+
+        def compute() -> None:
+            try:
+                with conn.transaction():  # a savepoint: a failed query leaves the schema as created
+                    for table in server_built:
+                        _insert_server_built(conn, schema, table, end, [])
+            except psycopg.Error as exc:
+                failed.append(exc)
+
+        computing = threading.Thread(target=compute, name="labctl-rebuild-server", daemon=True)
+        computing.start()
+        try:
+            with _another_connection(conn) as other:
+                result = fold(other, until=end, progress=progress)
+        except BaseException:
+            conn.cancel_safe()  # (the failed query is then the error above, which this one replaces)
+            raise
+        finally:
+            computing.join()
+        if failed or result.state.undecodable:
+            for table in server_built:
+                conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table.name)))
+                _insert_server_built(conn, schema, table, end, result.state.undecodable)
+        _finish_schema(conn, schema, result)
+    return result
+
+
+@contextlib.contextmanager
+def _another_connection(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A second connection to ``conn``'s database, as the same user with the same settings."""
+    with psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True) as other:
+        yield other
+
+
+def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """``schema`` with empty copies of the read-model tables (no indexes yet: they are built once, after
+    the rows are in)."""
     # Index builds sort every key: in memory rather than in batches spilled to disk.
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     conn.execute(_SORT_MEMORY)
@@ -405,13 +494,15 @@ def _write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     _clone_tables(conn, schema, indexes=False)
+
+
+def _finish_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
+    """Write the rows folded in memory, build the indexes, record the checkpoints and the statistics."""
     rows_by_table = result.state.all_rows()
     for table in all_tables():
         rows = rows_by_table.get(table.name)
         if isinstance(rows, MemoryRows) and rows.rows:
             _copy_rows(conn, schema, table, rows.rows.values())
-        elif table.rebuild_query is not None:
-            _insert_server_built(conn, schema, table, result)
     _clone_indexes(conn, schema)
     _set_checkpoints(conn, schema, result.position)
     # Fresh tables have no statistics until autovacuum gets to them: without these, the first
@@ -448,14 +539,28 @@ class ReplayReport(msgspec.Struct):
 
 def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None) -> ReplayReport:
     """Rebuild every projection into a fresh schema and swap it in atomically."""
-    started = time.perf_counter()
-    return _swap_in(conn, fold(conn, progress=progress), started)
+    return _replay(conn, progress, time.perf_counter())
+
+
+def _replay(conn: psycopg.Connection[Any], progress: Progress | None, started: float) -> ReplayReport:
+    with _rebuilding(conn):
+        staging = _staging_name()
+        with conn.transaction():
+            result = build_schema(conn, staging, progress=progress)
+        return _swap(conn, staging, result, started)
 
 
 def _swap_in(conn: psycopg.Connection[Any], result: FoldResult, started: float) -> ReplayReport:
     """Write ``result`` into a fresh schema, apply what was appended after it, and make it the live one."""
     with _rebuilding(conn):
-        return _write_and_swap(conn, result, started)
+        staging = _staging_name()
+        with conn.transaction():
+            write_schema(conn, staging, result)
+        return _swap(conn, staging, result, started)
+
+
+def _staging_name() -> str:
+    return f"{STAGING_PREFIX}{int(time.time() * 1000)}"
 
 
 @contextlib.contextmanager
@@ -475,10 +580,8 @@ def _rebuilding(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.execute("SELECT pg_advisory_unlock(%s)", (REBUILD_LOCK,))
 
 
-def _write_and_swap(conn: psycopg.Connection[Any], result: FoldResult, started: float) -> ReplayReport:
-    staging = f"{STAGING_PREFIX}{int(time.time() * 1000)}"
-    with conn.transaction():
-        write_schema(conn, staging, result)
+def _swap(conn: psycopg.Connection[Any], staging: str, result: FoldResult, started: float) -> ReplayReport:
+    """Apply to ``staging`` what was appended after ``result``, and make it the live schema."""
     try:
         with conn.transaction():
             # Hold appends while the tail is applied and the schemas swap.
@@ -509,13 +612,23 @@ def append_and_rebuild(
 ) -> ReplayReport:
     """Append ``batches`` (each atomically) without projecting, then rebuild every read model once.
 
-    For appends too big to project batch by batch (an import): the log as it was is folded first,
-    then each batch's events are folded as the server returns them, in a thread of their own while
-    the next batch is appended, and the result is swapped in as ``replay_live`` does. ``on_batch``
-    is told how many events are in after each batch. Stopped anywhere (killed, or ``on_batch``
-    raising), the read models lag the log until ``bring_up_to_date`` rebuilds them.
+    For appends too big to project batch by batch (an import). When the server computes every read
+    model, the batches are appended and then the log rebuilt as ``replay_live`` does (the appended
+    events decode: they were just encoded). Otherwise the log as it was is folded first, then each
+    batch's events are folded as the server returns them, in a thread of their own while the next
+    batch is appended, and the result is swapped in. ``on_batch`` is told how many events are in
+    after each batch. Stopped anywhere (killed, or ``on_batch`` raising), the read models lag the log
+    until ``bring_up_to_date`` rebuilds them.
     """
     started = time.perf_counter()
+    if _CHECKS_ONLY:
+        appended = 0
+        for batch in batches:
+            with conn.transaction():
+                appended += len(append_batch(conn, batch, meta=meta))
+            if on_batch is not None:
+                on_batch(appended)
+        return _replay(conn, None, started)
     base = fold(conn)
     pending: queue.Queue[list[StoredEvent] | None] = queue.Queue()
     folded = [base.events]
@@ -560,9 +673,8 @@ def replay_as_of(conn: psycopg.Connection[Any], position: int, progress: Progres
     """Build the world as it was at ``position`` into a read-only schema ``asof_<position>``."""
     started = time.perf_counter()
     schema = f"asof_{position}"
-    result = fold(conn, until=position, progress=progress)
     with conn.transaction():
-        write_schema(conn, schema, result)
+        result = build_schema(conn, schema, position, progress)
         make_read_only(conn, schema, f"{schema} is a read-only snapshot of the past")
     return ReplayReport(schema, position, result.events, result.seconds, time.perf_counter() - started)
 
