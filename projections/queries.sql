@@ -205,7 +205,9 @@ GROUP BY run_id
 -- * A handler that reads its row back and changes it (gc's ArtifactsCollected, PipelineFinished,
 --   SweepFinished, EvalRecorded, RunStatusImported, OriginalEventsImported) changes the row put by the
 --   latest creating event before it, or nothing if there is none: the last such event after the
---   creating one is what a row shows.
+--   creating one is what a row shows. One pass over each key's events in log order computes both
+--   (window aggregates; the row is the one of the last creating event): a join of two DISTINCT ON
+--   results was planned as a nested loop, whose rows Postgres cannot estimate (4 s for 3,000 evals).
 -- * The server cannot parse a \u0000 (NUL) escape into text: an event with one in any field (the text
 --   columns could not hold one either, but a handler never reads some fields, e.g. a run's repo_diff)
 --   fails the rebuild with Postgres' error naming it, where the fold would pass it.
@@ -214,36 +216,33 @@ GROUP BY run_id
 --
 -- artifacts: put by ArtifactRegistered (created now) and ArtifactImported (created when the original
 -- did, size unknown); gc's ArtifactsCollected marks the current row removed.
-WITH made AS (
-    SELECT DISTINCT ON (d.artifact_id)
-           d.artifact_id AS id, d.hash, d.kind, d.path, d."user" AS user_name, d.producer_run_id,
+SELECT id, hash, kind, path, user_name, producer_run_id, size_bytes, metadata, created_at,
+       CASE WHEN collected_position > position THEN collected_times[cardinality(collected_times)] END AS removed_at
+FROM (
+    SELECT k.id, d.hash, d.kind, d.path, d."user" AS user_name, d.producer_run_id,
            CASE WHEN e.type = 'ArtifactRegistered' THEN d.size_bytes END AS size_bytes,
            coalesce(d.metadata, '{}') AS metadata,
            CASE WHEN e.type = 'ArtifactRegistered' THEN e.recorded_at ELSE d.created_at END AS created_at,
-           e.position
+           e.position,
+           max(e.position) FILTER (WHERE e.type <> 'ArtifactsCollected') OVER artifact AS made_position,
+           max(e.position) FILTER (WHERE e.type = 'ArtifactsCollected') OVER artifact AS collected_position,
+           array_agg(e.recorded_at) FILTER (WHERE e.type = 'ArtifactsCollected') OVER artifact AS collected_times
     FROM labctl.events AS e
     CROSS JOIN LATERAL json_to_record(e.data) AS d (
-        artifact_id text, hash text, kind text, path text, "user" text, producer_run_id text,
+        artifact_id text, artifact_ids json, hash text, kind text, path text, "user" text, producer_run_id text,
         size_bytes bigint, metadata jsonb, created_at timestamptz
     )
-    WHERE e.type IN ('ArtifactRegistered', 'ArtifactImported')
+    CROSS JOIN LATERAL (
+        SELECT d.artifact_id WHERE e.type <> 'ArtifactsCollected'
+        UNION ALL
+        SELECT c FROM json_array_elements_text(d.artifact_ids) AS c WHERE e.type = 'ArtifactsCollected'
+    ) AS k (id)
+    WHERE e.type IN ('ArtifactRegistered', 'ArtifactImported', 'ArtifactsCollected')
       AND e.position <= %(until)s
       AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.artifact_id, e.position DESC
-),
-collected AS (
-    SELECT DISTINCT ON (c.id) c.id, e.position, e.recorded_at
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_array_elements_text(e.data -> 'artifact_ids') AS c (id)
-    WHERE e.type = 'ArtifactsCollected'
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY c.id, e.position DESC
-)
-SELECT m.id, m.hash, m.kind, m.path, m.user_name, m.producer_run_id, m.size_bytes, m.metadata, m.created_at,
-       CASE WHEN c.position > m.position THEN c.recorded_at END AS removed_at
-FROM made AS m
-LEFT JOIN collected AS c ON c.id = m.id
+    WINDOW artifact AS (PARTITION BY k.id ORDER BY e.position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) AS artifacts
+WHERE position = made_position
 
 -- name: aliases_rebuild
 -- aliases: put by AliasSet (now) and AliasImported (when the original set it), deleted by AliasRemoved.
@@ -288,42 +287,39 @@ ORDER BY d.run_id, i.role, e.position DESC, i.n DESC
 -- name: pipelines_rebuild
 -- pipelines: put by PipelineCreated (running) and PipelineImported (as the original had it);
 -- PipelineFinished ends the current row.
-WITH made AS (
-    SELECT DISTINCT ON (d.pipeline_id)
-           d.pipeline_id AS id, d.name, d."user" AS user_name,
+SELECT id, name, user_name,
+       CASE WHEN finished_position > position THEN states[cardinality(states)] ELSE status END AS status,
+       file_path, from_run,
+       CASE WHEN finished_position > position THEN reasons[cardinality(reasons)] END AS reason,
+       created_at,
+       CASE WHEN finished_position > position THEN finished_times[cardinality(finished_times)] ELSE finished_at END
+           AS finished_at
+FROM (
+    SELECT d.pipeline_id AS id, d.name, d."user" AS user_name,
            CASE WHEN e.type = 'PipelineCreated' THEN 'running' ELSE d.status END AS status,
            d.file_path,
            CASE WHEN e.type = 'PipelineCreated' THEN d.from_run END AS from_run,
            CASE WHEN e.type = 'PipelineCreated' THEN e.recorded_at ELSE d.created_at END AS created_at,
            CASE WHEN e.type = 'PipelineImported' THEN d.finished_at END AS finished_at,
-           e.position
+           e.position,
+           max(e.position) FILTER (WHERE e.type <> 'PipelineFinished') OVER pipeline AS made_position,
+           max(e.position) FILTER (WHERE e.type = 'PipelineFinished') OVER pipeline AS finished_position,
+           array_agg(d.state) FILTER (WHERE e.type = 'PipelineFinished') OVER pipeline AS states,
+           array_agg(d.reason) FILTER (WHERE e.type = 'PipelineFinished') OVER pipeline AS reasons,
+           array_agg(e.recorded_at) FILTER (WHERE e.type = 'PipelineFinished') OVER pipeline AS finished_times
     FROM labctl.events AS e
     CROSS JOIN LATERAL json_to_record(e.data) AS d (
         pipeline_id text, name text, "user" text, status text, file_path text, from_run text,
-        created_at timestamptz, finished_at timestamptz
+        created_at timestamptz, finished_at timestamptz, state text, reason text
     )
-    WHERE e.type IN ('PipelineCreated', 'PipelineImported')
+    WHERE e.type IN ('PipelineCreated', 'PipelineImported', 'PipelineFinished')
       AND e.position <= %(until)s
       AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.pipeline_id, e.position DESC
-),
-finished AS (
-    SELECT DISTINCT ON (d.pipeline_id) d.pipeline_id, d.state, d.reason, e.position, e.recorded_at
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_to_record(e.data) AS d (pipeline_id text, state text, reason text)
-    WHERE e.type = 'PipelineFinished'
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.pipeline_id, e.position DESC
-)
-SELECT m.id, m.name, m.user_name,
-       CASE WHEN f.position > m.position THEN f.state ELSE m.status END AS status,
-       m.file_path, m.from_run,
-       CASE WHEN f.position > m.position THEN f.reason END AS reason,
-       m.created_at,
-       CASE WHEN f.position > m.position THEN f.recorded_at ELSE m.finished_at END AS finished_at
-FROM made AS m
-LEFT JOIN finished AS f ON f.pipeline_id = m.id
+    WINDOW pipeline AS (
+        PARTITION BY d.pipeline_id ORDER BY e.position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
+    )
+) AS pipelines
+WHERE position = made_position
 
 -- name: pipeline_stages_rebuild
 -- pipeline_stages: one row per stage of PipelineCreated and PipelineImported, numbered from 0 in the
@@ -343,75 +339,62 @@ ORDER BY d.pipeline_id, s.name, e.position DESC, s.n DESC
 
 -- name: sweeps_rebuild
 -- sweeps: put by SweepCreated (running); SweepFinished ends the current row.
-WITH made AS (
-    SELECT DISTINCT ON (d.sweep_id)
-           d.sweep_id AS id, d.name, d."user" AS user_name, d.arg, d.start AS start_index, d."end" AS end_index,
+SELECT id, name, user_name, arg, start_index, end_index, throttle, run_ids, aggregate_run_id, pipeline_id,
+       CASE WHEN finished_position > position THEN states[cardinality(states)] ELSE 'running' END AS status,
+       created_at,
+       CASE WHEN finished_position > position THEN finished_times[cardinality(finished_times)] END AS finished_at
+FROM (
+    SELECT d.sweep_id AS id, d.name, d."user" AS user_name, d.arg, d.start AS start_index, d."end" AS end_index,
            d.throttle, coalesce(d.run_ids, '{}') AS run_ids, d.aggregate_run_id, d.pipeline_id,
-           e.recorded_at AS created_at, e.position
+           e.recorded_at AS created_at, e.position,
+           max(e.position) FILTER (WHERE e.type = 'SweepCreated') OVER sweep AS made_position,
+           max(e.position) FILTER (WHERE e.type = 'SweepFinished') OVER sweep AS finished_position,
+           array_agg(d.state) FILTER (WHERE e.type = 'SweepFinished') OVER sweep AS states,
+           array_agg(e.recorded_at) FILTER (WHERE e.type = 'SweepFinished') OVER sweep AS finished_times
     FROM labctl.events AS e
     CROSS JOIN LATERAL json_to_record(e.data) AS d (
         sweep_id text, name text, "user" text, arg text, start integer, "end" integer, throttle integer,
-        run_ids text[], aggregate_run_id text, pipeline_id text
+        run_ids text[], aggregate_run_id text, pipeline_id text, state text
     )
-    WHERE e.type = 'SweepCreated'
+    WHERE e.type IN ('SweepCreated', 'SweepFinished')
       AND e.position <= %(until)s
       AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.sweep_id, e.position DESC
-),
-finished AS (
-    SELECT DISTINCT ON (d.sweep_id) d.sweep_id, d.state, e.position, e.recorded_at
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_to_record(e.data) AS d (sweep_id text, state text)
-    WHERE e.type = 'SweepFinished'
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.sweep_id, e.position DESC
-)
-SELECT m.id, m.name, m.user_name, m.arg, m.start_index, m.end_index, m.throttle, m.run_ids,
-       m.aggregate_run_id, m.pipeline_id,
-       CASE WHEN f.position > m.position THEN f.state ELSE 'running' END AS status,
-       m.created_at,
-       CASE WHEN f.position > m.position THEN f.recorded_at END AS finished_at
-FROM made AS m
-LEFT JOIN finished AS f ON f.sweep_id = m.id
+    WINDOW sweep AS (PARTITION BY d.sweep_id ORDER BY e.position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) AS sweeps
+WHERE position = made_position
 
 -- name: evals_rebuild
 -- evals: put by EvalRequested (no metrics yet) and EvalImported (run "" when the original had not
 -- claimed one; recorded at its last update if it has metrics); EvalRecorded fills the current row.
-WITH made AS (
-    SELECT DISTINCT ON (d.eval_key)
-           d.eval_key, d.policy, d.checkpoint_artifact_id, d.eval_recipe_hash,
+SELECT eval_key, policy, checkpoint_artifact_id, eval_recipe_hash, run_id, step,
+       CASE WHEN recorded_position > position THEN recorded_metrics[cardinality(recorded_metrics)] ELSE metrics END
+           AS metrics,
+       requested_at,
+       CASE WHEN recorded_position > position THEN recorded_times[cardinality(recorded_times)] ELSE recorded_at END
+           AS recorded_at
+FROM (
+    SELECT d.eval_key, d.policy, d.checkpoint_artifact_id, d.eval_recipe_hash,
            CASE WHEN e.type = 'EvalImported' THEN coalesce(d.run_id, '') ELSE d.run_id END AS run_id,
            d.step,
            CASE WHEN e.type = 'EvalImported' THEN d.metrics END AS metrics,
            CASE WHEN e.type = 'EvalImported' THEN d.requested_at ELSE e.recorded_at END AS requested_at,
            CASE WHEN e.type = 'EvalImported' AND d.metrics IS NOT NULL THEN d.updated_at END AS recorded_at,
-           e.position
+           e.position,
+           max(e.position) FILTER (WHERE e.type <> 'EvalRecorded') OVER eval AS made_position,
+           max(e.position) FILTER (WHERE e.type = 'EvalRecorded') OVER eval AS recorded_position,
+           array_agg(d.metrics) FILTER (WHERE e.type = 'EvalRecorded') OVER eval AS recorded_metrics,
+           array_agg(e.recorded_at) FILTER (WHERE e.type = 'EvalRecorded') OVER eval AS recorded_times
     FROM labctl.events AS e
     CROSS JOIN LATERAL json_to_record(e.data) AS d (
         eval_key text, policy text, checkpoint_artifact_id text, eval_recipe_hash text, run_id text,
         step integer, metrics jsonb, requested_at timestamptz, updated_at timestamptz
     )
-    WHERE e.type IN ('EvalRequested', 'EvalImported')
+    WHERE e.type IN ('EvalRequested', 'EvalImported', 'EvalRecorded')
       AND e.position <= %(until)s
       AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.eval_key, e.position DESC
-),
-recorded AS (
-    SELECT DISTINCT ON (d.eval_key) d.eval_key, d.metrics, e.position, e.recorded_at
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_to_record(e.data) AS d (eval_key text, metrics jsonb)
-    WHERE e.type = 'EvalRecorded'
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.eval_key, e.position DESC
-)
-SELECT m.eval_key, m.policy, m.checkpoint_artifact_id, m.eval_recipe_hash, m.run_id, m.step,
-       CASE WHEN r.position > m.position THEN r.metrics ELSE m.metrics END AS metrics,
-       m.requested_at,
-       CASE WHEN r.position > m.position THEN r.recorded_at ELSE m.recorded_at END AS recorded_at
-FROM made AS m
-LEFT JOIN recorded AS r ON r.eval_key = m.eval_key
+    WINDOW eval AS (PARTITION BY d.eval_key ORDER BY e.position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) AS evals
+WHERE position = made_position
 
 -- name: metric_files_rebuild
 -- metric_files: each MetricsLogged adds its points and skipped lines to its run's row and moves the
@@ -434,60 +417,43 @@ ORDER BY d.run_id, e.position DESC
 -- status and, when it has one, the tracking link; each OriginalEventsImported about the run with
 -- events adds them and sets the last one's id to the highest of its own. A tracking link is the
 -- object the handler rebuilds from the decoded link: its known fields, without a null group.
-WITH made AS (
-    SELECT DISTINCT ON (d.run_id)
-           d.run_id, d.recipe_hash, d.source_path, d.context, d.dependency_on, d.tracking, d.status, e.position
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_to_record(e.data) AS d (
-        run_id text, recipe_hash text, source_path text, context jsonb, dependency_on jsonb, tracking jsonb, status text
-    )
-    WHERE e.type = 'RunImported'
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-    ORDER BY d.run_id, e.position DESC
-),
-changed AS (
-    SELECT d.run_id, d.status, d.tracking, e.position
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, status text, tracking jsonb)
-    JOIN made AS m ON m.run_id = d.run_id AND m.position < e.position
-    WHERE e.type = 'RunStatusImported'
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-),
-last_status AS (
-    SELECT DISTINCT ON (run_id) run_id, status FROM changed ORDER BY run_id, position DESC
-),
-last_tracking AS (
-    SELECT DISTINCT ON (run_id) run_id, tracking FROM changed WHERE tracking IS NOT NULL ORDER BY run_id, position DESC
-),
-history AS (
-    SELECT d.run_id,
-           sum(json_array_length(d.events)) AS events,
-           (array_agg(h.last_id ORDER BY e.position DESC))[1] AS last_id
-    FROM labctl.events AS e
-    CROSS JOIN LATERAL json_to_record(e.data) AS d (run_id text, events json)
-    CROSS JOIN LATERAL (SELECT max(x.id) AS last_id FROM json_to_recordset(d.events) AS x (id bigint)) AS h
-    JOIN made AS m ON m.run_id = d.run_id AND m.position < e.position
-    WHERE e.type = 'OriginalEventsImported'
-      AND json_array_length(d.events) > 0
-      AND e.position <= %(until)s
-      AND e.position <> ALL (%(skip)s::bigint[])
-    GROUP BY d.run_id
-)
-SELECT m.run_id, m.recipe_hash, m.source_path, m.context, m.dependency_on,
+SELECT run_id, recipe_hash, source_path, context, dependency_on,
        (SELECT jsonb_strip_nulls(jsonb_build_object(
                    'entity', t -> 'entity', 'project', t -> 'project', 'url', t -> 'url',
                    'source', t -> 'source', 'created_at', t -> 'created_at', 'group', t -> 'group'))
-        FROM (SELECT coalesce(lt.tracking, m.tracking) AS t) AS link
+        FROM (SELECT coalesce(trackings[cardinality(trackings)], tracking) AS t) AS link
         WHERE t IS NOT NULL) AS tracking,
-       coalesce(ls.status, m.status) AS original_status,
-       coalesce(h.events, 0)::integer AS original_events,
-       h.last_id AS last_event_id
-FROM made AS m
-LEFT JOIN last_status AS ls ON ls.run_id = m.run_id
-LEFT JOIN last_tracking AS lt ON lt.run_id = m.run_id
-LEFT JOIN history AS h ON h.run_id = m.run_id
+       coalesce(statuses[cardinality(statuses)], status) AS original_status,
+       coalesce(history, 0)::integer AS original_events,
+       last_ids[cardinality(last_ids)] AS last_event_id
+FROM (
+    SELECT ev.*,
+           array_agg(ev.status) FILTER (WHERE ev.type = 'RunStatusImported' AND ev.position > ev.made_position)
+               OVER run AS statuses,
+           array_agg(ev.tracking) FILTER (
+               WHERE ev.type = 'RunStatusImported' AND ev.tracking IS NOT NULL AND ev.position > ev.made_position
+           ) OVER run AS trackings,
+           sum(ev.events) FILTER (WHERE ev.events > 0 AND ev.position > ev.made_position) OVER run AS history,
+           array_agg(ev.last_id) FILTER (WHERE ev.events > 0 AND ev.position > ev.made_position) OVER run AS last_ids
+    FROM (
+        SELECT e.type, e.position, d.run_id, d.recipe_hash, d.source_path, d.context, d.dependency_on, d.tracking,
+               d.status,
+               CASE WHEN e.type = 'OriginalEventsImported' THEN json_array_length(d.events) END AS events,
+               (SELECT max(x.id) FROM json_to_recordset(d.events) AS x (id bigint)
+                WHERE e.type = 'OriginalEventsImported') AS last_id,
+               max(e.position) FILTER (WHERE e.type = 'RunImported') OVER (PARTITION BY d.run_id) AS made_position
+        FROM labctl.events AS e
+        CROSS JOIN LATERAL json_to_record(e.data) AS d (
+            run_id text, recipe_hash text, source_path text, context jsonb, dependency_on jsonb, tracking jsonb,
+            status text, events json
+        )
+        WHERE e.type IN ('RunImported', 'RunStatusImported', 'OriginalEventsImported')
+          AND e.position <= %(until)s
+          AND e.position <> ALL (%(skip)s::bigint[])
+    ) AS ev
+    WINDOW run AS (PARTITION BY ev.run_id ORDER BY ev.position ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+) AS runs
+WHERE position = made_position
 
 -- name: users_rebuild
 -- users: put by UserImported.
