@@ -59,8 +59,11 @@ from events.types import (
 from labctl import __version__, cache
 from labctl.artifacts.hashing import dir_content_hash
 from labctl.artifacts.store import META_FILENAME, OBJECTS_DIRNAME
+from labctl.cache_key import Remembered, key_parts
 from labctl.db import connect, describe_url, ensure_schema
 from labctl.errors import InputError, UserError
+from labctl.files.recipe import Recipe
+from labctl.provenance import Source as RepoSource
 from projections.ahead import ahead
 from projections.engine import without_gc
 
@@ -71,6 +74,7 @@ _BATCH_EVENTS = 5000
 _ACTIVE = frozenset({"created", "submitted", "running"})
 _SUCCESS = frozenset({"succeeded", "cache_hit"})
 _json = msgspec.json.Decoder(dict[str, Any])
+_recipe = msgspec.json.Decoder(Recipe)
 
 
 class KindCounts(msgspec.Struct, kw_only=True):
@@ -111,15 +115,13 @@ class ImportReport(msgspec.Struct, kw_only=True):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The original's times come as datetimes from the server (``to_timestamp``): its rows' OriginalEvents too.
+_history = msgspec.json.Decoder(list[OriginalEvent])
 
 
-def _ts(epoch: int | None) -> datetime | None:
-    return None if epoch is None else _EPOCH + timedelta(seconds=epoch)
-
-
-def _ts_req(epoch: int) -> datetime:
-    # Called about 8 times per run: adding to the epoch is twice as fast as fromtimestamp.
-    return _EPOCH + timedelta(seconds=epoch)
+def _ids(ids: Iterable[str]) -> str:
+    """Run ids as the one JSON array the source queries take (``json_array_elements_text``)."""
+    return msgspec.json.encode(list(ids)).decode()
 
 
 # ------------------------------------------------------------------ the source
@@ -146,7 +148,8 @@ class Source:
             content_hash=column("artifacts", "content_hash"),
             alias_segment=column("artifacts", "alias_segment"),
         )
-        with self.conn.cursor() as cur:
+        # Binary: integers and times arrive without text parsing (JSON columns are read as text).
+        with self.conn.cursor(binary=True) as cur:
             cur.execute(text, params or None)
             yield from cur.fetchall()  # one fetch: iterating a cursor row by row costs more than the query
 
@@ -226,7 +229,7 @@ def _target(conn: psycopg.Connection[Any]) -> Target:
 def _existing_streams(conn: psycopg.Connection[Any] | None, streams: list[str]) -> set[str]:
     if conn is None or not streams:
         return set()
-    return {r[0] for r in conn.execute(Q["target_streams"], {"streams": streams})}
+    return {r[0] for r in conn.execute(Q["target_streams"], {"streams": _ids(streams)})}
 
 
 # ------------------------------------------------------------------- artifacts
@@ -239,7 +242,7 @@ class _Artifact(msgspec.Struct, kw_only=True):
     content_hash: str | None
     producer_run_id: str | None
     metadata: dict[str, Any]
-    created_at: int
+    created_at: datetime
     user: str
     alias_segment: str | None
 
@@ -278,6 +281,7 @@ def store_meta_artifacts(roots: Iterable[Path]) -> Iterator[_Artifact]:
             try:
                 meta = _json.decode(meta_path.read_bytes())
                 created = meta.get("created_at")
+                epoch = int(created) if isinstance(created, int | float) else int(meta_path.stat().st_mtime)
                 yield _Artifact(
                     id=str(meta["id"]),
                     kind=str(meta["kind"]),
@@ -285,7 +289,7 @@ def store_meta_artifacts(roots: Iterable[Path]) -> Iterator[_Artifact]:
                     content_hash=meta.get("content_hash") or meta.get("hash") or meta_path.parent.name,
                     producer_run_id=meta.get("producer_run_id"),
                     metadata=meta.get("metadata") or {},
-                    created_at=int(created) if isinstance(created, int | float) else int(meta_path.stat().st_mtime),
+                    created_at=_EPOCH + timedelta(seconds=epoch),
                     user=str(meta.get("user") or meta.get("created_by") or "unknown"),
                     alias_segment=meta.get("alias"),
                 )
@@ -297,7 +301,7 @@ def store_meta_artifacts(roots: Iterable[Path]) -> Iterator[_Artifact]:
                     content_hash=None,
                     producer_run_id=None,
                     metadata={"error": str(exc)},
-                    created_at=0,
+                    created_at=_EPOCH,
                     user="",
                     alias_segment=None,
                 )
@@ -365,13 +369,7 @@ def _alias_of_input(recipe: dict[str, Any], role: str) -> str | None:
 
 
 def _tracking_link(row: tuple[Any, ...]) -> TrackingLink:
-    return TrackingLink(
-        entity=row[1], project=row[2], url=row[3], group=row[4], source=row[5], created_at=_ts_req(row[6])
-    )
-
-
-def _original_events(rows: Iterable[tuple[Any, ...]]) -> list[OriginalEvent]:
-    return [OriginalEvent(id=r[0], type=r[2], payload=_json.decode(r[3]), created_at=_ts_req(r[4])) for r in rows]
+    return TrackingLink(entity=row[1], project=row[2], url=row[3], group=row[4], source=row[5], created_at=row[6])
 
 
 class _Planner:
@@ -420,6 +418,7 @@ class _Planner:
             elif a.id not in artifacts:
                 artifacts[a.id] = a
         self.artifacts = artifacts
+        self.input_hashes: dict[str, str | None] = {}
         self.light = list(source.query("source_runs_light"))
         self.tracking = {r[0]: r for r in source.query("source_tracking")} if "tracking" in source.tables else {}
         self.marks = (
@@ -449,7 +448,7 @@ class _Planner:
         yield from self._artifacts()
         history_after: dict[str, int] = {}
         yield from self._changed_runs(history_after)
-        producers: dict[str, tuple[int, str]] = {}
+        producers: dict[str, tuple[datetime, str]] = {}
         yield from self._new_runs(producers)
         yield from self._cache_entries(producers)
         yield from self._history(history_after)
@@ -467,15 +466,15 @@ class _Planner:
     # ------------------------------------------------------------ users, artifacts
 
     def _users(self) -> Iterator[list[NewEvent]]:
-        users: dict[str, tuple[int, str | None]] = {}
+        users: dict[str, tuple[datetime, str | None]] = {}
         if "users" in self.source.tables:
             users = {r[0]: (r[1], r[2]) for r in self.source.query("source_users")}
-        seen_users: dict[str, int] = {}
-        for r in self.light:
-            seen_users[r[8]] = min(seen_users.get(r[8], r[7]), r[7])
-        for a in self.artifacts.values():
-            if a.user:
-                seen_users[a.user] = min(seen_users.get(a.user, a.created_at), a.created_at)
+        seen_users: dict[str, datetime] = {}  # user -> their first run's or artifact's time
+        for user, at in itertools.chain(
+            ((r[8], r[7]) for r in self.light), ((a.user, a.created_at) for a in self.artifacts.values() if a.user)
+        ):
+            if (first := seen_users.get(user)) is None or at < first:
+                seen_users[user] = at
         for name, first in seen_users.items():
             users.setdefault(name, (first, None))
         kc = self.report.count("users")
@@ -484,7 +483,7 @@ class _Planner:
                 kc.unchanged += 1
                 continue
             kc.new += 1
-            yield [NewEvent(f"user-{name}", UserImported(name=name, created_at=_ts_req(created), pg_role=role), 0)]
+            yield [NewEvent(f"user-{name}", UserImported(name=name, created_at=created, pg_role=role), 0)]
 
     def _artifacts(self) -> Iterator[list[NewEvent]]:
         kc = self.report.count("artifacts")
@@ -506,7 +505,7 @@ class _Planner:
                         kind=a.kind,
                         path=a.path,
                         user=a.user,
-                        created_at=_ts_req(a.created_at),
+                        created_at=a.created_at,
                         integrity=integrity,
                         producer_run_id=a.producer_run_id,
                         metadata=a.metadata,
@@ -543,7 +542,7 @@ class _Planner:
         kc = self.report.count("runs")
         kc.new = len(self.new_ids)
         for r in self.light:
-            run_id, status, job_id, finished = r[0], r[1], r[2], _ts(r[3])
+            run_id, status, job_id, finished = r[0], r[1], r[2], r[3]
             known = self.target.runs.get(run_id)
             if known is None:
                 continue
@@ -586,9 +585,9 @@ class _Planner:
         for start in range(0, len(ids), 5000):
             chunk = ids[start : start + 5000]
             inputs: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
-            for run_id, role, artifact_id, resolved in self.source.query("source_inputs", ids=chunk):
+            for run_id, role, artifact_id, resolved in self.source.query("source_inputs", ids=_ids(chunk)):
                 inputs[run_id].append((role, artifact_id, resolved))
-            for r in self.source.query("source_runs_full", ids=chunk):
+            for r in self.source.query("source_runs_full", ids=_ids(chunk)):
                 recipe = _json.decode(r[8])
                 refs = [
                     InputRef(
@@ -597,22 +596,24 @@ class _Planner:
                         path=resolved,
                         artifact_id=artifact_id,
                         alias=_alias_of_input(recipe, role),
-                        hash=check_hash_of(self.artifacts.get(artifact_id)) if artifact_id else None,
+                        hash=self._input_hash(artifact_id) if artifact_id else None,
                     )
                     for role, artifact_id, resolved in sorted(inputs.get(r[0], []))
                 ]
                 yield r, recipe, _json.decode(r[9]), refs
 
-    def _new_runs(self, producers: dict[str, tuple[int, str]]) -> Iterator[list[NewEvent]]:
+    def _input_hash(self, artifact_id: str) -> str | None:
+        """``check_hash_of`` the artifact, once per artifact (inputs share them)."""
+        if (found := self.input_hashes.get(artifact_id)) is None:
+            found = self.input_hashes[artifact_id] = check_hash_of(self.artifacts.get(artifact_id))
+        return found
+
+    def _new_runs(self, producers: dict[str, tuple[datetime, str]]) -> Iterator[list[NewEvent]]:
         """The new runs, each with its outputs and history, as their rows are read; their cache keys
         go into ``producers`` (key -> the latest success's (created_at, run id))."""
         # A new run's history goes in its own group: projected with it, its row is at hand. One query for
         # all new runs (an index scan per chunk costs more than the whole table read once).
-        history: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        with_history = [i for i in self.new_ids if i in self.marks]
-        if with_history:
-            for row in self.source.query("source_events_after", after=0, ids=with_history, unowned=False):
-                history[row[1]].append(row)
+        history = self._history_of({i: 0 for i in self.new_ids if i in self.marks})
         for r, recipe, context, refs in self._full_runs(self.new_ids):
             link = self.tracking.get(r[0])
             imported_run = RunImported(
@@ -627,8 +628,8 @@ class _Planner:
                 context=context,
                 repo=r[6],
                 source_path=r[7],
-                created_at=_ts_req(r[10]),
-                finished_at=_ts(r[11]),
+                created_at=r[10],
+                finished_at=r[11],
                 job_id=r[4],
                 cache_key=r[16],
                 producer_run_id=r[17],
@@ -646,9 +647,7 @@ class _Planner:
             rows = history.pop(r[0], None)
             if rows:
                 self.report.count("history").new += len(rows)
-                group.append(
-                    NewEvent(f"run-{r[0]}", OriginalEventsImported(run_id=r[0], events=_original_events(rows)))
-                )
+                group.append(NewEvent(f"run-{r[0]}", OriginalEventsImported(run_id=r[0], events=rows)))
             yield group
             if r[3] == "succeeded":
                 self._claim(producers, r, refs, imported_run.repo_commit)
@@ -656,17 +655,17 @@ class _Planner:
             self._claim(producers, r, refs, _repo_commit(context))
 
     def _claim(
-        self, producers: dict[str, tuple[int, str]], r: tuple[Any, ...], refs: list[InputRef], commit: str | None
+        self, producers: dict[str, tuple[datetime, str]], r: tuple[Any, ...], refs: list[InputRef], commit: str | None
     ) -> None:
         if self.keys is None:
             return
         key = self.keys.key(r[8], refs, commit)
         if key is None:
             self.keys.without += 1
-        elif (r[10], r[0]) > producers.get(key, (-1, "")):
+        elif (have := producers.get(key)) is None or (r[10], r[0]) > have:
             producers[key] = (r[10], r[0])  # the latest success wins
 
-    def _cache_entries(self, producers: dict[str, tuple[int, str]]) -> Iterator[list[NewEvent]]:
+    def _cache_entries(self, producers: dict[str, tuple[datetime, str]]) -> Iterator[list[NewEvent]]:
         """A succeeded run's recipe, resubmitted unchanged here, is a cache hit on it: its key as we compute it."""
         if self.keys is None:
             return
@@ -690,31 +689,34 @@ class _Planner:
     def _history(self, history_after: dict[str, int]) -> Iterator[list[NewEvent]]:
         """The original's events recorded since the last import, of known runs and of no run."""
         if history_after:
-            after = min(history_after.values())
-            ids = sorted(history_after)
-            by_run: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-            for row in self.source.query("source_events_after", after=after, ids=ids, unowned=False):
-                if row[0] > history_after[row[1]]:
-                    by_run[row[1]].append(row)
+            by_run = self._history_of(history_after)
             kc = self.report.count("history")
-            for run_id in ids:
+            for run_id in sorted(history_after):
                 later = by_run.get(run_id)
                 if later:
                     kc.new += len(later)
-                    yield [
-                        NewEvent(f"run-{run_id}", OriginalEventsImported(run_id=run_id, events=_original_events(later)))
-                    ]
+                    yield [NewEvent(f"run-{run_id}", OriginalEventsImported(run_id=run_id, events=later))]
         if "events" in self.source.tables and self.marks.get(None, (0, 0))[0] > self.target.unowned_mark:
-            rows = list(self.source.query("source_events_after", after=self.target.unowned_mark, ids=[], unowned=True))
+            found = next(self.source.query("source_history_unowned", after=self.target.unowned_mark))[0]
+            rows = _history.decode(found) if found is not None else []
             if rows:
                 self.report.count("history").new += len(rows)
-                yield [NewEvent("original-events", OriginalEventsImported(events=_original_events(rows)))]
+                yield [NewEvent("original-events", OriginalEventsImported(events=rows))]
+
+    def _history_of(self, after: dict[str, int]) -> dict[str, list[OriginalEvent]]:
+        """The original's events rows of these runs after the id given for each, in order of id."""
+        if not after:
+            return {}
+        found = self.source.query(
+            "source_history", after=msgspec.json.encode(after).decode(), floor=min(after.values())
+        )
+        return {run_id: _history.decode(rows) for run_id, rows in found}
 
     def _aliases(self) -> Iterator[list[NewEvent]]:
         """Global and per-user aliases the target lacks or has older."""
         # Per-user aliases first, then the global namespace (its owner is the artifact's user):
         # where both name the same (user, alias), the global one is what the original resolved.
-        wanted: dict[tuple[str, str], tuple[str, int, str | None, str]] = {}
+        wanted: dict[tuple[str, str], tuple[str, datetime, str | None, str]] = {}
         if "artifact_user_aliases" in self.source.tables:
             for user, alias, kind, artifact_id, created in self.source.query("source_user_aliases"):
                 if (user, alias) in wanted:
@@ -735,7 +737,7 @@ class _Planner:
         kc = self.report.count("aliases")
         for (user, alias), (artifact_id, created, kind, scope) in sorted(wanted.items()):
             have = self.target.aliases.get((user, alias))
-            set_at = _ts_req(created)
+            set_at = created
             # An alias changed here after the original last set it stays as it is here.
             if not kc.tally(have is not None, have is not None and (have[0] == artifact_id or have[1] >= set_at)):
                 continue
@@ -758,7 +760,7 @@ class _Planner:
         for pid, name, path, user, created in self.source.query("source_pipelines"):
             members = runs_of.get(pid, [])
             stages = _stages(members)
-            status, ended = _pipeline_status([(m[1], _ts(m[3])) for m in members])
+            status, ended = _pipeline_status([(m[1], m[3]) for m in members])
             pipe_have = self.target.pipelines.get(pid)
             if not kc.tally(pipe_have is not None, pipe_have == (status, ended, len(stages))):
                 continue
@@ -771,7 +773,7 @@ class _Planner:
                         user=user,
                         stages=stages,
                         status=status,
-                        created_at=_ts_req(created),
+                        created_at=created,
                         file_path=path,
                         finished_at=ended,
                     ),
@@ -804,8 +806,8 @@ class _Planner:
                         state=state,
                         attempts=int(attempts),
                         user=user,
-                        requested_at=_ts_req(created),
-                        updated_at=_ts_req(updated),
+                        requested_at=created,
+                        updated_at=updated,
                         run_id=run_id,
                         step=step if isinstance(step, int) else None,
                         metrics=metrics,
@@ -824,23 +826,17 @@ class _OurKeys:
     """
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        from labctl.cache_key import Remembered
-
         self.conn = conn
         self.lookups = Remembered(conn)
         self.recipes: dict[str, Any] = {}  # recipe JSON -> Recipe, or None when not one this labctl reads
         self.without = 0  # succeeded runs without a key
 
     def key(self, recipe_json: str, inputs: list[InputRef], commit: str | None) -> str | None:
-        from labctl.cache_key import key_parts
-        from labctl.files.recipe import Recipe
-        from labctl.provenance import Source as RepoSource
-
         if recipe_json in self.recipes:
             recipe = self.recipes[recipe_json]
         else:
             try:
-                recipe = msgspec.json.decode(recipe_json, type=Recipe)
+                recipe = _recipe.decode(recipe_json)
             except (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError):
                 recipe = None
             self.recipes[recipe_json] = recipe
@@ -898,6 +894,7 @@ def import_registry(
         raise UserError(f"cannot reach the original registry at {describe_url(source_url)}: {first}") from None
     with src_conn, connect(database_url) as conn:
         src_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        src_conn.execute("SET LOCAL TIME ZONE 'UTC'")  # times read as timestamptz come in UTC, as they were stored
         source = Source(src_conn)
         report.schema = source.schema
         has_schema = not (dry_run and _has_no_schema(conn))
