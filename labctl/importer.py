@@ -175,8 +175,11 @@ def fingerprint(source: Source, stores: Iterable[Path]) -> str:
     changed by any edited row); the append-only ``events`` its count and newest id; stores
     their ``.meta.json`` count and newest mtime.
     """
-    import hashlib
+    return _digest(table_marks(source), store_marks(stores))
 
+
+def table_marks(source: Source) -> list[str]:
+    """The tables' part of ``fingerprint``: a read of every row, in the source's snapshot."""
     parts: list[str] = []
     for table in _FINGERPRINTED:
         if table in source.tables:
@@ -184,11 +187,23 @@ def fingerprint(source: Source, stores: Iterable[Path]) -> str:
             parts.append(f"{table}:{source.conn.execute(query).fetchone()}")
     if "events" in source.tables:
         parts.append(f"events:{source.conn.execute(Q['source_events_mark']).fetchone()}")
+    return parts
+
+
+def store_marks(stores: Iterable[Path]) -> list[str]:
+    """The stores' part of ``fingerprint``, as they are now (before the planner reads them)."""
+    parts: list[str] = []
     for root in stores:
         metas = list((Path(root) / OBJECTS_DIRNAME).glob(f"*/*/{META_FILENAME}"))
         newest = max((m.stat().st_mtime_ns for m in metas), default=0)
         parts.append(f"store:{root}:{len(metas)}:{newest}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return parts
+
+
+def _digest(tables: list[str], stores: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join([*tables, *stores]).encode()).hexdigest()
 
 
 def _import_stream(report: ImportReport) -> str:
@@ -908,14 +923,16 @@ def import_registry(
             if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_IMPORT_LOCK,)).fetchone()[0]:  # type: ignore[index]
                 raise UserError("another labctl import into this database is running; try again when it ends")
         stores = list(stores)
-        digest = fingerprint(source, stores)
+        stored = store_marks(stores)
         stream = _import_stream(report)
+        last = conn.execute(Q["target_last_fingerprint"], {"stream": stream}).fetchone() if has_schema else None
+        # The tables' digest reads every row: needed now only to compare with an earlier import's. A first
+        # import has it computed after its last event is planned (same snapshot), while the appends go on.
+        digest = _digest(table_marks(source), stored) if last is not None else None
         if has_schema:
-            last = conn.execute(Q["target_last_fingerprint"], {"stream": stream}).fetchone()
             if last is not None and last[0] == digest:
                 report.unchanged_since_last = True
-                report.seconds = time.perf_counter() - started
-                return report
+                return _finished(report, started)
             if not dry_run:
                 # What an interrupted import appended is in the read models (a bulk one's by a rebuild).
                 report.rebuilt_read_models = projections.bring_up_to_date(conn)
@@ -923,23 +940,43 @@ def import_registry(
         if dry_run:
             planner = _Planner(source, target, report, stores=stores, verify=verify, keys=None, recovering=set())
             report.events_appended = sum(len(group) for group in planner.groups())
-        else:
-            # Hundreds of thousands of long-lived objects and no cycles: the cyclic collector would only rescan
-            # them (a fifth of the planning's CPU).
-            with connect(database_url) as keys_conn, without_gc():
-                planner = _Planner(
-                    source,
-                    target,
-                    report,
-                    stores=stores,
-                    verify=verify,
-                    keys=_OurKeys(keys_conn),
-                    recovering=_unfinished_import(conn, stream, target),
-                )
-                _append(conn, planner, report, actor=actor, bulk=bulk, batch_events=batch_events, on_batch=on_batch)
-            # Last, once everything is in: what the source looked like, so an unchanged one is seen at a glance.
-            done = RegistryImported(source=report.source, fingerprint=digest, events=report.events_appended)
-            projections.record(conn, [NewEvent(stream, done)], meta=_meta(actor, report))
+            return _finished(report, started)
+        # Hundreds of thousands of long-lived objects and no cycles: the cyclic collector would only rescan
+        # them (a fifth of the planning's CPU).
+        with connect(database_url) as keys_conn, without_gc():
+            planner = _Planner(
+                source,
+                target,
+                report,
+                stores=stores,
+                verify=verify,
+                keys=_OurKeys(keys_conn),
+                recovering=_unfinished_import(conn, stream, target),
+            )
+            digests = [digest] if digest is not None else []
+
+            def planned() -> Iterator[list[NewEvent]]:
+                yield from planner.groups()
+                if not digests:
+                    digests.append(_digest(table_marks(source), stored))
+
+            _append(
+                conn,
+                planned(),
+                planner.estimate(),
+                report,
+                actor=actor,
+                bulk=bulk,
+                batch_events=batch_events,
+                on_batch=on_batch,
+            )
+        # Last, once everything is in: what the source looked like, so an unchanged one is seen at a glance.
+        done = RegistryImported(source=report.source, fingerprint=digests[0], events=report.events_appended)
+        projections.record(conn, [NewEvent(stream, done)], meta=_meta(actor, report))
+    return _finished(report, started)
+
+
+def _finished(report: ImportReport, started: float) -> ImportReport:
     report.seconds = time.perf_counter() - started
     return report
 
@@ -959,7 +996,8 @@ def _unfinished_import(conn: psycopg.Connection[Any], stream: str, target: Targe
 
 def _append(
     conn: psycopg.Connection[Any],
-    planner: _Planner,
+    groups: Iterable[list[NewEvent]],
+    estimate: int,
     report: ImportReport,
     *,
     actor: str,
@@ -967,11 +1005,11 @@ def _append(
     batch_events: int,
     on_batch: Callable[[int], None] | None,
 ) -> None:
-    """Append the planner's events, planned in a thread while the batches before are appended.
+    """Append the planner's ``groups`` (about ``estimate`` events), planned in a thread while the batches
+    before are appended.
 
     The planning is Python, the appending mostly the server's work: on two cores they overlap.
     """
-    estimate = planner.estimate()
     if bulk is None:
         bulk = projections.rebuild_pays(estimate, last_position(conn) + estimate)
     meta = _meta(actor, report)
@@ -981,7 +1019,7 @@ def _append(
         if on_batch is not None:
             on_batch(n)
 
-    planning = ahead(batches(planner.groups(), batch_events), depth=4, name="labctl-plan")
+    planning = ahead(batches(groups, batch_events), depth=4, name="labctl-plan")
     with _prompt_handoff(), contextlib.closing(planning) as planned:
         first = next(planned, None)
         if first is None:
