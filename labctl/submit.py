@@ -525,6 +525,19 @@ class Request:
 SUBMISSION_ERRORS = (UserError, FileFormatError, OSError, ConcurrencyError)
 
 
+@dataclasses.dataclass
+class Staged:
+    """Runs of ``submit_many`` prepared and their run dirs written, not yet recorded (``stage_many``)."""
+
+    results: list[Submitted | Exception | None]  # an exception in place of each run that could not be
+    ready: list[tuple[int, App, Request, PreparedRun, bool]]  # (index, as user, request, run, will hit)
+
+    def discard(self) -> None:
+        """Remove the run dirs written: nothing of them was recorded (the caller records none of it)."""
+        for _, _, _, run, _ in self.ready:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
 def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Exception]:
     """Submit several runs as ``submit`` does each, with one transaction for all their records.
 
@@ -534,6 +547,11 @@ def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Excep
     cache key taken) or two runs share a cache key (the second must see the first's decision), the runs
     are recorded one by one instead, exactly as ``submit`` records them.
     """
+    return record_staged(app, stage_many(app, requests))
+
+
+def stage_many(app: App, requests: Sequence[Request]) -> Staged:
+    """``submit_many``'s work before its transaction: prepare each run and write its run dir (no append)."""
     results: list[Submitted | Exception | None] = []
     runs: list[tuple[int, App, Request, PreparedRun]] = []
     for i, req in enumerate(requests):
@@ -566,15 +584,28 @@ def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Excep
             results[r[0]] = error
         else:
             ready.append(r)
+    return Staged(results, ready)
+
+
+def record_staged(
+    app: App, staged: Staged, *, extra: Sequence[NewEvent] = (), key: str | None = None
+) -> list[Submitted | Exception]:
+    """Record what ``stage_many`` prepared: every submission and cache decision in one append, after
+    ``extra`` (events that must commit with them, such as the pipeline these runs belong to). ``key``:
+    the append's idempotency key, when the caller's transaction may be retried whole (else a fresh one)."""
+    results, ready = staged.results, staged.ready
     keys = [run.cache_key for _, _, req, run, _ in ready if not req.no_cache]
     shared = {k for k in keys if keys.count(k) > 1}
     together = [r for r in ready if r[3].cache_key not in shared or r[2].no_cache]
     alone = [r for r in ready if r not in together]
     try:
-        for (i, as_user, _, run, will_hit), result in zip(together, _record_together(app, together), strict=True):
+        recorded = _record_together(app, together, extra, key)
+        for (i, as_user, _, run, will_hit), result in zip(together, recorded, strict=True):
             results[i] = _after_record(as_user, run, result, will_hit)
     except ConcurrencyError:
         alone = ready
+        if extra:
+            app.record(extra, f"extra-{ready[0][3].run_id if ready else 'none'}-{uuid.uuid4().hex}")
     except DatabaseUnavailable:
         raise
     except BaseException:
@@ -596,15 +627,22 @@ def submit_many(app: App, requests: Sequence[Request]) -> list[Submitted | Excep
     return [r if r is not None else RuntimeError("not recorded") for r in results]
 
 
-def _record_together(app: App, runs: Sequence[tuple[int, App, Request, PreparedRun, bool]]) -> list[Submitted]:
-    """Every run's submission and cache decision in one transaction (one append per submitting user)."""
-    if not runs:
+def _record_together(
+    app: App,
+    runs: Sequence[tuple[int, App, Request, PreparedRun, bool]],
+    extra: Sequence[NewEvent] = (),
+    key: str | None = None,
+) -> list[Submitted]:
+    """Every run's submission and cache decision in one transaction (one append per submitting user;
+    ``extra`` in the first, before them)."""
+    if not runs and not extra:
         return []
-    idempotency = f"submit-{runs[0][3].run_id}-{len(runs)}-{uuid.uuid4().hex}"
+    first = runs[0][3].run_id if runs else extra[0].stream
+    idempotency = key or f"submit-{first}-{len(runs)}-{uuid.uuid4().hex}"
 
     def attempt(conn: psycopg.Connection[Any]) -> list[Submitted]:
         results: list[Submitted] = []
-        by_user: dict[str, tuple[App, list[NewEvent]]] = {}
+        by_user: dict[str, tuple[App, list[NewEvent]]] = {app.user: (app, list(extra))} if extra else {}
         # the keys are distinct (runs sharing one are recorded one by one), so each state holds for its run
         states = cache.load_many(conn, [run.cache_key for _, _, req, run, _ in runs if not req.no_cache])
         for _, as_user, req, run, _ in runs:
@@ -614,7 +652,8 @@ def _record_together(app: App, runs: Sequence[tuple[int, App, Request, PreparedR
             by_user.setdefault(as_user.user, (as_user, []))[1].extend(batch)
             results.append(result)
         for user, (as_user, batch) in by_user.items():
-            projections.record(conn, batch, idempotency_key=f"{idempotency}-{user}", meta=as_user.meta())
+            if batch:
+                projections.record(conn, batch, idempotency_key=f"{idempotency}-{user}", meta=as_user.meta())
         return results
 
     return app.db.run(attempt)

@@ -216,37 +216,11 @@ def _submit_waiting(
         pending = pendings.get(row.id)
         if pending is None:
             continue
-        recipe = msgspec.convert(pending.recipe, Recipe)
-        if pending.sweep_index is not None:
-            recipe = with_index(recipe, pending.sweep_index)
         try:
-            inputs = {
-                role: _resolve_stage_input(conn, spec, pipeline, run_ids_of, Path(pending.run_dir), role)
-                for role, spec in recipe.inputs.items()
-                if isinstance(spec, StageInput | FromInput)
-            }
+            requests.append(request_of(conn, pending, pipeline, run_ids_of, row.version))
         except (UserError, FileFormatError, OSError) as exc:
             outcomes[i] = _failed_submission(app, row, exc)
             continue
-        stage = StageContext(
-            pipeline_id=pending.pipeline_id,
-            stage_name=pending.stage_name,
-            sweep_id=pending.sweep_id,
-            sweep_index=pending.sweep_index,
-            inputs=inputs,
-        )
-        requests.append(
-            Request(
-                recipe=recipe,
-                recipe_path=pending.recipe_path or "",
-                user=pending.user,
-                executor=pending.executor,
-                no_cache=pending.no_cache,
-                stage=stage,
-                run_id=row.id,
-                run_version=row.version,
-            )
-        )
         which.append(i)
     for i, result in zip(which, submit_many(app, requests), strict=True):
         row = waiting[i][3]
@@ -257,6 +231,42 @@ def _submit_waiting(
         else:
             outcomes[i] = "ended" if result.status in TERMINAL_STATES else "queued"
     return outcomes
+
+
+def request_of(
+    conn: psycopg.Connection[Any],
+    pending: RunPending,
+    pipeline: PipelineRow,
+    run_ids_of: dict[str, list[str]],
+    version: int,
+) -> Request:
+    """The submission a waiting run's ``RunPending`` plans, its stage and pinned inputs resolved now
+    (raises ``UserError``, ``FileFormatError`` or ``OSError`` when one cannot be)."""
+    recipe = msgspec.convert(pending.recipe, Recipe)
+    if pending.sweep_index is not None:
+        recipe = with_index(recipe, pending.sweep_index)
+    inputs = {
+        role: _resolve_stage_input(conn, spec, pipeline, run_ids_of, Path(pending.run_dir), role)
+        for role, spec in recipe.inputs.items()
+        if isinstance(spec, StageInput | FromInput)
+    }
+    stage = StageContext(
+        pipeline_id=pending.pipeline_id,
+        stage_name=pending.stage_name,
+        sweep_id=pending.sweep_id,
+        sweep_index=pending.sweep_index,
+        inputs=inputs,
+    )
+    return Request(
+        recipe=recipe,
+        recipe_path=pending.recipe_path or "",
+        user=pending.user,
+        executor=pending.executor,
+        no_cache=pending.no_cache,
+        stage=stage,
+        run_id=pending.run_id,
+        run_version=version,
+    )
 
 
 def _failed_submission(app: App, row: RunRow, exc: Exception) -> str | None:

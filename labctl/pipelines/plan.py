@@ -10,21 +10,20 @@ from typing import Any
 import msgspec
 import psycopg
 
-import projections
 from events import NewEvent
 from events.types import PipelineCreated, RunPending, StageSpec, SweepCreated
 from labctl import layout
 from labctl.app import App
-from labctl.errors import InputError
+from labctl.errors import DatabaseUnavailable, InputError, UserError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput, load_pipeline, load_recipe
 from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.files.recipe import param_exists
 from labctl.ids import new_id, new_run_id
 from labctl.packing import refuse_if_never_fits
-from labctl.pipelines.advance import QUERIES, advance, with_index
+from labctl.pipelines.advance import QUERIES, PipelineRow, advance, request_of, with_index
 from labctl.secrets import split_secrets
-from labctl.submit import StageContext, apply_overrides, prepare, resolve_inputs
-from projections.runs import SUCCESS_STATES
+from labctl.submit import Request, StageContext, apply_overrides, prepare, record_staged, resolve_inputs, stage_many
+from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
 
 class PipelineSubmitted(msgspec.Struct, kw_only=True):
@@ -183,14 +182,39 @@ def create_pipeline(
                 )
             )
 
-    def record_and_start(conn: psycopg.Connection[Any]) -> None:
-        # The pipeline and the submissions of the runs that can start now commit together, in one
-        # transaction (the advance's appends join it): one commit per pipeline, and never a pipeline
-        # recorded without its first wave. A failure records none of it, as the advancer's page.
-        projections.record(conn, [*head, *batch], idempotency_key=f"pipeline-{pipeline_id}", meta=app.meta())
-        advance(app, pipeline_id)
+    # The first wave (the stages without parents) is prepared and its run dirs written (each ending in an
+    # fsync) before the transaction, not while it holds the log's append lock.
+    pipeline = PipelineRow(pipeline_id, "running", from_run, app.user)
+    roots = {stage.name for stage in plan.stages if not stage.parents}
+    requests: list[Request] = []
+    for pending_event in batch:
+        pending = pending_event.event
+        assert isinstance(pending, RunPending)
+        if pending.stage_name not in roots:
+            continue
+        try:
+            requests.append(request_of(app.db.conn, pending, pipeline, runs, version=1))
+        except (UserError, FileFormatError, OSError):
+            continue  # left waiting: the advance below ends it failed, as the advancer would
+    staged = stage_many(app, requests)
+    waiting = len(requests) < sum(len(runs[name]) for name in roots)
 
-    app.db.run(record_and_start)
+    def record_and_start(conn: psycopg.Connection[Any]) -> None:
+        # The pipeline, its runs and the submissions of the first wave in one append (one projection pass):
+        # one commit per pipeline, and never a pipeline recorded without its first wave. A run of it that
+        # ended (a cache hit) or could not be submitted leaves the rest to advance, in the same transaction.
+        # A failure records none of it.
+        results = record_staged(app, staged, extra=[*head, *batch], key=f"pipeline-{pipeline_id}")
+        if waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in results):
+            advance(app, pipeline_id)
+
+    try:
+        app.db.run(record_and_start)
+    except DatabaseUnavailable:
+        raise  # the commit may have happened unanswered: the run dirs may be needed
+    except BaseException:
+        staged.discard()
+        raise
     return PipelineSubmitted(
         pipeline_id=pipeline_id, name=plan.name, runs=runs, sweep_id=next(iter(sweep_ids.values()), None)
     )

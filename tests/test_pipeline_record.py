@@ -1,0 +1,149 @@
+"""Recording a pipeline (``create_pipeline``): the pipeline, its runs and its first wave's submissions in one
+append, the first wave's run dirs written before it; nothing of it kept when that append fails."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.test_agent_batches import app_for
+from tests.test_submit_many import stream_types
+
+STAGE_A = """\
+name = "stage-a"
+command = ["bash", "-c", 'mkdir -p "$1" && echo "$2" > "$1/out.txt" && touch "$1/DONE"', "x",
+           "{outputs.data.path}", "{params.i}"]
+
+[params]
+i = "0"
+
+[outputs.data]
+type = "dataset"
+marker = "DONE"
+alias = "rec-a-{run.id}"
+"""
+
+STAGE_B = """\
+name = "stage-b"
+command = ["bash", "-c", 'test -f "$1/out.txt"', "x", "{inputs.data.path}"]
+
+[inputs.data]
+type = "stage"
+stage = "a"
+role = "data"
+"""
+
+TWO_STAGES = """\
+name = "two-stage"
+
+[stages.a]
+recipe = "a.toml"
+
+[stages.b]
+recipe = "b.toml"
+"""
+
+
+@pytest.fixture
+def plan(tmp_path: Path) -> Any:
+    from labctl.files import load_pipeline
+
+    (tmp_path / "a.toml").write_text(STAGE_A)
+    (tmp_path / "b.toml").write_text(STAGE_B)
+    (tmp_path / "two.toml").write_text(TWO_STAGES)
+    return load_pipeline(tmp_path / "two.toml")
+
+
+def test_a_pipeline_and_its_first_wave_are_one_append_written_after_the_roots_run_dir(
+    conn: psycopg.Connection[Any], env: dict[str, str], plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections
+    from labctl.pipelines.plan import create_pipeline
+
+    appends: list[list[str]] = []
+    dirs_then: list[bool] = []
+    record = projections.record
+
+    def counted(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
+        appends.append([e.event.type_name for e in batch])
+        submitted = [e.event for e in batch if e.event.type_name == "RunSubmitted"]
+        dirs_then.extend(Path(s.run_dir, ".lab", "context.json").is_file() for s in submitted)
+        return record(on, batch, **kwargs)
+
+    app = app_for(env, monkeypatch)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(projections, "record", counted)
+            created = create_pipeline(app, plan)
+    finally:
+        app.close()
+    # one append: the pipeline, its two waiting runs, the root's submission and its cache key claimed
+    assert appends == [["PipelineCreated", "RunPending", "RunPending", "RunSubmitted", "CacheClaimed"]]
+    assert dirs_then and all(dirs_then), "the root's run dir was written after the append that submits it"
+    (a,), (b,) = created.runs["a"], created.runs["b"]
+    assert stream_types(conn, f"run-{a}") == ["RunPending", "RunSubmitted"]
+    assert stream_types(conn, f"run-{b}") == ["RunPending"]
+    rows = dict(conn.execute("SELECT id, status FROM runs WHERE id = ANY(%s)", ([a, b],)).fetchall())
+    assert rows == {a: "submitted", b: "created"}
+    assert conn.execute("SELECT status FROM pipelines WHERE id = %s", (created.pipeline_id,)).fetchone() == ("running",)
+
+
+def test_a_pipeline_whose_append_fails_records_nothing_and_leaves_no_run_dir(
+    conn: psycopg.Connection[Any], env: dict[str, str], plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections
+    from labctl.pipelines.plan import create_pipeline
+
+    record = projections.record
+    run_dirs: list[Path] = []
+
+    def record_then_crash(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
+        run_dirs.extend(Path(e.event.run_dir) for e in batch if e.event.type_name == "RunSubmitted")
+        record(on, batch, **kwargs)  # appended and projected, not committed
+        raise RuntimeError("the submitter died")
+
+    app = app_for(env, monkeypatch)
+    before = conn.execute("SELECT count(*) FROM events").fetchone()
+    try:
+        with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="the submitter died"):
+            patch.setattr(projections, "record", record_then_crash)
+            create_pipeline(app, plan)
+    finally:
+        app.close()
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == before
+    assert conn.execute("SELECT count(*) FROM pipelines").fetchone() == (0,)
+    assert run_dirs and not any(d.exists() for d in run_dirs), "an unrecorded root's run dir was left behind"
+
+
+def test_a_root_that_hits_the_cache_submits_its_child_in_the_same_transaction(
+    conn: psycopg.Connection[Any], env: dict[str, str], plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first wave ended at once (a cache hit on a finished run): the next wave is submitted in the
+    pipeline's transaction, as when the whole first wave went through the advance; no agent needed."""
+    from labctl.agent import Agent
+    from labctl.pipelines.plan import create_pipeline
+    from labctl.reactors import default_reactors
+
+    def status(pipeline_id: str) -> str:
+        row = conn.execute("SELECT status FROM pipelines WHERE id = %s", (pipeline_id,)).fetchone()
+        return str(row[0]) if row else "missing"
+
+    app = app_for(env, monkeypatch)
+    try:
+        first = create_pipeline(app, plan)
+        agent = Agent(app, slots=2, reactors=default_reactors(app, "test-agent", app.user), poll_interval=0.05)
+        deadline = time.monotonic() + 60
+        agent.run(until=lambda: status(first.pipeline_id) != "running" or time.monotonic() > deadline)
+        assert status(first.pipeline_id) == "succeeded"
+        second = create_pipeline(app, plan)  # the same params: its root hits the cache
+    finally:
+        app.close()
+    (a2,), (b2,) = second.runs["a"], second.runs["b"]
+    assert stream_types(conn, f"run-{a2}")[:3] == ["RunPending", "RunSubmitted", "RunCacheHit"]
+    assert stream_types(conn, f"run-{b2}")[:2] == ["RunPending", "RunSubmitted"]
+    rows = dict(conn.execute("SELECT id, status FROM runs WHERE id = ANY(%s)", ([a2, b2],)).fetchall())
+    assert rows[a2] == "cache_hit" and rows[b2] in {"queued", "cache_hit"}
