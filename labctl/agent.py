@@ -25,6 +25,7 @@ import psycopg
 
 import events
 from events import ConcurrencyError
+from events.types import RunSubmitted
 from labctl import agents, fanout, local_runs
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
@@ -32,6 +33,7 @@ from labctl.executors.base import JobState
 from labctl.executors.local import LocalExecutor, kill_orphan, parse_job_id
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.packing import Grant, Pool, choose, machine_capacity
+from labctl.pipelines.advance import advance_many
 from labctl.reactors.base import Reactor
 from labctl.throttle import QUERIES, Scope
 
@@ -262,10 +264,29 @@ class Agent:
         # Record the ends together, in one transaction; if that fails (database away) they stay
         # here and are recorded next tick. The reactors see them all at once right after.
         if self.ended:
-            local_runs.finish_many(self.app, list(self.ended.values()))
+            local_runs.finish_many(self.app, list(self.ended.values()), then=self.advance_ended)
             self.ended.clear()
             changed = True
         return changed
+
+    def advance_ended(self, ended: list[RunSubmitted]) -> None:
+        """In the transaction that records this agent's jobs' ends: submit the children they release (and
+        close the pipelines they finish), so that a tick's ends and their effect commit together.
+
+        In a savepoint of its own: a failure here is logged and the ends still commit; the advancer
+        reactor then handles those ends from the log, as it handles the ends others record (SLURM's,
+        other agents'). When this succeeds, the advancer finds nothing left to do for them."""
+        pipelines = sorted({s.pipeline_id for s in ended if s.pipeline_id})
+        if not pipelines:
+            return
+        conn = self.app.db.conn
+        try:
+            with conn.transaction():
+                advance_many(self.app, pipelines, user=self.serves)
+        except psycopg.OperationalError:
+            raise  # the connection is gone, and the ends' transaction with it
+        except Exception:
+            log.exception("advancing the pipelines of ended runs failed; the advancer will")
 
     def ingest_live_metrics(self) -> None:
         """Record the metrics lines running jobs appended (at most every ``metrics_interval``)."""

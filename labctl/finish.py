@@ -8,7 +8,7 @@ run that coalesced onto this one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,13 +112,19 @@ def finish_run(db: Database, config: ClusterConfig, run_id: str, outcome: JobSta
 
 
 def finish_runs(
-    db: Database, config: ClusterConfig, ends: Sequence[tuple[str, JobState]], meta: EventMeta
+    db: Database,
+    config: ClusterConfig,
+    ends: Sequence[tuple[str, JobState]],
+    meta: EventMeta,
+    then: Callable[[list[RunSubmitted]], object] | None = None,
 ) -> list[str | None]:
     """Record the ends of several runs in one transaction (an agent's jobs that ended in one tick).
 
     Each run's outputs are registered first (files moved); then one transaction records every end,
     artifact, link, alias and cache release. Returns each run's recorded state (None: it had already
     ended). A conflict (a follower joined, a run moved on) repeats the transaction, re-reading them all.
+    ``then``: called in that transaction, after the record, with the submissions of the runs it ended
+    (the followers that ended with their producer too), e.g. to submit the children those ends release.
     """
     if not ends:
         return []
@@ -167,6 +173,11 @@ def finish_runs(
             recorded.append(e.state)
         if batch:
             projections.record(c, batch, idempotency_key=key, meta=meta)
+            if then is not None:
+                ended = [
+                    subs[e.run_id] for e, state in zip(endings, recorded, strict=True) if state and e.run_id in subs
+                ]
+                then([*ended, *(f for f, _ in ended_followers)])
         return recorded
 
     what = f"record the end of {endings[0].run_id}" + (f" and {len(endings) - 1} more" if len(endings) > 1 else "")

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,9 +85,11 @@ def finish(app: App, run_id: str, outcome: JobState) -> None:
     finish_many(app, [(run_id, outcome)])
 
 
-def finish_many(app: App, ends: Sequence[tuple[str, JobState]]) -> None:
-    """Record the ends of jobs that ended together, in one transaction."""
-    finish_runs(app.db, app.config, ends, app.meta())
+def finish_many(
+    app: App, ends: Sequence[tuple[str, JobState]], then: Callable[[list[RunSubmitted]], object] | None = None
+) -> None:
+    """Record the ends of jobs that ended together, in one transaction (``then``: see ``finish_runs``)."""
+    finish_runs(app.db, app.config, ends, app.meta(), then)
 
 
 def launch_many(

@@ -147,3 +147,33 @@ def test_a_root_that_hits_the_cache_submits_its_child_in_the_same_transaction(
     assert stream_types(conn, f"run-{b2}")[:2] == ["RunPending", "RunSubmitted"]
     rows = dict(conn.execute("SELECT id, status FROM runs WHERE id = ANY(%s)", ([a2, b2],)).fetchall())
     assert rows[a2] == "cache_hit" and rows[b2] in {"queued", "cache_hit"}
+
+
+def test_an_agents_jobs_ends_submit_the_children_they_release_and_close_the_pipeline_without_the_advancer(
+    conn: psycopg.Connection[Any], env: dict[str, str], plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ends of a tick and what they release commit together: an agent with no reactor at all
+    still runs the child once its parent succeeded, and closes the pipeline."""
+    from labctl.agent import Agent
+    from labctl.pipelines.plan import create_pipeline
+
+    app = app_for(env, monkeypatch)
+    try:
+        created = create_pipeline(app, plan)
+        agent = Agent(app, slots=2, reactors=(), poll_interval=0.05)
+        deadline = time.monotonic() + 60
+
+        def ended() -> bool:
+            row = conn.execute("SELECT status FROM pipelines WHERE id = %s", (created.pipeline_id,)).fetchone()
+            return (row is not None and row[0] != "running") or time.monotonic() > deadline
+
+        agent.run(until=ended)
+    finally:
+        app.close()
+    (a,), (b,) = created.runs["a"], created.runs["b"]
+    assert conn.execute("SELECT status FROM pipelines WHERE id = %s", (created.pipeline_id,)).fetchone() == (
+        "succeeded",
+    )
+    rows = dict(conn.execute("SELECT id, status FROM runs WHERE id = ANY(%s)", ([a, b],)).fetchall())
+    assert rows == {a: "succeeded", b: "succeeded"}
+    assert stream_types(conn, f"run-{b}").count("RunSubmitted") == 1

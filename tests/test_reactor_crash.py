@@ -85,6 +85,11 @@ def _crash_before_checkpoint(spec: str) -> None:
     base.set_checkpoint = set_checkpoint
     for cls in (Advancer, Evald):
         cls.full_pass = lambda self: False  # type: ignore[method-assign]
+    # The agent submits the children its own jobs' ends release in the ends' transaction; here those
+    # ends reach the advancer only through the log, as the ends SLURM or another agent records do.
+    from labctl.agent import Agent
+
+    Agent.advance_ended = lambda self, ended: None  # type: ignore[method-assign]
 
 
 def _crash_after_sbatch(_: str) -> None:
@@ -134,9 +139,25 @@ def _crash_recording_ends(_: str) -> None:
     finish.retry_on_conflict = lambda *args, **kwargs: _die()  # type: ignore[assignment]
 
 
+def _crash_advancing_ends(_: str) -> None:
+    """The agent dies inside the transaction that records its jobs' ends, once the children those ends
+    release were submitted there too, before it commits."""
+    from labctl.agent import Agent
+
+    advance = Agent.advance_ended
+
+    def advance_then_die(self: Agent, ended: list[Any]) -> None:
+        advance(self, ended)
+        if ended:
+            _die()
+
+    Agent.advance_ended = advance_then_die  # type: ignore[method-assign]
+
+
 CRASH_POINTS = {
     "checkpoint": _crash_before_checkpoint,
     "ends": _crash_recording_ends,
+    "advance-ends": _crash_advancing_ends,
     "sbatch": _crash_after_sbatch,
     "hold": _crash_holding,
     "rmtree": _crash_deleting,
@@ -238,6 +259,30 @@ def test_agent_killed_between_its_jobs_ends_and_their_record_ends_each_once_on_r
     for i, run_id in runs.items():
         assert types_of(conn, f"run-{run_id}").count("RunFinished") == 1
         assert (outputs[i] / "v").read_text().strip() == str(2 * i)  # in the store or still in place
+    audit_clean(env)
+
+
+def test_agent_killed_before_committing_its_jobs_ends_with_the_children_they_release_keeps_neither(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A tick's ends and the children they release commit in one transaction: killed before it commits,
+    neither the parent's end nor the child's submission is kept; a fresh agent ends the parent once
+    (``node_fail``: its exit was never recorded), and the child, never submitted, never runs."""
+    env = {**env, "LABCTL_AGENT_STALE_SECONDS": "2"}
+    p = run_pipeline(env, DATA / "chain" / "pipeline.toml")
+    a, b, c = p.run("a"), p.run("b"), p.run("c")
+
+    crash_agent(env, tmp_path / "crashed.log", "advance-ends")
+
+    assert status_of(conn, a) == "running"
+    assert types_of(conn, f"run-{b}") == ["RunPending"]
+
+    with agent(env, tmp_path / "fresh.log"):
+        assert pipeline_ended(conn, p.pipeline_id, timeout=60) == "failed"
+    assert status_of(conn, a) == "node_fail"
+    assert (status_of(conn, b), status_of(conn, c)) == ("dependency_failed", "dependency_failed")
+    assert types_of(conn, f"run-{a}").count("RunFinished") == 1
+    assert "RunSubmitted" not in types_of(conn, f"run-{b}")
     audit_clean(env)
 
 

@@ -157,11 +157,18 @@ class LogReactor:
                 # joins it as a savepoint) and the checkpoint past the page commit together, or neither
                 # does. A crash in between leaves the page to the next active reactor, which handles it
                 # again; the files written on the way stay (a stage's run dir is written again in place).
+                # A page whose handling appended nothing (its events' effects recorded already, as the
+                # agent records the children its own jobs' ends release) moves the checkpoint in memory
+                # only, as a page of no interest does: handling it again after a crash appends nothing.
                 self.stored = None  # unknown until the transaction commits
                 with conn.transaction():
-                    changed |= self.handle(relevant)
-                    set_checkpoint(conn, self.name, page[-1].position)
-                stored = self.stored = page[-1].position
+                    acted = self.handle(relevant)
+                    if acted:
+                        set_checkpoint(conn, self.name, page[-1].position)
+                changed |= acted
+                if acted:
+                    stored = page[-1].position
+                self.stored = stored
             done = self.read_to = page[-1].position
             if len(page) < PAGE_SIZE:
                 break  # the end of the log as it was: what came after (its own appends too) is next tick's
@@ -177,6 +184,8 @@ class LogReactor:
         return changed
 
     def handle(self, batch: list[StoredEvent]) -> bool:
+        """Act on a page's events of interest; True if it appended anything (then the checkpoint past
+        the page commits with those appends)."""
         raise NotImplementedError
 
     def close(self) -> None:
