@@ -26,7 +26,7 @@ import psycopg
 import events
 from events import ConcurrencyError
 from events.types import RunSubmitted
-from labctl import agents, fanout, local_runs
+from labctl import agents, local_runs
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
@@ -34,6 +34,7 @@ from labctl.executors.local import LocalExecutor, kill_orphan, parse_job_id
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
 from labctl.packing import Grant, Pool, choose, machine_capacity
 from labctl.pipelines.advance import advance_many
+from labctl.reactors.advancer import Advancer
 from labctl.reactors.base import Reactor
 from labctl.throttle import QUERIES, Scope
 
@@ -73,6 +74,8 @@ class Agent:
         self.running: dict[str, str] = {}  # job id -> run id (local jobs this agent started)
         self.ended: dict[str, tuple[str, JobState]] = {}  # jobs that ended, their end not yet recorded
         self.run_dirs: dict[str, str] = {}  # run id -> run dir of the jobs in ``running``
+        #: runs whose ends were recorded in this tick with their pipelines advanced (``advance_ended``)
+        self.advanced: list[str] = []
         self.exit_fds: dict[str, int] = {}  # job id -> pidfd of its process, readable once it exits
         self.metric_files = LiveFiles()
         self.metrics_interval = metrics_interval
@@ -248,24 +251,25 @@ class Agent:
         if not self.running and not self.ended:
             return False
         changed = False
-        to_hash: list[tuple[str, str]] = []
         for job_id, state in self.local.poll(list(self.running)).items():
             if not state.active:
                 run_id = self.running.pop(job_id)
                 self._unwatch_exit(job_id)
                 self.free.give_back(self.grants.pop(job_id))
-                run_dir = self.run_dirs.pop(run_id, None)
+                self.run_dirs.pop(run_id, None)
                 self.metric_files.forget(run_id)
-                if state.state == "succeeded" and run_dir:
-                    to_hash.append((run_id, run_dir))
                 self.ended[job_id] = (run_id, state)
-        # the run dirs' manifests, as a job writes its own on a node; each ends in an fsync, so together
-        fanout.each(lambda run: local_runs.hash_finished_outputs(*run), to_hash, ())
         # Record the ends together, in one transaction; if that fails (database away) they stay
-        # here and are recorded next tick. The reactors see them all at once right after.
+        # here and are recorded next tick. The reactors see them all at once right after. Before it,
+        # each succeeded run's manifest is written (as a job writes its own on a node), in the thread
+        # that then stores its outputs.
         if self.ended:
-            local_runs.finish_many(self.app, list(self.ended.values()), then=self.advance_ended)
+            self.advanced = []
+            local_runs.finish_many(self.app, list(self.ended.values()), then=self.advance_ended, hash_outputs=True)
             self.ended.clear()
+            for reactor in self.reactors:
+                if isinstance(reactor, Advancer):
+                    reactor.note_advanced(self.advanced)  # committed: its handling of these ends can skip them
             changed = True
         return changed
 
@@ -275,14 +279,14 @@ class Agent:
 
         In a savepoint of its own: a failure here is logged and the ends still commit; the advancer
         reactor then handles those ends from the log, as it handles the ends others record (SLURM's,
-        other agents'). When this succeeds, the advancer finds nothing left to do for them."""
+        other agents'). Once they commit, the advancer skips them (``Advancer.note_advanced``)."""
         pipelines = sorted({s.pipeline_id for s in ended if s.pipeline_id})
-        if not pipelines:
-            return
-        conn = self.app.db.conn
+        self.advanced = []
         try:
-            with conn.transaction():
-                advance_many(self.app, pipelines, user=self.serves)
+            if pipelines:
+                with self.app.db.conn.transaction():
+                    advance_many(self.app, pipelines, user=self.serves)
+            self.advanced = [s.run_id for s in ended]
         except psycopg.OperationalError:
             raise  # the connection is gone, and the ends' transaction with it
         except Exception:

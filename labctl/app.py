@@ -62,7 +62,7 @@ class App:
         import projections
 
         def work(conn: psycopg.Connection[Any]) -> None:
-            projections.record(conn, batch, idempotency_key=idempotency_key, meta=self.meta())
+            projections.record(conn, batch, idempotency_key=idempotency_key, meta=self.meta(), savepoint=False)
 
         self.db.run(work)
 

@@ -51,11 +51,19 @@ class _Ending(msgspec.Struct, kw_only=True):
     registered: Registered
 
 
-def _store(config: ClusterConfig, end: tuple[_Ending, RunSubmitted | None], now: datetime) -> list[OutputPlan] | None:
+#: file work on a succeeded run's dir before its outputs are stored (the agent writes its output manifest)
+BeforeStore = Callable[[RunSubmitted], None]
+
+
+def _store(
+    config: ClusterConfig, end: tuple[_Ending, RunSubmitted | None], now: datetime, before: BeforeStore | None
+) -> list[OutputPlan] | None:
     """A succeeded run's outputs moved into the store (files only: runs of one tick do this in threads)."""
     ending, sub = end
     if ending.state != "succeeded" or sub is None:
         return None
+    if before is not None:
+        before(sub)
     return store_files(config, sub, now=now)
 
 
@@ -65,6 +73,7 @@ def _prepare(
     ends: Sequence[tuple[str, JobState]],
     meta: EventMeta,
     subs: dict[str, RunSubmitted],
+    before: BeforeStore | None = None,
 ) -> list[_Ending]:
     """What has to happen before the ends' transaction: last metrics, outputs moved into the store."""
     endings = []
@@ -86,7 +95,8 @@ def _prepare(
     now = datetime.now(UTC)
     pairs = [(e, subs.get(e.run_id)) for e in endings]
     # ValueError: a path outside its root, bytes not matching their hash
-    stored = fanout.each(lambda end: _store(config, end, now), pairs, (OSError, ValueError))
+    # (each run's writes end in fsyncs; in one round of threads, the runs' fsyncs share journal commits)
+    stored = fanout.each(lambda end: _store(config, end, now, before), pairs, (OSError, ValueError))
     known = registered_artifacts(db.conn, [p for plans in stored if isinstance(plans, list) for p in plans])
     for (ending, sub), plans in zip(pairs, stored, strict=True):
         if sub is None or ending.state != "succeeded":
@@ -117,6 +127,7 @@ def finish_runs(
     ends: Sequence[tuple[str, JobState]],
     meta: EventMeta,
     then: Callable[[list[RunSubmitted]], object] | None = None,
+    before_store: BeforeStore | None = None,
 ) -> list[str | None]:
     """Record the ends of several runs in one transaction (an agent's jobs that ended in one tick).
 
@@ -125,11 +136,12 @@ def finish_runs(
     ended). A conflict (a follower joined, a run moved on) repeats the transaction, re-reading them all.
     ``then``: called in that transaction, after the record, with the submissions of the runs it ended
     (the followers that ended with their producer too), e.g. to submit the children those ends release.
+    ``before_store``: called on each succeeded run, in the thread that stores its outputs, before that.
     """
     if not ends:
         return []
     subs = submissions_of(db.conn, [run_id for run_id, _ in ends])
-    endings = _prepare(db, config, ends, meta, subs)
+    endings = _prepare(db, config, ends, meta, subs, before_store)
     now = datetime.now(UTC)
     key = f"finish-{endings[0].run_id}-{uuid.uuid4().hex}"
     ended_followers: list[tuple[RunSubmitted, _Ending]] = []
@@ -172,7 +184,7 @@ def finish_runs(
                 ended_followers.extend((f, e) for f in followers)
             recorded.append(e.state)
         if batch:
-            projections.record(c, batch, idempotency_key=key, meta=meta)
+            projections.record(c, batch, idempotency_key=key, meta=meta, savepoint=False)
             if then is not None:
                 ended = [
                     subs[e.run_id] for e, state in zip(endings, recorded, strict=True) if state and e.run_id in subs

@@ -86,10 +86,20 @@ def finish(app: App, run_id: str, outcome: JobState) -> None:
 
 
 def finish_many(
-    app: App, ends: Sequence[tuple[str, JobState]], then: Callable[[list[RunSubmitted]], object] | None = None
+    app: App,
+    ends: Sequence[tuple[str, JobState]],
+    then: Callable[[list[RunSubmitted]], object] | None = None,
+    *,
+    hash_outputs: bool = False,
 ) -> None:
-    """Record the ends of jobs that ended together, in one transaction (``then``: see ``finish_runs``)."""
-    finish_runs(app.db, app.config, ends, app.meta(), then)
+    """Record the ends of jobs that ended together, in one transaction (``then``: see ``finish_runs``).
+    ``hash_outputs``: first write each succeeded run's output manifest (``hash_finished_outputs``), in the
+    thread that then stores its outputs."""
+
+    def manifest(sub: RunSubmitted) -> None:
+        hash_finished_outputs(sub.run_id, sub.run_dir)
+
+    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None)
 
 
 def launch_many(
@@ -159,7 +169,7 @@ def record_starts(app: App, started: Sequence[Started], agent_id: str) -> None:
             )
             began = RunStarted(run_id=s.run_id, started_at=s.started_at, host=HOST, job_id=s.job_id)
             batch += [NewEvent(f"run-{s.run_id}", submitted, versions[s.run_id]), NewEvent(f"run-{s.run_id}", began)]
-        projections.record(conn, batch, meta=app.meta())
+        projections.record(conn, batch, meta=app.meta(), savepoint=False)
 
     try:
         app.db.run(work)

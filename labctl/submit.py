@@ -531,6 +531,9 @@ class Staged:
 
     results: list[Submitted | Exception | None]  # an exception in place of each run that could not be
     ready: list[tuple[int, App, Request, PreparedRun, bool]]  # (index, as user, request, run, will hit)
+    #: the cache keys' states as read to decide whether each run will hit: the decisions are made on them
+    #: too (each decision expects its key's version, so a state that moved meanwhile fails the append)
+    peeks: dict[str, cache.CacheState]
 
     def discard(self) -> None:
         """Remove the run dirs written: nothing of them was recorded (the caller records none of it)."""
@@ -584,7 +587,7 @@ def stage_many(app: App, requests: Sequence[Request]) -> Staged:
             results[r[0]] = error
         else:
             ready.append(r)
-    return Staged(results, ready)
+    return Staged(results, ready, peeks)
 
 
 def record_staged(
@@ -599,7 +602,7 @@ def record_staged(
     together = [r for r in ready if r[3].cache_key not in shared or r[2].no_cache]
     alone = [r for r in ready if r not in together]
     try:
-        recorded = _record_together(app, together, extra, key)
+        recorded = _record_together(app, together, extra, key, staged.peeks)
         for (i, as_user, _, run, will_hit), result in zip(together, recorded, strict=True):
             results[i] = _after_record(as_user, run, result, will_hit)
     except ConcurrencyError:
@@ -632,6 +635,7 @@ def _record_together(
     runs: Sequence[tuple[int, App, Request, PreparedRun, bool]],
     extra: Sequence[NewEvent] = (),
     key: str | None = None,
+    peeks: dict[str, cache.CacheState] | None = None,
 ) -> list[Submitted]:
     """Every run's submission and cache decision in one transaction (one append per submitting user;
     ``extra`` in the first, before them)."""
@@ -644,7 +648,8 @@ def _record_together(
         results: list[Submitted] = []
         by_user: dict[str, tuple[App, list[NewEvent]]] = {app.user: (app, list(extra))} if extra else {}
         # the keys are distinct (runs sharing one are recorded one by one), so each state holds for its run
-        states = cache.load_many(conn, [run.cache_key for _, _, req, run, _ in runs if not req.no_cache])
+        keys = [run.cache_key for _, _, req, run, _ in runs if not req.no_cache]
+        states = peeks if peeks is not None and all(k in peeks for k in keys) else cache.load_many(conn, keys)
         for _, as_user, req, run, _ in runs:
             batch, result = _decide(
                 conn, run, no_cache=req.no_cache, run_version=req.run_version, state=states.get(run.cache_key)
@@ -653,7 +658,9 @@ def _record_together(
             results.append(result)
         for user, (as_user, batch) in by_user.items():
             if batch:
-                projections.record(conn, batch, idempotency_key=f"{idempotency}-{user}", meta=as_user.meta())
+                projections.record(
+                    conn, batch, idempotency_key=f"{idempotency}-{user}", meta=as_user.meta(), savepoint=False
+                )
         return results
 
     return app.db.run(attempt)
