@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from events import EventMeta, NewEvent, StoredEvent, UnknownEvent, append_batch, last_position, read_all
 from events.codec import decode_event, decode_meta
@@ -371,14 +371,15 @@ def _clone_tables(conn: psycopg.Connection[Any], target: str, *, indexes: bool) 
         _clone_indexes(conn, target)
 
 
-def _clone_indexes(conn: psycopg.Connection[Any], target: str) -> None:
-    """Recreate the live schema's keys and indexes in ``target``, with the same names."""
+def _clone_indexes(conn: psycopg.Connection[Any], target: str, tables: Sequence[str] | None = None) -> None:
+    """Recreate the live schema's keys and indexes in ``target`` (of ``tables``, or all), with the same names."""
+    names = [CHECKPOINTS, *(t.name for t in all_tables())] if tables is None else list(tables)
     constraints = conn.execute(
         "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) "
         "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
         "JOIN pg_class t ON t.oid = c.conrelid "
-        "WHERE n.nspname = %s AND c.contype IN ('p', 'u') ORDER BY t.relname, c.conname",
-        (LIVE,),
+        "WHERE n.nspname = %s AND c.contype IN ('p', 'u') AND t.relname = ANY(%s) ORDER BY t.relname, c.conname",
+        (LIVE, names),
     ).fetchall()
     for table, conname, definition in constraints:
         conn.execute(
@@ -390,8 +391,9 @@ def _clone_indexes(conn: psycopg.Connection[Any], target: str) -> None:
         "SELECT i.relname, pg_get_indexdef(i.oid), t.relname FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "WHERE n.nspname = %s AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
-        (LIVE,),
+        "WHERE n.nspname = %s AND t.relname = ANY(%s) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+        (LIVE, names),
     ).fetchall()
     for _name, definition, table in others:
         on_live = f" ON {LIVE}.{table} "
@@ -431,55 +433,118 @@ def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(READ_MODEL_OWNER)))
 
 
-def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
-    """Create ``schema`` holding the folded projection tables (in the caller's transaction)."""
-    with without_gc():
-        _create_schema(conn, schema)
-        for table in all_tables():
-            if table.rebuild_query is not None:
-                _insert_server_built(conn, schema, table, result.position, result.state.undecodable)
-        _finish_schema(conn, schema, result)
-
-
 def build_schema(
     conn: psycopg.Connection[Any], schema: str, until: int | None = None, progress: Progress | None = None
 ) -> FoldResult:
-    """Create ``schema`` holding every read model as of ``until`` (in the caller's transaction), the
-    server computing its tables while the log is folded in Python on a second connection.
+    """Create ``schema`` holding every read model as of ``until`` (committed in steps: ``conn`` must not
+    be in a transaction; on failure ``schema`` is dropped).
 
-    The server's queries must leave out the events that do not decode, which only the fold finds: they
-    run first as if there were none (there almost never are), and again with them left out if the fold
-    found any (or if one of those events made a query fail).
+    Two connections share the work. ``conn`` starts at once on the tables the server computes, the
+    largest first (by the live tables' sizes); a second connection first reads the log to find the
+    events that no longer decode (the fold: all of it when the server computes every table), then
+    takes tables too. The server's queries must leave those events out, which only the fold finds:
+    a query run before it ended runs as if there were none (there almost never are), and again
+    without them if it found any (or if one of them made the query fail). Each table gets its
+    indexes and statistics from the connection that filled it.
+
+    Called inside a transaction (whose work no other connection sees), it does all on ``conn``.
     """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        result = fold(conn, until=until, progress=progress)
+        with conn.transaction():
+            write_schema(conn, schema, result)
+        return result
     with without_gc():
-        _create_schema(conn, schema)
-        end = last_position(conn) if until is None else until
-        server_built = [t for t in all_tables() if t.rebuild_query is not None]
-        failed: list[psycopg.Error] = []
-
-        def compute() -> None:
-            try:
-                with conn.transaction():  # a savepoint: a failed query leaves the schema as created
-                    for table in server_built:
-                        _insert_server_built(conn, schema, table, end, [])
-            except psycopg.Error as exc:
-                failed.append(exc)
-
-        computing = threading.Thread(target=compute, name="labctl-rebuild-server", daemon=True)
-        computing.start()
+        with conn.transaction():
+            _as_read_model_owner(conn)
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            _clone_tables(conn, schema, indexes=False)
+            end = last_position(conn) if until is None else until
+            sizes = dict(
+                conn.execute(
+                    "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                    (LIVE,),
+                ).fetchall()
+            )
         try:
-            with _another_connection(conn) as other:
-                result = fold(other, until=end, progress=progress)
+            return _fill(conn, schema, end, sorted(all_tables(), key=lambda t: -sizes.get(t.name, 0)), progress)
         except BaseException:
-            conn.cancel_safe()  # (the failed query is then the error above, which this one replaces)
+            with conn.transaction():
+                _as_read_model_owner(conn)
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             raise
-        finally:
-            computing.join()
-        if failed or result.state.undecodable:
-            for table in server_built:
-                conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table.name)))
-                _insert_server_built(conn, schema, table, end, result.state.undecodable)
-        _finish_schema(conn, schema, result)
+
+
+def _fill(
+    conn: psycopg.Connection[Any], schema: str, end: int, tables: list[Table[Any]], progress: Progress | None
+) -> FoldResult:
+    todo = [t for t in tables if t.rebuild_query is not None]
+    lock = threading.Lock()
+    undecodable: list[int] | None = None  # known once the fold has ended
+    guessed: list[Table[Any]] = []  # filled before that, as if every event decoded
+    failed: list[Table[Any]] = []  # whose query failed before that
+    errors: list[BaseException] = []
+
+    def take() -> tuple[Table[Any], list[int] | None] | None:
+        with lock:
+            return (todo.pop(0), undecodable) if todo and not errors else None
+
+    def work(c: psycopg.Connection[Any]) -> None:
+        with c.transaction():
+            _prepare(c)
+            while (job := take()) is not None:
+                table, skip = job
+                try:
+                    with c.transaction():  # (a savepoint: a failed query leaves the others' rows)
+                        _insert_server_built(c, schema, table, end, skip or [])
+                except psycopg.Error:
+                    if skip is not None:
+                        raise
+                    failed.append(table)
+                    continue
+                if skip is None:
+                    guessed.append(table)
+                _index_and_analyze(c, schema, table)
+
+    def first() -> None:
+        try:
+            work(conn)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    starter = threading.Thread(target=first, name="labctl-rebuild", daemon=True)
+    starter.start()
+    try:
+        with _another_connection(conn) as other:
+            result = fold(other, until=end, progress=progress)
+            with lock:
+                undecodable = result.state.undecodable
+            work(other)
+    except BaseException as exc:
+        errors.append(exc)
+        conn.cancel_safe()
+    finally:
+        starter.join()
+    if errors:
+        raise errors[0]
+    with conn.transaction():
+        _prepare(conn)
+        for table in failed + (guessed if undecodable else []):
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table.name)))
+            _insert_server_built(conn, schema, table, end, undecodable or [])
+            _index_and_analyze(conn, schema, table, indexes=table in failed)
+        rows_by_table = result.state.all_rows()
+        for table in tables:
+            rows = rows_by_table.get(table.name)
+            if table.rebuild_query is None:
+                if isinstance(rows, MemoryRows) and rows.rows:
+                    _copy_rows(conn, schema, table, rows.rows.values())
+                _index_and_analyze(conn, schema, table)
+        _clone_indexes(conn, schema, [CHECKPOINTS])
+        _set_checkpoints(conn, schema, end)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, CHECKPOINTS)))
     return result
 
 
@@ -490,39 +555,47 @@ def _another_connection(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Conne
         yield other
 
 
-def _create_schema(conn: psycopg.Connection[Any], schema: str) -> None:
-    """``schema`` with empty copies of the read-model tables (no indexes yet: they are built once, after
-    the rows are in)."""
+def _prepare(conn: psycopg.Connection[Any]) -> None:
+    """Settings of a transaction that builds read-model tables (as their owner role)."""
     # Index builds sort every key: in memory rather than in batches spilled to disk.
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     conn.execute(_SORT_MEMORY)
     _as_read_model_owner(conn)
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    _clone_tables(conn, schema, indexes=False)
 
 
-def _finish_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
-    """Write the rows folded in memory, build the indexes, record the checkpoints and the statistics."""
-    rows_by_table = result.state.all_rows()
-    for table in all_tables():
-        rows = rows_by_table.get(table.name)
-        if isinstance(rows, MemoryRows) and rows.rows:
-            _copy_rows(conn, schema, table, rows.rows.values())
-    _clone_indexes(conn, schema)
-    _set_checkpoints(conn, schema, result.position)
+def _index_and_analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any], *, indexes: bool = True) -> None:
+    if indexes:
+        _clone_indexes(conn, schema, [table.name])
     # Fresh tables have no statistics until autovacuum gets to them: without these, the first
     # lookups after a replay plan for empty tables (seconds instead of milliseconds at 1M events).
     # JSON columns are left out: nothing filters on their values, and sampling their documents (recipes,
     # contexts) costs more than all the other columns together.
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, CHECKPOINTS)))
-    for table in all_tables():
-        columns = [c for c in table.columns if c not in table.json_columns]
-        conn.execute(
-            sql.SQL("ANALYZE {} ({})").format(
-                sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
-            )
+    columns = [c for c in table.columns if c not in table.json_columns]
+    conn.execute(
+        sql.SQL("ANALYZE {} ({})").format(
+            sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
         )
+    )
+
+
+def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult) -> None:
+    """Create ``schema`` holding ``result``'s read models (in the caller's transaction)."""
+    with without_gc():
+        _prepare(conn)
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        _clone_tables(conn, schema, indexes=False)
+        rows_by_table = result.state.all_rows()
+        for table in all_tables():
+            rows = rows_by_table.get(table.name)
+            if table.rebuild_query is not None:
+                _insert_server_built(conn, schema, table, result.position, result.state.undecodable)
+            elif isinstance(rows, MemoryRows) and rows.rows:
+                _copy_rows(conn, schema, table, rows.rows.values())
+            _index_and_analyze(conn, schema, table)
+        _clone_indexes(conn, schema, [CHECKPOINTS])
+        _set_checkpoints(conn, schema, result.position)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, CHECKPOINTS)))
 
 
 def make_read_only(conn: psycopg.Connection[Any], schema: str, why: str) -> None:
@@ -551,8 +624,7 @@ def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None)
 def _replay(conn: psycopg.Connection[Any], progress: Progress | None, started: float) -> ReplayReport:
     with _rebuilding(conn):
         staging = _staging_name()
-        with conn.transaction():
-            result = build_schema(conn, staging, progress=progress)
+        result = build_schema(conn, staging, progress=progress)
         return _swap(conn, staging, result, started)
 
 
@@ -679,9 +751,22 @@ def replay_as_of(conn: psycopg.Connection[Any], position: int, progress: Progres
     """Build the world as it was at ``position`` into a read-only schema ``asof_<position>``."""
     started = time.perf_counter()
     schema = f"asof_{position}"
-    with conn.transaction():
-        result = build_schema(conn, schema, position, progress)
-        make_read_only(conn, schema, f"{schema} is a read-only snapshot of the past")
+    with _rebuilding(conn):  # (built under a staging name: a rebuild killed meanwhile leaves no asof_ schema)
+        staging = _staging_name()
+        result = build_schema(conn, staging, position, progress)
+        try:
+            with conn.transaction():
+                _as_read_model_owner(conn)
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                conn.execute(
+                    sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema))
+                )
+                make_read_only(conn, schema, f"{schema} is a read-only snapshot of the past")
+        except BaseException:
+            with conn.transaction():
+                _as_read_model_owner(conn)
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(staging)))
+            raise
     return ReplayReport(schema, position, result.events, result.seconds, time.perf_counter() - started)
 
 
