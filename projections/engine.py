@@ -292,14 +292,24 @@ def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | 
             progress(done)
 
 
-def fold(conn: psycopg.Connection[Any], until: int | None = None, progress: Progress | None = None) -> FoldResult:
-    """Rebuild every projection in memory from the log (up to ``until``)."""
+# Positions (after, last] of events known to decode (just appended, from events just encoded).
+Decoded = tuple[int, int]
+
+
+def fold(
+    conn: psycopg.Connection[Any],
+    until: int | None = None,
+    progress: Progress | None = None,
+    decoded: Decoded | None = None,
+) -> FoldResult:
+    """Rebuild every projection in memory from the log (up to ``until``); when the server computes
+    every table, only look for the events that no longer decode (not among the ``decoded``)."""
     started = time.perf_counter()
     with without_gc(), conn.transaction():
         end = last_position(conn) if until is None else until
         state = State(_rebuild_rows)
         if _CHECKS_ONLY:
-            n = _find_undecodable(conn, end, state.undecodable, progress)
+            n = _find_undecodable(conn, end, state.undecodable, progress, decoded or (end, end))
         else:
             n = apply(state, scan_events(conn, end, progress), _REBUILD_BY_TYPE)
     return FoldResult(state, end, n, time.perf_counter() - started)
@@ -311,17 +321,19 @@ _CHECKS_ONLY = all(fns == [_decodes] for fns in _REBUILD_BY_TYPE.values())
 # (the text only of the types a rebuild handles: the others' payloads are not even sent)
 _DECODE_SCAN = (
     "SELECT position, type, CASE WHEN type = ANY(%s) THEN data::text END "
-    "FROM labctl.events WHERE position <= %s ORDER BY position"
+    "FROM labctl.events WHERE position <= %s AND (position <= %s OR position > %s) ORDER BY position"
 )
 
 
 def _find_undecodable(
-    conn: psycopg.Connection[Any], until: int, undecodable: list[int], progress: Progress | None
+    conn: psycopg.Connection[Any], until: int, undecodable: list[int], progress: Progress | None, decoded: Decoded
 ) -> int:
     """What ``apply`` with only ``_decodes`` handlers does, without making a StoredEvent of each event:
-    note the positions of the events up to ``until`` that no longer decode; return how many there are."""
-    done = 0
-    for rows in _pages_of(conn, _DECODE_SCAN, (list(_REBUILD_BY_TYPE), until)):
+    note the positions of the events up to ``until`` that no longer decode, skipping the ``decoded``;
+    return how many events there are (those skipped too)."""
+    after, last = decoded
+    done = max(0, min(last, until) - after)
+    for rows in _pages_of(conn, _DECODE_SCAN, (list(_REBUILD_BY_TYPE), until, after, last)):
         for pos, typ, data in rows:
             if data is not None and isinstance(decode_event(typ, data), UnknownEvent):
                 undecodable.append(pos)
@@ -434,10 +446,15 @@ def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
 
 
 def build_schema(
-    conn: psycopg.Connection[Any], schema: str, until: int | None = None, progress: Progress | None = None
+    conn: psycopg.Connection[Any],
+    schema: str,
+    until: int | None = None,
+    progress: Progress | None = None,
+    decoded: Decoded | None = None,
 ) -> FoldResult:
     """Create ``schema`` holding every read model as of ``until`` (committed in steps: ``conn`` must not
-    be in a transaction; on failure ``schema`` is dropped).
+    be in a transaction; on failure ``schema`` is dropped). The fold skips the events ``decoded`` says
+    decode.
 
     Two connections share the work. ``conn`` starts at once on the tables the server computes, the
     largest first (by the live tables' sizes); a second connection first reads the log to find the
@@ -450,7 +467,7 @@ def build_schema(
     Called inside a transaction (whose work no other connection sees), it does all on ``conn``.
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        result = fold(conn, until=until, progress=progress)
+        result = fold(conn, until=until, progress=progress, decoded=decoded)
         with conn.transaction():
             write_schema(conn, schema, result)
         return result
@@ -469,7 +486,8 @@ def build_schema(
                 ).fetchall()
             )
         try:
-            return _fill(conn, schema, end, sorted(all_tables(), key=lambda t: -sizes.get(t.name, 0)), progress)
+            tables = sorted(all_tables(), key=lambda t: -sizes.get(t.name, 0))
+            return _fill(conn, schema, end, tables, progress, decoded)
         except BaseException:
             with conn.transaction():
                 _as_read_model_owner(conn)
@@ -478,7 +496,12 @@ def build_schema(
 
 
 def _fill(
-    conn: psycopg.Connection[Any], schema: str, end: int, tables: list[Table[Any]], progress: Progress | None
+    conn: psycopg.Connection[Any],
+    schema: str,
+    end: int,
+    tables: list[Table[Any]],
+    progress: Progress | None,
+    decoded: Decoded | None,
 ) -> FoldResult:
     todo = [t for t in tables if t.rebuild_query is not None]
     lock = threading.Lock()
@@ -518,7 +541,7 @@ def _fill(
     starter.start()
     try:
         with _another_connection(conn) as other:
-            result = fold(other, until=end, progress=progress)
+            result = fold(other, until=end, progress=progress, decoded=decoded)
             with lock:
                 undecodable = result.state.undecodable
             work(other)
@@ -621,10 +644,12 @@ def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None)
     return _replay(conn, progress, time.perf_counter())
 
 
-def _replay(conn: psycopg.Connection[Any], progress: Progress | None, started: float) -> ReplayReport:
+def _replay(
+    conn: psycopg.Connection[Any], progress: Progress | None, started: float, decoded: Decoded | None = None
+) -> ReplayReport:
     with _rebuilding(conn):
         staging = _staging_name()
-        result = build_schema(conn, staging, progress=progress)
+        result = build_schema(conn, staging, progress=progress, decoded=decoded)
         return _swap(conn, staging, result, started)
 
 
@@ -700,13 +725,18 @@ def append_and_rebuild(
     """
     started = time.perf_counter()
     if _CHECKS_ONLY:
-        appended = 0
+        before = last_position(conn)
+        appended, contiguous = 0, True
         for batch in batches:
             with conn.transaction():
-                appended += len(append_batch(conn, batch, meta=meta))
+                stored = append_batch(conn, batch, meta=meta)
+            contiguous = contiguous and (not stored or stored[0].position == before + appended + 1)
+            appended += len(stored)
             if on_batch is not None:
                 on_batch(appended)
-        return _replay(conn, None, started)
+        # The events appended here decode (they were just encoded): the rebuild's fold checks only the others
+        # (all of them when another writer's came in between).
+        return _replay(conn, None, started, (before, before + appended) if contiguous else None)
     base = fold(conn)
     pending: queue.Queue[list[StoredEvent] | None] = queue.Queue()
     folded = [base.events]

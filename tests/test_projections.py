@@ -165,6 +165,34 @@ def test_a_bulk_append_rebuilds_once_and_keeps_what_another_writer_appended_mean
     assert projections.diff_live(conn)[1] == []
 
 
+@pytest.mark.parametrize("where", ["before", "between its batches"])
+def test_a_bulk_append_rebuilds_without_the_events_of_others_that_no_longer_decode(
+    where: str, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The rebuild after a bulk append skips checking the events it appended (they were just encoded), and
+    only those: one that no longer decodes, before them or another writer's between them, stays out."""
+    from labctl.db import connect
+    from tests.test_server_rebuild import _raw
+
+    def bad(name: str) -> list[NewEvent]:  # a name of the wrong type: the server would read it as text
+        return [_raw(f"user-{name}", "UserImported", name=name, created_at='"2026-01-01T00:00:00Z"')]
+
+    with connect(db_url) as other:
+        if where == "before":
+            with other.transaction():
+                events.append_batch(other, bad("5"))
+
+        def meanwhile(n: int) -> None:
+            if where != "before" and n == 1:
+                with other.transaction():
+                    events.append_batch(other, bad("6"))
+
+        projections.append_and_rebuild(conn, [[_user("a")], [_user("b")]], on_batch=meanwhile)
+    assert sorted(r[0] for r in conn.execute("SELECT name FROM users")) == ["a", "b"]
+    assert projections.checkpoint(conn) == events.last_position(conn) == 3
+    assert projections.diff_live(conn)[1] == []
+
+
 def test_a_bulk_append_stopped_midway_leaves_read_models_that_bring_up_to_date_repairs(
     conn: psycopg.Connection[Any],
 ) -> None:
