@@ -48,7 +48,16 @@ from events.types import (
 from labctl import gc
 from labctl.app import App
 from projections.base import MemoryRows, State, Table
-from projections.engine import all_tables, apply, catch_up, diff_live, replay_as_of, replay_live, scan_events
+from projections.engine import (
+    _copy_rows,
+    all_tables,
+    apply,
+    catch_up,
+    diff_live,
+    replay_as_of,
+    replay_live,
+    scan_events,
+)
 from tests.conftest import run_cli
 from tests.test_artifact_commands import _gc_world, app  # noqa: F401 (app: the fixture)
 from tests.test_import import _add_runs, _source, registry  # noqa: F401 (registry: the fixture)
@@ -112,10 +121,7 @@ def _python_fold(conn: psycopg.Connection[Any]) -> Rows:
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(target, sql.Identifier("live", name)))
         rows = state.rows(table)
         assert isinstance(rows, MemoryRows)
-        copy = sql.SQL("COPY {} ({}) FROM STDIN").format(target, sql.SQL(", ").join(map(sql.Identifier, table.columns)))
-        with conn.cursor() as cur, cur.copy(copy) as cp:
-            for row in rows.rows.values():
-                cp.write_row(table.to_db(row))
+        _copy_rows(conn, "python_fold", table, rows.rows.values())
         out[name] = _as_text(conn, "python_fold", table)
     conn.commit()
     return out
@@ -453,28 +459,8 @@ def _varied_log() -> list[NewEvent]:
         ),
         _raw("alias-alice/best", "AliasSet", user='"alice"', alias='"best"', artifact_id="5"),
         _raw("run-r1", "OutputLinked", run_id='"r1"', role='"ckpt"', artifact_id='"a1"', path='"/x"', step="1.5"),
-        _raw(
-            "run-r3",
-            "RunSubmitted",
-            run_id='"r3"',
-            name='"n"',
-            user='"u"',
-            executor='"local"',
-            run_dir='"/r"',
-            recipe="{}",
-            inputs='[{"role": "data", "type": "external", "path": "/p", "hash": 7}]',
-        ),
-        _raw(
-            "run-r4",
-            "RunSubmitted",
-            run_id='"r4"',
-            name='"n"',
-            user='"u"',
-            executor='"local"',
-            run_dir='"/r"',
-            recipe="{}",
-            inputs='[{"role": "a", "role": "b", "type": "external", "path": "/p"}]',
-        ),
+        _raw_submitted("r3", inputs='[{"role": "data", "type": "external", "path": "/p", "hash": 7}]'),
+        _raw_submitted("r4", inputs='[{"role": "a", "role": "b", "type": "external", "path": "/p"}]'),
         _raw("pipeline-p3", "PipelineFinished", pipeline_id='"p3"', state='"failed"', reason="5"),
         _raw(
             "pipeline-p6",
@@ -520,6 +506,20 @@ def _varied_log() -> list[NewEvent]:
         ),
     ]
     return e
+
+
+def _raw_submitted(run_id: str, inputs: str) -> NewEvent:
+    return _raw(
+        f"run-{run_id}",
+        "RunSubmitted",
+        run_id=f'"{run_id}"',
+        name='"n"',
+        user='"u"',
+        executor='"local"',
+        run_dir='"/r"',
+        recipe="{}",
+        inputs=inputs,
+    )
 
 
 def _submitted(run_id: str, inputs: list[InputRef]) -> RunSubmitted:
