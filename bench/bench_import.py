@@ -146,12 +146,14 @@ def main() -> None:
         step(f"seeded {counts['runs']:,} runs, {source_rows:,} rows in all")
         with connect(dst) as c:
             ensure_schema(c)
-        cpu = cpu_seconds(dst)
+        load_before = os.getloadavg()[0]
+        cpu, client = cpu_seconds(dst), time.process_time()
         first = import_registry(dst, src, actor="bench", verify=False)
-        cpu_after = cpu_seconds(dst)
+        cpu_after, client = cpu_seconds(dst), time.process_time() - client
+        load_after = os.getloadavg()[0]
         first_cpu = None if cpu is None or cpu_after is None else cpu_after - cpu
         if first_cpu is not None:
-            step(f"import CPU, client + server: {first_cpu:.1f}s")
+            step(f"import CPU, client + server: {first_cpu:.1f}s (client {client:.1f}s)")
         how = "bulk, read models rebuilt once" if first.rebuilt_read_models else "projected batch by batch"
         step(f"import: {first.events_appended:,} events in {first.seconds:.1f}s ({how})")
         again = import_registry(dst, src, actor="bench", verify=False)
@@ -241,7 +243,10 @@ def main() -> None:
         "and (stream, version) key) into a bare table on the same server: no hashing, no projections, no source "
         "reads. The CPU row counts this process and every process of the server (the import's three connections, "
         "and the source's reads, which are on the same server); its baseline is the COPY's client and server.\n\n"
-        f"Machine: {machine_line(server.describe())}.\n\n{table}"
+        f"Machine: {machine_line(server.describe())}; load average {load_before:.1f} before the first import, "
+        f"{load_after:.1f} after it"
+        + (f"; its CPU: client {client:.1f} s, server {first_cpu - client:.1f} s" if first_cpu is not None else "")
+        + f".\n\n{table}"
     )
     report_section("Import from an original registry", body, write=args.write)
 

@@ -171,8 +171,9 @@ _FINGERPRINTED = (
 def fingerprint(source: Source, stores: Iterable[Path]) -> str:
     """A digest of everything an import reads: equal digests, nothing new to import.
 
-    Each table contributes its row count and the sum of its rows' hashes (cheap, order-free,
-    changed by any edited row); the append-only ``events`` its count and newest id; stores
+    Each table contributes its row count and the sum of its rows' versions (cheap, order-free,
+    changed by any row written, as every update writes a new version); the append-only ``events``
+    its count and newest id; stores
     their ``.meta.json`` count and newest mtime.
     """
     return _digest(table_marks(source), store_marks(stores))
