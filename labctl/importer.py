@@ -120,7 +120,7 @@ _history = msgspec.json.Decoder(list[OriginalEvent])
 
 
 def _ids(ids: Iterable[str]) -> str:
-    """Run ids as the one JSON array the source queries take (``json_array_elements_text``)."""
+    """Ids (of runs, or stream names) as the one JSON array the queries take (``json_array_elements_text``)."""
     return msgspec.json.encode(list(ids)).decode()
 
 
