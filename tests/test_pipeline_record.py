@@ -119,26 +119,34 @@ def test_a_pipeline_whose_append_fails_records_nothing_and_leaves_no_run_dir(
     assert run_dirs and not any(d.exists() for d in run_dirs), "an unrecorded root's run dir was left behind"
 
 
+def pipeline_status(conn: psycopg.Connection[Any], pipeline_id: str) -> str:
+    row = conn.execute("SELECT status FROM pipelines WHERE id = %s", (pipeline_id,)).fetchone()
+    return str(row[0]) if row else "missing"
+
+
+def run_agent_until_ended(conn: psycopg.Connection[Any], app: Any, pipeline_id: str, reactors: Any) -> str:
+    """An in-process agent ticking until the pipeline is closed (or a minute passed); its final state."""
+    from labctl.agent import Agent
+
+    agent = Agent(app, slots=2, reactors=reactors, poll_interval=0.05)
+    deadline = time.monotonic() + 60
+    agent.run(until=lambda: pipeline_status(conn, pipeline_id) != "running" or time.monotonic() > deadline)
+    return pipeline_status(conn, pipeline_id)
+
+
 def test_a_root_that_hits_the_cache_submits_its_child_in_the_same_transaction(
     conn: psycopg.Connection[Any], env: dict[str, str], plan: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first wave ended at once (a cache hit on a finished run): the next wave is submitted in the
     pipeline's transaction, as when the whole first wave went through the advance; no agent needed."""
-    from labctl.agent import Agent
     from labctl.pipelines.plan import create_pipeline
     from labctl.reactors import default_reactors
-
-    def status(pipeline_id: str) -> str:
-        row = conn.execute("SELECT status FROM pipelines WHERE id = %s", (pipeline_id,)).fetchone()
-        return str(row[0]) if row else "missing"
 
     app = app_for(env, monkeypatch)
     try:
         first = create_pipeline(app, plan)
-        agent = Agent(app, slots=2, reactors=default_reactors(app, "test-agent", app.user), poll_interval=0.05)
-        deadline = time.monotonic() + 60
-        agent.run(until=lambda: status(first.pipeline_id) != "running" or time.monotonic() > deadline)
-        assert status(first.pipeline_id) == "succeeded"
+        reactors = default_reactors(app, "test-agent", app.user)
+        assert run_agent_until_ended(conn, app, first.pipeline_id, reactors) == "succeeded"
         second = create_pipeline(app, plan)  # the same params: its root hits the cache
     finally:
         app.close()
@@ -154,26 +162,15 @@ def test_an_agents_jobs_ends_submit_the_children_they_release_and_close_the_pipe
 ) -> None:
     """The ends of a tick and what they release commit together: an agent with no reactor at all
     still runs the child once its parent succeeded, and closes the pipeline."""
-    from labctl.agent import Agent
     from labctl.pipelines.plan import create_pipeline
 
     app = app_for(env, monkeypatch)
     try:
         created = create_pipeline(app, plan)
-        agent = Agent(app, slots=2, reactors=(), poll_interval=0.05)
-        deadline = time.monotonic() + 60
-
-        def ended() -> bool:
-            row = conn.execute("SELECT status FROM pipelines WHERE id = %s", (created.pipeline_id,)).fetchone()
-            return (row is not None and row[0] != "running") or time.monotonic() > deadline
-
-        agent.run(until=ended)
+        assert run_agent_until_ended(conn, app, created.pipeline_id, reactors=()) == "succeeded"
     finally:
         app.close()
     (a,), (b,) = created.runs["a"], created.runs["b"]
-    assert conn.execute("SELECT status FROM pipelines WHERE id = %s", (created.pipeline_id,)).fetchone() == (
-        "succeeded",
-    )
     rows = dict(conn.execute("SELECT id, status FROM runs WHERE id = ANY(%s)", ([a, b],)).fetchall())
     assert rows == {a: "succeeded", b: "succeeded"}
     assert stream_types(conn, f"run-{b}").count("RunSubmitted") == 1
