@@ -4,6 +4,7 @@ project it in Python (projections/runs.py): both must give the same rows, field 
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +29,9 @@ from events.types import (
 )
 from projections.engine import catch_up, diff_live, replay_as_of, replay_live
 from projections.runs import RUNS, TERMINAL_STATES
+from tests.conftest import run_cli
+from tests.test_import import _source, registry  # noqa: F401 (registry: the fixture)
+from tests.test_pipelines_acceptance import DATA
 
 _COLUMNS = ", ".join(RUNS.columns)
 
@@ -226,3 +230,35 @@ def test_the_world_as_of_a_past_position_has_the_runs_as_they_stood_then(conn: p
 
     report = replay_as_of(conn, then)
     assert _runs(conn, report.schema) == before
+
+
+def test_the_server_agrees_with_the_handlers_on_the_runs_labctl_records(
+    conn: psycopg.Connection[Any],
+    env: dict[str, str],
+    registry: Any,  # noqa: F811
+) -> None:
+    """Runs as the real code paths record them: a pipeline's waiting stages submitted later, a failing
+    pipeline's dependents, a sweep, a second identical run (a cache hit), a queued run cancelled, and an
+    original registry imported twice (its runs, then a status change): the rows each append projected
+    are the server's, field by field, and the audit finds nothing."""
+    run_cli(env, "run-pipeline", str(DATA / "diamond" / "pipeline.toml"), "--wait", check=True)
+    run_cli(env, "run-pipeline", str(DATA / "midfail" / "pipeline.toml"), "--wait")
+    run_cli(env, "run-sweep", str(DATA / "sweep" / "point_fail.toml"), "--wait")
+    for _ in range(2):
+        run_cli(env, "run", str(DATA / "evals" / "train_alone.toml"), "--wait", check=True)
+    queued = run_cli(env, "run", str(DATA / "evals" / "train_alone.toml"), "--no-cache", check=True).stdout
+    run_cli(env, "cancel", re.search(r"^run_id: (\S+)$", queued, re.M).group(1), check=True)  # type: ignore[union-attr]
+    src, _ = registry("0003")
+    run_cli(env, "import", "--from", src, check=True)
+    running = _source(src, "SELECT id FROM runs WHERE status = 'running' ORDER BY id")[0][0]
+    with psycopg.connect(src, autocommit=True) as c:
+        c.execute("UPDATE runs SET status = 'succeeded', finished_at = created_at + 100 WHERE id = %s", (running,))
+    run_cli(env, "import", "--from", src, check=True)
+    projected = _runs(conn)
+
+    assert diff_live(conn) == (events.last_position(conn), [])  # the handlers' rows against the query's
+    replay_live(conn)
+    assert _runs(conn) == projected
+    statuses = {r[3] for r in projected}
+    assert {"succeeded", "failed", "cache_hit", "cancelled", "dependency_failed"} <= statuses, statuses
+    assert any(r[0] == running and r[3] == "succeeded" for r in projected)
