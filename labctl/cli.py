@@ -160,7 +160,7 @@ def replay(
     conn = a.db.conn
     if until is None:
         with ProgressBar("replaying", events.last_position(conn)) as bar:
-            report = projections.replay_live(conn, progress=bar)
+            report = projections.replay_live(conn, progress=bar, tables=bar.tables)
         rate = report.events / report.fold_seconds if report.fold_seconds else 0
         typer.echo(
             f"rebuilt {report.events} events into the live read models in {report.total_seconds:.2f}s "
@@ -169,7 +169,7 @@ def replay(
         return
     position = parse_until(conn, until)
     with ProgressBar("replaying", position) as bar:
-        report = projections.replay_as_of(conn, position, progress=bar)
+        report = projections.replay_as_of(conn, position, progress=bar, tables=bar.tables)
     typer.echo(f"built the read models as of position {position} ({report.events} events) into schema {report.schema}")
     typer.echo(f"query it with:  SET search_path = {report.schema}, labctl;  or  labctl status --as-of {position}")
 
@@ -368,7 +368,7 @@ def status(
         with conn.transaction(force_rollback=True):
             if not schema_exists(conn, f"asof_{position}"):
                 with ProgressBar("replaying", position) as bar:
-                    projections.replay_as_of(conn, position, progress=bar)
+                    projections.replay_as_of(conn, position, progress=bar, tables=bar.tables)
             runs.set_search_path(conn, f"asof_{position}")
             show()
         return

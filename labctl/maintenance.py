@@ -150,7 +150,8 @@ def audit(
             problems += [p for p in [_expect_problem(conn, expect, chain.last_position)] if p is not None]
     diffs: list[projections.engine.RowDiff] = []
     if full:
-        _position, diffs = projections.diff_live(conn)
+        with ProgressBar("comparing read models", projections.checkpoint(conn)) as bar:
+            _position, diffs = projections.diff_live(conn, progress=bar, tables=bar.tables)
     if not problems and not diffs and chain.last_position > 0:
         verify.record_verified(conn, chain.last_position, chain.last_hash)
     return AuditReport(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -19,17 +20,31 @@ class ProgressBar:
         self.started = time.monotonic()
         self._drawn_at = 0.0
         self._drew = False
+        self._done = 0
+        self._tables = ""
+        self._lock = threading.Lock()  # a rebuild's two connections report from two threads
 
     def __call__(self, done: int) -> None:
+        self._done = done
+        self._draw(force=done >= self.total)
+
+    def tables(self, done: int, total: int) -> None:
+        """A rebuild's second part: the read-model tables the server has filled (after the scan of the
+        log, the bar would otherwise sit full for minutes at 10M events)."""
+        self._tables = f" tables {done}/{total} "
+        self._draw(force=done >= total)
+
+    def _draw(self, *, force: bool) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if now - self._drawn_at < self.interval and done < self.total:
-            return
-        self._drawn_at = now
-        self.stream.write("\r" + self.line(done, now - self.started))
-        self.stream.flush()
-        self._drew = True
+        with self._lock:
+            now = time.monotonic()
+            if now - self._drawn_at < self.interval and not force:
+                return
+            self._drawn_at = now
+            self.stream.write("\r" + self.line(self._done, now - self.started) + self._tables)
+            self.stream.flush()
+            self._drew = True
 
     def line(self, done: int, elapsed: float) -> str:
         rate = done / elapsed if elapsed > 0 else 0.0

@@ -251,6 +251,9 @@ _SCAN = (
 
 
 Progress = Callable[[int], None]
+# Told ``(tables done, tables in all)`` as a rebuild or an audit finishes each read-model table: the
+# server's part of a rebuild, after its scan of the log, is minutes at 10M events.
+TablesProgress = Callable[[int, int], None]
 
 
 _PAGE = 20000
@@ -451,6 +454,7 @@ def build_schema(
     until: int | None = None,
     progress: Progress | None = None,
     decoded: Decoded | None = None,
+    tables: TablesProgress | None = None,
 ) -> FoldResult:
     """Create ``schema`` holding every read model as of ``until`` (committed in steps: ``conn`` must not
     be in a transaction; on failure ``schema`` is dropped). The fold skips the events ``decoded`` says
@@ -480,7 +484,7 @@ def build_schema(
             end = last_position(conn) if until is None else until
             order = _largest_first(conn)
         try:
-            return _fill(conn, schema, end, order, progress, decoded)
+            return _fill(conn, schema, end, order, progress, decoded, tables)
         except BaseException:
             with conn.transaction():
                 _as_read_model_owner(conn)
@@ -531,9 +535,18 @@ def _fill(
     tables: list[Table[Any]],
     progress: Progress | None,
     decoded: Decoded | None,
+    tables_done: TablesProgress | None = None,
 ) -> FoldResult:
     todo = [t for t in tables if t.rebuild_query is not None]
     lock = threading.Lock()
+    filled = [0]
+
+    def one_filled() -> None:
+        with lock:
+            filled[0] += 1
+            if tables_done is not None:
+                tables_done(filled[0], len(tables))
+
     undecodable: list[int] | None = None  # known once the fold has ended
     guessed: list[Table[Any]] = []  # filled before that, as if every event decoded
     failed: list[Table[Any]] = []  # whose query failed before that
@@ -559,6 +572,7 @@ def _fill(
                 if skip is None:
                     guessed.append(table)
                 _index_and_analyze(c, schema, table)
+                one_filled()
 
     def first() -> None:
         try:
@@ -594,6 +608,7 @@ def _fill(
                 if isinstance(rows, MemoryRows) and rows.rows:
                     _copy_rows(conn, schema, table, rows.rows.values())
                 _index_and_analyze(conn, schema, table)
+                one_filled()
         _clone_indexes(conn, schema, [CHECKPOINTS])
         _set_checkpoints(conn, schema, end)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, CHECKPOINTS)))
@@ -668,17 +683,23 @@ class ReplayReport(msgspec.Struct):
     total_seconds: float
 
 
-def replay_live(conn: psycopg.Connection[Any], progress: Progress | None = None) -> ReplayReport:
+def replay_live(
+    conn: psycopg.Connection[Any], progress: Progress | None = None, tables: TablesProgress | None = None
+) -> ReplayReport:
     """Rebuild every projection into a fresh schema and swap it in atomically."""
-    return _replay(conn, progress, time.perf_counter())
+    return _replay(conn, progress, time.perf_counter(), tables=tables)
 
 
 def _replay(
-    conn: psycopg.Connection[Any], progress: Progress | None, started: float, decoded: Decoded | None = None
+    conn: psycopg.Connection[Any],
+    progress: Progress | None,
+    started: float,
+    decoded: Decoded | None = None,
+    tables: TablesProgress | None = None,
 ) -> ReplayReport:
     with _rebuilding(conn):
         staging = _staging_name()
-        result = build_schema(conn, staging, progress=progress, decoded=decoded)
+        result = build_schema(conn, staging, progress=progress, decoded=decoded, tables=tables)
         return _swap(conn, staging, result, started)
 
 
@@ -806,13 +827,18 @@ def append_and_rebuild(
     return _swap_in(conn, FoldResult(base.state, end, folded[0], time.perf_counter() - started), started)
 
 
-def replay_as_of(conn: psycopg.Connection[Any], position: int, progress: Progress | None = None) -> ReplayReport:
+def replay_as_of(
+    conn: psycopg.Connection[Any],
+    position: int,
+    progress: Progress | None = None,
+    tables: TablesProgress | None = None,
+) -> ReplayReport:
     """Build the world as it was at ``position`` into a read-only schema ``asof_<position>``."""
     started = time.perf_counter()
     schema = f"asof_{position}"
     with _rebuilding(conn):  # (built under a staging name: a rebuild killed meanwhile leaves no asof_ schema)
         staging = _staging_name()
-        result = build_schema(conn, staging, position, progress)
+        result = build_schema(conn, staging, position, progress, tables=tables)
         try:
             with conn.transaction():
                 _as_read_model_owner(conn)
@@ -839,33 +865,46 @@ class RowDiff(msgspec.Struct):
     columns: dict[str, list[Any]] = {}
 
 
-def diff_live(conn: psycopg.Connection[Any], limit: int = 20) -> tuple[int, list[RowDiff]]:
-    """Rebuild in memory and compare with the live tables, in one consistent snapshot."""
+def diff_live(
+    conn: psycopg.Connection[Any],
+    limit: int = 20,
+    progress: Progress | None = None,
+    tables: TablesProgress | None = None,
+) -> tuple[int, list[RowDiff]]:
+    """Rebuild and compare with the live tables, in one consistent snapshot (``progress``: events of the
+    log read; ``tables``: tables compared)."""
     diffs: list[RowDiff] = []
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         position = checkpoint(conn)
-        result = fold(conn, until=position)
-        rebuilt = result.state.all_rows()
-        for table in all_tables():
-            if table.rebuild_query is not None:
-                diffs += _diff_server_built(conn, table, result, limit)
-                continue
-            mem: Rows[Any] | None = rebuilt.get(table.name)
-            expected = mem.rows if isinstance(mem, MemoryRows) else {}
-            query = sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, table.columns)), sql.Identifier(LIVE, table.name)
-            )
-            seen: set[Any] = set()
-            for values in conn.execute(query):
-                live_row = table.from_db(values)
-                key = table.key_of(live_row)
-                seen.add(key)
-                if (diff := _row_diff(table, live_row, expected.get(key))) is not None:
-                    diffs.append(diff)
-            for key in expected.keys() - seen:
-                diffs.append(RowDiff(table.name, list(key), "missing in live"))
+        result = fold(conn, until=position, progress=progress)
+        every = all_tables()
+        for done, table in enumerate(every, 1):
+            diffs += _diff_table(conn, table, result, limit)
+            if tables is not None:
+                tables(done, len(every))
     return position, diffs[:limit] if limit else diffs
+
+
+def _diff_table(conn: psycopg.Connection[Any], table: Table[Any], result: FoldResult, limit: int) -> list[RowDiff]:
+    """How ``table``'s live rows differ from those ``result`` rebuilt (in ``diff_live``'s transaction)."""
+    if table.rebuild_query is not None:
+        return _diff_server_built(conn, table, result, limit)
+    mem: Rows[Any] | None = result.state.all_rows().get(table.name)
+    expected = mem.rows if isinstance(mem, MemoryRows) else {}
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, table.columns)), sql.Identifier(LIVE, table.name)
+    )
+    diffs: list[RowDiff] = []
+    seen: set[Any] = set()
+    for values in conn.execute(query):
+        live_row = table.from_db(values)
+        key = table.key_of(live_row)
+        seen.add(key)
+        if (diff := _row_diff(table, live_row, expected.get(key))) is not None:
+            diffs.append(diff)
+    diffs += [RowDiff(table.name, list(key), "missing in live") for key in expected.keys() - seen]
+    return diffs
 
 
 def _row_diff(table: Table[Any], live: Any | None, want: Any | None) -> RowDiff | None:
