@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from events.codec import StoredEvent
-from events.store import CHANNEL, Q, _decode_rows, read_all
+from events.store import CHANNEL, Q, decode_rows, read_all
 
 # The log lives in its own schema, never in public (an original labctl registry may be there).
 _OPTIONS = "-c search_path=labctl"
@@ -54,7 +54,7 @@ def follow(
 
 async def aread_all(conn: psycopg.AsyncConnection[Any], after: int = 0, limit: int = 1000) -> list[StoredEvent]:
     cur = await conn.execute(Q["read_all"], {"after": after, "limit": limit})
-    return _decode_rows(await cur.fetchall())
+    return decode_rows(await cur.fetchall())
 
 
 async def afollow(

@@ -206,10 +206,12 @@ def _translate(exc: psycopg.Error) -> Exception:
 
 def _stored_at(conn: psycopg.Connection[Any], position: int) -> StoredEvent:
     rows = conn.execute(Q["read_all"], {"after": position - 1, "limit": 1}).fetchall()
-    return _decode_rows(rows)[0]
+    return decode_rows(rows)[0]
 
 
-def _decode_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredEvent]:
+def decode_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredEvent]:
+    """Events from rows of ``(position, stream, version, type, data text, meta text, recorded_at)``
+    (their data decoded when first asked for)."""
     return [
         StoredEvent(
             position=pos,
@@ -249,20 +251,20 @@ def read_all(
             },
             binary=True,
         ).fetchall()
-    return _decode_rows(rows)
+    return decode_rows(rows)
 
 
 def read_stream(conn: psycopg.Connection[Any], stream: str, after_version: int = 0) -> list[StoredEvent]:
     """One stream's events in version order."""
     rows = conn.execute(Q["read_stream"], {"stream": stream, "after_version": after_version}).fetchall()
-    return _decode_rows(rows)
+    return decode_rows(rows)
 
 
 def read_streams(conn: psycopg.Connection[Any], streams: Sequence[str]) -> dict[str, list[StoredEvent]]:
     """Several streams' events, each in version order, in one query (a stream without events is absent)."""
     found: dict[str, list[StoredEvent]] = {}
     rows = conn.execute(Q["read_streams"], {"streams": list(streams)}).fetchall()
-    for e in _decode_rows(rows):
+    for e in decode_rows(rows):
         found.setdefault(e.stream, []).append(e)
     return found
 

@@ -14,8 +14,17 @@ import msgspec
 import psycopg
 from psycopg import pq, sql
 
-from events import EventMeta, NewEvent, StoredEvent, UnknownEvent, append_batch, last_position, read_all
-from events.codec import decode_event, decode_meta
+from events import (
+    EventMeta,
+    NewEvent,
+    StoredEvent,
+    UnknownEvent,
+    append_batch,
+    decode_rows,
+    last_position,
+    read_all,
+)
+from events.codec import decode_event
 from projections.ahead import ahead
 from projections.base import DbRows, KeysRead, MemoryRows, Rows, ServerBuiltRows, State, Table
 from projections.registry import PROJECTIONS
@@ -280,16 +289,7 @@ def scan_events(conn: psycopg.Connection[Any], until: int, progress: Progress | 
     after each page."""
     done = 0
     for rows in _pages_of(conn, _SCAN, (until,)):
-        for pos, stream, ver, typ, data, meta, at in rows:
-            yield StoredEvent(
-                position=pos,
-                stream=stream,
-                version=ver,
-                type=typ,
-                raw=data,
-                meta=decode_meta(meta),
-                recorded_at=at,
-            )
+        yield from decode_rows(rows)
         done += len(rows)
         if progress is not None:
             progress(done)
