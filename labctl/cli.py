@@ -161,10 +161,11 @@ def replay(
     if until is None:
         with ProgressBar("replaying", events.last_position(conn)) as bar:
             report = projections.replay_live(conn, progress=bar, tables=bar.tables)
-        rate = report.events / report.fold_seconds if report.fold_seconds else 0
+        # (End to end: the server computes the tables after and beside the scan of the log.)
+        rate = report.events / report.total_seconds if report.total_seconds else 0
         typer.echo(
             f"rebuilt {report.events} events into the live read models in {report.total_seconds:.2f}s "
-            f"({rate:,.0f} events/s folding); now at position {report.position}"
+            f"({rate:,.0f} events/s); now at position {report.position}"
         )
         return
     position = parse_until(conn, until)
