@@ -872,18 +872,69 @@ def diff_live(
     tables: TablesProgress | None = None,
 ) -> tuple[int, list[RowDiff]]:
     """Rebuild and compare with the live tables, in one consistent snapshot (``progress``: events of the
-    log read; ``tables``: tables compared)."""
-    diffs: list[RowDiff] = []
+    log read; ``tables``: tables compared). The tables are compared on two connections at once, the
+    second in the first's snapshot, the longest first, as a rebuild fills them."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         position = checkpoint(conn)
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
         result = fold(conn, until=position, progress=progress)
-        every = all_tables()
-        for done, table in enumerate(every, 1):
-            diffs += _diff_table(conn, table, result, limit)
-            if tables is not None:
-                tables(done, len(every))
+        diffs = _diff_tables(conn, row[0], _largest_first(conn), result, limit, tables)
     return position, diffs[:limit] if limit else diffs
+
+
+def _diff_tables(
+    conn: psycopg.Connection[Any],
+    snapshot: str,
+    order: list[Table[Any]],
+    result: FoldResult,
+    limit: int,
+    tables: TablesProgress | None,
+) -> list[RowDiff]:
+    """``_diff_table`` for every table of ``order``, shared by ``conn`` and a second connection in its
+    ``snapshot``; the differences in the order of ``all_tables``."""
+    todo = list(order)
+    found: dict[str, list[RowDiff]] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    others: list[psycopg.Connection[Any]] = []  # to cancel when this side fails (or is interrupted)
+
+    def work(c: psycopg.Connection[Any]) -> None:
+        while True:
+            with lock:
+                if not todo or errors:
+                    return
+                table = todo.pop(0)
+            diffs = _diff_table(c, table, result, limit)
+            with lock:
+                found[table.name] = diffs
+                if tables is not None:
+                    tables(len(found), len(order))
+
+    def second() -> None:
+        try:
+            with _another_connection(conn) as other, other.transaction():
+                others.append(other)
+                other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                work(other)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    helper = threading.Thread(target=second, name="labctl-audit", daemon=True)
+    helper.start()
+    try:
+        work(conn)
+    except BaseException as exc:
+        errors.append(exc)
+        for other in others:
+            other.cancel_safe()
+    finally:
+        helper.join()
+    if errors:
+        raise errors[0]
+    return [d for t in all_tables() for d in found.get(t.name, [])]
 
 
 def _diff_table(conn: psycopg.Connection[Any], table: Table[Any], result: FoldResult, limit: int) -> list[RowDiff]:
