@@ -374,9 +374,9 @@ def status(
             show()
         return
     if (behind := runs.read_model_lag(conn)) > 0:
-        events = "event" if behind == 1 else "events"
+        noun = "event" if behind == 1 else "events"
         typer.echo(
-            f"note: these runs are {behind:,} {events} behind the log (an import stopped before it rebuilt "
+            f"note: these runs are {behind:,} {noun} behind the log (an import stopped before it rebuilt "
             "them?): `labctl replay` brings them up to date",
             err=True,
         )
