@@ -5,6 +5,7 @@ from events.codec import Event, EventMeta, StoredEvent, UnknownEvent, event_type
 from events.errors import ActorRefused, ConcurrencyError, EventStoreError, ImmutableLogError
 from events.store import (
     CHANNEL,
+    EncodedBatch,
     NewEvent,
     append,
     append_batch,
@@ -23,6 +24,7 @@ __all__ = [
     "CHANNEL",
     "ActorRefused",
     "ConcurrencyError",
+    "EncodedBatch",
     "Event",
     "EventMeta",
     "EventStoreError",

@@ -33,6 +33,28 @@ class NewEvent(msgspec.Struct, frozen=True):
     expected_version: int | None = None
 
 
+class EncodedBatch(list[NewEvent]):
+    """A batch whose arrays for ``labctl_append`` were built when it was made (UTF-8).
+
+    Made in a thread that plans the batches (an import's), so that the appending thread only sends
+    them: the server appends one batch while the next one is encoded. The events are frozen, so the
+    bytes stay theirs. On a connection whose encoding is not UTF-8, ``append_batch`` encodes again.
+    """
+
+    def __init__(self, batch: Iterable[NewEvent]) -> None:
+        super().__init__(batch)
+        self.arrays = _arrays(self, [encode(n.event) for n in self], "utf-8")
+
+
+def _arrays(batch: Sequence[NewEvent], datas: list[bytes], charset: str) -> dict[str, bytes]:
+    return {
+        "streams": _TextArray.of([n.stream.encode(charset) for n in batch]),
+        "expected": _IntArray.of([n.expected_version for n in batch]),
+        "types": _TextArray.of([n.event.type_name.encode(charset) for n in batch]),
+        "data": _JsonArray.of(datas),
+    }
+
+
 def append(
     conn: psycopg.Connection[Any],
     stream: str,
@@ -71,19 +93,16 @@ def append_batch(
         _register_dumpers(conn.adapters)
     # The server reads text in the connection's encoding; msgspec writes UTF-8.
     charset = conn.info.encoding
-    datas = [encode(n.event) for n in batch]
     meta_json = encode(meta)
-    if charset != "utf-8":
-        datas = [d.decode().encode(charset) for d in datas]
-        meta_json = meta_json.decode().encode(charset)
-    params = {
-        "streams": _TextArray.of([n.stream.encode(charset) for n in batch]),
-        "expected": _IntArray.of([n.expected_version for n in batch]),
-        "types": _TextArray.of([n.event.type_name.encode(charset) for n in batch]),
-        "data": _JsonArray.of(datas),
-        "meta": _Jsonb(meta_json),
-        "key": idempotency_key,
-    }
+    if isinstance(batch, EncodedBatch) and charset == "utf-8":
+        arrays = batch.arrays
+    else:
+        datas = [encode(n.event) for n in batch]
+        if charset != "utf-8":
+            datas = [d.decode().encode(charset) for d in datas]
+            meta_json = meta_json.decode().encode(charset)
+        arrays = _arrays(batch, datas, charset)
+    params: dict[str, Any] = {**arrays, "meta": _Jsonb(meta_json), "key": idempotency_key}
     try:
         row = conn.execute(Q["append"], params).fetchone()
     except pg_errors.UniqueViolation as exc:

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 import projections
-from events import EventMeta, NewEvent, last_position
+from events import EncodedBatch, EventMeta, NewEvent, last_position
 from events.queries import load_queries
 from events.types import (
     AliasImported,
@@ -1020,7 +1020,10 @@ def _append(
         if on_batch is not None:
             on_batch(n)
 
-    planning = ahead(batches(groups, batch_events), depth=4, name="labctl-plan")
+    # Each batch is encoded in the planning thread too: this one only sends it, so the server appends one
+    # batch while the next is planned and encoded.
+    encoded = (EncodedBatch(batch) for batch in batches(groups, batch_events))
+    planning = ahead(encoded, depth=4, name="labctl-plan")
     with _prompt_handoff(), contextlib.closing(planning) as planned:
         first = next(planned, None)
         if first is None:

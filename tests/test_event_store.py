@@ -268,6 +268,24 @@ def test_a_connection_in_another_encoding_appends_text_that_reads_back_the_same(
         assert events.verify.verify_chain(conn).problem is None
 
 
+@pytest.mark.parametrize("charset", ["UTF8", "LATIN1"])
+def test_a_batch_encoded_ahead_is_stored_as_the_same_batch_encoded_at_append(
+    db_url: str, conn: psycopg.Connection[Any], charset: str
+) -> None:
+    """An import encodes its batches in its planning thread; what is stored and hashed must not change."""
+    batch = [NewEvent("s-é", Noted(text="café ü", n=i), i) for i in range(3)]
+    with connect(db_url) as other:
+        other.execute(f"SET client_encoding = '{charset}'")
+        events.append_batch(other, batch)
+        events.append_batch(other, events.EncodedBatch(NewEvent("s-ü", n.event, n.expected_version) for n in batch))
+    plain, ahead = events.read_stream(conn, "s-é"), events.read_stream(conn, "s-ü")
+    assert [(e.version, e.data) for e in ahead] == [(e.version, e.data) for e in plain]
+    rows = conn.execute("SELECT stream, data::text FROM events ORDER BY position").fetchall()
+    assert [d for s, d in rows if s == "s-ü"] == [d for s, d in rows if s == "s-é"]
+    with conn.transaction():
+        assert events.verify.verify_chain(conn).problem is None
+
+
 def test_a_nul_escape_in_data_is_refused_and_a_backslash_before_u0000_is_kept(conn: psycopg.Connection[Any]) -> None:
     call = "SELECT * FROM labctl_append(ARRAY['s-a'], ARRAY[0], ARRAY['Noted'], ARRAY[%s]::json[], '{}', NULL)"
     for nul in ('{"type":"Noted","text":"a\\u0000b"}', '{"type":"Noted","text":"a\\\\\\u0000b"}'):
