@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import gc
 import queue
 import threading
@@ -375,11 +377,18 @@ def without_gc() -> Iterator[None]:
 
 
 def _clone_tables(conn: psycopg.Connection[Any], target: str, *, indexes: bool) -> None:
-    """Create empty copies of the live projection tables in ``target`` (same names)."""
+    """Create empty copies of the live projection tables in ``target`` (same names).
+
+    The read-model tables start UNLOGGED: filled row by row, a logged table writes a WAL record per row
+    (a quarter of the runs table's INSERT); ``_index_and_analyze`` makes each one LOGGED once it is
+    full, which copies its pages into the WAL whole, and ``_swap`` refuses a schema with a table still
+    unlogged. A crash before that empties them, in a staging schema the next rebuild drops anyway."""
     for name in [CHECKPOINTS, *(t.name for t in all_tables())]:
         conn.execute(
-            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
-                sql.Identifier(target, name), sql.Identifier(LIVE, name)
+            sql.SQL("CREATE {} TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+                sql.SQL("" if name == CHECKPOINTS else "UNLOGGED"),
+                sql.Identifier(target, name),
+                sql.Identifier(LIVE, name),
             )
         )
     if indexes:
@@ -388,20 +397,43 @@ def _clone_tables(conn: psycopg.Connection[Any], target: str, *, indexes: bool) 
 
 def _clone_indexes(conn: psycopg.Connection[Any], target: str, tables: Sequence[str] | None = None) -> None:
     """Recreate the live schema's keys and indexes in ``target`` (of ``tables``, or all), with the same names."""
+    for builds in _index_builds(conn, target, tables).values():
+        for statements in builds:
+            for statement in statements:
+                conn.execute(statement)
+
+
+Statement = sql.Composed | bytes
+
+
+def _index_builds(
+    conn: psycopg.Connection[Any], target: str, tables: Sequence[str] | None = None
+) -> dict[str, list[list[Statement]]]:
+    """How to recreate the live schema's keys and indexes in ``target`` (of ``tables``, or all), with the
+    same names: by table, one list of statements per index, each list to run in one transaction. The
+    lists of one table may run at once on different connections (CREATE INDEX locks out writes, not
+    other index builds): a key's index is built like any other, then made the key."""
     names = [CHECKPOINTS, *(t.name for t in all_tables())] if tables is None else list(tables)
-    constraints = conn.execute(
-        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid) "
+    builds: dict[str, list[list[Statement]]] = {name: [] for name in names}
+    keys = conn.execute(
+        "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid), c.contype, c.condeferrable, "
+        "pg_get_indexdef(c.conindid), i.relname "
         "FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
-        "JOIN pg_class t ON t.oid = c.conrelid "
+        "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_class i ON i.oid = c.conindid "
         "WHERE n.nspname = %s AND c.contype IN ('p', 'u') AND t.relname = ANY(%s) ORDER BY t.relname, c.conname",
         (LIVE, names),
     ).fetchall()
-    for table, conname, definition in constraints:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                sql.Identifier(target, table), sql.Identifier(conname), sql.SQL(definition)
-            )
+    for table, conname, definition, kind, deferrable, index, index_name in keys:
+        add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
+            sql.Identifier(target, table), sql.Identifier(conname)
         )
+        if deferrable:  # (none is: built by the constraint itself, as its definition says)
+            builds[table].append([add + sql.SQL(definition)])
+            continue
+        using = sql.SQL("{} USING INDEX {}").format(
+            sql.SQL("PRIMARY KEY" if kind == "p" else "UNIQUE"), sql.Identifier(index_name)
+        )
+        builds[table].append([_retarget(index, table, target), add + using])
     others = conn.execute(
         "SELECT i.relname, pg_get_indexdef(i.oid), t.relname FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
@@ -411,10 +443,16 @@ def _clone_indexes(conn: psycopg.Connection[Any], target: str, tables: Sequence[
         (LIVE, names),
     ).fetchall()
     for _name, definition, table in others:
-        on_live = f" ON {LIVE}.{table} "
-        if on_live not in definition:
-            raise RuntimeError(f"cannot clone index definition: {definition}")
-        conn.execute(definition.replace(on_live, f" ON {target}.{table} ", 1).encode())
+        builds[table].append([_retarget(definition, table, target)])
+    return builds
+
+
+def _retarget(definition: str, table: str, target: str) -> bytes:
+    """A live index's definition (``pg_get_indexdef``) made to build the same index on ``target``'s table."""
+    on_live = f" ON {LIVE}.{table} "
+    if on_live not in definition:
+        raise RuntimeError(f"cannot clone index definition: {definition}")
+    return definition.replace(on_live, f" ON {target}.{table} ", 1).encode()
 
 
 def _copy_rows(conn: psycopg.Connection[Any], schema: str, table: Table[Any], rows: Iterable[Any]) -> None:
@@ -482,9 +520,10 @@ def build_schema(
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
             _clone_tables(conn, schema, indexes=False)
             end = last_position(conn) if until is None else until
-            order = _largest_first(conn)
+            census = _census(conn, end)
+            order = _largest_first(conn, census)
         try:
-            return _fill(conn, schema, end, order, progress, decoded, tables)
+            return _fill(conn, schema, end, order, census, progress, decoded, tables)
         except BaseException:
             with conn.transaction():
                 _as_read_model_owner(conn)
@@ -492,22 +531,29 @@ def build_schema(
             raise
 
 
-# Pages of the log sampled to guess which tables will take the server longest to compute.
-_SAMPLE_PAGES = 500
+Census = dict[str, tuple[int, int]]
 
 
-def _largest_first(conn: psycopg.Connection[Any]) -> list[Table[Any]]:
+def _census(conn: psycopg.Connection[Any], until: int) -> Census:
+    """Each event type in the log up to ``until``: how many events, and how many bytes of payload.
+
+    One scan of the log, which tells which tables' queries would find nothing (each would scan it all
+    to find that out) and which will take the server longest."""
+    rows = conn.execute(
+        "SELECT type, count(*), sum(pg_column_size(data)) FROM labctl.events WHERE position <= %s GROUP BY type",
+        (until,),
+    ).fetchall()
+    return {name: (int(n), int(size)) for name, n, size in rows}
+
+
+def _has_events(table: Table[Any], census: Census) -> bool:
+    return not _reads(table).isdisjoint(census)
+
+
+def _largest_first(conn: psycopg.Connection[Any], census: Census) -> list[Table[Any]]:
     """Every table, those the server will take longest to compute first (a connection left with the
     longest one alone at the end would make the rebuild wait for it): by the bytes of the events it
-    reads, in a sample of the log's pages, then by the size of the live table."""
-    row = conn.execute("SELECT pg_relation_size('labctl.events') / 8192").fetchone()
-    percent = min(100.0, 100.0 * _SAMPLE_PAGES / max(1, int(row[0]) if row else 1))
-    sampled = dict(
-        conn.execute(
-            "SELECT type, sum(pg_column_size(data)) FROM labctl.events TABLESAMPLE SYSTEM (%s) GROUP BY type",
-            (percent,),
-        ).fetchall()
-    )
+    reads, then by the size of the live table."""
     live = dict(
         conn.execute(
             "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
@@ -515,12 +561,11 @@ def _largest_first(conn: psycopg.Connection[Any]) -> list[Table[Any]]:
             (LIVE,),
         ).fetchall()
     )
-    weight = {
-        t.name: (sum(int(n) for k, n in sampled.items() if k in _reads(t)), live.get(t.name, 0)) for t in all_tables()
-    }
+    weight = {t.name: (sum(census.get(k, (0, 0))[1] for k in _reads(t)), live.get(t.name, 0)) for t in all_tables()}
     return sorted(all_tables(), key=lambda t: weight[t.name], reverse=True)
 
 
+@functools.cache
 def _reads(table: Table[Any]) -> set[str]:
     """The event types ``table``'s rebuild query reads (those it names), or its projection handles."""
     if table.rebuild_query is not None:
@@ -533,63 +578,104 @@ def _fill(
     schema: str,
     end: int,
     tables: list[Table[Any]],
+    census: Census,
     progress: Progress | None,
     decoded: Decoded | None,
     tables_done: TablesProgress | None = None,
 ) -> FoldResult:
-    todo = [t for t in tables if t.rebuild_query is not None]
-    lock = threading.Lock()
+    # Jobs: fill a table (its query, then logged and analyzed, committed), then build each of its indexes
+    # (queued first, for whichever connection is free: the last table's indexes need not wait on one).
+    todo: collections.deque[tuple[Table[Any], list[Statement] | None]] = collections.deque(
+        (t, None) for t in tables if t.rebuild_query is not None
+    )
+    with conn.transaction():
+        builds = _index_builds(conn, schema, [t.name for t, _ in todo])
+    indexes_left: dict[str, int] = {}
+    ready = threading.Condition()
+    running = [0]  # jobs taken and not done (they may queue more)
     filled = [0]
 
-    def one_filled() -> None:
-        with lock:
-            filled[0] += 1
-            if tables_done is not None:
-                tables_done(filled[0], len(tables))
+    def one_filled() -> None:  # (under ``ready``)
+        filled[0] += 1
+        if tables_done is not None:
+            tables_done(filled[0], len(tables))
 
     undecodable: list[int] | None = None  # known once the fold has ended
     guessed: list[Table[Any]] = []  # filled before that, as if every event decoded
     failed: list[Table[Any]] = []  # whose query failed before that
     errors: list[BaseException] = []
 
-    def take() -> tuple[Table[Any], list[int] | None] | None:
-        with lock:
-            return (todo.pop(0), undecodable) if todo and not errors else None
+    def take() -> tuple[Table[Any], list[Statement] | None, list[int] | None] | None:
+        with ready:
+            while not todo and running[0] and not errors:
+                ready.wait()
+            if errors or not todo:
+                return None
+            running[0] += 1
+            table, build = todo.popleft()
+            return table, build, undecodable
 
-    def work(c: psycopg.Connection[Any]) -> None:
+    def fill(c: psycopg.Connection[Any], table: Table[Any], skip: list[int] | None) -> list[list[Statement]]:
+        """Fill ``table`` (in a transaction of its own); return its index builds (none if its query failed)."""
         with c.transaction():
             _prepare(c)
-            while (job := take()) is not None:
-                table, skip = job
+            if _has_events(table, census):  # (else left empty: no event could make a row)
                 try:
-                    with c.transaction():  # (a savepoint: a failed query leaves the others' rows)
+                    with c.transaction():  # (a savepoint: the failed query is retried at the end)
                         _insert_server_built(c, schema, table, end, skip or [])
                 except psycopg.Error:
                     if skip is not None:
                         raise
                     failed.append(table)
-                    continue
+                    return []
                 if skip is None:
                     guessed.append(table)
-                _index_and_analyze(c, schema, table)
-                one_filled()
+            _log_and_analyze(c, schema, table)
+        return builds[table.name]
+
+    def work(c: psycopg.Connection[Any]) -> None:
+        while (job := take()) is not None:
+            table, build, skip = job
+            if build is None:
+                more = fill(c, table, skip)
+            else:
+                with c.transaction():
+                    _prepare(c)
+                    for statement in build:
+                        c.execute(statement)
+                more = []
+            with ready:
+                running[0] -= 1
+                if build is None:
+                    indexes_left[table.name] = len(more)
+                    todo.extendleft((table, b) for b in reversed(more))
+                else:
+                    indexes_left[table.name] -= 1
+                if table not in failed and indexes_left[table.name] == 0:
+                    one_filled()
+                ready.notify_all()
+
+    def failing(exc: BaseException) -> None:
+        with ready:
+            errors.append(exc)
+            ready.notify_all()
 
     def first() -> None:
         try:
             work(conn)
         except BaseException as exc:  # re-raised below
-            errors.append(exc)
+            failing(exc)
 
     starter = threading.Thread(target=first, name="labctl-rebuild", daemon=True)
     starter.start()
     try:
         with _another_connection(conn) as other:
             result = fold(other, until=end, progress=progress, decoded=decoded)
-            with lock:
+            with ready:
                 undecodable = result.state.undecodable
             work(other)
     except BaseException as exc:
-        errors.append(exc)
+        failing(exc)
         conn.cancel_safe()
     finally:
         starter.join()
@@ -601,6 +687,8 @@ def _fill(
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table.name)))
             _insert_server_built(conn, schema, table, end, undecodable or [])
             _index_and_analyze(conn, schema, table, indexes=table in failed)
+            if table in failed:
+                one_filled()
         rows_by_table = result.state.all_rows()
         for table in tables:
             rows = rows_by_table.get(table.name)
@@ -631,8 +719,15 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
 
 
 def _index_and_analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any], *, indexes: bool = True) -> None:
+    _log_and_analyze(conn, schema, table)
     if indexes:
         _clone_indexes(conn, schema, [table.name])
+
+
+def _log_and_analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any]) -> None:
+    """Make a filled table LOGGED (a no-op if it is) and give it statistics; before its indexes, which a
+    change of persistence would rebuild, and which ANALYZE (of these columns) does not read."""
+    conn.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, table.name)))
     # Fresh tables have no statistics until autovacuum gets to them: without these, the first
     # lookups after a replay plan for empty tables (seconds instead of milliseconds at 1M events).
     # JSON columns are left out: nothing filters on their values, and sampling their documents (recipes,
@@ -733,6 +828,17 @@ def _rebuilding(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.execute("SELECT pg_advisory_unlock(%s)", (REBUILD_LOCK,))
 
 
+def _assert_logged(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Refuse to make ``schema`` live with a table still UNLOGGED (see ``_clone_tables``): a crash would empty it."""
+    row = conn.execute(
+        "SELECT string_agg(c.relname, ', ') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relpersistence = 'u'",
+        (schema,),
+    ).fetchone()
+    if row and row[0]:
+        raise RuntimeError(f"rebuilt tables still unlogged in {schema}: {row[0]}")
+
+
 def _swap(conn: psycopg.Connection[Any], staging: str, result: FoldResult, started: float) -> ReplayReport:
     """Apply to ``staging`` what was appended after ``result``, and make it the live schema."""
     try:
@@ -745,6 +851,7 @@ def _swap(conn: psycopg.Connection[Any], staging: str, result: FoldResult, start
             _flush(tail_state)
             end = last_position(conn)
             _set_checkpoints(conn, staging, end)
+            _assert_logged(conn, staging)
             retired = f"{staging}_old"
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(LIVE), sql.Identifier(retired)))
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(LIVE)))
@@ -842,6 +949,7 @@ def replay_as_of(
         try:
             with conn.transaction():
                 _as_read_model_owner(conn)
+                _assert_logged(conn, staging)
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
                 conn.execute(
                     sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema))
@@ -880,7 +988,7 @@ def diff_live(
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         result = fold(conn, until=position, progress=progress)
-        diffs = _diff_tables(conn, row[0], _largest_first(conn), result, limit, tables)
+        diffs = _diff_tables(conn, row[0], _largest_first(conn, _census(conn, position)), result, limit, tables)
     return position, diffs[:limit] if limit else diffs
 
 

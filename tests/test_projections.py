@@ -33,6 +33,15 @@ def _runs(conn: psycopg.Connection[Any], schema: str = "live") -> list[tuple[Any
     return conn.execute(f"SELECT id, status, exit_code FROM {schema}.runs ORDER BY id").fetchall()
 
 
+def _unlogged(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """Tables of ``schema`` a crash would empty (a rebuild fills its tables unlogged, then logs them)."""
+    query = (
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relpersistence <> 'p'"
+    )
+    return [r[0] for r in conn.execute(query, (schema,))]
+
+
 def test_inline_projection_is_exact_right_after_each_append(conn: psycopg.Connection[Any]) -> None:
     projections.record(conn, [NewEvent("run-r1", _submitted("r1"), 0)])
     assert _runs(conn) == [("r1", "submitted", None)]
@@ -66,6 +75,7 @@ def test_replay_swaps_in_an_identical_rebuild_and_repairs_a_damaged_row(conn: ps
     assert conn.execute("SELECT * FROM live.runs ORDER BY id").fetchall() == before
     indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'live'")}
     assert {"runs_pkey", "runs_created_at_idx", "runs_user_created_idx"} <= indexes
+    assert _unlogged(conn, "live") == []
 
 
 def test_a_replay_drops_what_a_replay_killed_before_its_swap_left_behind(conn: psycopg.Connection[Any]) -> None:
@@ -117,6 +127,7 @@ def test_as_of_snapshot_shows_the_past_and_is_read_only(conn: psycopg.Connection
     assert report.schema == f"asof_{then}"
     assert _runs(conn, report.schema) == [("r1", "submitted", None)]
     assert _runs(conn) == [("r1", "failed", 1)]
+    assert _unlogged(conn, report.schema) == []
     with pytest.raises(psycopg.Error, match="read-only"):
         conn.execute(f"DELETE FROM {report.schema}.runs")
 
