@@ -14,10 +14,12 @@
 -- (e.g. "nan") is NULL; `at` becomes a time as datetime.fromtimestamp rounds it (whole seconds, then
 -- the fraction's microseconds rounded half to even); with no `at`, the event's own time. %(skip)s
 -- are the positions of MetricsLogged events the fold could not decode, which the handler ignores.
+-- Run ids and names are sorted bytewise (COLLATE "C", as in runs_rebuild): equal keys are equal
+-- bytes under any deterministic collation, and a locale's rules only slow the sort of every point.
 SELECT DISTINCT ON (run_id, name, step) run_id, name, step, value, logged_at
 FROM (
-    SELECT d.doc ->> 'run_id' AS run_id,
-           v.key AS name,
+    SELECT d.doc ->> 'run_id' COLLATE "C" AS run_id,
+           v.key COLLATE "C" AS name,
            (p.point ->> 'step')::bigint AS step,
            CASE jsonb_typeof(v.value)
                WHEN 'number' THEN
