@@ -6,6 +6,7 @@ import collections
 import contextlib
 import functools
 import gc
+import hashlib
 import queue
 import threading
 import time
@@ -26,7 +27,7 @@ from events import (
     last_position,
     read_all,
 )
-from events.codec import decode_event
+from events.codec import decode_event, event_types
 from projections.ahead import ahead
 from projections.base import DbRows, KeysRead, MemoryRows, Rows, ServerBuiltRows, State, Table
 from projections.registry import PROJECTIONS
@@ -306,15 +307,17 @@ def fold(
     until: int | None = None,
     progress: Progress | None = None,
     decoded: Decoded | None = None,
+    checked: int = 0,
 ) -> FoldResult:
     """Rebuild every projection in memory from the log (up to ``until``); when the server computes
-    every table, only look for the events that no longer decode (not among the ``decoded``)."""
+    every table, only look for the events that no longer decode (not among the ``decoded``, nor up to
+    ``checked``: see ``checked_through``)."""
     started = time.perf_counter()
     with without_gc(), conn.transaction():
         end = last_position(conn) if until is None else until
         state = State(_rebuild_rows)
         if _CHECKS_ONLY:
-            n = _find_undecodable(conn, end, state.undecodable, progress, decoded or (end, end))
+            n = _find_undecodable(conn, end, state.undecodable, progress, decoded or (end, end), checked)
         else:
             n = apply(state, scan_events(conn, end, progress), _REBUILD_BY_TYPE)
     return FoldResult(state, end, n, time.perf_counter() - started)
@@ -325,20 +328,28 @@ _CHECKS_ONLY = all(fns == [_decodes] for fns in _REBUILD_BY_TYPE.values())
 
 # (the text only of the types a rebuild handles: the others' payloads are not even sent)
 _DECODE_SCAN = (
-    "SELECT position, type, CASE WHEN type = ANY(%s) THEN data::text END "
-    "FROM labctl.events WHERE position <= %s AND (position <= %s OR position > %s) ORDER BY position"
+    "SELECT position, type, CASE WHEN type = ANY(%s) THEN data::text END FROM labctl.events "
+    "WHERE position > %s AND position <= %s AND (position <= %s OR position > %s) ORDER BY position"
 )
 
 
 def _find_undecodable(
-    conn: psycopg.Connection[Any], until: int, undecodable: list[int], progress: Progress | None, decoded: Decoded
+    conn: psycopg.Connection[Any],
+    until: int,
+    undecodable: list[int],
+    progress: Progress | None,
+    decoded: Decoded,
+    checked: int = 0,
 ) -> int:
     """What ``apply`` with only ``_decodes`` handlers does, without making a StoredEvent of each event:
-    note the positions of the events up to ``until`` that no longer decode, skipping the ``decoded``;
-    return how many events there are (those skipped too)."""
+    note the positions of the events up to ``until`` that no longer decode, skipping the ``decoded``
+    and those up to ``checked``; return how many events there are (those skipped too)."""
     after, last = decoded
-    done = max(0, min(last, until) - after)
-    for rows in _pages_of(conn, _DECODE_SCAN, (list(_REBUILD_BY_TYPE), until, after, last)):
+    checked = min(checked, until)
+    done = checked + max(0, min(last, until) - max(after, checked))
+    if progress is not None and done:
+        progress(done)
+    for rows in _pages_of(conn, _DECODE_SCAN, (list(_REBUILD_BY_TYPE), checked, until, after, last)):
         for pos, typ, data in rows:
             if data is not None and isinstance(decode_event(typ, data), UnknownEvent):
                 undecodable.append(pos)
@@ -346,6 +357,45 @@ def _find_undecodable(
         if progress is not None:
             progress(done)
     return done
+
+
+# A rebuild leaves in its schema's checkpoints the position up to which every event was found to decode,
+# named by this, the fingerprint of what decides whether an event decodes, and the hash of the event at
+# that position (which the hash chain makes stand for every event before it: a log cut back and written
+# again does not match).
+_CHECKED = "decoded "
+
+
+@functools.cache
+def _decode_fingerprint() -> str:
+    """What decides whether a payload decodes: every event type's definition, and msgspec's version."""
+    types = [(name, msgspec.inspect.type_info(cls)) for name, cls in sorted(event_types().items())]
+    return hashlib.sha256(f"{msgspec.__version__} {types!r}".encode()).hexdigest()[:16]
+
+
+def checked_through(conn: psycopg.Connection[Any], schema: str = LIVE) -> int:
+    """The position up to which the rebuild that made ``schema`` found that every event decodes, with
+    the event types of this labctl (0 if it was built by another definition of them, or not rebuilt).
+
+    A rebuild need not look at those events again: the log is append-only, and whether a payload
+    decodes depends only on its bytes and the definitions fingerprinted. The full audit does not trust
+    it: it decodes everything, and a rebuild that kept an event that does not decode differs from its."""
+    query = sql.SQL(
+        "SELECT c.position FROM {} AS c JOIN labctl.events AS e ON e.position = c.position "
+        "WHERE c.name = %s || encode(e.hash, 'hex')"
+    ).format(sql.Identifier(schema, CHECKPOINTS))
+    row = conn.execute(query, (f"{_CHECKED}{_decode_fingerprint()} ",)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_checked_through(conn: psycopg.Connection[Any], schema: str, end: int, undecodable: Sequence[int]) -> None:
+    """Record in ``schema`` that every event up to ``end`` decodes, but for the ``undecodable`` (found by a
+    fold that checked all the others): up to the first of those."""
+    query = sql.SQL(
+        "INSERT INTO {} (name, position) SELECT %s || encode(hash, 'hex'), position FROM labctl.events "
+        "WHERE position = %s"
+    ).format(sql.Identifier(schema, CHECKPOINTS))
+    conn.execute(query, (f"{_CHECKED}{_decode_fingerprint()} ", min(undecodable, default=end + 1) - 1))
 
 
 def _rebuild_rows(table: Table[Any]) -> Rows[Any]:
@@ -522,8 +572,9 @@ def build_schema(
             end = last_position(conn) if until is None else until
             census = _census(conn, end)
             order = _largest_first(conn, census)
+            checked = checked_through(conn)
         try:
-            return _fill(conn, schema, end, order, census, progress, decoded, tables)
+            return _fill(conn, schema, end, order, census, progress, decoded, tables, checked)
         except BaseException:
             with conn.transaction():
                 _as_read_model_owner(conn)
@@ -582,6 +633,7 @@ def _fill(
     progress: Progress | None,
     decoded: Decoded | None,
     tables_done: TablesProgress | None = None,
+    checked: int = 0,
 ) -> FoldResult:
     # Jobs: fill a table (its query, then logged and analyzed, committed), then build each of its indexes
     # (queued first, for whichever connection is free: the last table's indexes need not wait on one).
@@ -670,7 +722,7 @@ def _fill(
     starter.start()
     try:
         with _another_connection(conn) as other:
-            result = fold(other, until=end, progress=progress, decoded=decoded)
+            result = fold(other, until=end, progress=progress, decoded=decoded, checked=checked)
             with ready:
                 undecodable = result.state.undecodable
             work(other)
@@ -699,6 +751,8 @@ def _fill(
                 one_filled()
         _clone_indexes(conn, schema, [CHECKPOINTS])
         _set_checkpoints(conn, schema, end)
+        if _CHECKS_ONLY:  # (the fold found every event up to ``end`` that does not decode)
+            _set_checked_through(conn, schema, end, result.state.undecodable)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, CHECKPOINTS)))
     return result
 

@@ -204,6 +204,69 @@ def test_a_bulk_append_rebuilds_without_the_events_of_others_that_no_longer_deco
     assert projections.diff_live(conn)[1] == []
 
 
+def _bad_user(name: str) -> NewEvent:
+    """A UserImported that no longer decodes (its name is a number), which the server would read as text."""
+    from tests.test_server_rebuild import _raw
+
+    return _raw(f"user-{name}", "UserImported", name=name, created_at='"2026-01-01T00:00:00Z"')
+
+
+def _users(conn: psycopg.Connection[Any]) -> list[str]:
+    return sorted(r[0] for r in conn.execute("SELECT name FROM users"))
+
+
+def test_a_replay_checks_again_only_what_was_appended_since_the_last_and_still_skips_what_does_not_decode(
+    conn: psycopg.Connection[Any],
+) -> None:
+    from projections.engine import checked_through
+
+    projections.record(conn, [_user("a"), _user("b")])
+    projections.replay_live(conn)
+    assert checked_through(conn) == 2  # every event so far decodes
+    with conn.transaction():
+        events.append_batch(conn, [_user("c"), _bad_user("5"), _user("d")])
+    checked_tail: list[int] = []
+    projections.replay_live(conn, progress=checked_tail.append)
+    assert _users(conn) == ["a", "b", "c", "d"]
+    assert checked_tail[0] == 2  # the first two counted as checked before the scan read anything
+    assert checked_through(conn) == 3  # up to the event that does not decode, which the next one checks again
+    projections.replay_live(conn)
+    assert _users(conn) == ["a", "b", "c", "d"] and checked_through(conn) == 3
+    assert projections.diff_live(conn)[1] == []
+
+
+def test_a_replay_trusts_only_its_own_record_of_what_decodes_and_the_full_audit_trusts_none(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The record is kept with the event types' fingerprint and the hash of its last event: one with another
+    fingerprint or hash is ignored. One forged to cover an event that does not decode lets the next replay
+    read that event as the server does, and the full audit, which decodes every event, names the row."""
+    from projections.engine import _decode_fingerprint, checked_through
+
+    with conn.transaction():
+        events.append_batch(conn, [_user("a"), _bad_user("5")])
+    projections.replay_live(conn)
+    assert _users(conn) == ["a"] and checked_through(conn) == 1
+    last_hash = conn.execute("SELECT encode(hash, 'hex') FROM labctl.events WHERE position = 2").fetchone()
+    assert last_hash is not None
+
+    def forge(fingerprint: str, digest: str) -> None:
+        conn.execute("DELETE FROM live.projection_checkpoints WHERE name LIKE 'decoded %'")
+        name = f"decoded {fingerprint} {digest}"
+        conn.execute("INSERT INTO live.projection_checkpoints (name, position) VALUES (%s, 2)", (name,))
+
+    for fingerprint, digest in [("0" * 16, last_hash[0]), (_decode_fingerprint(), "00" * 32)]:
+        forge(fingerprint, digest)
+        assert checked_through(conn) == 0
+        projections.replay_live(conn)
+        assert _users(conn) == ["a"]
+    forge(_decode_fingerprint(), last_hash[0])
+    projections.replay_live(conn)
+    assert _users(conn) == ["5", "a"]
+    diffs = projections.diff_live(conn)[1]
+    assert [(d.table, d.key, d.problem) for d in diffs] == [("users", ["5"], "not in the log")]
+
+
 def test_a_bulk_append_stopped_midway_leaves_read_models_that_bring_up_to_date_repairs(
     conn: psycopg.Connection[Any],
 ) -> None:
