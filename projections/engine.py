@@ -427,18 +427,11 @@ def without_gc() -> Iterator[None]:
 
 
 def _clone_tables(conn: psycopg.Connection[Any], target: str, *, indexes: bool) -> None:
-    """Create empty copies of the live projection tables in ``target`` (same names).
-
-    The read-model tables start UNLOGGED: filled row by row, a logged table writes a WAL record per row
-    (a quarter of the runs table's INSERT); ``_index_and_analyze`` makes each one LOGGED once it is
-    full, which copies its pages into the WAL whole, and ``_swap`` refuses a schema with a table still
-    unlogged. A crash before that empties them, in a staging schema the next rebuild drops anyway."""
+    """Create empty copies of the live projection tables in ``target`` (same names)."""
     for name in [CHECKPOINTS, *(t.name for t in all_tables())]:
         conn.execute(
-            sql.SQL("CREATE {} TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
-                sql.SQL("" if name == CHECKPOINTS else "UNLOGGED"),
-                sql.Identifier(target, name),
-                sql.Identifier(LIVE, name),
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+                sql.Identifier(target, name), sql.Identifier(LIVE, name)
             )
         )
     if indexes:
@@ -462,9 +455,11 @@ def _index_builds(
     """How to recreate the live schema's keys and indexes in ``target`` (of ``tables``, or all), with the
     same names: by table, one list of statements per index, each list to run in one transaction. The
     lists of one table may run at once on different connections (CREATE INDEX locks out writes, not
-    other index builds): a key's index is built like any other, then made the key."""
+    other index builds): a key's index is built like any other, then made the key. (A table's keys are
+    one list: two transactions each making a key would wait for each other's lock on the table.)"""
     names = [CHECKPOINTS, *(t.name for t in all_tables())] if tables is None else list(tables)
     builds: dict[str, list[list[Statement]]] = {name: [] for name in names}
+    key_builds: dict[str, list[Statement]] = {}
     keys = conn.execute(
         "SELECT t.relname, c.conname, pg_get_constraintdef(c.oid), c.contype, c.condeferrable, "
         "pg_get_indexdef(c.conindid), i.relname "
@@ -477,13 +472,15 @@ def _index_builds(
         add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
             sql.Identifier(target, table), sql.Identifier(conname)
         )
+        if table not in key_builds:
+            builds[table].append(key_builds.setdefault(table, []))
         if deferrable:  # (none is: built by the constraint itself, as its definition says)
-            builds[table].append([add + sql.SQL(definition)])
+            key_builds[table].append(add + sql.SQL(definition))
             continue
         using = sql.SQL("{} USING INDEX {}").format(
             sql.SQL("PRIMARY KEY" if kind == "p" else "UNIQUE"), sql.Identifier(index_name)
         )
-        builds[table].append([_retarget(index, table, target), add + using])
+        key_builds[table] += [_retarget(index, table, target), add + using]
     others = conn.execute(
         "SELECT i.relname, pg_get_indexdef(i.oid), t.relname FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
@@ -635,7 +632,7 @@ def _fill(
     tables_done: TablesProgress | None = None,
     checked: int = 0,
 ) -> FoldResult:
-    # Jobs: fill a table (its query, then logged and analyzed, committed), then build each of its indexes
+    # Jobs: fill a table (its query, then analyzed, committed), then build each of its indexes
     # (queued first, for whichever connection is free: the last table's indexes need not wait on one).
     todo: collections.deque[tuple[Table[Any], list[Statement] | None]] = collections.deque(
         (t, None) for t in tables if t.rebuild_query is not None
@@ -682,7 +679,7 @@ def _fill(
                     return []
                 if skip is None:
                     guessed.append(table)
-            _log_and_analyze(c, schema, table)
+            _analyze(c, schema, table)
         return builds[table.name]
 
     def work(c: psycopg.Connection[Any]) -> None:
@@ -773,15 +770,13 @@ def _prepare(conn: psycopg.Connection[Any]) -> None:
 
 
 def _index_and_analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any], *, indexes: bool = True) -> None:
-    _log_and_analyze(conn, schema, table)
+    _analyze(conn, schema, table)
     if indexes:
         _clone_indexes(conn, schema, [table.name])
 
 
-def _log_and_analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any]) -> None:
-    """Make a filled table LOGGED (a no-op if it is) and give it statistics; before its indexes, which a
-    change of persistence would rebuild, and which ANALYZE (of these columns) does not read."""
-    conn.execute(sql.SQL("ALTER TABLE {} SET LOGGED").format(sql.Identifier(schema, table.name)))
+def _analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any]) -> None:
+    """Give a filled table statistics (before its indexes: ANALYZE of these columns does not read them)."""
     # Fresh tables have no statistics until autovacuum gets to them: without these, the first
     # lookups after a replay plan for empty tables (seconds instead of milliseconds at 1M events).
     # JSON columns are left out: nothing filters on their values, and sampling their documents (recipes,
@@ -882,17 +877,6 @@ def _rebuilding(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.execute("SELECT pg_advisory_unlock(%s)", (REBUILD_LOCK,))
 
 
-def _assert_logged(conn: psycopg.Connection[Any], schema: str) -> None:
-    """Refuse to make ``schema`` live with a table still UNLOGGED (see ``_clone_tables``): a crash would empty it."""
-    row = conn.execute(
-        "SELECT string_agg(c.relname, ', ') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relpersistence = 'u'",
-        (schema,),
-    ).fetchone()
-    if row and row[0]:
-        raise RuntimeError(f"rebuilt tables still unlogged in {schema}: {row[0]}")
-
-
 def _swap(conn: psycopg.Connection[Any], staging: str, result: FoldResult, started: float) -> ReplayReport:
     """Apply to ``staging`` what was appended after ``result``, and make it the live schema."""
     try:
@@ -905,7 +889,6 @@ def _swap(conn: psycopg.Connection[Any], staging: str, result: FoldResult, start
             _flush(tail_state)
             end = last_position(conn)
             _set_checkpoints(conn, staging, end)
-            _assert_logged(conn, staging)
             retired = f"{staging}_old"
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(LIVE), sql.Identifier(retired)))
             conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(LIVE)))
@@ -1003,7 +986,6 @@ def replay_as_of(
         try:
             with conn.transaction():
                 _as_read_model_owner(conn)
-                _assert_logged(conn, staging)
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
                 conn.execute(
                     sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(schema))

@@ -34,7 +34,7 @@ def _runs(conn: psycopg.Connection[Any], schema: str = "live") -> list[tuple[Any
 
 
 def _unlogged(conn: psycopg.Connection[Any], schema: str) -> list[str]:
-    """Tables of ``schema`` a crash would empty (a rebuild fills its tables unlogged, then logs them)."""
+    """Tables of ``schema`` a crash would empty (none may be: the read models must survive one)."""
     query = (
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relpersistence <> 'p'"
