@@ -556,7 +556,7 @@ def build_schema(
     Called inside a transaction (whose work no other connection sees), it does all on ``conn``.
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        result = fold(conn, until=until, progress=progress, decoded=decoded)
+        result = fold(conn, until=until, progress=progress, decoded=decoded, checked=checked_through(conn))
         with conn.transaction():
             write_schema(conn, schema, result)
         return result
@@ -797,10 +797,12 @@ def write_schema(conn: psycopg.Connection[Any], schema: str, result: FoldResult)
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         _clone_tables(conn, schema, indexes=False)
         rows_by_table = result.state.all_rows()
+        census = _census(conn, result.position)
         for table in all_tables():
             rows = rows_by_table.get(table.name)
             if table.rebuild_query is not None:
-                _insert_server_built(conn, schema, table, result.position, result.state.undecodable)
+                if _has_events(table, census):
+                    _insert_server_built(conn, schema, table, result.position, result.state.undecodable)
             elif isinstance(rows, MemoryRows) and rows.rows:
                 _copy_rows(conn, schema, table, rows.rows.values())
             _index_and_analyze(conn, schema, table)
