@@ -667,7 +667,7 @@ def _fill(
     def fill(c: psycopg.Connection[Any], table: Table[Any], skip: list[int] | None) -> list[list[Statement]]:
         """Fill ``table`` (in a transaction of its own); return its index builds (none if its query failed)."""
         with c.transaction():
-            _prepare(c)
+            _prepare(c, staging=True)
             if _has_events(table, census):  # (else left empty: no event could make a row)
                 try:
                     with c.transaction():  # (a savepoint: the failed query is retried at the end)
@@ -689,7 +689,7 @@ def _fill(
                 more = fill(c, table, skip)
             else:
                 with c.transaction():
-                    _prepare(c)
+                    _prepare(c, staging=True)
                     for statement in build:
                         c.execute(statement)
                 more = []
@@ -761,8 +761,13 @@ def _another_connection(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Conne
         yield other
 
 
-def _prepare(conn: psycopg.Connection[Any]) -> None:
-    """Settings of a transaction that builds read-model tables (as their owner role)."""
+def _prepare(conn: psycopg.Connection[Any], *, staging: bool = False) -> None:
+    """Settings of a transaction that builds read-model tables (as their owner role). ``staging``: one of the
+    many transactions of a rebuild's staging schema, which need not wait for their commit to reach the disk
+    (a crash before the swap leaves a staging schema the next rebuild drops, and the swap's own commit,
+    which waits, writes out every one before it)."""
+    if staging:
+        conn.execute("SET LOCAL synchronous_commit = off")
     # Index builds sort every key: in memory rather than in batches spilled to disk.
     conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
     conn.execute(_SORT_MEMORY)
