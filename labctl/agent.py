@@ -1,11 +1,14 @@
 """The agent: a worker with a heartbeat that runs local jobs and the reactors.
 
 Each tick it (1) ends runs held by agents whose heartbeat went stale as
-``node_fail``, (2) polls its own jobs and records their ends, (3) passes
+``node_fail``, (2) records the starts and ends of its own jobs, (3) passes
 cancel requests on, (4) gives each reactor a turn, and (5) claims queued
-local runs up to its free slots and starts them. Between ticks with nothing to do it sleeps until a
-NOTIFY, the exit of one of its jobs, or ``poll_interval``. The agents table lives in ``labctl.agents``,
-the local runs' steps in ``labctl.local_runs``; the caller chooses the reactors.
+local runs, up to its slots ahead of what runs. Its jobs are started and reaped by a thread of their
+own (``labctl.agent_jobs``): a claimed run starts the moment a slot and its resources free up, while
+the loop records, in one transaction each, the starts and the ends that thread noted meanwhile.
+Between ticks with nothing to do it sleeps until a NOTIFY, a word from that thread, or
+``poll_interval``. The agents table lives in ``labctl.agents``, the local runs' steps in
+``labctl.local_runs``; the caller chooses the reactors.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ import events
 from events import ConcurrencyError
 from events.types import RunSubmitted
 from labctl import agents, local_runs
+from labctl.agent_jobs import Claimed, Jobs, Noted
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
-from labctl.executors.local import LocalExecutor, kill_orphan, parse_job_id
+from labctl.executors.local import kill_orphan
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
-from labctl.packing import Grant, Pool, choose, machine_capacity
+from labctl.packing import choose, machine_capacity
 from labctl.pipelines.advance import advance_many
 from labctl.reactors.advancer import Advancer
 from labctl.reactors.base import Reactor
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: queued runs looked at per tick, oldest first, to find those that fit
 CLAIM_WINDOW = 200
+#: seconds between two looks for cancel requests of this agent's jobs
+CANCELS_EVERY = 0.2
 
 
 class Agent:
@@ -67,20 +73,20 @@ class Agent:
         self.scope = scope
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
-        self.local = LocalExecutor()
         self.capacity = machine_capacity(app.config.local)
-        self.free = Pool(self.capacity)  # what the running jobs leave; their grants go back as they end
-        self.grants: dict[str, Grant] = {}  # job id -> what it was given
-        self.running: dict[str, str] = {}  # job id -> run id (local jobs this agent started)
-        self.ended: dict[str, tuple[str, JobState]] = {}  # jobs that ended, their end not yet recorded
-        self.run_dirs: dict[str, str] = {}  # run id -> run dir of the jobs in ``running``
+        self._notify_r, self._notify_w = os.pipe()  # the job thread's word: a job started or ended
+        os.set_blocking(self._notify_r, False)
+        os.set_blocking(self._notify_w, False)
+        self.jobs = Jobs(app, self.capacity, self.slots, self._notified, poll_interval)
+        #: what the job thread noted and this loop has not recorded yet (kept across a failed record)
+        self.unrecorded = Noted()
         #: runs whose ends were recorded in this tick with their pipelines advanced (``advance_ended``)
         self.advanced: list[str] = []
-        self.exit_fds: dict[str, int] = {}  # job id -> pidfd of its process, readable once it exits
         self.metric_files = LiveFiles()
         self.metrics_interval = metrics_interval
         self._next_metrics = 0.0
         self._next_reap = 0.0
+        self._next_cancels = 0.0
         self.stopping = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self.reactors = list(reactors)
@@ -103,6 +109,7 @@ class Agent:
     def run(self, until: Callable[[], bool] | None = None) -> None:
         """Tick until stopped (SIGTERM/SIGINT or ``until()`` returns True)."""
         agents.register(self.app.db.conn, self.id, self.app.user, self.slots, self.scope)
+        self.jobs.start_thread()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
         listener: psycopg.Connection[Any] | None = None
@@ -129,28 +136,20 @@ class Agent:
                 listener.close()
 
     def wait_for_work(self, listener: psycopg.Connection[Any]) -> None:
-        """Sleep until a NOTIFY arrives (something was appended), one of this agent's jobs exits, or
-        ``poll_interval`` passes (the heartbeats of other agents, time limits, the reactors' timers)."""
+        """Sleep until a NOTIFY arrives (something was appended), the job thread started or reaped a job,
+        or ``poll_interval`` passes (the heartbeats of other agents, the reactors' timers)."""
         if any(True for _ in listener.notifies(timeout=0)):
             return  # arrived while the tick ran
-        watched = [listener.fileno(), *self.exit_fds.values()]
-        readable, _, _ = select.select(watched, [], [], self.poll_interval)
+        readable, _, _ = select.select([listener.fileno(), self._notify_r], [], [], self.poll_interval)
         if listener.fileno() in readable:
             for _ in listener.notifies(timeout=0):
                 pass  # read them, or the socket stays readable
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._notify_r, 4096)
 
-    def _watch_exit(self, job_id: str) -> None:
-        """A descriptor that becomes readable when the job's process exits (Linux pidfd), for ``wait_for_work``."""
-        parsed = parse_job_id(job_id)
-        if parsed is None or not hasattr(os, "pidfd_open"):
-            return
-        with contextlib.suppress(OSError):  # gone already (then the next tick sees it ended) or no pidfd support
-            self.exit_fds[job_id] = os.pidfd_open(parsed[1])
-
-    def _unwatch_exit(self, job_id: str) -> None:
-        fd = self.exit_fds.pop(job_id, None)
-        if fd is not None:
-            os.close(fd)
+    def _notified(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._notify_w, b"x")
 
     def stop(self) -> None:
         if self.stopping.is_set() and self._heartbeat_thread is None:
@@ -159,16 +158,20 @@ class Agent:
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(5)
             self._heartbeat_thread = None
-        self.local.shutdown()
-        for job_id in list(self.exit_fds):
-            self._unwatch_exit(job_id)
+        noted, running, never = self.jobs.stop()
         for reactor in self.reactors:
             reactor.close()
-        for run_id, state in list(self.ended.values()):
-            with contextlib.suppress(Exception):
-                local_runs.finish(self.app, run_id, state)
-        for job_id, run_id in list(self.running.items()):
+        self.unrecorded.extend(noted)
+        with contextlib.suppress(Exception):
+            self.record_jobs()
+        for job_id, run_id in running:
             local_runs.finish(self.app, run_id, JobState(job_id=job_id, state="cancelled", reason="the agent stopped"))
+        for run_id in never:
+            why = "the agent stopped before starting it"
+            local_runs.finish(self.app, run_id, JobState(job_id="", state="cancelled", reason=why))
+        for fd in (self._notify_r, self._notify_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(psycopg.Error):
             agents.mark_stopped(self.app.db.conn, self.id)
 
@@ -194,12 +197,12 @@ class Agent:
 
     def tick(self) -> bool:
         changed = self.reap_stale_agents()
-        changed |= self.poll_local()
+        changed |= self.record_jobs()
         self.ingest_live_metrics()
         self.pass_cancels()
         # Reactors before claims: a child released by a parent that just ended is claimable this tick.
         changed |= self.react()
-        changed |= self.claim_and_start()
+        changed |= self.claim()
         return changed
 
     def react(self) -> bool:
@@ -247,31 +250,43 @@ class Agent:
         agents.mark_stale_stopped(conn, self.id, stale_after)
         return bool(held)
 
-    def poll_local(self) -> bool:
-        if not self.running and not self.ended:
+    def record_jobs(self) -> bool:
+        """Record what the job thread noted: the starts, the runs that could not start, the ends with the
+        children they release; the starts and the ends in one transaction when nothing failed to start in
+        between. If recording fails (the database is away), what was not recorded stays, in order, and
+        is recorded next tick."""
+        self.unrecorded.extend(self.jobs.take())
+        todo = self.unrecorded
+        if not todo:
             return False
-        changed = False
-        for job_id, state in self.local.poll(list(self.running)).items():
-            if not state.active:
-                run_id = self.running.pop(job_id)
-                self._unwatch_exit(job_id)
-                self.free.give_back(self.grants.pop(job_id))
-                self.run_dirs.pop(run_id, None)
-                self.metric_files.forget(run_id)
-                self.ended[job_id] = (run_id, state)
-        # Record the ends together, in one transaction; if that fails (database away) they stay
-        # here and are recorded next tick. The reactors see them all at once right after. Before it,
-        # each succeeded run's manifest is written (as a job writes its own on a node), in the thread
-        # that then stores its outputs.
-        if self.ended:
+        started = todo.started
+
+        def record_starts(_: object = None) -> None:
+            local_runs.record_starts(self.app, started, self.id)
+
+        if todo.unstartable or not todo.ended:
+            record_starts()
+            todo.started = []
+        while todo.unstartable:
+            run_id, why = todo.unstartable[0]
+            local_runs.finish(self.app, run_id, JobState(job_id="", state="failed", reason=why))
+            todo.unstartable.pop(0)
+        if todo.ended:
+            # The starts not recorded yet go first in the ends' transaction (a job may have started and
+            # ended since the last record). Each succeeded run's manifest is written before (as a job writes
+            # its own on a node), in the thread that then stores its outputs; the reactors see the ends all
+            # at once right after.
             self.advanced = []
-            local_runs.finish_many(self.app, list(self.ended.values()), then=self.advance_ended, hash_outputs=True)
-            self.ended.clear()
+            first = record_starts if todo.started else None
+            local_runs.finish_many(self.app, todo.ended, then=self.advance_ended, hash_outputs=True, first=first)
+            todo.started = []
+            for run_id, _ in todo.ended:
+                self.metric_files.forget(run_id)
+            todo.ended = []
             for reactor in self.reactors:
                 if isinstance(reactor, Advancer):
                     reactor.note_advanced(self.advanced)  # committed: its handling of these ends can skip them
-            changed = True
-        return changed
+        return True
 
     def advance_ended(self, ended: list[RunSubmitted]) -> None:
         """In the transaction that records this agent's jobs' ends: submit the children they release (and
@@ -295,57 +310,40 @@ class Agent:
     def ingest_live_metrics(self) -> None:
         """Record the metrics lines running jobs appended (at most every ``metrics_interval``)."""
         now = time.monotonic()
-        if not self.running or now < self._next_metrics:
+        if now < self._next_metrics:
             return
         self._next_metrics = now + self.metrics_interval
-        for run_id in self.running.values():
-            run_dir = self.run_dirs.get(run_id)
-            if run_dir and self.metric_files.grown(run_id, run_dir):
+        for run_id, run_dir in self.jobs.running_runs():
+            if self.metric_files.grown(run_id, run_dir):
                 ingest_quietly(self.app.db.run, run_id, run_dir, self.app.meta())
 
     def pass_cancels(self) -> None:
-        if not self.running:
+        """Signal the jobs whose cancel was requested: at most every ``CANCELS_EVERY`` seconds (a busy agent
+        ticks many times a second; each look is a query)."""
+        now = time.monotonic()
+        if now < self._next_cancels or not self.jobs.busy():
             return
-        to_cancel = [j for j in local_runs.cancel_requested_jobs(self.app, self.id) if j in self.running]
+        self._next_cancels = now + CANCELS_EVERY
+        to_cancel = local_runs.cancel_requested_jobs(self.app, self.id)
         if to_cancel:
-            self.local.cancel(to_cancel)
+            self.jobs.cancel(to_cancel)
 
-    def free_slots(self) -> int:
-        return self.slots - len(self.running)
-
-    def claim_and_start(self) -> bool:
-        free = self.free_slots()
-        if free <= 0:
+    def claim(self) -> bool:
+        """Claim queued runs for the job thread to start: up to ``slots`` beyond the running jobs, as many as
+        fit the machine together (``Jobs.room``). Each claim commits before its job can start."""
+        room, pool = self.jobs.room()
+        if room <= 0:
             return False
-        # Look past the free slots: a job that does not fit must not stop younger ones that do.
-        queued = local_runs.claimable(self.app, self.scope, max(free, CLAIM_WINDOW), self.serves)
+        # Look past the room: a job that does not fit must not stop younger ones that do.
+        queued = local_runs.claimable(self.app, self.scope, max(room, CLAIM_WINDOW), self.serves)
         if not queued:
             return False
         versions = dict(queued)
         needs = local_runs.needs(self.app, list(versions))
-        chosen = choose(self.free, [(r, needs[r]) for r in versions if r in needs], free)
+        chosen = choose(pool, [(r, needs[r]) for r in versions if r in needs], room)
         # Runs whose submitter is still writing the run dir wait; the rest are claimed together.
         ready = local_runs.ready(self.app, chosen)
         claimed = local_runs.claim_many(self.app, [(r, versions[r]) for r in ready], self.id)
-        started: list[local_runs.Started] = []
         subs = local_runs.submissions(self.app, claimed)
-        grants = [(run_id, self.free.take(needs[run_id])) for run_id in claimed]
-        all_launched = local_runs.launch_many(self.app, self.local, grants, self.capacity, subs)
-        for (run_id, grant), launched in zip(grants, all_launched, strict=True):
-            if launched is None:
-                self.free.give_back(grant)
-                continue
-            job_id, self.run_dirs[run_id] = launched
-            self.running[job_id] = run_id  # before the record: a failed record still leaves it ours to end
-            self.grants[job_id] = grant
-            self._watch_exit(job_id)
-            started.append(
-                local_runs.Started(
-                    run_id=run_id,
-                    job_id=job_id,
-                    process_start=self.local.process_start_of(job_id),
-                    gpus=tuple(grant.gpu_ids),
-                )
-            )
-        local_runs.record_starts(self.app, started, self.id)
+        self.jobs.add([Claimed(run_id, needs[run_id], subs.get(run_id)) for run_id in claimed])
         return bool(claimed)

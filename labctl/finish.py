@@ -128,6 +128,7 @@ def finish_runs(
     meta: EventMeta,
     then: Callable[[list[RunSubmitted]], object] | None = None,
     before_store: BeforeStore | None = None,
+    first: Callable[[psycopg.Connection[Any]], object] | None = None,
 ) -> list[str | None]:
     """Record the ends of several runs in one transaction (an agent's jobs that ended in one tick).
 
@@ -137,6 +138,8 @@ def finish_runs(
     ``then``: called in that transaction, after the record, with the submissions of the runs it ended
     (the followers that ended with their producer too), e.g. to submit the children those ends release.
     ``before_store``: called on each succeeded run, in the thread that stores its outputs, before that.
+    ``first``: called in that transaction before the ends are read (the agent records its jobs' starts
+    there: a job may have started and ended since the last record).
     """
     if not ends:
         return []
@@ -148,6 +151,8 @@ def finish_runs(
 
     def attempt(c: psycopg.Connection[Any]) -> list[str | None]:
         ended_followers.clear()
+        if first is not None:
+            first(c)
         rows = {r[0]: r[1:] for r in c.execute(QUERIES["runs_to_finish"], {"ids": [e.run_id for e in endings]})}
         states = cache.load_many(c, [row[2] for row in rows.values() if row[2]])
         batch: list[NewEvent] = []

@@ -18,7 +18,7 @@ import psycopg
 import projections
 from events import ConcurrencyError, NewEvent
 from events.types import JobSubmitted, RunClaimed, RunStarted, RunSubmitted
-from labctl import fanout, layout
+from labctl import layout
 from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
 from labctl.executors.base import JobSpec, JobState
@@ -28,7 +28,7 @@ from labctl.files import Recipe, Resources, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_runs
 from labctl.jobenv import job_command, job_environment, job_workdir
 from labctl.packing import Capacity, Grant, Need
-from labctl.submissions import submission_of, submissions_of
+from labctl.submissions import submissions_of
 from labctl.throttle import QUERIES, Scope, claimable_runs
 
 log = logging.getLogger(__name__)
@@ -91,51 +91,38 @@ def finish_many(
     then: Callable[[list[RunSubmitted]], object] | None = None,
     *,
     hash_outputs: bool = False,
+    first: Callable[[psycopg.Connection[Any]], object] | None = None,
 ) -> None:
-    """Record the ends of jobs that ended together, in one transaction (``then``: see ``finish_runs``).
+    """Record the ends of jobs that ended together, in one transaction (``then``, ``first``: see ``finish_runs``).
     ``hash_outputs``: first write each succeeded run's output manifest (``hash_finished_outputs``), in the
     thread that then stores its outputs."""
 
     def manifest(sub: RunSubmitted) -> None:
         hash_finished_outputs(sub.run_id, sub.run_dir)
 
-    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None)
+    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None, first)
 
 
-def launch_many(
+class NotStartable(Exception):
+    """A claimed run that has no submission to start from."""
+
+
+def start_job(
     app: App,
     executor: LocalExecutor,
-    runs: Sequence[tuple[str, Grant | None]],
+    run_id: str,
+    grant: Grant | None,
     capacity: Capacity | None,
-    subs: dict[str, RunSubmitted],
-) -> list[tuple[str, str] | None]:
-    """Start claimed runs' jobs on the devices each was granted: per run its job id and run dir, or None
-    if it could not start (then it ended failed). ``subs``: their submissions, read already.
-
-    The jobs start together (threads: each start waits for its process to exec, so one tick's starts
-    overlap); recording the ones that could not start is done here, after, on the app's connection."""
-    conn = app.db.conn
-    known = [(run_id, grant, subs.get(run_id) or submission_of(conn, run_id)) for run_id, grant in runs]
-
-    def start(item: tuple[str, Grant | None, RunSubmitted | None]) -> tuple[str, str] | None:
-        run_id, grant, sub = item
-        if sub is None:
-            return None
-        recipe = msgspec.convert(sub.recipe, Recipe)
-        spec = job_spec(app, run_id, sub.run_dir, recipe)
-        return executor.submit(spec, grant, capacity), sub.run_dir
-
-    # Any exception is caught, so that every job that did start is returned to be tracked and recorded.
-    started = fanout.each(start, known, (Exception,))
-    results: list[tuple[str, str] | None] = []
-    for (run_id, _, _), result in zip(known, started, strict=True):
-        if isinstance(result, Exception):
-            if not isinstance(result, OSError | ValueError | msgspec.ValidationError):
-                log.error("run %s: starting its job failed", run_id, exc_info=result)  # a bug of ours
-            finish(app, run_id, JobState(job_id="", state="failed", reason=f"could not start: {result}"))
-            result = None
-        results.append(result)
-    return results
+    sub: RunSubmitted | None,
+) -> tuple[str, str]:
+    """Start a claimed run's job on the devices it was granted: its job id and run dir. ``sub``: its
+    submission, read with those of the runs claimed together (no query here: the agent's job thread
+    calls this, and the app's connection is its loop's)."""
+    if sub is None:
+        raise NotStartable(f"run {run_id} has no submission")
+    recipe = msgspec.convert(sub.recipe, Recipe)
+    spec = job_spec(app, run_id, sub.run_dir, recipe)
+    return executor.submit(spec, grant, capacity), sub.run_dir
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,7 +136,8 @@ class Started(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def record_starts(app: App, started: Sequence[Started], agent_id: str) -> None:
-    """Record jobs the agent started (their job ids, pids' start times, devices) in one transaction."""
+    """Record jobs the agent started (their job ids, pids' start times, devices) in one transaction (a
+    savepoint when one is open: the agent's jobs' ends)."""
     if not started:
         return
 

@@ -130,6 +130,16 @@ class Pool:
         self.cpu_ids = list(self.capacity.cpu_ids or ())
         self.gpus = list(self.capacity.gpus)
 
+    def copy(self) -> Pool:
+        other = Pool(self.capacity)
+        other.cpus, other.mem_mb, other.cpu_ids, other.gpus = (
+            self.cpus,
+            self.mem_mb,
+            list(self.cpu_ids),
+            list(self.gpus),
+        )
+        return other
+
     def fits(self, need: Need) -> bool:
         return need.cpus <= self.cpus and need.mem_mb <= self.mem_mb and need.gpus <= len(self.gpus)
 

@@ -29,6 +29,9 @@ class Settings:
     db_retry_seconds: float = 10.0
     #: ``LABCTL_AGENT_STALE_SECONDS``: heartbeat age after which an agent's runs end ``node_fail``
     agent_stale_seconds: float = 10.0
+    #: ``LABCTL_AGENT_AHEAD_SECONDS``: an agent claims runs ahead of its free slots while its last jobs ran
+    #: shorter than this on average (0: never)
+    agent_ahead_seconds: float = 10.0
     #: ``LABCTL_SLURM_BIN_DIR``: where sbatch/sacct/squeue/scancel/sinfo are taken from
     slurm_bin_dir: str | None = None
     #: ``LABCTL_SLURM_RECOVERY_GRACE``: seconds before an interrupted SLURM submission is looked up by name
@@ -57,6 +60,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         user=env.get("LABCTL_USER") or None,
         db_retry_seconds=_seconds(env, "LABCTL_DB_RETRY_SECONDS", 10.0),
         agent_stale_seconds=_seconds(env, "LABCTL_AGENT_STALE_SECONDS", 10.0),
+        agent_ahead_seconds=_seconds(env, "LABCTL_AGENT_AHEAD_SECONDS", 10.0),
         slurm_bin_dir=env.get("LABCTL_SLURM_BIN_DIR") or None,
         slurm_recovery_grace=_seconds(env, "LABCTL_SLURM_RECOVERY_GRACE", 15.0),
         labctl_bin=env.get("LABCTL_BIN") or None,

@@ -1,7 +1,7 @@
 """The local agent claims, starts and ends jobs in batches: what was batched is still right run by run.
 
-Jobs that end in the same tick are recorded in one transaction (``finish_runs``); runs chosen in one
-tick are claimed together (``claim_many``) and their starts recorded together (``record_starts``).
+Jobs that end together are recorded in one transaction (``finish_runs``); runs chosen in one tick are
+claimed together (``claim_many``) and their starts recorded together (``record_starts``).
 A run that moved on meanwhile (cancelled, already ended) must not take the others down with it.
 """
 
@@ -210,8 +210,8 @@ def test_ends_recorded_together_when_one_runs_outputs_cannot_be_stored_record_th
 def test_jobs_started_together_when_one_cannot_start_end_it_failed_and_run_the_others(
     conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
 ) -> None:
-    """The jobs claimed in one tick start together (threads); one that cannot start (its script cannot
-    be written) ends failed with the reason, and the others run, each recorded once."""
+    """The jobs claimed together start as slots allow (the agent's job thread); one that cannot start (its
+    script cannot be written) ends failed with the reason, and the others run, each recorded once."""
     env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
     recipe = tmp_path / "gated.toml"
     recipe.write_text(GATED)
@@ -235,3 +235,41 @@ def test_jobs_started_together_when_one_cannot_start_end_it_failed_and_run_the_o
     ).fetchall()
     assert sorted(n for _, n in ends) == [1, 1, 1]
     assert run_cli(env, "audit", "verify").returncode == 0
+
+
+def test_an_agent_stopped_holding_runs_claimed_ahead_ends_them_cancelled_without_starting_them(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """With every slot busy (and its jobs short so far) the agent claims runs ahead, to start the moment a
+    slot frees. Stopped (SIGTERM) before that, it ends its running jobs and the runs it held ahead, each
+    once, as ``cancelled``; the ones held ahead say they never started, and no job was started for them."""
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text(GATED)
+    # two jobs that end at once first: the agent claims ahead once it has seen its jobs are short
+    for i in range(2):
+        submit(env, recipe, f"params.gate={recipe}", f"params.i={20 + 2 * i}")
+    runs = [submit(env, recipe, f"params.gate={tmp_path / 'never'}", f"params.i={i}") for i in range(4)]
+
+    def count(kind: str) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM events WHERE type = %s AND stream = ANY(%s)", (kind, [f"run-{r}" for r in runs])
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    with agent(env, tmp_path / "agent.log", "--slots", "2"):
+        wait_for(lambda: count("RunClaimed") == 4 and count("JobSubmitted") == 2, "two running, two claimed ahead")
+    assert set(statuses(conn, runs).values()) == {"cancelled"}
+    assert count("RunFinished") == 4
+    reasons = dict(
+        conn.execute(
+            "SELECT data ->> 'run_id', data ->> 'reason' FROM events WHERE type = 'RunFinished' AND stream = ANY(%s)",
+            ([f"run-{r}" for r in runs],),
+        ).fetchall()
+    )
+    never = [r for r in runs if reasons[r] == "the agent stopped before starting it"]
+    assert len(never) == 2, reasons
+    for run_id in never:
+        kinds = [k for (k,) in conn.execute("SELECT type FROM events WHERE stream = %s", (f"run-{run_id}",))]
+        assert "JobSubmitted" not in kinds and "RunStarted" not in kinds, kinds
+    assert count("JobSubmitted") == 2

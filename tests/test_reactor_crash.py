@@ -154,7 +154,30 @@ def _crash_advancing_ends(_: str) -> None:
     Agent.advance_ended = advance_then_die  # type: ignore[method-assign]
 
 
+def _crash_holding_claims_ahead(_: str) -> None:
+    """The agent dies once every slot runs a job and it holds runs claimed ahead of them, not started."""
+    import time
+
+    from labctl.agent_jobs import Jobs
+
+    add = Jobs.add
+
+    def add_then_die(self: Jobs, claimed: list[Any]) -> None:
+        add(self, claimed)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.queue:
+                    return  # every claimed run started: no run held ahead yet
+                if len(self.running) >= self.slots:
+                    _die()
+            time.sleep(0.01)
+
+    Jobs.add = add_then_die  # type: ignore[method-assign]
+
+
 CRASH_POINTS = {
+    "claimed-ahead": _crash_holding_claims_ahead,
     "checkpoint": _crash_before_checkpoint,
     "ends": _crash_recording_ends,
     "advance-ends": _crash_advancing_ends,
@@ -249,12 +272,17 @@ def test_agent_killed_between_its_jobs_ends_and_their_record_ends_each_once_on_r
 
     crash_agent(env, tmp_path / "crashed.log", "ends", "", "--slots", "3")
 
-    # nothing recorded the ends, yet the first tick's outputs moved into the store
-    assert set(statuses(conn, list(runs.values())).values()) == {"running"}
+    # nothing recorded the ends (a job that started and ended since the agent last recorded has its start
+    # in the ends' transaction too: "submitted"), yet the first tick's outputs moved into the store
+    assert set(statuses(conn, list(runs.values())).values()) <= {"submitted", "running"}
     assert any(outputs[i].is_symlink() for i in runs)
 
     with agent(env, tmp_path / "fresh.log"):
-        wait_for(lambda: "running" not in statuses(conn, list(runs.values())).values(), "the runs ended", timeout=60)
+        wait_for(
+            lambda: not {"submitted", "running"} & set(statuses(conn, list(runs.values())).values()),
+            "the runs ended",
+            timeout=60,
+        )
     assert set(statuses(conn, list(runs.values())).values()) == {"node_fail"}
     for i, run_id in runs.items():
         assert types_of(conn, f"run-{run_id}").count("RunFinished") == 1
@@ -283,6 +311,47 @@ def test_agent_killed_before_committing_its_jobs_ends_with_the_children_they_rel
     assert (status_of(conn, b), status_of(conn, c)) == ("dependency_failed", "dependency_failed")
     assert types_of(conn, f"run-{a}").count("RunFinished") == 1
     assert "RunSubmitted" not in types_of(conn, f"run-{b}")
+    audit_clean(env)
+
+
+def test_agent_killed_holding_runs_claimed_ahead_ends_each_claimed_run_once_after_a_fresh_agent(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The agent claims runs ahead of its free slots (their claims committed) and starts them as slots
+    free up. Killed while it holds such runs: a fresh agent ends every run the dead one claimed exactly
+    once (``node_fail``: neither the ahead ones nor the running ones had their end recorded), never starts
+    a run that was claimed ahead, and runs what is submitted after."""
+    from tests.test_agent_batches import GATED, statuses, submit
+    from tests.test_local_packing import write_cluster as room_for_jobs
+
+    env = {**env, "LABCTL_CLUSTER": str(room_for_jobs(tmp_path)), "LABCTL_AGENT_STALE_SECONDS": "2"}
+    recipe = tmp_path / "gated.toml"
+    recipe.write_text(GATED)
+    # two jobs that end at once first: the agent claims ahead once it has seen its jobs are short
+    for i in range(2):
+        submit(env, recipe, f"params.gate={recipe}", f"params.i={20 + 2 * i}")
+    gate = tmp_path / "gate"  # absent: the jobs wait, so both slots stay busy
+    runs = [submit(env, recipe, f"params.gate={gate}", f"params.i={2 * i}") for i in range(4)]
+
+    crash_agent(env, tmp_path / "crashed.log", "claimed-ahead", "", "--slots", "2")
+
+    claimed = scalar(
+        conn, "SELECT count(*) FROM events WHERE type = 'RunClaimed' AND data ->> 'run_id' = ANY(%s)", runs
+    )
+    assert claimed == 4  # two running, two held ahead
+    assert set(statuses(conn, runs).values()) <= {"submitted", "running"}
+    gate.touch()  # the dead agent's jobs (their processes live on) may end now
+
+    later = submit(env, recipe, f"params.gate={gate}", "params.i=8")
+    with agent(env, tmp_path / "fresh.log", "--slots", "2"):
+        wait_for(lambda: statuses(conn, [*runs, later])[later] == "succeeded", "the later run to succeed", timeout=60)
+        wait_for(lambda: set(statuses(conn, runs).values()) == {"node_fail"}, "the dead agent's runs ended", timeout=60)
+    for run_id in runs:
+        kinds = types_of(conn, f"run-{run_id}")
+        assert kinds.count("RunClaimed") == 1 and kinds.count("RunFinished") == 1, kinds
+        assert kinds.count("JobSubmitted") <= 1, kinds
+    started = [r for r in runs if "JobSubmitted" in types_of(conn, f"run-{r}")]
+    assert len(started) <= 2  # the runs held ahead never started
     audit_clean(env)
 
 
@@ -400,8 +469,10 @@ def test_evald_killed_before_its_checkpoint_leaves_nothing_and_each_checkpoint_i
     env = {**env, "LABCTL_CLUSTER": str(cluster)}
     run_cli(env, "run", str(DATA / "evals" / "train_alone.toml"), check=True)
 
-    # One job at a time: when it dies, the agent has no eval job in flight (that would end node_fail).
-    crash_agent(env, tmp_path / "crashed.log", "checkpoint", f"evald:{effect}", "--slots", "1")
+    # One job at a time, none claimed ahead: when it dies, the agent has no eval job in flight (that would
+    # end node_fail).
+    crashing = {**env, "LABCTL_AGENT_AHEAD_SECONDS": "0"}
+    crash_agent(crashing, tmp_path / "crashed.log", "checkpoint", f"evald:{effect}", "--slots", "1")
 
     assert scalar(conn, "SELECT count(*) FROM runs WHERE status = 'running'") == 0
     assert scalar(conn, "SELECT count(*) FROM events WHERE type = %s", effect) == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import select
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,9 +66,15 @@ class Leadership:
     def held(self) -> bool:
         try:
             if self.conn is not None and not self.conn.closed and not self.conn.broken:
+                # The lock lives as long as its session. An idle session's socket has nothing to read
+                # unless the server closed it (or sent a notice): only then is a round trip needed to
+                # tell, instead of one per reactor on every tick of a busy agent.
+                readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+                if not readable:
+                    return True
                 self.conn.execute("SELECT 1")
                 return True
-        except psycopg.Error:
+        except (psycopg.Error, OSError, ValueError):
             pass
         self.release()
         try:
