@@ -5,10 +5,13 @@ writes a tiny dataset (``mkdir``, ``echo``, a marker file), stage ``b`` reads
 it (``test -f``). The same commands run three ways, interleaved round by round
 on the same machine:
 
-- labctl: ``create_pipeline`` for each pipeline (every event recorded, the
-  roots submitted), then one ``labctl agent --slots 8`` subprocess drains them
-  all (claims, starts, ends, output hashing and registration, children
-  submitted by the advancer); the clock stops when every pipeline's row says
+- labctl: the pipelines recorded as ``labctl run-pipeline two.toml --each
+  params.i=...`` records them (``create_pipelines``: every event that
+  ``run-pipeline --set params.i=V`` records for each value, the pipelines, their
+  waiting runs, the roots' submissions and cache claims, in one append), then one
+  ``labctl agent --slots 8`` subprocess drains them all (claims, starts, ends,
+  output hashing and registration, children submitted with the ends that release
+  them); the clock stops when every pipeline's row says
   ``succeeded``. Reported: recording, draining, and both together. The agent packs
   jobs by their ``[resources]`` against what the machine has; Snakemake is told
   ``--cores 8`` whatever the machine has, so labctl is told the same: the bench's
@@ -49,7 +52,7 @@ from common import verdict as judged
 from labctl.app import App
 from labctl.db import Database, ensure_schema
 from labctl.files import dump_cluster_toml, load_pipeline, local_profile
-from labctl.pipelines.plan import create_pipeline
+from labctl.pipelines.plan import create_pipelines
 
 DB = "bench_throughput"
 HEADING = "Job throughput of the local agent"
@@ -78,7 +81,7 @@ rule b:
 
 @dataclass
 class Round:
-    record_s: float  # labctl: create_pipeline for every pipeline
+    record_s: float  # labctl: every pipeline recorded (create_pipelines, as run-pipeline --each)
     drain_s: float  # labctl: the agent runs every job
     snakemake_s: float | None
     xargs_s: float
@@ -90,7 +93,7 @@ def labctl_round(app: object, plan: object, n: int, env: dict[str, str]) -> tupl
     assert isinstance(app, App)
     seed = uuid.uuid4().hex[:8]
     start = time.perf_counter()
-    created = [create_pipeline(app, with_param(plan, f"{seed}-{k}")) for k in range(n)]  # type: ignore[arg-type]
+    created = create_pipelines(app, [with_param(plan, f"{seed}-{k}") for k in range(n)])  # type: ignore[arg-type]
     record_s = time.perf_counter() - start
     ids = [c.pipeline_id for c in created]
     conn = app.db.conn
@@ -243,8 +246,9 @@ def report(opts: argparse.Namespace, n: int, rounds: int, machine: str, results:
     rows.append(("jobs/s of the drain alone vs xargs -P 8", rate(drain), rate(xargs), f"{xargs / drain:.0%}", ""))
     body = (
         f"`bench/bench_throughput.py`: {n:,} two-stage pipelines ({jobs:,} tiny bash jobs: `a` writes a dataset "
-        "and its marker, `b` tests it) through labctl (`create_pipeline` for each, then one `labctl agent --slots 8` "
-        "subprocess until every pipeline has succeeded: claims, starts, ends, output hashing, registration and "
+        "and its marker, `b` tests it) through labctl (recorded as `run-pipeline --each params.i=...` records "
+        "them, in one append, then one `labctl agent --slots 8` subprocess until every pipeline has succeeded: "
+        "claims, starts, ends, output hashing, registration and "
         "children's submission all recorded), Snakemake (same commands as two wildcard rules, `--cores 8`) and "
         "`xargs -P 8` (every `a` command, then every `b`), interleaved round by round, median of "
         f"{rounds} round{'s' * (rounds > 1)}.\n\n"

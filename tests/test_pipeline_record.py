@@ -174,3 +174,81 @@ def test_an_agents_jobs_ends_submit_the_children_they_release_and_close_the_pipe
     rows = dict(conn.execute("SELECT id, status FROM runs WHERE id = ANY(%s)", ([a, b],)).fetchall())
     assert rows == {a: "succeeded", b: "succeeded"}
     assert stream_types(conn, f"run-{b}").count("RunSubmitted") == 1
+
+
+def test_run_pipeline_each_records_one_pipeline_per_value_in_one_append(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run-pipeline --each params.i=0..2``: three pipelines, each what ``run-pipeline --set params.i=V``
+    records (the pipeline, its waiting runs, its root submitted with the value), all in one append."""
+    import projections
+    from labctl.pipelines.plan import run_pipelines
+
+    appends: list[list[str]] = []
+    record = projections.record
+
+    def counted(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
+        appends.append([e.event.type_name for e in batch])
+        return record(on, batch, **kwargs)
+
+    app = app_for(env, monkeypatch)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(projections, "record", counted)
+            created = run_pipelines(app, tmp_path / "two.toml", "params.i=0..2")
+    finally:
+        app.close()
+    assert len(appends) == 1
+    assert sorted(appends[0]) == sorted(
+        3 * ["PipelineCreated", "RunPending", "RunPending", "RunSubmitted", "CacheClaimed"]
+    )
+    assert len({c.pipeline_id for c in created}) == 3
+    for value, c in enumerate(created):
+        (a,), (b,) = c.runs["a"], c.runs["b"]
+        assert stream_types(conn, f"run-{a}") == ["RunPending", "RunSubmitted"]
+        assert stream_types(conn, f"run-{b}") == ["RunPending"]
+        row = conn.execute(
+            "SELECT data -> 'recipe' -> 'params' ->> 'i' FROM events WHERE stream = %s AND type = 'RunSubmitted'",
+            (f"run-{a}",),
+        ).fetchone()
+        assert row == (str(value),)
+        assert conn.execute("SELECT status FROM pipelines WHERE id = %s", (c.pipeline_id,)).fetchone() == ("running",)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--each", "params.i=3..1"], "the range is empty"),
+        (["--each", "params.i=0..x"], "two integers"),
+        (["--each", "params.i"], "expected KEY=V1,V2"),
+        (["--each", "params.nope=0..1"], "no stage's recipe has that key"),
+        (["--each", "params.i=1,1"], "a value given twice"),
+        (["--each", "params.i=0..1", "--wait"], "--wait follows one pipeline"),
+    ],
+)
+def test_run_pipeline_each_refuses_bad_values_in_one_line_and_records_nothing(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, plan: Any, args: list[str], said: str
+) -> None:
+    from tests.conftest import run_cli
+
+    before = conn.execute("SELECT count(*) FROM events").fetchone()
+    proc = run_cli(env, "run-pipeline", str(tmp_path / "two.toml"), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert said in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == before
+
+
+def test_run_pipeline_each_prints_every_pipeline(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, plan: Any
+) -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    proc = run_cli(env, "run-pipeline", str(tmp_path / "two.toml"), "--each", "params.i=a,b", "--json", check=True)
+    shown = json.loads(proc.stdout)
+    assert len(shown) == 2
+    ids = [s["pipeline_id"] for s in shown]
+    rows = conn.execute("SELECT count(*) FROM pipelines WHERE id = ANY(%s)", (ids,)).fetchone()
+    assert rows == (2,)

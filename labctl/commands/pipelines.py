@@ -107,14 +107,41 @@ def run_pipeline(
     as_json: Annotated[
         bool | None, typer.Option("--json/--no-json", help="The submission as JSON (default: JSON when piped).")
     ] = None,
+    each: Annotated[
+        str | None,
+        typer.Option(
+            "--each",
+            help="KEY=V1,V2,... or KEY=A..B: the pipeline once per value (as --set KEY=VALUE), all recorded together.",
+        ),
+    ] = None,
 ) -> None:
     """Submit a pipeline: roots now, the rest as their parents succeed."""
     from labctl.commands._common import open_app
+    from labctl.errors import InputError
     from labctl.pipelines.plan import run_pipeline as start
+    from labctl.pipelines.plan import run_pipelines
 
+    if each is not None and wait:
+        raise InputError("--wait follows one pipeline; without --each, or watch them with `labctl status`")
     a = open_app()
-    submitted = start(a, pipeline, executor=executor, overrides=set_ or [], no_cache=no_cache)
-    _after_submit(a, submitted, executor, wait=wait, as_json=as_json)
+    if each is None:
+        submitted = start(a, pipeline, executor=executor, overrides=set_ or [], no_cache=no_cache)
+        _after_submit(a, submitted, executor, wait=wait, as_json=as_json)
+        return
+    from labctl.commands._common import wants_json
+
+    many = run_pipelines(a, pipeline, each, executor=executor, overrides=set_ or [], no_cache=no_cache)
+    jobs = {run_id: job_id for s in many for run_id, job_id in _hand_to_slurm(a, s, executor).items()}
+    if wants_json(as_json):
+        from labctl.pipelines.view import submission_view
+        from labctl.runs import to_json
+
+        typer.echo(to_json([submission_view(a.db.conn, s) for s in many]))
+        return
+    for s in many:
+        _print_submitted(s)
+    for run_id, job_id in sorted(jobs.items()):
+        typer.echo(f"{run_id}: job {job_id}")
 
 
 def run_sweep(

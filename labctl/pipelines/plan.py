@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,64 @@ def create_pipeline(
     no_cache: bool = False,
 ) -> PipelineSubmitted:
     """Validate everything, then record the pipeline and a ``created`` run per stage (per point)."""
+    return create_pipelines(app, [plan], executor=executor, sweep_of=sweep_of, no_cache=no_cache)[0]
+
+
+@dataclass
+class _Planned:
+    """One pipeline validated, its events built and its first wave's requests made; nothing recorded."""
+
+    submitted: PipelineSubmitted
+    events: list[NewEvent]  # the pipeline (and its sweeps) and its waiting runs
+    requests: list[Request]  # the first wave's submissions
+    waiting: bool  # a root could not be requested: the advance ends it
+
+
+def create_pipelines(
+    app: App,
+    plans: Sequence[PipelinePlan],
+    *,
+    executor: str | None = None,
+    sweep_of: str | None = None,
+    no_cache: bool = False,
+) -> list[PipelineSubmitted]:
+    """Validate every pipeline, then record them all, each with its first wave's submissions, in one append
+    (``run-pipeline --each``: one pipeline per value); a failure records none of them."""
     executor = executor or app.executor
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
+    planned = [_plan(app, plan, executor, sweep_of, no_cache) for plan in plans]
+    if not planned:
+        return []
+    # The first waves are prepared and their run dirs written (each ending in an fsync) before the
+    # transaction, not while it holds the log's append lock.
+    staged = stage_many(app, [r for p in planned for r in p.requests])
+    first = planned[0].submitted.pipeline_id
+    key = f"pipeline-{first}" if len(planned) == 1 else f"pipelines-{first}-{len(planned)}"
+
+    def record_and_start(conn: psycopg.Connection[Any]) -> None:
+        # The pipelines, their runs and the submissions of their first waves in one append (one projection
+        # pass): one commit, and never a pipeline recorded without its first wave. A pipeline whose first
+        # wave has a run that ended (a cache hit) or could not be submitted is advanced in the same
+        # transaction. A failure records none of it.
+        results = record_staged(app, staged, extra=[e for p in planned for e in p.events], key=key)
+        at = 0
+        for p in planned:
+            mine, at = results[at : at + len(p.requests)], at + len(p.requests)
+            if p.waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in mine):
+                advance(app, p.submitted.pipeline_id)
+
+    try:
+        app.db.run(record_and_start)
+    except DatabaseUnavailable:
+        raise  # the commit may have happened unanswered: the run dirs may be needed
+    except BaseException:
+        staged.discard()
+        raise
+    return [p.submitted for p in planned]
+
+
+def _plan(app: App, plan: PipelinePlan, executor: str, sweep_of: str | None, no_cache: bool) -> _Planned:
     from_run = _pin(app.db.conn, plan)
     if from_run is not None:
         _check_pinned_roles(app.db.conn, plan, from_run)
@@ -182,8 +238,6 @@ def create_pipeline(
                 )
             )
 
-    # The first wave (the stages without parents) is prepared and its run dirs written (each ending in an
-    # fsync) before the transaction, not while it holds the log's append lock.
     pipeline = PipelineRow(pipeline_id, "running", from_run, app.user)
     roots = {stage.name for stage in plan.stages if not stage.parents}
     requests: list[Request] = []
@@ -196,28 +250,11 @@ def create_pipeline(
             requests.append(request_of(app.db.conn, pending, pipeline, runs, version=1))
         except (UserError, FileFormatError, OSError):
             continue  # left waiting: the advance below ends it failed, as the advancer would
-    staged = stage_many(app, requests)
     waiting = len(requests) < sum(len(runs[name]) for name in roots)
-
-    def record_and_start(conn: psycopg.Connection[Any]) -> None:
-        # The pipeline, its runs and the submissions of the first wave in one append (one projection pass):
-        # one commit per pipeline, and never a pipeline recorded without its first wave. A run of it that
-        # ended (a cache hit) or could not be submitted leaves the rest to advance, in the same transaction.
-        # A failure records none of it.
-        results = record_staged(app, staged, extra=[*head, *batch], key=f"pipeline-{pipeline_id}")
-        if waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in results):
-            advance(app, pipeline_id)
-
-    try:
-        app.db.run(record_and_start)
-    except DatabaseUnavailable:
-        raise  # the commit may have happened unanswered: the run dirs may be needed
-    except BaseException:
-        staged.discard()
-        raise
-    return PipelineSubmitted(
+    submitted = PipelineSubmitted(
         pipeline_id=pipeline_id, name=plan.name, runs=runs, sweep_id=next(iter(sweep_ids.values()), None)
     )
+    return _Planned(submitted=submitted, events=[*head, *batch], requests=requests, waiting=waiting)
 
 
 def run_pipeline(
@@ -230,6 +267,45 @@ def run_pipeline(
 ) -> PipelineSubmitted:
     plan = override_stages(load_pipeline(path), overrides)
     return create_pipeline(app, plan, executor=executor, no_cache=no_cache)
+
+
+def run_pipelines(
+    app: App,
+    path: str | Path,
+    each: str,
+    *,
+    executor: str | None = None,
+    overrides: Sequence[str] = (),
+    no_cache: bool = False,
+) -> list[PipelineSubmitted]:
+    """``run-pipeline --each KEY=VALUES``: the pipeline once per value (as ``--set KEY=VALUE``), all recorded
+    in one append."""
+    key, values = each_values(each)
+    base = load_pipeline(path)
+    plans = [override_stages(base, [*overrides, f"{key}={value}"]) for value in values]
+    return create_pipelines(app, plans, executor=executor, no_cache=no_cache)
+
+
+def each_values(each: str) -> tuple[str, list[str]]:
+    """``KEY=A..B`` (integers, both ends included) or ``KEY=V1,V2,...``: the key and its values."""
+    key, eq, spec = each.partition("=")
+    if not eq or not key or not spec:
+        raise InputError(f"--each {each!r}: expected KEY=V1,V2,... or KEY=A..B (e.g. params.seed=0..9)")
+    low, dots, high = spec.partition("..")
+    if dots:
+        try:
+            start, end = int(low), int(high)
+        except ValueError:
+            raise InputError(f"--each {each!r}: a range A..B takes two integers") from None
+        if end < start:
+            raise InputError(f"--each {each!r}: the range is empty ({end} < {start})")
+        return key, [str(v) for v in range(start, end + 1)]
+    values = spec.split(",")
+    if any(not v for v in values):
+        raise InputError(f"--each {each!r}: an empty value")
+    if len(set(values)) < len(values):
+        raise InputError(f"--each {each!r}: a value given twice")
+    return key, values
 
 
 def override_stages(plan: PipelinePlan, assignments: Sequence[str]) -> PipelinePlan:
