@@ -78,6 +78,7 @@ class Jobs:
         self.local = LocalExecutor()
         self.free = Pool(capacity)  # what the running jobs leave; their grants go back as they end
         self.queue: list[Claimed] = []  # claimed, not started, in claim order
+        self.starting: list[Claimed] = []  # out of the queue, their jobs being started (without the lock)
         self.grants: dict[str, Grant] = {}  # job id -> what it was given
         self.running: dict[str, str] = {}  # job id -> run id
         self.run_dirs: dict[str, str] = {}  # run id -> run dir, of the running jobs
@@ -126,8 +127,8 @@ class Jobs:
                 room, pool = self.slots - len(self.queue), Pool(self.capacity)
                 planned = [c.need for c in self.queue]
             else:
-                room = self.slots - len(self.queue) - len(self.running) - len(self.unrecorded_needs)
-                pool = self.free.copy()
+                held = len(self.queue) + len(self.starting) + len(self.running) + len(self.unrecorded_needs)
+                room, pool = self.slots - held, self.free.copy()  # the starting ones' resources are taken already
                 planned = [c.need for c in self.queue] + self.unrecorded_needs
         for need in planned:
             if pool.fits(need):
@@ -141,7 +142,7 @@ class Jobs:
 
     def busy(self) -> bool:
         with self.lock:
-            return bool(self.running or self.queue)
+            return bool(self.running or self.queue or self.starting)
 
     def cancel(self, job_ids: list[str]) -> None:
         with self.lock:
@@ -159,7 +160,7 @@ class Jobs:
         with self.lock:
             self.local.shutdown()
             running = list(self.running.items())
-            never = [c.run_id for c in self.queue]
+            never = [c.run_id for c in [*self.starting, *self.queue]]
             self.queue, self.running = [], {}
             for fd in self.exit_fds.values():
                 os.close(fd)
@@ -188,7 +189,16 @@ class Jobs:
                     return
                 with self.lock:
                     changed = self._reap()
-                    changed |= self._start()
+                    starting = self._take_startable()
+                # Started without the lock: each start waits for its process to exec, and the agent's
+                # loop must not wait for that to take what was noted or to hand over claimed runs.
+                if starting:
+                    started = [self._start(claimed, grant) for claimed, grant in starting]
+                    with self.lock:
+                        self.starting = []
+                        for (claimed, grant), result in zip(starting, started, strict=True):
+                            self._note_start(claimed, grant, result)
+                    changed = True
                 if changed:
                     self.notify()
             except Exception:
@@ -217,44 +227,47 @@ class Jobs:
             ended = True
         return ended
 
-    def _start(self) -> bool:
-        """Start the claimed runs that fit now, oldest first (``packing.choose``)."""
+    def _take_startable(self) -> list[tuple[Claimed, Grant]]:
+        """The claimed runs that fit now, oldest first (``packing.choose``), with what each is given: out of
+        the queue and into ``starting``, their resources taken."""
         free = self.slots - len(self.running)
         if free <= 0 or not self.queue:
-            return False
+            return []
         chosen = set(choose(self.free, [(c.run_id, c.need) for c in self.queue], free))
         if not chosen:
-            return False
-        starting = [c for c in self.queue if c.run_id in chosen]
+            return []
+        self.starting = [c for c in self.queue if c.run_id in chosen]
         self.queue = [c for c in self.queue if c.run_id not in chosen]
-        for claimed in starting:
-            grant = self.free.take(claimed.need)
-            try:
-                job_id, run_dir = local_runs.start_job(
-                    self.app, self.local, claimed.run_id, grant, self.capacity, claimed.sub
-                )
-            except (OSError, ValueError, local_runs.NotStartable) as exc:
-                self.free.give_back(grant)
-                self.noted.unstartable.append((claimed.run_id, f"could not start: {exc}"))
-                continue
-            except Exception as exc:  # a bug of ours: the run still ends, failed, with the reason
-                log.error("run %s: starting its job failed", claimed.run_id, exc_info=exc)
-                self.free.give_back(grant)
-                self.noted.unstartable.append((claimed.run_id, f"could not start: {exc}"))
-                continue
-            self.running[job_id] = claimed.run_id
-            self.run_dirs[claimed.run_id] = run_dir
-            self.grants[job_id] = grant
-            self._watch_exit(job_id)
-            self.noted.started.append(
-                local_runs.Started(
-                    run_id=claimed.run_id,
-                    job_id=job_id,
-                    process_start=self.local.process_start_of(job_id),
-                    gpus=tuple(grant.gpu_ids),
-                )
+        return [(c, self.free.take(c.need)) for c in self.starting]
+
+    def _start(self, claimed: Claimed, grant: Grant) -> tuple[str, str] | str:
+        """Start one claimed run's job: its job id and run dir, or why it could not start."""
+        try:
+            return local_runs.start_job(self.app, self.local, claimed.run_id, grant, self.capacity, claimed.sub)
+        except (OSError, ValueError, local_runs.NotStartable) as exc:
+            return f"could not start: {exc}"
+        except Exception as exc:  # a bug of ours: the run still ends, failed, with the reason
+            log.error("run %s: starting its job failed", claimed.run_id, exc_info=exc)
+            return f"could not start: {exc}"
+
+    def _note_start(self, claimed: Claimed, grant: Grant, result: tuple[str, str] | str) -> None:
+        if isinstance(result, str):
+            self.free.give_back(grant)
+            self.noted.unstartable.append((claimed.run_id, result))
+            return
+        job_id, run_dir = result
+        self.running[job_id] = claimed.run_id
+        self.run_dirs[claimed.run_id] = run_dir
+        self.grants[job_id] = grant
+        self._watch_exit(job_id)
+        self.noted.started.append(
+            local_runs.Started(
+                run_id=claimed.run_id,
+                job_id=job_id,
+                process_start=self.local.process_start_of(job_id),
+                gpus=tuple(grant.gpu_ids),
             )
-        return True
+        )
 
     def _watch_exit(self, job_id: str) -> None:
         """A descriptor that becomes readable when the job's process exits (Linux pidfd)."""
