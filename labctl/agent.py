@@ -30,7 +30,7 @@ import events
 from events import ConcurrencyError
 from events.types import RunSubmitted
 from labctl import agents, local_runs
-from labctl.agent_jobs import Claimed, Jobs, Noted
+from labctl.agent_jobs import Claimed, Jobs, Noted, Wakeup
 from labctl.app import App
 from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
@@ -74,10 +74,8 @@ class Agent:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.capacity = machine_capacity(app.config.local)
-        self._notify_r, self._notify_w = os.pipe()  # the job thread's word: a job started or ended
-        os.set_blocking(self._notify_r, False)
-        os.set_blocking(self._notify_w, False)
-        self.jobs = Jobs(app, self.capacity, self.slots, self._notified, poll_interval)
+        self._noted = Wakeup()  # the job thread's word: a job started or ended
+        self.jobs = Jobs(app, self.capacity, self.slots, self._noted.set, poll_interval)
         #: what the job thread noted and this loop has not recorded yet (kept across a failed record)
         self.unrecorded = Noted()
         #: runs whose ends were recorded in this tick with their pipelines advanced (``advance_ended``)
@@ -140,16 +138,11 @@ class Agent:
         or ``poll_interval`` passes (the heartbeats of other agents, the reactors' timers)."""
         if any(True for _ in listener.notifies(timeout=0)):
             return  # arrived while the tick ran
-        readable, _, _ = select.select([listener.fileno(), self._notify_r], [], [], self.poll_interval)
+        readable, _, _ = select.select([listener.fileno(), self._noted.fileno()], [], [], self.poll_interval)
         if listener.fileno() in readable:
             for _ in listener.notifies(timeout=0):
                 pass  # read them, or the socket stays readable
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._notify_r, 4096)
-
-    def _notified(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._notify_w, b"x")
+        self._noted.clear()
 
     def stop(self) -> None:
         if self.stopping.is_set() and self._heartbeat_thread is None:
@@ -169,9 +162,7 @@ class Agent:
         for run_id in never:
             why = "the agent stopped before starting it"
             local_runs.finish(self.app, run_id, JobState(job_id="", state="cancelled", reason=why))
-        for fd in (self._notify_r, self._notify_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._noted.close()
         with contextlib.suppress(psycopg.Error):
             agents.mark_stopped(self.app.db.conn, self.id)
 

@@ -30,6 +30,31 @@ from labctl.packing import Capacity, Grant, Need, Pool, choose
 log = logging.getLogger(__name__)
 
 
+class Wakeup:
+    """A self-pipe: one thread's word that wakes another out of its ``select`` (readable until cleared)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full (a word is waiting already), or closed
+            os.write(self._write, b"x")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read, 4096)
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A run this agent claimed (committed), waiting for a slot and its resources."""
@@ -87,9 +112,7 @@ class Jobs:
         self.noted = Noted()
         #: what the jobs whose ends are noted and not taken yet were given: not free to claim for yet
         self.unrecorded_needs: list[Need] = []
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._woken = Wakeup()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -166,14 +189,11 @@ class Jobs:
                 os.close(fd)
             self.exit_fds.clear()
             noted, self.noted = self.noted, Noted()
-        with contextlib.suppress(OSError):
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+        self._woken.close()
         return noted, running, never
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        self._woken.set()
 
     # ------------------------------------------------------------ the thread
 
@@ -181,10 +201,9 @@ class Jobs:
         while not self._stopping.is_set():
             try:
                 with self.lock:
-                    watched = [self._wake_r, *self.exit_fds.values()]
+                    watched = [self._woken.fileno(), *self.exit_fds.values()]
                 select.select(watched, [], [], self.poll_interval)
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
+                self._woken.clear()
                 if self._stopping.is_set():
                     return
                 with self.lock:
