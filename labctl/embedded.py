@@ -21,9 +21,11 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -77,6 +79,7 @@ def start(home: Path) -> str:
         account = _service_account()
         pgdata = _data_dir(link, account)
         bin_dir = _bin_dir(account)
+        _stop_orphans(pgdata)
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, account)
         socket_dir = _socket_dir(pgdata, account)
@@ -246,6 +249,56 @@ def _socket_dir(pgdata: Path, account: pwd.struct_passwd | None) -> Path:
         os.chown(directory, uid, gid)
     os.chmod(directory, 0o700)
     return directory
+
+
+def orphans(pgdata: Path) -> list[int]:
+    """Postmasters still running on a data directory at ``pgdata`` that was deleted under them.
+
+    Such a server (its home removed while it ran) notices, within a minute, that its lock file is
+    gone and shuts down, and on the way out it removes the socket files at its path: those of a
+    new server started there meanwhile. Its working directory, the old data directory, reads
+    ``<pgdata> (deleted)`` in /proc.
+    """
+    deleted = f"{pgdata} (deleted)"
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry.name}/cwd") != deleted:
+                    continue
+                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or not ours to look at
+                continue
+            if os.path.basename(argv[0]) == b"postgres" and b"-D" in argv:  # the postmaster, not its children
+                found.append(int(entry.name))
+    return found
+
+
+def _stop_orphans(pgdata: Path, wait_seconds: float = 15.0) -> None:
+    """Stop the servers of a deleted data directory at ``pgdata`` (nothing of theirs is left to keep)."""
+    pids = orphans(pgdata)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)  # immediate shutdown: its data is gone already
+    deadline = time.monotonic() + wait_seconds
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        if pids:
+            time.sleep(0.05)
+    if pids:
+        raise DatabaseUnavailable(
+            f"an earlier Postgres (pid {pids[0]}) still runs on the deleted {pgdata} and did not stop; stop it first"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _initdb(bin_dir: Path, pgdata: Path, account: pwd.struct_passwd | None) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import psycopg
 import projections
 from events import NewEvent
 from events.types import RunFinished, RunSubmitted
+from labctl import embedded
 from tests.conftest import labctl_bin, run_cli
 
 
@@ -143,3 +147,34 @@ def test_embedded_postgres_starts_once_and_is_reused(tmp_path: Path) -> None:
         assert "schema version" in run_cli(env, "doctor", check=True).stdout
     finally:
         run_cli(env, "db", "stop")
+
+
+def test_a_home_deleted_under_its_running_server_gets_a_new_server_the_old_one_cannot_disturb() -> None:
+    """``rm -rf ~/.labctl`` while its Postgres runs, then any command: the orphaned server is stopped first.
+
+    Left running, it would notice within a minute that its lock file is gone and, shutting down,
+    remove the socket files at its path: the new server's.
+    """
+    base = Path(tempfile.mkdtemp(prefix="labctl-orphan-"))
+    base.chmod(0o755)  # reachable by the service account, so the data lives in the home itself
+    home = base / "h"
+    env = {k: v for k, v in os.environ.items() if k != "LABCTL_DATABASE_URL"}
+    env.update(LABCTL_HOME=str(home), XDG_CONFIG_HOME=str(base / "xdg"))
+    try:
+        run_cli(env, "db", "upgrade", check=True)
+        pgdata = embedded.data_dir(home)
+        old = int((pgdata / "postmaster.pid").read_text().split()[0])
+        shutil.rmtree(pgdata)
+        shutil.rmtree(home, ignore_errors=True)
+        assert embedded.orphans(pgdata) == [old]
+
+        assert "created schema version" in run_cli(env, "db", "upgrade", check=True).stdout
+        new = int((embedded.data_dir(home) / "postmaster.pid").read_text().split()[0])
+        assert new != old
+        assert embedded.orphans(pgdata) == []
+        assert run_cli(env, "status", check=True).returncode == 0
+    finally:
+        run_cli(env, "db", "stop")
+        for pid in embedded.orphans(embedded.data_dir(home)):  # this test failed: leave no server behind
+            os.kill(pid, signal.SIGQUIT)
+        shutil.rmtree(base, ignore_errors=True)
