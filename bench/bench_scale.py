@@ -10,9 +10,14 @@ sweeps and evals of checkpoints. Then, on the same server:
 * ``replay`` end to end (rebuild every read model, swap it in), events/s, and
   this process's peak resident memory while it ran (and while the full audit ran);
 * lookups, p50 of 15 in-process calls on an open connection: ``status`` of
-  one user (``runs.status_rows``), ``show`` of one run, ``history`` of one
-  run, ``lineage`` of one checkpoint, the web API's runs page
-  (``labctl.web.api.runs_page``);
+  one user (``runs.status_rows``), ``show`` of one run, ``log`` of one run
+  (what ``labctl log`` reads: the run found by an id prefix, then where its
+  log is), ``history`` of one run, ``lineage`` of one checkpoint, the web
+  API's runs page (``labctl.web.api.runs_page``), and the dashboard's runs
+  page as HTML (``GET /runs?user=``, the real Starlette app called in this
+  process, so database, template and middleware, without a socket);
+* a cold ``replay --until`` the middle of the log (the world as it was then,
+  built into a schema of its own), then dropped;
 * ``audit verify --full`` (whole chain + read models vs. a rebuild) and the
   chain alone, events/s, vs. a bare server-side scan of the same columns;
   then 1,000 more events and an incremental ``audit verify`` (from the
@@ -25,6 +30,7 @@ sweeps and evals of checkpoints. Then, on the same server:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import signal
 import sys
@@ -241,9 +247,12 @@ class Row:
     replay_peak_mb: float
     status_ms: float
     show_ms: float
+    log_ms: float
     history_ms: float
     lineage_ms: float
     api_ms: float | None
+    html_ms: float | None
+    until_s: float
     verify_full_s: float
     verify_peak_mb: float
     chain_rate: float
@@ -309,6 +318,58 @@ def api_runs_page() -> Callable[[psycopg.Connection[Any], str], object] | None:
     return lambda conn, user: api.runs_page(conn, api.RunsQuery(user=user))
 
 
+def html_runs_page_ms(url: str, user: str) -> float | None:
+    """p50 of ``GET /runs?user=`` through the dashboard's own ASGI app (pool, guard, page, template)."""
+    try:
+        from labctl.web.app import Web, create_app
+    except ImportError:
+        return None
+    web = Web(url, pool_size=2)
+    app = create_app(web, allowed_hosts=["127.0.0.1"])
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/runs",
+        "raw_path": b"/runs",
+        "root_path": "",
+        "query_string": f"user={user}".encode(),
+        "headers": [(b"host", b"127.0.0.1:8765")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8765),
+    }
+
+    async def get() -> tuple[int, int]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(dict(scope), receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        return status, sum(len(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
+
+    async def rounds() -> float:
+        times = []
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            status, size = await get()
+            times.append((time.perf_counter() - start) * 1000)
+            assert status == 200 and size > 0, f"GET /runs answered {status} with {size} bytes"
+        return median(times)
+
+    web.pool.open(True, 10.0)
+    try:
+        return asyncio.run(rounds())
+    finally:
+        web.pool.close()
+
+
 def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
     with connect(url) as conn:
         ensure_schema(conn)
@@ -329,16 +390,26 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         say(f"{size:,}: lookups")
         status_ms = p50_ms(lambda: runs.status_rows(conn, user=who, state=None, everything=False))
         show_ms = p50_ms(lambda: runs.show_run(conn, rid))
+        log_ms = p50_ms(lambda: runs.show_run(conn, runs.resolve_run(conn, rid[:13]))["log"])
         history_ms = p50_ms(lambda: eventlog.history(conn, rid))
         lineage_ms = p50_ms(lambda: lineage.lineage(conn, who, checkpoint_id(probe)))
         page = api_runs_page()
         api_ms = p50_ms(lambda: page(conn, who)) if page else None
+        html_ms = html_runs_page_ms(url, who)
         # Each figure as soon as it is known: a long run stopped early keeps what it measured.
         say(
             f"{size:,}: replay {replay_s:.1f}s (peak {replay_memory.mb:,.0f} MB); "
-            f"status {status_ms:.1f} ms, show {show_ms:.1f} ms, "
-            f"history {history_ms:.1f} ms, lineage {lineage_ms:.1f} ms, API page {api_ms or 0:.1f} ms"
+            f"status {status_ms:.1f} ms, show {show_ms:.1f} ms, log {log_ms:.1f} ms, "
+            f"history {history_ms:.1f} ms, lineage {lineage_ms:.1f} ms, API page {api_ms or 0:.1f} ms, "
+            f"HTML page {html_ms or 0:.1f} ms"
         )
+        middle = n // 2
+        say(f"{size:,}: replay --until position {middle:,} (cold)")
+        start = time.perf_counter()
+        projections.replay_as_of(conn, middle)
+        until_s = time.perf_counter() - start
+        conn.execute(f"DROP SCHEMA asof_{middle} CASCADE")
+        say(f"{size:,}: replay --until {until_s:.1f}s")
         say(f"{size:,}: audit verify --full")
         start = time.perf_counter()
         with PeakMemory() as verify_memory:
@@ -372,9 +443,12 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         replay_peak_mb=replay_memory.mb,
         status_ms=status_ms,
         show_ms=show_ms,
+        log_ms=log_ms,
         history_ms=history_ms,
         lineage_ms=lineage_ms,
         api_ms=api_ms,
+        html_ms=html_ms,
+        until_s=until_s,
         verify_full_s=verify_full_s,
         verify_peak_mb=verify_memory.mb,
         chain_rate=chain_rate,
@@ -404,12 +478,15 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
         line("batched append (store, 5k per call), events/s", [r.append_rate for r in rows], rate),
         line("`status` of one user p50, ms", [r.status_ms for r in rows], ms),
         line("`show` of one run p50, ms", [r.show_ms for r in rows], ms),
+        line("`log` of one run (found by an id prefix) p50, ms", [r.log_ms for r in rows], ms),
         line("`history` of one run p50, ms", [r.history_ms for r in rows], ms),
         line("`lineage` of one checkpoint p50, ms", [r.lineage_ms for r in rows], ms),
         line("API runs page (one user, 100 rows) p50, ms", [r.api_ms for r in rows], ms),
+        line("dashboard runs page, HTML (one user, 100 rows) p50, ms", [r.html_ms for r in rows], ms),
         line("`replay` end to end, s", [r.replay_s for r in rows], s),
         line("`replay` end to end, events/s", [r.events / r.replay_s for r in rows], rate),
         line("`replay`: peak memory of the process, MB", [r.replay_peak_mb for r in rows], rate),
+        line("cold `replay --until` the middle of the log, s", [r.until_s for r in rows], s),
         line("`audit verify --full` (chain + read models), s", [r.verify_full_s for r in rows], s),
         line("`audit verify --full`: peak memory of the process, MB", [r.verify_peak_mb for r in rows], rate),
         line("hash chain in Python, events/s", [r.chain_rate for r in rows], rate),
