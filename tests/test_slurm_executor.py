@@ -485,6 +485,30 @@ def test_body_hashes_outputs_after_exit_zero_with_quoted_env_and_argv(tmp_path: 
     assert (tmp_path / "hash-outputs.calls").read_text() == f"hash-outputs --run-dir {tmp_path / 'run dir'}\n"
 
 
+def _run_local_body(tmp_path: Path, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """The body as the local executor writes it (no hashing: its agent hashes the outputs), run by bash."""
+    script = tmp_path / "local.sh"
+    body = render_script_body(env={}, command=command, workdir=tmp_path, labctl_bin=None, run_dir=tmp_path)
+    script.write_text(SHEBANG + body)
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+
+
+def test_local_body_replaces_bash_with_the_command_and_keeps_its_exit_code(tmp_path: Path) -> None:
+    result = _run_local_body(tmp_path, ["bash", "-c", 'echo "$PPID"; exit 3'])
+
+    assert result.returncode == 3
+    # the command's parent is whoever ran the script: no bash in between, one process fewer per job
+    assert result.stdout == f"{os.getpid()}\n"
+
+
+def test_local_body_runs_a_command_that_is_a_shell_builtin_in_bash(tmp_path: Path) -> None:
+    (tmp_path / "setup.sh").write_text('echo "sourced in $BASH_SOURCE"\n')
+
+    result = _run_local_body(tmp_path, ["source", "setup.sh"])  # `exec source` would fail: not a program
+
+    assert (result.returncode, result.stdout) == (0, "sourced in setup.sh\n")
+
+
 def test_body_appends_the_swept_argument_from_the_array_index(tmp_path: Path) -> None:
     body = render_script_body(
         env={},

@@ -3,7 +3,8 @@
 The body exports the run's environment, runs the user's command in the
 working directory, hashes outputs on the compute node after exit 0, and exits
 with the user's exit code. The local executor writes the same body behind
-``SHEBANG`` without the header.
+``SHEBANG`` without the header and without the hashing (its agent hashes the
+outputs): there nothing follows the command, so bash ``exec``s it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ SLURM_ARRAY_ELEMENT_ID_EXPR = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
 SLURM_ARRAY_INDEX_EXPR = "${SLURM_ARRAY_TASK_ID}"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SBATCH_PREFIX = re.compile(r"^#\s*SBATCH\b", re.I)
+#: bash's builtins and reserved words (``compgen -b``, ``compgen -k``): a command starting with one runs in
+#: the script's bash, never ``exec``ed (``exec source x`` fails; ``exec echo`` would run /bin/echo instead)
+SHELL_WORDS = frozenset(
+    (  # noqa: SIM905 (one word list, as compgen prints it, reads better than 85 quoted lines)
+        ". : [ alias bg bind break builtin caller cd command compgen complete compopt continue declare dirs disown "
+        "echo enable eval exec exit export false fc fg getopts hash help history jobs kill let local logout mapfile "
+        "popd printf pushd pwd read readarray readonly return set shift shopt source suspend test times trap true "
+        "type typeset ulimit umask unalias unset wait "
+        "if then else elif fi case esac for select while until do done in function time { } ! [[ ]] coproc"
+    ).split()
+)
 
 
 def render_sbatch_script(
@@ -187,6 +199,12 @@ def render_script_body(
         if sweep_index_expr is None:
             raise ValueError("sweep_arg needs sweep_index_expr (the swept value comes from the array index)")
         user_command += f' {shlex.quote("--" + sweep_arg + "=")}"${{LABCTL_SWEEP_INDEX}}"'
+    if labctl_bin is None and command[0] not in SHELL_WORDS:
+        # Nothing follows the command (whoever registers the outputs hashes them: the local agent), so bash
+        # replaces itself with it: one process fewer per job, and the job's pid, session and exit status
+        # (a signal's, too) are the command's own.
+        lines.append(f"exec {user_command}")
+        return "\n".join(lines) + "\n"
     lines.append(user_command)
     lines.append("rc=$?")
     if labctl_bin is not None:  # None: whoever registers the outputs hashes them (the local agent)
