@@ -787,6 +787,10 @@ def _analyze(conn: psycopg.Connection[Any], schema: str, table: Table[Any]) -> N
     # JSON columns are left out: nothing filters on their values, and sampling their documents (recipes,
     # contexts) costs more than all the other columns together.
     columns = [c for c in table.columns if c not in table.json_columns]
+    # A sample of 3,000 rows, not 30,000: the runs table's statistics took 0.6 s of a replay's critical
+    # path, and the lookups of `labctl status` and the agent take as long after either (bench/RESULTS.md,
+    # 2026-12-02 12:00). (SET LOCAL: for the rest of the transaction, which builds read models.)
+    conn.execute("SET LOCAL default_statistics_target = 10")
     conn.execute(
         sql.SQL("ANALYZE {} ({})").format(
             sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
