@@ -509,6 +509,12 @@ def test_local_body_runs_a_command_that_is_a_shell_builtin_in_bash(tmp_path: Pat
     assert (result.returncode, result.stdout) == (0, "sourced in setup.sh\n")
 
 
+def test_local_body_keeps_leading_assignments_as_the_commands_environment(tmp_path: Path) -> None:
+    result = _run_local_body(tmp_path, ["GREETING=hello", "bash", "-c", 'echo "$GREETING"'])
+
+    assert (result.returncode, result.stdout) == (0, "hello\n")  # `exec GREETING=...` would be "not found"
+
+
 def test_body_appends_the_swept_argument_from_the_array_index(tmp_path: Path) -> None:
     body = render_script_body(
         env={},

@@ -27,6 +27,8 @@ SLURM_ARRAY_ELEMENT_ID_EXPR = "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
 SLURM_ARRAY_INDEX_EXPR = "${SLURM_ARRAY_TASK_ID}"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SBATCH_PREFIX = re.compile(r"^#\s*SBATCH\b", re.I)
+#: ``NAME=value`` as the first word: bash takes it as an assignment for the command after it, not as a program
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 #: bash's builtins and reserved words (``compgen -b``, ``compgen -k``): a command starting with one runs in
 #: the script's bash, never ``exec``ed (``exec source x`` fails; ``exec echo`` would run /bin/echo instead)
 SHELL_WORDS = frozenset(
@@ -199,7 +201,7 @@ def render_script_body(
         if sweep_index_expr is None:
             raise ValueError("sweep_arg needs sweep_index_expr (the swept value comes from the array index)")
         user_command += f' {shlex.quote("--" + sweep_arg + "=")}"${{LABCTL_SWEEP_INDEX}}"'
-    if labctl_bin is None and command[0] not in SHELL_WORDS:
+    if labctl_bin is None and command[0] not in SHELL_WORDS and not _ASSIGNMENT.match(command[0]):
         # Nothing follows the command (whoever registers the outputs hashes them: the local agent), so bash
         # replaces itself with it: one process fewer per job, and the job's pid, session and exit status
         # (a signal's, too) are the command's own.
