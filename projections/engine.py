@@ -132,25 +132,38 @@ def _flush(state: State) -> None:
         rows.flush()
 
 
+@functools.cache
+def _read_checkpoints(schema: str) -> bytes:
+    # composed once per schema, not on every append (as text, psycopg also caches its conversion)
+    return sql.SQL("SELECT name, position FROM {}").format(sql.Identifier(schema, CHECKPOINTS)).as_bytes()
+
+
+@functools.cache
+def _write_checkpoints(schema: str) -> bytes:
+    return (
+        sql.SQL(
+            "INSERT INTO {} (name, position) SELECT unnest(%s::text[]), %s::bigint "
+            "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
+        )
+        .format(sql.Identifier(schema, CHECKPOINTS))
+        .as_bytes()
+    )
+
+
 def checkpoint(conn: psycopg.Connection[Any], schema: str = LIVE) -> int:
     """The position every projection in ``schema`` has applied (the smallest)."""
-    query = sql.SQL("SELECT name, position FROM {}").format(sql.Identifier(schema, CHECKPOINTS))
-    found = dict(conn.execute(query).fetchall())
+    found = dict(conn.execute(_read_checkpoints(schema)).fetchall())
     return min((int(found.get(p.name, 0)) for p in PROJECTIONS), default=0)
 
 
 def checkpoints(conn: psycopg.Connection[Any], schema: str = LIVE) -> dict[str, int]:
-    query = sql.SQL("SELECT name, position FROM {}").format(sql.Identifier(schema, CHECKPOINTS))
-    found = dict(conn.execute(query).fetchall())
+    found = dict(conn.execute(_read_checkpoints(schema)).fetchall())
     return {p.name: int(found.get(p.name, 0)) for p in PROJECTIONS}
 
 
 def _set_checkpoints(conn: psycopg.Connection[Any], schema: str, position: int) -> None:
-    query = sql.SQL(
-        "INSERT INTO {} (name, position) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
-    ).format(sql.Identifier(schema, CHECKPOINTS))
-    with conn.cursor() as cur:
-        cur.executemany(query, [(p.name, position) for p in PROJECTIONS])
+    """Every projection's checkpoint at ``position``, in one statement (one row per projection)."""
+    conn.execute(_write_checkpoints(schema), ([p.name for p in PROJECTIONS], position))
 
 
 def apply_inline(conn: psycopg.Connection[Any], events: Sequence[StoredEvent], schema: str = LIVE) -> None:
