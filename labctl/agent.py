@@ -36,7 +36,7 @@ from labctl.errors import DatabaseUnavailable
 from labctl.executors.base import JobState
 from labctl.executors.local import kill_orphan
 from labctl.metrics_ingest import LiveFiles, ingest_quietly
-from labctl.packing import choose, machine_capacity
+from labctl.packing import Need, choose, machine_capacity
 from labctl.pipelines.advance import advance_many
 from labctl.reactors.advancer import Advancer
 from labctl.reactors.base import Reactor
@@ -85,6 +85,7 @@ class Agent:
         self._next_metrics = 0.0
         self._next_reap = 0.0
         self._next_cancels = 0.0
+        self._needs: dict[str, Need] = {}  # the queued runs' last looked at (``needs_of``)
         self.stopping = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self.reactors = list(reactors)
@@ -330,7 +331,7 @@ class Agent:
         if not queued:
             return False
         versions = dict(queued)
-        needs = local_runs.needs(self.app, list(versions))
+        needs = self.needs_of(list(versions))
         chosen = choose(pool, [(r, needs[r]) for r in versions if r in needs], room)
         # Runs whose submitter is still writing the run dir wait; the rest are claimed together.
         ready = local_runs.ready(self.app, chosen)
@@ -338,3 +339,11 @@ class Agent:
         subs = local_runs.submissions(self.app, claimed)
         self.jobs.add([Claimed(run_id, needs[run_id], subs.get(run_id)) for run_id in claimed])
         return bool(claimed)
+
+    def needs_of(self, run_ids: list[str]) -> dict[str, Need]:
+        """What each queued run asks of the machine, read once per run while it stays queued (a queued
+        run's resources do not change; each tick looks at up to ``CLAIM_WINDOW`` of them)."""
+        unknown = [r for r in run_ids if r not in self._needs]
+        found = {**self._needs, **(local_runs.needs(self.app, unknown) if unknown else {})}
+        self._needs = {r: found[r] for r in run_ids if r in found}
+        return self._needs

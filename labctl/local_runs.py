@@ -98,7 +98,8 @@ def finish_many(
     thread that then stores its outputs."""
 
     def manifest(sub: RunSubmitted) -> None:
-        hash_finished_outputs(sub.run_id, sub.run_dir)
+        if sub.outputs:  # a run that declares no output has nothing to hash (nor to fsync)
+            hash_finished_outputs(sub.run_id, sub.run_dir)
 
     finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None, first)
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import tomllib
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -597,10 +598,9 @@ def record_staged(
     ``extra`` (events that must commit with them, such as the pipeline these runs belong to). ``key``:
     the append's idempotency key, when the caller's transaction may be retried whole (else a fresh one)."""
     results, ready = staged.results, staged.ready
-    keys = [run.cache_key for _, _, req, run, _ in ready if not req.no_cache]
-    shared = {k for k in keys if keys.count(k) > 1}
-    together = [r for r in ready if r[3].cache_key not in shared or r[2].no_cache]
-    alone = [r for r in ready if r not in together]
+    uses = Counter(run.cache_key for _, _, req, run, _ in ready if not req.no_cache)
+    together = [r for r in ready if uses[r[3].cache_key] <= 1 or r[2].no_cache]
+    alone = [r for r in ready if uses[r[3].cache_key] > 1 and not r[2].no_cache]
     try:
         recorded = _record_together(app, together, extra, key, staged.peeks)
         for (i, as_user, _, run, will_hit), result in zip(together, recorded, strict=True):
