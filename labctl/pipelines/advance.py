@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -212,12 +212,22 @@ def _submit_waiting(
     requests: list[Request] = []
     which: list[int] = []
     pendings = _pendings_of(conn, [row.id for *_, row in waiting])
+    recipes = {run_id: recipe_of(pending) for run_id, pending in pendings.items()}
+    parents = ParentOutputs(conn)
+    parents.read(
+        pair
+        for pipeline, run_ids_of, _runs, row in waiting
+        if row.id in recipes
+        for pair in parents.wanted(recipes[row.id], pipeline, run_ids_of)
+    )
     for i, (pipeline, run_ids_of, _runs, row) in enumerate(waiting):
         pending = pendings.get(row.id)
         if pending is None:
             continue
         try:
-            requests.append(request_of(conn, pending, pipeline, run_ids_of, row.version))
+            requests.append(
+                request_of(conn, pending, pipeline, run_ids_of, row.version, recipe=recipes[row.id], parents=parents)
+            )
         except (UserError, FileFormatError, OSError) as exc:
             outcomes[i] = _failed_submission(app, row, exc)
             continue
@@ -233,20 +243,31 @@ def _submit_waiting(
     return outcomes
 
 
+def recipe_of(pending: RunPending) -> Recipe:
+    """The recipe a waiting run's ``RunPending`` planned (a sweep point's with its index)."""
+    recipe = msgspec.convert(pending.recipe, Recipe)
+    if pending.sweep_index is not None:
+        recipe = with_index(recipe, pending.sweep_index)
+    return recipe
+
+
 def request_of(
     conn: psycopg.Connection[Any],
     pending: RunPending,
     pipeline: PipelineRow,
     run_ids_of: dict[str, list[str]],
     version: int,
+    *,
+    recipe: Recipe | None = None,
+    parents: ParentOutputs | None = None,
 ) -> Request:
     """The submission a waiting run's ``RunPending`` plans, its stage and pinned inputs resolved now
-    (raises ``UserError``, ``FileFormatError`` or ``OSError`` when one cannot be)."""
-    recipe = msgspec.convert(pending.recipe, Recipe)
-    if pending.sweep_index is not None:
-        recipe = with_index(recipe, pending.sweep_index)
+    (raises ``UserError``, ``FileFormatError`` or ``OSError`` when one cannot be). ``recipe``: its
+    ``recipe_of``, when parsed already; ``parents``: the parents' outputs, when read already."""
+    recipe = recipe or recipe_of(pending)
+    parents = parents or ParentOutputs(conn)
     inputs = {
-        role: _resolve_stage_input(conn, spec, pipeline, run_ids_of, Path(pending.run_dir), role)
+        role: _resolve_stage_input(conn, parents, spec, pipeline, run_ids_of, Path(pending.run_dir), role)
         for role, spec in recipe.inputs.items()
         if isinstance(spec, StageInput | FromInput)
     }
@@ -287,21 +308,67 @@ class StageOutput(msgspec.Struct, frozen=True):
     step: int | None
 
 
-def _outputs_of(conn: psycopg.Connection[Any], run_id: str, role: str) -> list[StageOutput]:
-    return rows_as(conn, StageOutput, QUERIES["outputs_of_role"], {"run_id": run_id, "role": role})
+class ParentOutputs:
+    """The outputs that parent runs registered for a role, and the alias each gives it: read for many
+    children at once (``read``: the runs released by a tick's ends), else one pair at a time."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self._outputs: dict[tuple[str, str], list[StageOutput]] = {}
+        self._aliases: dict[tuple[str, str], str | None] = {}
+
+    @staticmethod
+    def wanted(recipe: Recipe, pipeline: PipelineRow, run_ids_of: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """The (run, role) pairs whose outputs ``recipe``'s stage and pinned inputs read."""
+        pairs = []
+        for spec in recipe.inputs.values():
+            if isinstance(spec, StageInput):
+                pairs += [(run_id, spec.role) for run_id in run_ids_of.get(spec.stage, [])]
+            elif isinstance(spec, FromInput) and pipeline.from_run is not None:
+                pairs.append((pipeline.from_run, spec.role))
+        return pairs
+
+    def read(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Read the pairs' outputs and aliases not read yet, in one query each."""
+        todo = [pair for pair in dict.fromkeys(pairs) if pair not in self._aliases]
+        if not todo:
+            return
+        params = {"run_ids": [run_id for run_id, _ in todo], "roles": [role for _, role in todo]}
+        for pair in todo:
+            self._outputs[pair] = []
+        for run_id, role, *row in self.conn.execute(QUERIES["outputs_of_roles"], params):
+            self._outputs[(run_id, role)].append(StageOutput(*row))
+        self._aliases.update(dict.fromkeys(todo))
+        for run_id, role, alias in self.conn.execute(QUERIES["output_aliases"], params):
+            self._aliases[(run_id, role)] = alias
+
+    def outputs(self, run_id: str, role: str) -> list[StageOutput]:
+        self.read([(run_id, role)])
+        return self._outputs[(run_id, role)]
+
+    def alias(self, run_id: str, role: str) -> str | None:
+        """The alias a run's recipe (as submitted, rendered) gives its output ``role``."""
+        self.read([(run_id, role)])
+        return self._aliases[(run_id, role)] or None
 
 
 def _input_of_run(
-    conn: psycopg.Connection[Any], run_id: str, role: str, input_role: str, *, newest_step: bool = False
+    conn: psycopg.Connection[Any],
+    parents: ParentOutputs,
+    run_id: str,
+    role: str,
+    input_role: str,
+    *,
+    newest_step: bool = False,
 ) -> InputRef:
     """The input a run's output ``role`` makes: its artifact, or a checkpoint stream's directory of steps.
 
     ``newest_step``: a stream gives its newest step's artifact instead, as the original's ``from`` pins do.
     """
-    outs = _outputs_of(conn, run_id, role)
+    outs = parents.outputs(run_id, role)
     if not outs:
         raise UserError(f"run {run_id} registered no output {role!r}")
-    alias = _output_alias(conn, run_id, role)
+    alias = parents.alias(run_id, role)
     if len(outs) == 1 and outs[0].step is None:
         one = outs[0]
         return InputRef(
@@ -318,14 +385,9 @@ def _input_of_run(
     return InputRef(role=input_role, type="stage", path=str(Path(outs[0].path).parent), alias=alias, hash=digest)
 
 
-def _output_alias(conn: psycopg.Connection[Any], run_id: str, role: str) -> str | None:
-    """The alias a run gave its output ``role`` (its recipe as submitted, rendered)."""
-    row = conn.execute(QUERIES["output_alias"], {"role": role, "run_id": run_id}).fetchone()
-    return row[0] if row and row[0] else None
-
-
 def _resolve_stage_input(
     conn: psycopg.Connection[Any],
+    parents: ParentOutputs,
     spec: StageInput | FromInput,
     pipeline: PipelineRow,
     run_ids_of: dict[str, list[str]],
@@ -334,17 +396,17 @@ def _resolve_stage_input(
 ) -> InputRef:
     if isinstance(spec, FromInput):
         assert pipeline.from_run is not None  # planning refused a "from" input without a pin
-        ref = _input_of_run(conn, pipeline.from_run, spec.role, role, newest_step=True)
+        ref = _input_of_run(conn, parents, pipeline.from_run, spec.role, role, newest_step=True)
         return msgspec.structs.replace(ref, type="from")
     parent_runs = run_ids_of[spec.stage]
     if len(parent_runs) == 1:
-        return _input_of_run(conn, parent_runs[0], spec.role, role)
+        return _input_of_run(conn, parents, parent_runs[0], spec.role, role)
     # A sweep stage: a directory of links named by point, one per run.
     folder = run_dir / ".lab" / "inputs" / role
     folder.mkdir(parents=True, exist_ok=True)
     digests = []
     for i, run_id in enumerate(parent_runs):
-        ref = _input_of_run(conn, run_id, spec.role, role)
+        ref = _input_of_run(conn, parents, run_id, spec.role, role)
         link = folder / str(i)
         if link.is_symlink() or link.exists():
             link.unlink()

@@ -12,16 +12,18 @@ SELECT stage_name AS name, run_ids, parents FROM pipeline_stages WHERE pipeline_
 SELECT id, status, stage_name AS stage, sweep_index, stream_version AS version, user_name AS user
 FROM runs WHERE pipeline_id = %(id)s
 
--- name: outputs_of_role
--- A run's outputs of one role (a checkpoint stream has one per step), oldest step first.
-SELECT o.artifact_id, o.path, a.hash, o.step
+-- name: outputs_of_roles
+-- The outputs of runs for a role, for several (run, role) pairs at once (a checkpoint stream has one per
+-- step): each pair's, oldest step first.
+SELECT o.run_id, o.role, o.artifact_id, o.path, a.hash, o.step
 FROM run_outputs o JOIN artifacts a ON a.id = o.artifact_id
-WHERE o.run_id = %(run_id)s AND o.role = %(role)s
-ORDER BY o.step NULLS FIRST
+WHERE (o.run_id, o.role) IN (SELECT * FROM unnest(%(run_ids)s::text[], %(roles)s::text[]))
+ORDER BY o.run_id, o.role, o.step NULLS FIRST
 
--- name: output_alias
--- The alias a run's recipe (as submitted, rendered) gives its output ``role``.
-SELECT recipe -> 'outputs' -> %(role)s ->> 'alias' FROM runs WHERE id = %(run_id)s
+-- name: output_aliases
+-- The alias a run's recipe (as submitted, rendered) gives its output ``role``, for several (run, role) pairs.
+SELECT p.run_id, p.role, r.recipe -> 'outputs' -> p.role ->> 'alias'
+FROM unnest(%(run_ids)s::text[], %(roles)s::text[]) AS p(run_id, role) JOIN runs r ON r.id = p.run_id
 
 -- name: sweep_of_stage
 -- The sweep a stage's runs belong to (a sweep stage), found by one of its runs.
