@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 import events
-from events import ConcurrencyError
+from events import ConcurrencyError, NewEvent
 from events.types import RunSubmitted
 from labctl import agents, local_runs
 from labctl.agent_jobs import Claimed, Jobs, Noted, Wakeup
@@ -251,26 +251,25 @@ class Agent:
         todo = self.unrecorded
         if not todo:
             return False
-        started = todo.started
-
-        def record_starts(_: object = None) -> None:
-            local_runs.record_starts(self.app, started, self.id)
-
         if todo.unstartable or not todo.ended:
-            record_starts()
+            local_runs.record_starts(self.app, todo.started, self.id)
             todo.started = []
         while todo.unstartable:
             run_id, why = todo.unstartable[0]
             local_runs.finish(self.app, run_id, JobState(job_id="", state="failed", reason=why))
             todo.unstartable.pop(0)
         if todo.ended:
-            # The starts not recorded yet go first in the ends' transaction (a job may have started and
-            # ended since the last record). Each succeeded run's manifest is written before (as a job writes
-            # its own on a node), in the thread that then stores its outputs; the reactors see the ends all
-            # at once right after.
+            # The starts not recorded yet go first in the ends' append (a job may have started and ended
+            # since the last record). Each succeeded run's manifest is written before (as a job writes its own
+            # on a node), in the thread that then stores its outputs; the reactors see the ends all at once
+            # right after.
             self.advanced = []
-            first = record_starts if todo.started else None
-            local_runs.finish_many(self.app, todo.ended, then=self.advance_ended, hash_outputs=True, first=first)
+            started = todo.started
+
+            def starts(conn: psycopg.Connection[Any]) -> list[NewEvent]:
+                return local_runs.start_events(conn, started, self.id)
+
+            local_runs.finish_many(self.app, todo.ended, then=self.advance_ended, hash_outputs=True, starts=starts)
             todo.started = []
             for run_id, _ in todo.ended:
                 self.metric_files.forget(run_id)

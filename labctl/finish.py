@@ -8,6 +8,7 @@ run that coalesced onto this one.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -128,7 +129,7 @@ def finish_runs(
     meta: EventMeta,
     then: Callable[[list[RunSubmitted]], object] | None = None,
     before_store: BeforeStore | None = None,
-    first: Callable[[psycopg.Connection[Any]], object] | None = None,
+    starts: Callable[[psycopg.Connection[Any]], Sequence[NewEvent]] | None = None,
 ) -> list[str | None]:
     """Record the ends of several runs in one transaction (an agent's jobs that ended in one tick).
 
@@ -138,8 +139,9 @@ def finish_runs(
     ``then``: called in that transaction, after the record, with the submissions of the runs it ended
     (the followers that ended with their producer too), e.g. to submit the children those ends release.
     ``before_store``: called on each succeeded run, in the thread that stores its outputs, before that.
-    ``first``: called in that transaction before the ends are read (the agent records its jobs' starts
-    there: a job may have started and ended since the last record).
+    ``starts``: called in that transaction before the ends are read, for events to append first in the
+    same append (the agent's jobs' starts: a job may have started and ended since the last record); a run's
+    end then expects the version after them.
     """
     if not ends:
         return []
@@ -151,11 +153,10 @@ def finish_runs(
 
     def attempt(c: psycopg.Connection[Any]) -> list[str | None]:
         ended_followers.clear()
-        if first is not None:
-            first(c)
+        batch: list[NewEvent] = list(starts(c)) if starts is not None else []
+        ahead = Counter(n.stream for n in batch)  # events of a run's stream appended before its end
         rows = {r[0]: r[1:] for r in c.execute(QUERIES["runs_to_finish"], {"ids": [e.run_id for e in endings]})}
         states = cache.load_many(c, [row[2] for row in rows.values() if row[2]])
-        batch: list[NewEvent] = []
         recorded: list[str | None] = []
         for e in endings:
             row = rows.get(e.run_id)
@@ -172,7 +173,8 @@ def finish_runs(
                 started_at=e.outcome.started_at,
                 finished_at=e.outcome.finished_at or now,
             )
-            batch += [NewEvent(f"run-{e.run_id}", finished, version), *e.registered.events]
+            stream = f"run-{e.run_id}"
+            batch += [NewEvent(stream, finished, version + ahead[stream]), *e.registered.events]
             if cache_key:
                 followers: list[RunSubmitted] = []
                 batch += cache.release(

@@ -91,9 +91,9 @@ def finish_many(
     then: Callable[[list[RunSubmitted]], object] | None = None,
     *,
     hash_outputs: bool = False,
-    first: Callable[[psycopg.Connection[Any]], object] | None = None,
+    starts: Callable[[psycopg.Connection[Any]], Sequence[NewEvent]] | None = None,
 ) -> None:
-    """Record the ends of jobs that ended together, in one transaction (``then``, ``first``: see ``finish_runs``).
+    """Record the ends of jobs that ended together, in one transaction (``then``, ``starts``: see ``finish_runs``).
     ``hash_outputs``: first write each succeeded run's output manifest (``hash_finished_outputs``), in the
     thread that then stores its outputs."""
 
@@ -101,7 +101,7 @@ def finish_many(
         if sub.outputs:  # a run that declares no output has nothing to hash (nor to fsync)
             hash_finished_outputs(sub.run_id, sub.run_dir)
 
-    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None, first)
+    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None, starts)
 
 
 class NotStartable(Exception):
@@ -136,29 +136,37 @@ class Started(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
 
 
+def start_events(conn: psycopg.Connection[Any], started: Sequence[Started], agent_id: str) -> list[NewEvent]:
+    """The events that record jobs the agent started (their job ids, pids' start times, devices), each
+    run's first expecting the version it is at now."""
+    if not started:
+        return []
+    versions = dict(conn.execute(QUERIES["run_versions"], {"ids": [s.run_id for s in started]}).fetchall())
+    batch: list[NewEvent] = []
+    for s in started:
+        if s.run_id not in versions:
+            continue
+        submitted = JobSubmitted(
+            run_id=s.run_id,
+            executor="local",
+            job_id=s.job_id,
+            agent_id=agent_id,
+            process_start=s.process_start,
+            gpus=list(s.gpus),
+        )
+        began = RunStarted(run_id=s.run_id, started_at=s.started_at, host=HOST, job_id=s.job_id)
+        batch += [NewEvent(f"run-{s.run_id}", submitted, versions[s.run_id]), NewEvent(f"run-{s.run_id}", began)]
+    return batch
+
+
 def record_starts(app: App, started: Sequence[Started], agent_id: str) -> None:
-    """Record jobs the agent started (their job ids, pids' start times, devices) in one transaction (a
-    savepoint when one is open: the agent's jobs' ends)."""
+    """Record jobs the agent started in one transaction (``start_events``; with jobs that ended meanwhile,
+    the agent appends them with those ends instead: ``finish_many(starts=...)``)."""
     if not started:
         return
 
     def work(conn: psycopg.Connection[Any]) -> None:
-        versions = dict(conn.execute(QUERIES["run_versions"], {"ids": [s.run_id for s in started]}).fetchall())
-        batch: list[NewEvent] = []
-        for s in started:
-            if s.run_id not in versions:
-                continue
-            submitted = JobSubmitted(
-                run_id=s.run_id,
-                executor="local",
-                job_id=s.job_id,
-                agent_id=agent_id,
-                process_start=s.process_start,
-                gpus=list(s.gpus),
-            )
-            began = RunStarted(run_id=s.run_id, started_at=s.started_at, host=HOST, job_id=s.job_id)
-            batch += [NewEvent(f"run-{s.run_id}", submitted, versions[s.run_id]), NewEvent(f"run-{s.run_id}", began)]
-        projections.record(conn, batch, meta=app.meta(), savepoint=False)
+        projections.record(conn, start_events(conn, started, agent_id), meta=app.meta(), savepoint=False)
 
     try:
         app.db.run(work)

@@ -273,3 +273,45 @@ def test_an_agent_stopped_holding_runs_claimed_ahead_ends_them_cancelled_without
         kinds = [k for (k,) in conn.execute("SELECT type FROM events WHERE stream = %s", (f"run-{run_id}",))]
         assert "JobSubmitted" not in kinds and "RunStarted" not in kinds, kinds
     assert count("JobSubmitted") == 2
+
+
+QUICK = """\
+name = "quick"
+command = ["true"]
+"""
+
+
+def test_a_job_that_started_and_ended_before_the_agent_recorded_either_has_both_recorded_start_first(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labctl.agent import Agent
+
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(QUICK)
+    run_id = submit(env, recipe)
+    app = app_for(env, monkeypatch)
+    worker = Agent(app, slots=1, reactors=[])
+    worker.jobs.start_thread()
+    try:
+        assert worker.claim()
+
+        def noted_its_end() -> bool:
+            worker.unrecorded.extend(worker.jobs.take())
+            return bool(worker.unrecorded.ended)
+
+        wait_for(noted_its_end, "the job started and ended, nothing recorded yet", timeout=60)
+        assert [s.run_id for s in worker.unrecorded.started] == [run_id]
+        assert worker.record_jobs()
+    finally:
+        worker.stop()
+        app.close()
+    # the start and the end went into the one append of the ends, each at its own version, the start first
+    rows = conn.execute(
+        "SELECT type, version FROM events WHERE stream = %s ORDER BY position", (f"run-{run_id}",)
+    ).fetchall()
+    types = [t for t, _ in rows]
+    assert types[-3:] == ["JobSubmitted", "RunStarted", "RunFinished"]
+    assert [v for _, v in rows] == list(range(1, len(rows) + 1))
+    assert statuses(conn, [run_id]) == {run_id: "succeeded"}
+    started = conn.execute("SELECT started_at, job_id FROM runs WHERE id = %s", (run_id,)).fetchone()
+    assert started is not None and started[0] is not None and started[1]
