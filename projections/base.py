@@ -49,6 +49,11 @@ class Table(Generic[R]):
     # A SELECT of this table's columns, in order, from the log up to %(until)s without the events at
     # positions %(skip)s (see State.undecodable): how a rebuild gets the rows, instead of folding them.
     rebuild_query: str | None = None
+    # How many jobs a rebuild fills the table in, at once on both of its connections (for a table whose
+    # query is most of a rebuild): the query then keeps only part %(part)s of %(parts)s of the rows (every
+    # caller passes both; part 0 of 1: all of them). A part's query may fail where the whole would not
+    # (runs_rebuild's on a log that does not split): the table is then computed again in one part.
+    rebuild_parts: int = 1
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -524,15 +524,27 @@ def _copy_rows(conn: psycopg.Connection[Any], schema: str, table: Table[Any], ro
             copy.write_row(table.to_db(row))
 
 
+def _rebuild_params(until: int, skip: list[int], part: int = 0, parts: int = 1) -> dict[str, Any]:
+    """The parameters of a ``Table.rebuild_query``: part ``part`` of ``parts`` of its rows (see
+    ``Table.rebuild_parts``) from the log up to ``until``, without the events at ``skip``."""
+    return {"until": until, "skip": skip, "part": part, "parts": parts}
+
+
 def _insert_server_built(
-    conn: psycopg.Connection[Any], schema: str, table: Table[Any], until: int, skip: list[int]
+    conn: psycopg.Connection[Any],
+    schema: str,
+    table: Table[Any],
+    until: int,
+    skip: list[int],
+    part: int = 0,
+    parts: int = 1,
 ) -> None:
-    """Fill ``schema.table`` with the rows the server computes from the log up to ``until``, without
-    the events at ``skip``."""
+    """Fill ``schema.table`` with (part ``part`` of ``parts`` of) the rows the server computes from the
+    log up to ``until``, without the events at ``skip``."""
     insert = sql.SQL("INSERT INTO {} ({}) ").format(
         sql.Identifier(schema, table.name), sql.SQL(", ").join(map(sql.Identifier, table.columns))
     )
-    conn.execute(insert + _rebuild_select(table), {"until": until, "skip": skip})
+    conn.execute(insert + _rebuild_select(table), _rebuild_params(until, skip, part, parts))
 
 
 def _as_read_model_owner(conn: psycopg.Connection[Any]) -> None:
@@ -645,13 +657,15 @@ def _fill(
     tables_done: TablesProgress | None = None,
     checked: int = 0,
 ) -> FoldResult:
-    # Jobs: fill a table (its query, then analyzed, committed), then build each of its indexes
-    # (queued first, for whichever connection is free: the last table's indexes need not wait on one).
-    todo: collections.deque[tuple[Table[Any], list[Statement] | None]] = collections.deque(
-        (t, None) for t in tables if t.rebuild_query is not None
+    # Jobs: fill a table (its query, then analyzed, committed; a table of several ``rebuild_parts``, one
+    # job a part, analyzed once all are in), then build each of its indexes (queued first, for whichever
+    # connection is free: the last table's indexes need not wait on one).
+    todo: collections.deque[tuple[Table[Any], int, list[Statement] | None]] = collections.deque(
+        (t, part, None) for t in tables if t.rebuild_query is not None for part in range(t.rebuild_parts)
     )
     with conn.transaction():
-        builds = _index_builds(conn, schema, [t.name for t, _ in todo])
+        builds = _index_builds(conn, schema, [t.name for t, _, _ in todo])
+    parts_left = {t.name: t.rebuild_parts for t in tables}
     indexes_left: dict[str, int] = {}
     ready = threading.Condition()
     running = [0]  # jobs taken and not done (they may queue more)
@@ -663,43 +677,64 @@ def _fill(
             tables_done(filled[0], len(tables))
 
     undecodable: list[int] | None = None  # known once the fold has ended
-    guessed: list[Table[Any]] = []  # filled before that, as if every event decoded
-    failed: list[Table[Any]] = []  # whose query failed before that
+    guessed: list[Table[Any]] = []  # filled (a part at least) before that, as if every event decoded
+    failed: list[Table[Any]] = []  # whose query (for a part at least) failed before that
+
+    def note(into: list[Table[Any]], table: Table[Any]) -> None:
+        with ready:
+            if table not in into:
+                into.append(table)
+
     errors: list[BaseException] = []
 
-    def take() -> tuple[Table[Any], list[Statement] | None, list[int] | None] | None:
+    def take() -> tuple[Table[Any], int, list[Statement] | None, list[int] | None] | None:
         with ready:
             while not todo and running[0] and not errors:
                 ready.wait()
             if errors or not todo:
                 return None
             running[0] += 1
-            table, build = todo.popleft()
-            return table, build, undecodable
+            table, part, build = todo.popleft()
+            return table, part, build, undecodable
 
-    def fill(c: psycopg.Connection[Any], table: Table[Any], skip: list[int] | None) -> list[list[Statement]]:
-        """Fill ``table`` (in a transaction of its own); return its index builds (none if its query failed)."""
+    def fill(
+        c: psycopg.Connection[Any], table: Table[Any], part: int, skip: list[int] | None
+    ) -> list[list[Statement]] | None:
+        """Fill part ``part`` of ``table`` (in a transaction of its own); once every part is in, return the
+        table's index builds (none if its query failed), else None."""
+        alone = table.rebuild_parts == 1  # (then analyzed in the same transaction)
         with c.transaction():
             _prepare(c, staging=True)
             if _has_events(table, census):  # (else left empty: no event could make a row)
                 try:
                     with c.transaction():  # (a savepoint: the failed query is retried at the end)
-                        _insert_server_built(c, schema, table, end, skip or [])
+                        _insert_server_built(c, schema, table, end, skip or [], part, table.rebuild_parts)
                 except psycopg.Error:
-                    if skip is not None:
+                    if skip is not None and alone:
                         raise
-                    failed.append(table)
-                    return []
-                if skip is None:
-                    guessed.append(table)
-            _analyze(c, schema, table)
+                    note(failed, table)  # (a part may fail where the whole does not: see Table.rebuild_parts)
+                else:
+                    if skip is None:
+                        note(guessed, table)
+            if alone and table not in failed:
+                _analyze(c, schema, table)
+        with ready:
+            parts_left[table.name] -= 1
+            if parts_left[table.name]:
+                return None
+        if table in failed:
+            return []
+        if not alone:  # (the other parts are committed: the statistics see every row)
+            with c.transaction():
+                _prepare(c, staging=True)
+                _analyze(c, schema, table)
         return builds[table.name]
 
     def work(c: psycopg.Connection[Any]) -> None:
         while (job := take()) is not None:
-            table, build, skip = job
+            table, part, build, skip = job
             if build is None:
-                more = fill(c, table, skip)
+                more = fill(c, table, part, skip)
             else:
                 with c.transaction():
                     _prepare(c, staging=True)
@@ -709,8 +744,11 @@ def _fill(
             with ready:
                 running[0] -= 1
                 if build is None:
+                    if more is None:  # (another part of the table is still being filled)
+                        ready.notify_all()
+                        continue
                     indexes_left[table.name] = len(more)
-                    todo.extendleft((table, b) for b in reversed(more))
+                    todo.extendleft((table, 0, b) for b in reversed(more))
                 else:
                     indexes_left[table.name] -= 1
                 if table not in failed and indexes_left[table.name] == 0:
@@ -745,7 +783,7 @@ def _fill(
         raise errors[0]
     with conn.transaction():
         _prepare(conn)
-        for table in failed + (guessed if undecodable else []):
+        for table in dict.fromkeys(failed + (guessed if undecodable else [])):
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, table.name)))
             _insert_server_built(conn, schema, table, end, undecodable or [])
             _index_and_analyze(conn, schema, table, indexes=table in failed)
@@ -1164,7 +1202,7 @@ def _diff_server_built(
     )
     present = table.columns.index(table.key[0])  # NULL on the side of the join without the row
     diffs: list[RowDiff] = []
-    for values in conn.execute(query, {"until": result.position, "skip": result.state.undecodable}):
+    for values in conn.execute(query, _rebuild_params(result.position, result.state.undecodable)):
         live, want = values[:n], values[n:]
         diff = _row_diff(
             table,

@@ -180,6 +180,12 @@ FROM (
                              'CancelRequested', 'RunStatusImported')
               AND e.position <= %(until)s
               AND e.position <> ALL (%(skip)s::bigint[])
+              -- part %(part)s of %(parts)s of the runs (see Table.rebuild_parts), by a hash of the stream, known
+              -- before the event is parsed: labctl appends a run's events to the stream 'run-' || its id. An
+              -- event on another stream (or without a run id) could put its run in two parts: meeting one, a
+              -- part fails (dividing by zero), and the rebuild computes the table again in one part.
+              AND (%(parts)s = 1 OR abs(mod(hashtext(e.stream), %(parts)s)) = %(part)s)
+              AND (%(parts)s = 1 OR 1 / (e.stream IS NOT DISTINCT FROM 'run-' || x.run_id)::integer = 1)
         ) AS ev
         WINDOW before AS (PARTITION BY run_id ORDER BY position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
     ) AS a

@@ -218,6 +218,24 @@ def test_a_rebuild_computes_the_same_runs_as_projecting_each_append(conn: psycop
     assert any(r[24] is not None for r in projected) and any(r[24] is None for r in projected)  # started_at
 
 
+def test_runs_whose_events_are_on_other_streams_are_rebuilt_the_same(conn: psycopg.Connection[Any]) -> None:
+    """A rebuild splits the runs by the stream of their events (labctl appends a run's to its own): a log
+    where some are on other streams, or that has events without a run id, still rebuilds to the rows the
+    handlers made."""
+    rng = random.Random(7)
+    log = [
+        NewEvent(f"elsewhere-{rng.randrange(9)}", e.event) if rng.random() < 0.2 else e for e in _varied_log(rng, 80)
+    ]
+    _appended(conn, log, rng)
+    events.append_batch(conn, [_raw("run-run_0001", "CancelRequested", '{"reason": "no run id"}')])
+    catch_up(conn)
+    projected = _runs(conn)
+    assert len(projected) > 50
+
+    replay_live(conn)
+    assert _runs(conn) == projected
+
+
 def test_the_world_as_of_a_past_position_has_the_runs_as_they_stood_then(conn: psycopg.Connection[Any]) -> None:
     rng = random.Random(3)
     log = _varied_log(rng, 60)
