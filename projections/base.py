@@ -238,8 +238,8 @@ class DbRows(Rows[R]):
             if len(rows) >= _COPY_FROM:
                 self._upsert_by_copy(rows)
             else:
-                with self.conn.cursor() as cur:
-                    cur.executemany(self.sql.upsert, rows)
+                # one statement of every row, not one per row: psycopg's work per statement is most of a flush
+                self.conn.execute(self.sql.upsert(len(rows)), [v for row in rows for v in row])
         if deletes:
             with self.conn.cursor() as cur:
                 cur.executemany(self.sql.delete, deletes)
@@ -292,8 +292,14 @@ class _Statements:
 
     select_by_key: bytes
     select_by_keys: bytes  # a one-column key: ``= ANY(%s)``
-    upsert: bytes
+    insert: bytes  # ``INSERT INTO t (cols) VALUES``, then a row's placeholders per row, then ``on_conflict``
+    row: bytes
+    on_conflict: bytes
     delete: bytes
+
+    def upsert(self, rows: int) -> bytes:
+        """An upsert of ``rows`` rows (their keys distinct: one statement may not change a row twice)."""
+        return b"%s %s %s" % (self.insert, b", ".join([self.row] * rows), self.on_conflict)
 
 
 @cache
@@ -307,19 +313,14 @@ def _statements(schema: str, table: Table[Any]) -> _Statements:
         select_by_keys=sql.SQL("SELECT {cols} FROM {t} WHERE {k} = ANY(%s)")
         .format(cols=_columns(table), t=t, k=sql.Identifier(table.key[0]))
         .as_bytes(),
-        upsert=sql.SQL("INSERT INTO {t} ({cols}) VALUES ({vals}) {conflict}")
-        .format(
-            t=t,
-            cols=_columns(table),
-            vals=sql.SQL(", ").join(sql.Placeholder() * len(table.columns)),
-            conflict=_on_conflict(table),
-        )
-        .as_bytes(),
+        insert=sql.SQL("INSERT INTO {t} ({cols}) VALUES").format(t=t, cols=_columns(table)).as_bytes(),
+        row=sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(table.columns))).as_bytes(),
+        on_conflict=_on_conflict(table).as_bytes(),
         delete=sql.SQL("DELETE FROM {t} WHERE {cond}").format(t=t, cond=by_key).as_bytes(),
     )
 
 
-# From this many rows a flush COPYs them instead of sending one upsert per row.
+# From this many rows a flush COPYs them instead of sending them in one upsert.
 _COPY_FROM = 200
 # Keys read per prefetch query (a query's parameters stay few).
 _PREFETCH_CHUNK = 500
