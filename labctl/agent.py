@@ -332,11 +332,12 @@ class Agent:
         versions = dict(queued)
         needs = self.needs_of(list(versions))
         chosen = choose(pool, [(r, needs[r]) for r in versions if r in needs], room)
-        # Runs whose submitter is still writing the run dir wait; the rest are claimed together.
-        ready = local_runs.ready(self.app, chosen)
+        # What the chosen runs promised when submitted (the job thread starts them from it), read before their
+        # claims: a run whose submitter is still writing its run dir waits; the rest are claimed together.
+        subs = local_runs.submissions(self.app, chosen)
+        ready = [r for r in chosen if r in subs and local_runs.written(subs[r].run_dir)]
         claimed = local_runs.claim_many(self.app, [(r, versions[r]) for r in ready], self.id)
-        subs = local_runs.submissions(self.app, claimed)
-        self.jobs.add([Claimed(run_id, needs[run_id], subs.get(run_id)) for run_id in claimed])
+        self.jobs.add([Claimed(run_id, needs[run_id], subs[run_id]) for run_id in claimed])
         return bool(claimed)
 
     def needs_of(self, run_ids: list[str]) -> dict[str, Need]:

@@ -46,11 +46,9 @@ def needs(app: App, run_ids: list[str]) -> dict[str, Need]:
     return {run_id: Need.of(msgspec.convert(res or {}, Resources)) for run_id, res in rows}
 
 
-def ready(app: App, run_ids: Sequence[str]) -> list[str]:
-    """Those of ``run_ids`` whose submitter has finished writing the run dir, in the same order."""
-    rows = app.db.conn.execute(QUERIES["run_dirs"], {"ids": list(run_ids)}).fetchall()
-    dirs = dict(rows)
-    return [r for r in run_ids if r in dirs and (Path(dirs[r]) / ".lab" / "context.json").exists()]
+def written(run_dir: str) -> bool:
+    """Whether the run's submitter has finished writing its run dir (``context.json`` is written last)."""
+    return (Path(run_dir) / ".lab" / "context.json").exists()
 
 
 def claim_many(app: App, runs: Sequence[tuple[str, int]], agent_id: str) -> list[str]:

@@ -71,9 +71,6 @@ SELECT name, position FROM reactor_checkpoints WHERE name = ANY (%(names)s)
 -- Job ids of this agent's runs whose cancel was requested and that have not ended.
 SELECT job_id FROM runs WHERE agent_id = %(agent_id)s AND cancel_requested AND status IN ('submitted', 'running')
 
--- name: run_dirs
-SELECT id, run_dir FROM runs WHERE id = ANY (%(ids)s)
-
 -- name: run_versions
 SELECT id, stream_version FROM runs WHERE id = ANY (%(ids)s)
 

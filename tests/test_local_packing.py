@@ -271,3 +271,27 @@ def test_the_agents_evald_skips_a_policy_that_can_never_fit_with_one_warning_and
     assert "Traceback" not in text and "reactor evald failed" not in text, text
     policies_asked = {p for (p,) in conn.execute("SELECT DISTINCT policy FROM evals")}
     assert policies_asked == {"fits"}
+
+
+def test_an_agent_claims_past_its_room_the_younger_jobs_that_fit_beside_one_that_does_not(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labctl.agent import Agent
+    from tests.test_agent_batches import app_for
+
+    env = {**env, "LABCTL_CLUSTER": str(write_cluster(tmp_path))}
+    three, none = recipe(tmp_path, 3), recipe(tmp_path, 0)
+    # two slots: the two oldest are all the agent has room for, and the second cannot run beside the first
+    first, second, third = submit(env, three, 1), submit(env, three, 2), submit(env, none, 3)
+    app = app_for(env, monkeypatch)
+    agent = Agent(app, slots=2)
+    try:
+        assert agent.claim()
+        claimed = [c.run_id for c in agent.jobs.queue]
+        assert claimed == [first, third]  # the GPU-less job goes ahead; the 3-GPU one waits for its GPUs
+        assert [c.need.gpus for c in agent.jobs.queue] == [3, 0]
+        assert dict(conn.execute("SELECT id, status FROM runs WHERE agent_id IS NULL").fetchall()) == {
+            second: "submitted"
+        }
+    finally:
+        app.close()
