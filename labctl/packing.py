@@ -7,12 +7,13 @@ against it; ``--slots`` only caps how many run at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from labctl.errors import InputError
@@ -199,17 +200,19 @@ def visible_devices(grant: Grant, capacity: Capacity) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(grant.gpu_ids)}
 
 
-def pinned_argv(argv: list[str], cpu_ids: Sequence[int] | None) -> tuple[list[str], Callable[[], None] | None]:
-    """``argv`` run on ``cpu_ids`` only: behind ``taskset`` (which execs it, same pid), else with a
-    ``preexec_fn`` (a Python callback in the forked child: slow to start, so only when taskset is missing)."""
+@contextlib.contextmanager
+def pinned(cpu_ids: Sequence[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cpu_ids`` only (None or empty: wherever this process may).
+
+    The calling thread is pinned to them meanwhile: on Linux a CPU affinity is a thread's own, and a process
+    a thread starts inherits that thread's, so the job runs on its CPUs from its first instruction, without
+    a ``taskset`` exec per job, and the agent's other threads stay where they were."""
     if not cpu_ids or not hasattr(os, "sched_setaffinity"):
-        return argv, None
-    taskset = shutil.which("taskset")
-    if taskset is not None:
-        return [taskset, "--cpu-list", ",".join(map(str, sorted(cpu_ids))), *argv], None
-    ids = set(cpu_ids)
-
-    def pin() -> None:
-        os.sched_setaffinity(0, ids)
-
-    return argv, pin
+        yield
+        return
+    before = os.sched_getaffinity(0)  # 0: the calling thread
+    os.sched_setaffinity(0, cpu_ids)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

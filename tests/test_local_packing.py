@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,19 @@ def test_jobs_are_pinned_to_cpus_of_their_own(
         seen.append((Path(row[0]) / "cpus").read_text().split()[-1])
     # each ran on exactly one CPU (a single id, no range or list)
     assert all(c.isdigit() for c in seen), seen
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one of them")
+def test_a_process_started_pinned_runs_on_its_cpus_from_its_start_and_its_starter_is_unpinned_after() -> None:
+    from labctl.packing import pinned
+
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    with pinned([cpu]):
+        # the first thing the process does is read its own affinity: nothing set it after it started
+        seen = subprocess.run(["grep", "Cpus_allowed_list", "/proc/self/status"], capture_output=True, text=True)
+    assert seen.stdout.split()[-1] == str(cpu)
+    assert os.sched_getaffinity(0) == before
 
 
 def test_the_agents_evald_skips_a_policy_that_can_never_fit_with_one_warning_and_runs_the_others(

@@ -16,10 +16,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from labctl.executors.base import JobSpec, JobState
-from labctl.packing import Capacity, Grant, pinned_argv, visible_devices
+from labctl.packing import Capacity, Grant, pinned, visible_devices
 from labctl.secrets import job_inherited_environ
 
 GRACE_SECONDS = 5.0
@@ -49,11 +48,17 @@ def parse_job_id(job_id: str) -> tuple[str, int] | None:
 def process_start(pid: int) -> int | None:
     """When ``pid`` started (clock ticks after boot, from /proc), or None if there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)  # read at every job start: no file object, no decoding
     except OSError:
         return None
+    try:
+        stat = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # the command name (field 2) may hold spaces and parentheses: count fields after its closing ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[19])  # field 22, starttime
 
 
@@ -81,24 +86,25 @@ class LocalExecutor:
     def __init__(self, grace_seconds: float = GRACE_SECONDS) -> None:
         self.jobs: dict[str, _Job] = {}
         self.grace = grace_seconds
+        #: what every job inherits: this process's environment as it started, filtered once (each value is
+        #: matched against the credential patterns); labctl sets no variable a job would inherit afterwards
+        self.environ = dict(job_inherited_environ(), LABCTL_HOST=HOST)
 
     def submit(self, job: JobSpec, grant: Grant | None = None, capacity: Capacity | None = None) -> str:
         """Start the job; with a ``grant``, it sees only its GPUs and runs on its CPUs."""
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(job_inherited_environ(), LABCTL_HOST=HOST)
-        if grant is not None and capacity is not None:
-            env.update(visible_devices(grant, capacity))
-        argv, pin = pinned_argv(["bash", str(job.script)], grant.cpu_ids if grant else None)
-        with open(job.log_path, "ab") as log:
+        env = self.environ
+        if grant is not None and capacity is not None and (devices := visible_devices(grant, capacity)):
+            env = env | devices
+        with open(job.log_path, "ab") as log, pinned(grant.cpu_ids if grant else None):
             proc = subprocess.Popen(
-                argv,
+                ["bash", str(job.script)],
                 cwd=job.run_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=pin,
             )
         job_id = job_id_of(proc.pid)
         self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))
