@@ -99,4 +99,18 @@ def test_every_struct_built_by_name_matches_its_querys_columns(conn: psycopg.Con
                 mismatched.append(f"{path.name} {struct} <- {name}: columns {sorted(columns)}")
             checked += 1
     assert not mismatched, "\n".join(mismatched)
-    assert checked >= 15
+    assert checked >= 14
+
+
+def test_the_parents_outputs_query_gives_stage_outputs_fields_in_their_order(conn: psycopg.Connection[Any]) -> None:
+    """``ParentOutputs.read`` builds each ``StageOutput`` from a row's columns by position (a tick reads the
+    outputs of every released child's parents at once): after the pair's run id and role, the query's
+    columns must be the struct's fields, in order."""
+    import msgspec
+
+    from labctl.pipelines.advance import QUERIES, StageOutput
+
+    conn.execute(f"PREPARE parents_outputs AS {as_prepared(QUERIES['outputs_of_roles'])}")
+    described = conn.pgconn.describe_prepared(b"parents_outputs")
+    columns = [described.fname(i).decode() for i in range(described.nfields)]
+    assert columns == ["run_id", "role", *(f.name for f in msgspec.structs.fields(StageOutput))]
