@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -302,7 +302,7 @@ class _Statements:
         return b"%s %s %s" % (self.insert, b", ".join([self.row] * rows), self.on_conflict)
 
 
-@cache
+@lru_cache(maxsize=256)  # (bounded: a rebuild's staging schema has a name of its own)
 def _statements(schema: str, table: Table[Any]) -> _Statements:
     t = sql.Identifier(schema, table.name)
     by_key = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in table.key)

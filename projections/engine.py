@@ -132,13 +132,14 @@ def _flush(state: State) -> None:
         rows.flush()
 
 
-@functools.cache
+# Composed once per schema, not on every append (as text, psycopg also caches its conversion). Bounded: every
+# rebuild writes the checkpoints of a staging schema of its own name, and a process may rebuild many times.
+@functools.lru_cache(maxsize=64)
 def _read_checkpoints(schema: str) -> bytes:
-    # composed once per schema, not on every append (as text, psycopg also caches its conversion)
     return sql.SQL("SELECT name, position FROM {}").format(sql.Identifier(schema, CHECKPOINTS)).as_bytes()
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)
 def _write_checkpoints(schema: str) -> bytes:
     return (
         sql.SQL(
