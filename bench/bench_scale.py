@@ -2,8 +2,9 @@
 
 For each size, database ``bench_scale`` is filled with a realistic log written
 by the store's own batched append (no inline projections): runs of 50 users
-(submitted, started, finished; a failed one in ten; 1% left queued and
-1% running), their checkpoints (ArtifactRegistered + OutputLinked), metrics
+(submitted, started, finished; a failed one in ten; among the newest 5,000
+runs, 1% left queued and 1% running, as on a cluster whose queue is bounded
+by its size, not by the lab's history), their checkpoints (ArtifactRegistered + OutputLinked), metrics
 ingested from ``.lab/metrics.jsonl`` (MetricsLogged), two-stage pipelines,
 sweeps and evals of checkpoints. Then, on the same server:
 
@@ -77,6 +78,9 @@ USERS = [f"user{i:02d}" for i in range(50)]
 T0 = datetime(2024, 1, 1, 9, 0, tzinfo=UTC)
 ROUNDS = 15
 BATCH = 5000
+# Only the newest runs can still be queued or running: a lab's unfinished runs are bounded by its
+# cluster, not by its history (so `status`, which lists them, has as much to show at 10M as at 1M).
+IN_FLIGHT_UNITS = 5000
 
 
 def parse_size(text: str) -> int:
@@ -96,8 +100,10 @@ def checkpoint_id(i: int) -> str:
     return f"artifact_{hashlib.sha256(str(i).encode()).hexdigest()[:24]}"
 
 
-def unit_events(i: int) -> list[NewEvent]:
-    """One run and what hangs off it; pipelines every 25th run, sweeps every 40th, evals every 5th."""
+def unit_events(i: int, in_flight: bool = False) -> list[NewEvent]:
+    """One run and what hangs off it; pipelines every 25th run, sweeps every 40th, evals every 5th.
+
+    ``in_flight``: one such run in 100 is left queued, another running."""
     rid, user = run_id(i), USERS[i % len(USERS)]
     stream = f"run-{rid}"
     at = T0 + timedelta(seconds=30 * i)
@@ -155,7 +161,7 @@ def unit_events(i: int) -> list[NewEvent]:
         sweep_index=i % 40 if sweep else None,
     )
     out.append(NewEvent(stream, submitted, version))
-    spread = (i // len(USERS)) % 100
+    spread = (i // len(USERS)) % 100 if in_flight else None
     if spread == 7:
         return out  # still queued
     out.append(NewEvent(stream, RunStarted(run_id=rid, started_at=at, host=f"gpu{i % 64:03d}", job_id=str(10**6 + i))))
@@ -205,12 +211,22 @@ def unit_events(i: int) -> list[NewEvent]:
     return out
 
 
+def units_for(target: int) -> int:
+    """About how many units make ``target`` events (the pattern repeats every 200 units)."""
+    per_unit = sum(len(unit_events(i)) for i in range(200)) / 200
+    return round(target / per_unit)
+
+
 def log_batches(target: int, start_unit: int = 0) -> Iterator[tuple[list[NewEvent], int]]:
-    """Batches of about ``BATCH`` events until ``target`` events; yields (batch, next unit)."""
+    """Batches of about ``BATCH`` events until ``target`` events; yields (batch, next unit).
+
+    The last ``IN_FLIGHT_UNITS`` units (of the log ``start_unit + target`` events would make, about)
+    may be unfinished."""
     n, i, batch = 0, start_unit, []
+    in_flight_from = start_unit + units_for(target) - IN_FLIGHT_UNITS
     while n < target:
         # A pipeline's or sweep's runs stay in the batch of its head, so their streams line up.
-        unit = unit_events(i)
+        unit = unit_events(i, in_flight=i >= in_flight_from)
         batch += unit
         n += len(unit)
         i += 1
@@ -515,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text_table(header, body), flush=True)  # after each size: a long run's early sizes are kept
     intro = (
         "`bench/bench_scale.py`: per size, a fresh database filled by the store's batched append with a realistic "
-        "log (50 users; runs submitted/started/finished, 1 in 10 failed, 1% left queued and 1% running; checkpoints "
+        "log (50 users; runs submitted/started/finished, 1 in 10 failed; among the newest 5,000 runs 1% left queued "
+        "and 1% running, since a lab's unfinished runs are bounded by its cluster, not its history; checkpoints "
         "registered and linked; metrics batches; two-stage pipelines every 25 runs, 8-point sweeps every 40, "
         "evals of every 5th checkpoint: about 6 events and 40 metric points per run), then `replay` builds the read "
         "models. Lookups are "
