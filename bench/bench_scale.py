@@ -401,7 +401,8 @@ def measure(url: str, size: int, say: Callable[[str], None]) -> Row:
         replay_s = time.perf_counter() - start
         conn.execute("VACUUM ANALYZE")
         who = USERS[7]
-        probe = units // 2 + 1  # a finished run in the middle of the log (i % 10 != 0)
+        # A run of ``who`` (i % 50 == 7) in the middle of the log, finished with its checkpoint (i % 10 != 0).
+        probe = units // 2 // 50 * 50 + 7
         rid = run_id(probe)
         say(f"{size:,}: lookups")
         status_ms = p50_ms(lambda: runs.status_rows(conn, user=who, state=None, everything=False))
