@@ -23,7 +23,7 @@ from labctl.app import App
 from labctl.artifacts import ContextError, hash_outputs
 from labctl.executors.base import JobSpec, JobState
 from labctl.executors.local import HOST, LocalExecutor
-from labctl.executors.sbatch_script import render_script_body
+from labctl.executors.sbatch_script import local_direct_exec, render_script_body
 from labctl.files import Recipe, Resources, parse_mem_mb, parse_time_seconds
 from labctl.finish import finish_runs
 from labctl.jobenv import job_command, job_environment, job_workdir
@@ -180,17 +180,22 @@ def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
     """Render ``.lab/submit.sh`` for a local job and describe it."""
     lab = Path(run_dir) / ".lab"
     lab.mkdir(parents=True, exist_ok=True)
+    env = job_environment(app.config, recipe, run_id, run_dir)
+    command, workdir, job_id = job_command(recipe), job_workdir(run_dir, recipe), layout.local_job_id(run_id)
     body = render_script_body(
-        env=job_environment(app.config, recipe, run_id, run_dir),
+        env=env,
         modules=app.config.modules,
-        command=job_command(recipe),
-        workdir=job_workdir(run_dir, recipe),
+        command=command,
+        workdir=workdir,
         labctl_bin=None,  # the agent hashes the outputs itself when the job ends
         run_dir=Path(run_dir),
-        job_id_expr=shlex.quote(layout.local_job_id(run_id)),  # as the original's local scheduler
+        job_id_expr=shlex.quote(job_id),  # as the original's local scheduler
     )
     script = lab / "submit.sh"
-    script.write_text("#!/bin/bash\n" + body)
+    script.write_text("#!/bin/bash\n" + body)  # written either way: it is what the job runs, shown to people
+    direct = local_direct_exec(
+        env=env, command=command, workdir=workdir, run_dir=Path(run_dir), job_id=job_id, modules=app.config.modules
+    )
     return JobSpec(
         run_id=run_id,
         run_dir=Path(run_dir),
@@ -201,6 +206,7 @@ def job_spec(app: App, run_id: str, run_dir: str, recipe: Recipe) -> JobSpec:
         cpus=recipe.resources.cpus,
         mem_mb=parse_mem_mb(recipe.resources.mem),
         gpus=recipe.resources.gpus,
+        direct=direct,
     )
 
 

@@ -19,6 +19,17 @@ import msgspec
 ACTIVE_STATES = frozenset({"submitted", "running"})
 
 
+class DirectExec(msgspec.Struct, frozen=True, kw_only=True):
+    """What the local job script's bash ends by ``exec``ing, and the variables it has set by then, when
+    nothing before that needs a shell (``sbatch_script.local_direct_exec``): the local executor starts the
+    command itself, one bash fewer per job."""
+
+    argv: tuple[str, ...]
+    #: the script's exports, then PWD and OLDPWD as its ``cd`` leaves them (over the inherited environment)
+    env: dict[str, str]
+    cwd: Path
+
+
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Everything an executor needs to start one run's job."""
 
@@ -36,6 +47,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     gpus: int = 0
     array: str | None = None  # SLURM: "0-9%2" for a sweep submitted as one array
     after_ok: Sequence[str] = ()  # SLURM: job ids this one waits for (sweep aggregates)
+    #: local: the script's command, started without the script's bash (None: the script runs)
+    direct: DirectExec | None = None
 
 
 class JobState(msgspec.Struct, frozen=True, kw_only=True):

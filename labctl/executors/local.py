@@ -2,7 +2,9 @@
 
 Each job runs ``bash .lab/submit.sh`` in its own session (so a cancel or a
 time limit signals the whole group), with stdout and stderr in the run's
-log. Time limits and cancels send SIGTERM, then SIGKILL after a grace period.
+log; or, where that script's bash would only set variables, enter a directory
+and ``exec`` the command, the command itself with those variables in that
+directory. Time limits and cancels send SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import BinaryIO
 
-from labctl.executors.base import JobSpec, JobState
+from labctl.executors.base import DirectExec, JobSpec, JobState
+from labctl.executors.sbatch_script import SHELL_STATE
 from labctl.packing import Capacity, Grant, pinned, visible_devices
 from labctl.secrets import job_inherited_environ
 
@@ -80,6 +84,19 @@ def kill_orphan(job_id: str, started: int | None) -> bool:
         return False
 
 
+def _as_bash_execs(environ: dict[str, str]) -> dict[str, str] | None:
+    """The environment as the job script's bash passes it on to the command it ``exec``s (before the script's
+    exports and its dirs): without ``_``, with SHLVL 0 where none was set. None when bash would do more with
+    it (read a startup file, exported options or functions; rewrite a level it does not take as it is)."""
+    level = environ.get("SHLVL", "0")
+    plain_level = level.isdigit() and level == str(int(level)) and int(level) < 999  # bash writes back a number
+    if not plain_level or not SHELL_STATE.isdisjoint(environ.keys() - {"SHLVL", "PWD", "OLDPWD"}):
+        return None
+    if any(name.startswith("BASH_FUNC_") for name in environ):
+        return None
+    return {"SHLVL": "0", **{k: v for k, v in environ.items() if k != "_"}}
+
+
 class LocalExecutor:
     name = "local"
 
@@ -89,26 +106,47 @@ class LocalExecutor:
         #: what every job inherits: this process's environment as it started, filtered once (each value is
         #: matched against the credential patterns); labctl sets no variable a job would inherit afterwards
         self.environ = dict(job_inherited_environ(), LABCTL_HOST=HOST)
+        #: the same as the job script's bash passes it on, or None if bash would do more with it
+        self.exec_environ = _as_bash_execs(self.environ)
 
     def submit(self, job: JobSpec, grant: Grant | None = None, capacity: Capacity | None = None) -> str:
         """Start the job; with a ``grant``, it sees only its GPUs and runs on its CPUs."""
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = self.environ
-        if grant is not None and capacity is not None and (devices := visible_devices(grant, capacity)):
-            env = env | devices
+        devices = visible_devices(grant, capacity) if grant is not None and capacity is not None else {}
         with open(job.log_path, "ab") as log, pinned(grant.cpu_ids if grant else None):
-            proc = subprocess.Popen(
-                ["bash", str(job.script)],
-                cwd=job.run_dir,
+            proc = None
+            if job.direct is not None and self.exec_environ is not None:
+                proc = self._start_direct(job.direct, {**self.exec_environ, **devices, **job.direct.env}, log)
+            if proc is None:
+                proc = subprocess.Popen(
+                    ["bash", str(job.script)],
+                    cwd=job.run_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.environ | devices,
+                    start_new_session=True,
+                )
+        job_id = job_id_of(proc.pid)
+        self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))
+        return job_id
+
+    def _start_direct(self, direct: DirectExec, env: dict[str, str], log: BinaryIO) -> subprocess.Popen[bytes] | None:
+        """The command the job script would ``exec``, in the environment its bash would give it; None if
+        it cannot start (not found, not executable, no such working directory): the script then runs, and its
+        bash says why in the log and exits as it always did (127, 126, 1)."""
+        try:
+            return subprocess.Popen(
+                direct.argv,
+                cwd=direct.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
-        job_id = job_id_of(proc.pid)
-        self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))
-        return job_id
+        except OSError:
+            return None
 
     def process_start_of(self, job_id: str) -> int | None:
         job = self.jobs.get(job_id)

@@ -9,12 +9,13 @@ outputs): there nothing follows the command, so bash ``exec``s it.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from labctl.executors.base import JobSpec
+from labctl.executors.base import DirectExec, JobSpec
 from labctl.files.cluster import SlurmSettings
 from labctl.files.recipe import Component, Resources
 from labctl.files.units import parse_mem_mb, parse_time_seconds
@@ -39,6 +40,11 @@ SHELL_WORDS = frozenset(
         "type typeset ulimit umask unalias unset wait "
         "if then else elif fi case esac for select while until do done in function time { } ! [[ ]] coproc"
     ).split()
+)
+#: variables that change what bash does before its ``exec`` or what it passes on (a startup file, its options,
+#: its level, its dirs): with one of them set, the local job script runs in bash (``local_direct_exec``)
+SHELL_STATE = frozenset(
+    {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT", "SHLVL", "PWD", "OLDPWD", "CDPATH", "PS4"}
 )
 
 
@@ -214,6 +220,34 @@ def render_script_body(
         lines.append(f"if [ $rc -eq 0 ]; then {hash_outputs} || true; fi")
     lines.append("exit $rc")
     return "\n".join(lines) + "\n"
+
+
+def local_direct_exec(
+    *,
+    env: Mapping[str, str],
+    command: Sequence[str],
+    workdir: Path,
+    run_dir: Path,
+    job_id: str,
+    modules: Sequence[str] = (),
+) -> DirectExec | None:
+    """What the local body (``render_script_body`` with no ``labctl_bin``, run by bash in ``run_dir``) ends by
+    ``exec``ing, and with which variables, when the lines before need no shell: no module to load, no
+    secrets file to source, no ``${VAR}`` to resolve, no variable that bash itself reads. None: they do,
+    or bash would not exec the command; the script's bash must run."""
+    if (
+        modules
+        or command[0] in SHELL_WORDS
+        or _ASSIGNMENT.match(command[0])
+        or (run_dir / SECRETS_FILE).exists()
+        or not workdir.is_absolute()
+        or any(REFERENCE.match(value) for value in env.values())
+        or not SHELL_STATE.isdisjoint(env)
+    ):
+        return None
+    # bash starts in run_dir (its physical path: the agent's PWD is not it); ``cd`` makes PWD the logical path
+    shell = {"LABCTL_JOB_ID": job_id, "OLDPWD": os.path.realpath(run_dir), "PWD": os.path.normpath(workdir)}
+    return DirectExec(argv=tuple(command), env={**env, **shell}, cwd=workdir)
 
 
 def format_mem(value: str) -> str:
