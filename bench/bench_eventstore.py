@@ -25,6 +25,8 @@ both sides of a ratio see the same noise.
 With ``--only replay``, just the rebuild log and ``replay_live`` end to end, each round in a fresh
 process (events/s and the process's peak memory); ``--against TREE`` alternates it with another
 checkout's code (e.g. ``git archive <commit> | tar -x -C TREE``) on the same log, for an A/B.
+With ``--only batched``, just the batched appends against COPY and eventsourcing, on a fresh log, each
+round's rates and ratio printed (for an A/B of the append, run it alternately from each checkout).
 """
 
 from __future__ import annotations
@@ -727,6 +729,24 @@ def replay_only(sizes: Sizes, against: Path | None) -> None:
                 print(f"round {r + 1} {name}: {events / seconds:,.0f} events/s ({seconds:.2f} s), peak {peak:,.0f} MB")
 
 
+def batched_only(sizes: Sizes) -> None:
+    with server() as srv:
+        es = es_recorder(srv)
+        with connect(srv.url(LABCTL_DB)) as conn:
+            ensure_schema(conn)
+            create_copy_target(conn)
+            b = bench_batched(conn, es, sizes)
+        es.datastore.close()
+        print(f"PostgreSQL {srv.version}; {machine_line('')}; load average {os.getloadavg()[0]:.1f}")
+    for r, (ours, copy) in enumerate(zip(b["labctl"].rates, b["copy"].rates, strict=True)):
+        print(f"round {r + 1}: labctl {ours:,.0f} events/s, COPY {copy:,.0f}: {ours / copy:.0%}")
+    ours, copy = b["labctl"].rate, b["copy"].rate
+    print(f"median: labctl {ours:,.0f} events/s, COPY {copy:,.0f}: {ours / copy:.0%}")
+    if "labctl_cpu" in b and "copy_cpu" in b:
+        ours, copy = b["labctl_cpu"].rate, b["copy_cpu"].rate
+        print(f"per CPU-second (client + server): labctl {ours:,.0f}, COPY {copy:,.0f}: {ours / copy:.0%}")
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -734,12 +754,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 30 s)")
     parser.add_argument("--write", action="store_true", help="replace the '## Event store' section of bench/RESULTS.md")
-    parser.add_argument("--only", choices=["replay"], help="run only this case (see the module's doc)")
+    parser.add_argument("--only", choices=["replay", "batched"], help="run only this case (see the module's doc)")
     parser.add_argument("--against", type=Path, help="with --only replay: another checkout to alternate with")
     opts = parser.parse_args(argv)
     sizes = QUICK if opts.quick else FULL
     if opts.only == "replay":
         replay_only(sizes, opts.against)
+        return
+    if opts.only == "batched":
+        batched_only(sizes)
         return
     # A plain `kill` still stops the embedded server we started (via server()'s finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
