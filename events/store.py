@@ -147,11 +147,12 @@ class _TextArray(bytes):
 
     @classmethod
     def of(cls, items: list[bytes]) -> _TextArray:
-        pack = _LENGTH.pack
-        return cls(
-            _ARRAY_HEAD.pack(1, 0, cls.element_oid, len(items), 1)
-            + b"".join([x for b in items for x in (pack(len(b)), b)])
-        )
+        # Each element's length before it, interleaved by slice assignment (a fifth of this
+        # function's time went to a tuple per element).
+        parts: list[bytes] = [b""] * (2 * len(items))
+        parts[0::2] = map(_LENGTH.pack, map(len, items))
+        parts[1::2] = items
+        return cls(_ARRAY_HEAD.pack(1, 0, cls.element_oid, len(items), 1) + b"".join(parts))
 
 
 class _JsonArray(_TextArray):
