@@ -12,7 +12,7 @@ import shutil
 import tomllib
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -592,11 +592,18 @@ def stage_many(app: App, requests: Sequence[Request]) -> Staged:
 
 
 def record_staged(
-    app: App, staged: Staged, *, extra: Sequence[NewEvent] = (), key: str | None = None
+    app: App,
+    staged: Staged,
+    *,
+    extra: Sequence[NewEvent] = (),
+    key: str | None = None,
+    extra_alone: Callable[[], object] | None = None,
 ) -> list[Submitted | Exception]:
     """Record what ``stage_many`` prepared: every submission and cache decision in one append, after
     ``extra`` (events that must commit with them, such as the pipeline these runs belong to). ``key``:
-    the append's idempotency key, when the caller's transaction may be retried whole (else a fresh one)."""
+    the append's idempotency key, when the caller's transaction may be retried whole (else a fresh one).
+    ``extra_alone``: what records ``extra`` instead when that append loses a race (events that may
+    themselves lose one, such as the pipelines a tick closes); by default ``extra`` is appended alone."""
     results, ready = staged.results, staged.ready
     uses = Counter(run.cache_key for _, _, req, run, _ in ready if not req.no_cache)
     together = [r for r in ready if uses[r[3].cache_key] <= 1 or r[2].no_cache]
@@ -607,7 +614,9 @@ def record_staged(
             results[i] = _after_record(as_user, run, result, will_hit)
     except ConcurrencyError:
         alone = ready
-        if extra:
+        if extra and extra_alone is not None:
+            extra_alone()
+        elif extra:
             app.record(extra, f"extra-{ready[0][3].run_id if ready else 'none'}-{uuid.uuid4().hex}")
     except DatabaseUnavailable:
         raise

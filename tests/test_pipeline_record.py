@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.test_agent_batches import app_for
-from tests.test_submit_many import stream_types
+from tests.test_submit_many import stream_types, submitted_of
 
 STAGE_A = """\
 name = "stage-a"
@@ -252,3 +252,83 @@ def test_run_pipeline_each_prints_every_pipeline(
     ids = [s["pipeline_id"] for s in shown]
     rows = conn.execute("SELECT count(*) FROM pipelines WHERE id = ANY(%s)", (ids,)).fetchone()
     assert rows == (2,)
+
+
+def _one_closing_one_releasing(app: Any, conn: psycopg.Connection[Any], tmp_path: Path) -> tuple[str, str, str]:
+    """Two pipelines: the first with every run ended (to close), the second with stage a succeeded and its b
+    waiting (to submit); neither advanced yet. Their ids and the second's b."""
+    from labctl.executors.base import JobState
+    from labctl.local_runs import finish_many
+    from labctl.pipelines.advance import advance_many
+    from labctl.pipelines.plan import run_pipelines
+
+    one, two = run_pipelines(app, tmp_path / "two.toml", "params.i=0..1")
+    roots = [one.runs["a"][0], two.runs["a"][0]]
+    for run_id in roots:  # as the job would: its output and marker
+        out = Path(submitted_of(conn, run_id).outputs[0].path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "out.txt").write_text(f"{run_id}\n")  # different bytes: the b runs do not share a cache key
+        (out / "DONE").touch()
+    succeeded = JobState(job_id="", state="succeeded", exit_code=0)
+    finish_many(app, [(run_id, succeeded) for run_id in roots])  # no ``then``: nothing advanced
+    advance_many(app, [one.pipeline_id])
+    finish_many(app, [(one.runs["b"][0], succeeded)])
+    return one.pipeline_id, two.pipeline_id, two.runs["b"][0]
+
+
+def test_pipelines_that_close_go_in_the_append_of_the_children_released_with_them(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections
+    from labctl.pipelines.advance import advance_many
+
+    appends: list[list[str]] = []
+    record = projections.record
+
+    def counted(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
+        appends.append([e.event.type_name for e in batch])
+        return record(on, batch, **kwargs)
+
+    app = app_for(env, monkeypatch)
+    try:
+        closing, releasing, child = _one_closing_one_releasing(app, conn, tmp_path)
+        with monkeypatch.context() as patch:
+            patch.setattr(projections, "record", counted)
+            assert advance_many(app, [closing, releasing])
+    finally:
+        app.close()
+    assert len(appends) == 1
+    assert "PipelineFinished" in appends[0] and "RunSubmitted" in appends[0]
+    assert (pipeline_status(conn, closing), pipeline_status(conn, releasing)) == ("succeeded", "running")
+    assert stream_types(conn, f"run-{child}").count("RunSubmitted") == 1
+
+
+def test_a_pipeline_closed_by_another_agent_meanwhile_does_not_keep_the_children_released_with_it_from_running(
+    conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, plan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close and the children's submissions share one append; when the close loses its race, the children
+    are still submitted (one by one) and the pipeline stays closed once."""
+    from labctl.pipelines import advance
+
+    app = app_for(env, monkeypatch)
+    other = app_for(env, monkeypatch)
+    try:
+        closing, releasing, child = _one_closing_one_releasing(app, conn, tmp_path)
+        load_many = advance.load_many
+        raced: list[bool] = []
+
+        def read_then_lose_the_race(on: psycopg.Connection[Any], ids: Any) -> Any:
+            loaded = load_many(on, ids)
+            if on is app.db.conn and not raced:  # another agent closes the pipeline between this read and this append
+                raced.append(advance.advance_many(other, [closing]))
+            return loaded
+
+        monkeypatch.setattr(advance, "load_many", read_then_lose_the_race)
+        assert advance.advance_many(app, [closing, releasing])
+    finally:
+        app.close()
+        other.close()
+    assert raced == [True]
+    assert stream_types(conn, f"pipeline-{closing}").count("PipelineFinished") == 1
+    assert stream_types(conn, f"run-{child}").count("RunSubmitted") == 1
+    assert conn.execute("SELECT status FROM runs WHERE id = %s", (child,)).fetchone() == ("submitted",)

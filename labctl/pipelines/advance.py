@@ -21,7 +21,7 @@ from events.types import InputRef, PipelineFinished, RunFinished, RunPending, Sw
 from labctl.app import App
 from labctl.errors import UserError
 from labctl.files import FileFormatError, FromInput, Recipe, StageInput
-from labctl.submit import Request, StageContext, artifact_alias, submit_many
+from labctl.submit import Request, StageContext, artifact_alias, record_staged, stage_many
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
 QUERIES = load_queries("labctl.pipelines", "pipelines.sql")
@@ -135,7 +135,7 @@ def advance(app: App, pipeline_id: str) -> bool:
 
 def advance_many(app: App, pipeline_ids: Sequence[str], *, user: str | None = None) -> bool:
     """``advance`` each pipeline, in bulk: one read of them all, every run ready to start submitted in one
-    transaction (``submit_many``), every finished pipeline closed in one; pipelines with nothing to do cost
+    append (``submit_many``) with every finished pipeline closed; pipelines with nothing to do cost
     nothing more. A pipeline whose wave ends runs (a cache hit, a failed parent) goes on through ``advance``.
     ``user``: only that user's pipelines (an agent never submits as another user); None: everyone's."""
     loaded = load_many(app.db.conn, pipeline_ids)
@@ -154,10 +154,10 @@ def advance_many(app: App, pipeline_ids: Sequence[str], *, user: str | None = No
             todo += [(pipeline, run_ids_of, runs, row) for row in ready]
         elif _all_ended(stages, runs):
             closing.append(loaded[pid])
-    outcomes = _submit_waiting(app, todo)
+    # the pipelines that close go into the released runs' append (one append where there were two)
+    outcomes, closed = _submit_waiting(app, todo, closing) if todo else ([], _close_many(app, closing))
     again += sorted({pipeline.id for (pipeline, *_), outcome in zip(todo, outcomes, strict=True) if outcome == "ended"})
-    changed = any(o is not None for o in outcomes)
-    changed |= _close_many(app, closing)
+    changed = closed or any(o is not None for o in outcomes)
     for pid in again:
         changed |= advance(app, pid)
     return changed
@@ -174,7 +174,7 @@ def _advance_once(app: App, pipeline_id: str) -> tuple[bool, bool]:
         if _end_dependency_failed(app, row, reason):
             changed = ended = True
     run_ids_of = {stage.name: stage.run_ids for stage in stages}
-    for outcome in _submit_waiting(app, [(pipeline, run_ids_of, runs, row) for row in ready]):
+    for outcome in _submit_waiting(app, [(pipeline, run_ids_of, runs, row) for row in ready])[0]:
         changed |= outcome is not None
         ended |= outcome == "ended"
     if not changed and _all_ended(stages, runs):
@@ -203,10 +203,14 @@ def _pendings_of(conn: psycopg.Connection[Any], run_ids: Sequence[str]) -> dict[
 
 
 def _submit_waiting(
-    app: App, waiting: Sequence[tuple[PipelineRow, dict[str, list[str]], dict[str, RunRow], RunRow]]
-) -> list[str | None]:
+    app: App,
+    waiting: Sequence[tuple[PipelineRow, dict[str, list[str]], dict[str, RunRow], RunRow]],
+    closing: Sequence[Loaded] = (),
+) -> tuple[list[str | None], bool]:
     """Submit waiting runs together (``submit_many``): per run ``"queued"``, ``"ended"`` (a cache hit or a
-    failed submission, recorded as the run's end) or None (nothing: another agent submitted it first)."""
+    failed submission, recorded as the run's end) or None (nothing: another agent submitted it first).
+    ``closing``: pipelines to close in the same append (``_close_many``; on its own when that append loses
+    a race); with whether any was closed here."""
     conn = app.db.conn
     outcomes: list[str | None] = [None] * len(waiting)
     requests: list[Request] = []
@@ -232,7 +236,12 @@ def _submit_waiting(
             outcomes[i] = _failed_submission(app, row, exc)
             continue
         which.append(i)
-    for i, result in zip(which, submit_many(app, requests), strict=True):
+    close = _close_events_of(app, closing)
+    alone: list[bool] = []  # when the one append lost a race: whether _close_many closed any on its own
+    submitted = record_staged(
+        app, stage_many(app, requests), extra=close, extra_alone=lambda: alone.append(_close_many(app, closing))
+    )
+    for i, result in zip(which, submitted, strict=True):
         row = waiting[i][3]
         if isinstance(result, ConcurrencyError):
             outcomes[i] = None  # another agent submitted it first
@@ -240,7 +249,7 @@ def _submit_waiting(
             outcomes[i] = _failed_submission(app, row, result)
         else:
             outcomes[i] = "ended" if result.status in TERMINAL_STATES else "queued"
-    return outcomes
+    return outcomes, alone[0] if alone else bool(close)
 
 
 def recipe_of(pending: RunPending) -> Recipe:
@@ -436,20 +445,27 @@ def _close_events(
     return [NewEvent(f"pipeline-{pipeline_id}", finished, 1), *batch]
 
 
+def _close_events_of(app: App, closing: Sequence[Loaded]) -> list[NewEvent]:
+    """The events that close pipelines whose runs all ended (``_close_events`` of each)."""
+    if not closing:
+        return []
+    sweeps: dict[str, list[tuple[str, str, list[str]]]] = {}
+    ids = [pipeline.id for pipeline, _, _ in closing]
+    for pid, sid, status, run_ids in app.db.conn.execute(QUERIES["sweeps_of_pipelines"], {"ids": ids}):
+        sweeps.setdefault(pid, []).append((sid, status, run_ids))
+    return [e for p, stages, runs in closing for e in _close_events(p.id, stages, runs, sweeps.get(p.id, []))]
+
+
 def _close_many(app: App, closing: Sequence[Loaded]) -> bool:
     """Close pipelines whose runs all ended, in one transaction; if one was closed meanwhile (another
     agent), each is closed on its own. True if any was closed here."""
     if not closing:
         return False
     ids = [pipeline.id for pipeline, _, _ in closing]
-    sweeps: dict[str, list[tuple[str, str, list[str]]]] = {}
-    for pid, sid, status, run_ids in app.db.conn.execute(QUERIES["sweeps_of_pipelines"], {"ids": ids}):
-        sweeps.setdefault(pid, []).append((sid, status, run_ids))
-    batches = [_close_events(p.id, stages, runs, sweeps.get(p.id, [])) for p, stages, runs in closing]
     try:
         # the key names exactly these pipelines: a retry of an unanswered commit is harmless
         which = ids[0] if len(ids) == 1 else hashlib.sha256(",".join(ids).encode()).hexdigest()[:24]
-        app.record([e for batch in batches for e in batch], f"close-{which}")
+        app.record(_close_events_of(app, closing), f"close-{which}")
     except ConcurrencyError:
         if len(closing) == 1:
             return False
