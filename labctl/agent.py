@@ -269,11 +269,13 @@ class Agent:
             def starts(conn: psycopg.Connection[Any]) -> list[NewEvent]:
                 return local_runs.start_events(conn, started, self.id)
 
-            local_runs.finish_many(self.app, todo.ended, then=self.advance_ended, hash_outputs=True, starts=starts)
+            local_runs.finish_many(
+                self.app, todo.ended, then=self.advance_ended, hash_outputs=True, starts=starts, subs=todo.subs
+            )
             todo.started = []
             for run_id, _ in todo.ended:
                 self.metric_files.forget(run_id)
-            todo.ended = []
+            todo.ended, todo.subs = [], {}
             for reactor in self.reactors:
                 if isinstance(reactor, Advancer):
                     reactor.note_advanced(self.advanced)  # committed: its handling of these ends can skip them

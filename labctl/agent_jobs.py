@@ -72,6 +72,8 @@ class Noted:
     started: list[local_runs.Started] = field(default_factory=list)
     unstartable: list[tuple[str, str]] = field(default_factory=list)  # run id, why
     ended: list[tuple[str, JobState]] = field(default_factory=list)
+    #: the ended runs' submissions, as read when they were claimed (``finish_runs`` need not read them again)
+    subs: dict[str, RunSubmitted] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.started or self.unstartable or self.ended)
@@ -80,6 +82,7 @@ class Noted:
         self.started += other.started
         self.unstartable += other.unstartable
         self.ended += other.ended
+        self.subs.update(other.subs)
 
 
 class Jobs:
@@ -107,6 +110,7 @@ class Jobs:
         self.grants: dict[str, Grant] = {}  # job id -> what it was given
         self.running: dict[str, str] = {}  # job id -> run id
         self.run_dirs: dict[str, str] = {}  # run id -> run dir, of the running jobs
+        self.subs: dict[str, RunSubmitted] = {}  # run id -> its submission, of the running jobs
         self.exit_fds: dict[str, int] = {}  # job id -> pidfd of its process, readable once it exits
         self.durations: deque[float] = deque(maxlen=2 * slots)  # of the last jobs that ended
         self.noted = Noted()
@@ -239,6 +243,8 @@ class Jobs:
             grant = self.grants.pop(job_id)
             self.free.give_back(grant)
             self.run_dirs.pop(run_id, None)
+            if (sub := self.subs.pop(run_id, None)) is not None:
+                self.noted.subs[run_id] = sub
             if state.started_at and state.finished_at:
                 self.durations.append((state.finished_at - state.started_at).total_seconds())
             self.noted.ended.append((run_id, state))
@@ -277,6 +283,8 @@ class Jobs:
         job_id, run_dir = result
         self.running[job_id] = claimed.run_id
         self.run_dirs[claimed.run_id] = run_dir
+        if claimed.sub is not None:
+            self.subs[claimed.run_id] = claimed.sub
         self.grants[job_id] = grant
         self._watch_exit(job_id)
         self.noted.started.append(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,6 +130,7 @@ def finish_runs(
     then: Callable[[list[RunSubmitted]], object] | None = None,
     before_store: BeforeStore | None = None,
     starts: Callable[[psycopg.Connection[Any]], Sequence[NewEvent]] | None = None,
+    known: Mapping[str, RunSubmitted] | None = None,
 ) -> list[str | None]:
     """Record the ends of several runs in one transaction (an agent's jobs that ended in one tick).
 
@@ -141,11 +142,14 @@ def finish_runs(
     ``before_store``: called on each succeeded run, in the thread that stores its outputs, before that.
     ``starts``: called in that transaction before the ends are read, for events to append first in the
     same append (the agent's jobs' starts: a job may have started and ended since the last record); a run's
-    end then expects the version after them.
+    end then expects the version after them. ``known``: submissions of these runs read already (the agent's,
+    when it claimed them); the others are read here.
     """
     if not ends:
         return []
-    subs = submissions_of(db.conn, [run_id for run_id, _ in ends])
+    subs = {run_id: known[run_id] for run_id, _ in ends if run_id in known} if known else {}
+    if unknown := [run_id for run_id, _ in ends if run_id not in subs]:
+        subs |= submissions_of(db.conn, unknown)
     endings = _prepare(db, config, ends, meta, subs, before_store)
     now = datetime.now(UTC)
     key = f"finish-{endings[0].run_id}-{uuid.uuid4().hex}"

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,10 @@ def finish_many(
     *,
     hash_outputs: bool = False,
     starts: Callable[[psycopg.Connection[Any]], Sequence[NewEvent]] | None = None,
+    subs: Mapping[str, RunSubmitted] | None = None,
 ) -> None:
-    """Record the ends of jobs that ended together, in one transaction (``then``, ``starts``: see ``finish_runs``).
+    """Record the ends of jobs that ended together, in one transaction (``then``, ``starts``, ``subs``: see
+    ``finish_runs``).
     ``hash_outputs``: first write each succeeded run's output manifest (``hash_finished_outputs``), in the
     thread that then stores its outputs."""
 
@@ -99,7 +101,7 @@ def finish_many(
         if sub.outputs:  # a run that declares no output has nothing to hash (nor to fsync)
             hash_finished_outputs(sub.run_id, sub.run_dir)
 
-    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None, starts)
+    finish_runs(app.db, app.config, ends, app.meta(), then, manifest if hash_outputs else None, starts, subs)
 
 
 class NotStartable(Exception):
