@@ -13,6 +13,22 @@ import pytest
 from tests.test_agent_batches import app_for
 from tests.test_submit_many import stream_types, submitted_of
 
+
+def appended_types(patch: pytest.MonkeyPatch) -> list[list[str]]:
+    """From now on (in ``patch``'s context), each append's event types, in order, in the list returned."""
+    import projections
+
+    appends: list[list[str]] = []
+    record = projections.record
+
+    def counted(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
+        appends.append([e.event.type_name for e in batch])
+        return record(on, batch, **kwargs)
+
+    patch.setattr(projections, "record", counted)
+    return appends
+
+
 STAGE_A = """\
 name = "stage-a"
 command = ["bash", "-c", 'mkdir -p "$1" && echo "$2" > "$1/out.txt" && touch "$1/DONE"', "x",
@@ -181,20 +197,12 @@ def test_run_pipeline_each_records_one_pipeline_per_value_in_one_append(
 ) -> None:
     """``run-pipeline --each params.i=0..2``: three pipelines, each what ``run-pipeline --set params.i=V``
     records (the pipeline, its waiting runs, its root submitted with the value), all in one append."""
-    import projections
     from labctl.pipelines.plan import run_pipelines
-
-    appends: list[list[str]] = []
-    record = projections.record
-
-    def counted(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
-        appends.append([e.event.type_name for e in batch])
-        return record(on, batch, **kwargs)
 
     app = app_for(env, monkeypatch)
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(projections, "record", counted)
+            appends = appended_types(patch)
             created = run_pipelines(app, tmp_path / "two.toml", "params.i=0..2")
     finally:
         app.close()
@@ -279,21 +287,13 @@ def _one_closing_one_releasing(app: Any, conn: psycopg.Connection[Any], tmp_path
 def test_pipelines_that_close_go_in_the_append_of_the_children_released_with_them(
     conn: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, plan: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import projections
     from labctl.pipelines.advance import advance_many
-
-    appends: list[list[str]] = []
-    record = projections.record
-
-    def counted(on: psycopg.Connection[Any], batch: Any, **kwargs: Any) -> Any:
-        appends.append([e.event.type_name for e in batch])
-        return record(on, batch, **kwargs)
 
     app = app_for(env, monkeypatch)
     try:
         closing, releasing, child = _one_closing_one_releasing(app, conn, tmp_path)
         with monkeypatch.context() as patch:
-            patch.setattr(projections, "record", counted)
+            appends = appended_types(patch)
             assert advance_many(app, [closing, releasing])
     finally:
         app.close()
