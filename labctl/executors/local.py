@@ -18,9 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import BinaryIO
 
-from labctl.executors.base import DirectExec, JobSpec, JobState
+from labctl.executors.base import JobSpec, JobState
 from labctl.executors.sbatch_script import SHELL_STATE
 from labctl.packing import Capacity, Grant, pinned, visible_devices
 from labctl.secrets import job_inherited_environ
@@ -97,6 +98,13 @@ def _as_bash_execs(environ: dict[str, str]) -> dict[str, str] | None:
     return {"SHLVL": "0", **{k: v for k, v in environ.items() if k != "_"}}
 
 
+def _start(argv: Sequence[str], cwd: Path, env: dict[str, str], log: BinaryIO) -> subprocess.Popen[bytes]:
+    """A job's process: in its own session (a cancel or a time limit signals the whole group), output to ``log``."""
+    return subprocess.Popen(
+        argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
 class LocalExecutor:
     name = "local"
 
@@ -115,38 +123,17 @@ class LocalExecutor:
         devices = visible_devices(grant, capacity) if grant is not None and capacity is not None else {}
         with open(job.log_path, "ab") as log, pinned(grant.cpu_ids if grant else None):
             proc = None
-            if job.direct is not None and self.exec_environ is not None:
-                proc = self._start_direct(job.direct, {**self.exec_environ, **devices, **job.direct.env}, log)
+            if (direct := job.direct) is not None and self.exec_environ is not None:
+                # the command the script would ``exec``, in the environment its bash would give it; if it cannot
+                # start (not found, not executable, no such directory), the script runs, and its bash says why
+                # in the log and exits as it always did (127, 126, 1)
+                with contextlib.suppress(OSError):
+                    proc = _start(direct.argv, direct.cwd, {**self.exec_environ, **devices, **direct.env}, log)
             if proc is None:
-                proc = subprocess.Popen(
-                    ["bash", str(job.script)],
-                    cwd=job.run_dir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=self.environ | devices,
-                    start_new_session=True,
-                )
+                proc = _start(["bash", str(job.script)], job.run_dir, self.environ | devices, log)
         job_id = job_id_of(proc.pid)
         self.jobs[job_id] = _Job(job, proc, time.monotonic(), datetime.now(UTC), process_start(proc.pid))
         return job_id
-
-    def _start_direct(self, direct: DirectExec, env: dict[str, str], log: BinaryIO) -> subprocess.Popen[bytes] | None:
-        """The command the job script would ``exec``, in the environment its bash would give it; None if
-        it cannot start (not found, not executable, no such working directory): the script then runs, and its
-        bash says why in the log and exits as it always did (127, 126, 1)."""
-        try:
-            return subprocess.Popen(
-                direct.argv,
-                cwd=direct.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        except OSError:
-            return None
 
     def process_start_of(self, job_id: str) -> int | None:
         job = self.jobs.get(job_id)
