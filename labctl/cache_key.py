@@ -26,6 +26,7 @@ from labctl.artifacts import path_identity_hash
 from labctl.files import Recipe, canonical_recipe_bytes
 from labctl.fingerprints import Fingerprint, fingerprint
 from labctl.provenance import Source
+from labctl.realpath import realpath
 
 _ENCODER = msgspec.json.Encoder(order="sorted")
 
@@ -63,7 +64,7 @@ def command_files(recipe: Recipe) -> list[str]:
                 continue
             path = os.path.expanduser(candidate)
             if os.path.isabs(path) and os.path.isfile(path):
-                real = os.path.realpath(path)
+                real = realpath(path)
                 if real not in found:
                     found.append(real)
     return sorted(found)
@@ -120,14 +121,14 @@ class Remembered(Lookups):
             return found
         head, name = os.path.split(path)
         if not head.startswith("/") or head == path or name in ("", ".", ".."):
-            found = os.path.realpath(path)  # relative, the root, or not normalized: as realpath does it
+            found = realpath(path)  # relative, the root, or not normalized: as realpath does it
         else:
             candidate = os.path.join(self.realpath(head), name)
             try:
                 link = stat.S_ISLNK(os.lstat(candidate).st_mode)
             except OSError:
                 link = False  # missing: kept as written, as realpath does
-            found = os.path.realpath(candidate) if link else candidate
+            found = realpath(candidate) if link else candidate
         self._real[path] = found
         return found
 

@@ -14,6 +14,7 @@ from labctl.app import App
 from labctl.artifact_queries import find_artifact
 from labctl.artifacts import artifact_id, path_identity_hash
 from labctl.errors import InputError
+from labctl.realpath import realpath
 from labctl.retry import retry_on_conflict
 
 EXTERNAL_KIND = "external"
@@ -36,7 +37,7 @@ def register_external(app: App, *, alias: str, path: str, kind: str = EXTERNAL_K
     if kind_root(app, kind) is None:
         known = ", ".join(sorted(app.config.filesystem.artifact_roots)) or "none"
         raise InputError(f"no artifact root for kind {kind!r} in the cluster config (configured: {known})")
-    canonical = os.path.realpath(path)
+    canonical = realpath(path)
     digest = path_identity_hash(canonical)
     aid = artifact_id(digest)
     size = os.path.getsize(canonical) if os.path.isfile(canonical) else None

@@ -21,6 +21,7 @@ import psycopg
 
 from events.queries import load_queries
 from labctl.artifacts.hashing import dir_content_hash
+from labctl.realpath import realpath
 
 QUERIES = load_queries("labctl", "artifacts.sql")
 
@@ -44,7 +45,7 @@ class Fingerprint(msgspec.Struct, frozen=True, kw_only=True):
 
 def tree_stat(path: str) -> TreeStat:
     """One digest over the path, size, mtime and inode of every regular file under ``path`` (or of ``path``)."""
-    root = os.path.realpath(path)
+    root = realpath(path)
     if os.path.isfile(root):
         st = os.stat(root)
         line = f".\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}"
@@ -77,7 +78,7 @@ def _name(entry: os.DirEntry[str]) -> str:
 
 def fingerprint(conn: psycopg.Connection[Any], path: str) -> Fingerprint:
     """The content hash of the file or tree at ``path``, reusing the stored one while its stat digest holds."""
-    real = os.path.realpath(path)
+    real = realpath(path)
     before = tree_stat(real)
     row = conn.execute(QUERIES["stored_fingerprint"], {"path": real, "stat_digest": before.digest}).fetchone()
     if row is not None:

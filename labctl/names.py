@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from labctl.realpath import realpath
+
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 NAME_RULE = "letters, digits, '.', '_' or '-', not starting with '.' or '-', at most 255 characters"
 #: directory names labctl itself uses beside the users' directories
@@ -45,8 +47,8 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     count as inside: nothing may move, link or delete a whole root.
     """
     path = Path(path)
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(path.parent)) / path.name
+    real_root = Path(realpath(root))
+    real = Path(realpath(path.parent)) / path.name
     if path.name in ("", ".", "..") or real == real_root or not real.is_relative_to(real_root):
         raise OutsideRoot(f"{path} is outside {root}; refusing to touch it")
     return path

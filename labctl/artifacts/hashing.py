@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from labctl.realpath import realpath
+
 _CHUNK = 1 << 20  # 1 MiB: big enough that sha256 releases the GIL, small enough to stay in cache
 # Files this small never release the GIL (hashlib keeps it below 2 KiB), so threads only
 # contend over them: the calling thread hashes them while the pool hashes the rest.
@@ -92,7 +94,7 @@ def path_identity_hash(path: str) -> str:
     Used for checkpoint-stream steps and external artifacts, whose identity is
     where they are rather than what they hold.
     """
-    return hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()
+    return hashlib.sha256(os.fsencode(realpath(path))).hexdigest()
 
 
 def artifact_id(content_hash: str) -> str:

@@ -17,6 +17,7 @@ import msgspec
 from labctl.artifacts.atomic import atomic_write_bytes
 from labctl.artifacts.hashing import check_hash, dir_content_hash
 from labctl.names import check_name, inside
+from labctl.realpath import realpath
 
 OBJECTS_DIRNAME = "_objects"
 ALIASES_DIRNAME = "aliases"
@@ -250,4 +251,4 @@ def _link(src: Path, dest: Path) -> None:
 
 def _relative_target(target: str | os.PathLike[str], link_dir: Path) -> str:
     # Physical paths: the kernel resolves `..` in a link from the real directory it sits in.
-    return os.path.relpath(os.path.realpath(target), os.path.realpath(link_dir))
+    return os.path.relpath(realpath(target), realpath(link_dir))

@@ -19,6 +19,7 @@ from labctl.executors.base import DirectExec, JobSpec
 from labctl.files.cluster import SlurmSettings
 from labctl.files.recipe import Component, Resources
 from labctl.files.units import parse_mem_mb, parse_time_seconds
+from labctl.realpath import realpath
 from labctl.secrets import REFERENCE, SECRETS_FILE
 
 SHEBANG = "#!/bin/bash\n"
@@ -246,7 +247,7 @@ def local_direct_exec(
     ):
         return None
     # bash starts in run_dir (its physical path: the agent's PWD is not it); ``cd`` makes PWD the logical path
-    shell = {"LABCTL_JOB_ID": job_id, "OLDPWD": os.path.realpath(run_dir), "PWD": os.path.normpath(workdir)}
+    shell = {"LABCTL_JOB_ID": job_id, "OLDPWD": realpath(run_dir), "PWD": os.path.normpath(workdir)}
     return DirectExec(argv=tuple(command), env={**env, **shell}, cwd=workdir)
 
 
