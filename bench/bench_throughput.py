@@ -24,7 +24,14 @@ on the same machine:
 
 Targets (issue 15): at least 2x Snakemake's jobs/s and within 2x of xargs.
 
-    PYTHONPATH=. python bench/bench_throughput.py [--pipelines 1000] [--rounds 2] [--quick] [--write]
+All three write their files under ``--dir`` (a temporary directory there; default: the system's, e.g.
+``/tmp``). Creating a file or directory costs very different CPU on different file systems (on the
+2-core VMs of ``RESULTS.md``, ~0.5-0.8 ms on the ext4 behind ``/tmp`` against ~0.01 ms on ``/dev/shm``),
+and a labctl job creates more of them than the others (its run dir, ``.lab/``, ``context.json``,
+``submit.sh``, the log, the output manifest, the artifact's ``.meta.json`` and two links), so the bench
+measures that cost in the same directory and prints it beside the ratios.
+
+    PYTHONPATH=. python bench/bench_throughput.py [--pipelines 1000] [--rounds 2] [--quick] [--dir D] [--write]
 """
 
 from __future__ import annotations
@@ -77,6 +84,20 @@ rule b:
     output: touch("b/{{i}}.ok")
     shell: """bash -c '{b}' x a/{{wildcards.i}}"""
 '''
+
+
+def create_cost_us(folder: Path, n: int = 300) -> float:
+    """CPU microseconds per file created in a fresh directory of its own (as a run dir's files are) under
+    ``folder``: what one more file per job costs on this file system."""
+    work = Path(tempfile.mkdtemp(dir=folder, prefix="creates-"))
+    try:
+        start = time.process_time()
+        for k in range(n):
+            os.mkdir(work / str(k))
+            (work / str(k) / "f").touch()
+        return (time.process_time() - start) / (2 * n) * 1e6
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass
@@ -169,12 +190,15 @@ def main() -> None:
     parser.add_argument("--pipelines", type=int, default=1000, help="two-stage pipelines (jobs = 2x)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="100 pipelines, one round")
+    parser.add_argument(
+        "--dir", type=Path, help="where the runs' and the peers' files go (default: the system's temp dir)"
+    )
     parser.add_argument("--write", action="store_true", help=f"replace the '## {HEADING}' section of RESULTS.md")
     opts = parser.parse_args()
     n, rounds = (100, 1) if opts.quick else (opts.pipelines, opts.rounds)
     step = step_printer()
     results: list[Round] = []
-    with bench_server([DB], prefix="labctl-bench-throughput-") as srv, tempfile.TemporaryDirectory() as tmp:
+    with bench_server([DB], prefix="labctl-bench-throughput-") as srv, tempfile.TemporaryDirectory(dir=opts.dir) as tmp:
         url = srv.url(DB)
         home, env = agent_env(url, Path(tmp))
         two, _ = write_files(Path(tmp) / "files", 2)
@@ -204,10 +228,13 @@ def main() -> None:
             )
         app.close()
         machine = machine_line(srv.describe())
-    report(opts, n, rounds, machine, results)
+        creates = (Path(tmp).parent, create_cost_us(Path(tmp)))
+    report(opts, n, rounds, machine, results, creates)
 
 
-def report(opts: argparse.Namespace, n: int, rounds: int, machine: str, results: list[Round]) -> None:
+def report(
+    opts: argparse.Namespace, n: int, rounds: int, machine: str, results: list[Round], creates: tuple[Path, float]
+) -> None:
     jobs = 2 * n
     record = median([r.record_s for r in results])
     drain = median([r.drain_s for r in results])
@@ -252,7 +279,8 @@ def report(opts: argparse.Namespace, n: int, rounds: int, machine: str, results:
         "children's submission all recorded), Snakemake (same commands as two wildcard rules, `--cores 8`) and "
         "`xargs -P 8` (every `a` command, then every `b`), interleaved round by round, median of "
         f"{rounds} round{'s' * (rounds > 1)}.\n\n"
-        f"Machine: {machine}; load average {os.getloadavg()[0]:.1f} at the end.\n\n"
+        f"Machine: {machine}; load average {os.getloadavg()[0]:.1f} at the end. Files under {creates[0]}, where "
+        f"creating a file or directory costs {creates[1]:,.0f} us of CPU (measured after the rounds).\n\n"
         + markdown_table(("measure", "labctl", "peer", "ratio", "target"), rows)
     )
     report_section(HEADING, body, write=opts.write)
