@@ -520,6 +520,8 @@ class Request:
     stage: StageContext | None = None
     run_id: str | None = None
     run_version: int = 0
+    #: the run already prepared from these fields (a pipeline's root, prepared to check it): not prepared again
+    prepared: PreparedRun | None = None
 
 
 #: what a submission can fail with that is the submitted run's, not the submitter's (it ends the run)
@@ -561,7 +563,7 @@ def stage_many(app: App, requests: Sequence[Request]) -> Staged:
     for i, req in enumerate(requests):
         as_user = app if req.user == app.user else dataclasses.replace(app, user=req.user)
         try:
-            run = prepare(
+            run = req.prepared or prepare(
                 as_user, req.recipe, req.recipe_path, stage=req.stage, executor=req.executor, run_id=req.run_id
             )
         except DatabaseUnavailable:
