@@ -62,6 +62,7 @@ from labctl.lookup import alias_target
 from labctl.names import check_name, inside
 from labctl.packing import refuse_if_never_fits
 from labctl.provenance import Source, capture_provenance, inspect_repo, snapshot
+from labctl.realpath import resolved
 from labctl.retry import retry_on_conflict
 from labctl.secrets import split_secrets, write_secrets
 
@@ -302,7 +303,7 @@ def prepare(
         user=app.user,
         executor=executor,
         recipe=rendered,
-        recipe_path=str(Path(path).resolve()) if path else "",
+        recipe_path=resolved(path) if path else "",
         inputs=inputs,
         outputs=outputs,
         cache_key=parts.key,
