@@ -25,6 +25,7 @@ from labctl.packing import refuse_if_never_fits
 from labctl.pipelines.advance import QUERIES, PipelineRow, advance, request_of
 from labctl.secrets import split_secrets
 from labctl.submit import Request, StageContext, apply_overrides, prepare, record_staged, resolve_inputs, stage_many
+from projections.engine import without_gc
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
 
@@ -163,35 +164,37 @@ def create_pipelines(
     executor = executor or app.executor
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
-    planned = [_plan(app, plan, executor, sweep_of, no_cache) for plan in plans]
-    if not planned:
-        return []
-    # The first waves are prepared and their run dirs written (each ending in an fsync) before the
-    # transaction, not while it holds the log's append lock.
-    staged = stage_many(app, [r for p in planned for r in p.requests])
-    first = planned[0].submitted.pipeline_id
-    key = f"pipeline-{first}" if len(planned) == 1 else f"pipelines-{first}-{len(planned)}"
+    # Thousands of runs' objects, none in a cycle: the cyclic collector would rescan them over and over.
+    with without_gc():
+        planned = [_plan(app, plan, executor, sweep_of, no_cache) for plan in plans]
+        if not planned:
+            return []
+        # The first waves are prepared and their run dirs written (each ending in an fsync) before the
+        # transaction, not while it holds the log's append lock.
+        staged = stage_many(app, [r for p in planned for r in p.requests])
+        first = planned[0].submitted.pipeline_id
+        key = f"pipeline-{first}" if len(planned) == 1 else f"pipelines-{first}-{len(planned)}"
 
-    def record_and_start(conn: psycopg.Connection[Any]) -> None:
-        # The pipelines, their runs and the submissions of their first waves in one append (one projection
-        # pass): one commit, and never a pipeline recorded without its first wave. A pipeline whose first
-        # wave has a run that ended (a cache hit) or could not be submitted is advanced in the same
-        # transaction. A failure records none of it.
-        results = record_staged(app, staged, extra=[e for p in planned for e in p.events], key=key)
-        at = 0
-        for p in planned:
-            mine, at = results[at : at + len(p.requests)], at + len(p.requests)
-            if p.waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in mine):
-                advance(app, p.submitted.pipeline_id)
+        def record_and_start(conn: psycopg.Connection[Any]) -> None:
+            # The pipelines, their runs and the submissions of their first waves in one append (one projection
+            # pass): one commit, and never a pipeline recorded without its first wave. A pipeline whose first
+            # wave has a run that ended (a cache hit) or could not be submitted is advanced in the same
+            # transaction. A failure records none of it.
+            results = record_staged(app, staged, extra=[e for p in planned for e in p.events], key=key)
+            at = 0
+            for p in planned:
+                mine, at = results[at : at + len(p.requests)], at + len(p.requests)
+                if p.waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in mine):
+                    advance(app, p.submitted.pipeline_id)
 
-    try:
-        app.db.run(record_and_start)
-    except DatabaseUnavailable:
-        raise  # the commit may have happened unanswered: the run dirs may be needed
-    except BaseException:
-        staged.discard()
-        raise
-    return [p.submitted for p in planned]
+        try:
+            app.db.run(record_and_start)
+        except DatabaseUnavailable:
+            raise  # the commit may have happened unanswered: the run dirs may be needed
+        except BaseException:
+            staged.discard()
+            raise
+        return [p.submitted for p in planned]
 
 
 def _plan(app: App, plan: PipelinePlan, executor: str, sweep_of: str | None, no_cache: bool) -> _Planned:
