@@ -10,6 +10,7 @@ reused while every file's size, mtime and inode are unchanged, see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shlex
@@ -49,25 +50,29 @@ def key_of(parts: CacheKeyParts) -> str:
 def command_files(recipe: Recipe) -> list[str]:
     """Absolute paths of the existing regular files the command names: arguments, ``--k=v`` values,
     and the words of a ``bash -c`` script (``~`` expanded). Template tokens are never files."""
-    words: list[str] = []
-    for arg in [*recipe.command, *recipe.args.values()]:
-        words.append(arg)
-        if " " in arg or "\n" in arg:
-            try:
-                words += shlex.split(arg, comments=True)
-            except ValueError:
-                words += arg.split()
     found: list[str] = []
-    for word in words:
-        for candidate in (word, word.partition("=")[2]):
-            if not candidate or "{" in candidate:
-                continue
+    for arg in [*recipe.command, *recipe.args.values()]:
+        for candidate in _path_words(arg):
             path = os.path.expanduser(candidate)
             if os.path.isabs(path) and os.path.isfile(path):
                 real = realpath(path)
                 if real not in found:
                     found.append(real)
     return sorted(found)
+
+
+@functools.lru_cache(maxsize=4096)  # a pipeline's runs repeat their commands: each script is split once
+def _path_words(arg: str) -> tuple[str, ...]:
+    """The words of one argument that can name a file: the argument, the words of its script when it has
+    spaces or lines, and each one's ``=`` value; only those starting ``/`` or ``~`` (none with a token)."""
+    words = [arg]
+    if " " in arg or "\n" in arg:
+        try:
+            words += shlex.split(arg, comments=True)
+        except ValueError:
+            words += arg.split()
+    candidates = (c for word in words for c in (word, word.partition("=")[2]))
+    return tuple(c for c in candidates if c[:1] in ("/", "~") and "{" not in c)
 
 
 class Lookups:

@@ -23,11 +23,11 @@ LEGACY_LOG = "log.txt"
 
 
 def user_runs_dir(runs_base: str | Path, user: str) -> Path:
-    return Path(runs_base) / RUNS_DIRNAME / user
+    return Path(runs_base, RUNS_DIRNAME, user)
 
 
 def run_dir(runs_base: str | Path, user: str, run_id: str) -> Path:
-    return user_runs_dir(runs_base, user) / run_id
+    return Path(runs_base, RUNS_DIRNAME, user, run_id)  # one Path built, not three: made for every run recorded
 
 
 def source_dir(run_dir: str | Path, repo: str) -> Path:

@@ -47,8 +47,10 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     count as inside: nothing may move, link or delete a whole root.
     """
     path = Path(path)
-    real_root = Path(realpath(root))
-    real = Path(realpath(path.parent)) / path.name
-    if path.name in ("", ".", "..") or real == real_root or not real.is_relative_to(real_root):
+    real_root = realpath(root)
+    real = os.path.join(realpath(path.parent), path.name)
+    # realpath answers are normalized, so "below the root" is a string prefix ending at a separator
+    below = real.startswith(real_root if real_root.endswith("/") else real_root + "/")
+    if path.name in ("", ".", "..") or real == real_root or not below:
         raise OutsideRoot(f"{path} is outside {root}; refusing to touch it")
     return path

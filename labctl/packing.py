@@ -105,14 +105,20 @@ def detected_mem_mb() -> int:
 
 def machine_capacity(local: Local) -> Capacity:
     usable = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
-    cpus = local.cpus or len(usable) or os.cpu_count() or 1
+    return _capacity(local.cpus, local.mem, tuple(local.gpus) if local.gpus is not None else None, usable)
+
+
+@functools.lru_cache(maxsize=16)  # asked at every local submission, for the same declaration and CPUs each time
+def _capacity(cpus: int | None, mem: str | None, gpus: tuple[str, ...] | None, usable: tuple[int, ...]) -> Capacity:
+    """The capacity a ``[local]`` declaring ``cpus``, ``mem`` and ``gpus`` (None: detected) gives on ``usable``."""
+    count = cpus or len(usable) or os.cpu_count() or 1
     return Capacity(
-        cpus=cpus,
-        mem_mb=parse_mem_mb(local.mem) if local.mem is not None else detected_mem_mb(),
-        gpus=tuple(local.gpus) if local.gpus is not None else detected_gpus(),
+        cpus=count,
+        mem_mb=parse_mem_mb(mem) if mem is not None else detected_mem_mb(),
+        gpus=gpus if gpus is not None else detected_gpus(),
         # pin only to CPUs that exist: a declaration larger than the machine shares them instead
-        cpu_ids=usable if usable and cpus <= len(usable) else None,
-        declared=frozenset(k for k in ("cpus", "mem", "gpus") if getattr(local, k) is not None),
+        cpu_ids=usable if usable and count <= len(usable) else None,
+        declared=frozenset(k for k, v in (("cpus", cpus), ("mem", mem), ("gpus", gpus)) if v is not None),
     )
 
 

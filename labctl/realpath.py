@@ -12,6 +12,7 @@ answer is ``os.path.realpath``'s own.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 _O_PATH = getattr(os, "O_PATH", 0)
 _PROC_FD = "/proc/self/fd/"
@@ -20,18 +21,26 @@ _FAST = bool(_O_PATH) and os.path.isdir(_PROC_FD)
 
 def realpath(path: str | os.PathLike[str]) -> str:
     """The canonical absolute path, symlinks resolved: ``os.path.realpath(path)``."""
-    if _FAST:
-        try:
-            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
-        except (OSError, ValueError):
-            pass  # missing, a loop, a NUL byte...: realpath says what it makes of it
-        else:
-            try:
-                found = os.readlink(f"{_PROC_FD}{fd}")
-            except OSError:
-                found = ""
-            finally:
-                os.close(fd)
-            if found.startswith("/") and not found.endswith(" (deleted)"):
-                return found
-    return os.path.realpath(path)
+    return _by_kernel(path) or os.path.realpath(path)
+
+
+def resolved(path: str | os.PathLike[str]) -> str:
+    """``str(Path(path).resolve())``: when the kernel answers, the path exists (no link loop to report)."""
+    return _by_kernel(path) or str(Path(path).resolve())
+
+
+def _by_kernel(path: str | os.PathLike[str]) -> str | None:
+    """The kernel's canonical path, or None when it cannot tell (missing, a loop, no ``/proc``)."""
+    if not _FAST:
+        return None
+    try:
+        fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None  # missing, a loop, a NUL byte...: realpath says what it makes of it
+    try:
+        found = os.readlink(f"{_PROC_FD}{fd}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return found if found.startswith("/") and not found.endswith(" (deleted)") else None

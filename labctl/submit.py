@@ -62,6 +62,7 @@ from labctl.lookup import alias_target
 from labctl.names import check_name, inside
 from labctl.packing import refuse_if_never_fits
 from labctl.provenance import Source, capture_provenance, inspect_repo, snapshot
+from labctl.realpath import resolved
 from labctl.retry import retry_on_conflict
 from labctl.secrets import split_secrets, write_secrets
 
@@ -302,7 +303,7 @@ def prepare(
         user=app.user,
         executor=executor,
         recipe=rendered,
-        recipe_path=str(Path(path).resolve()) if path else "",
+        recipe_path=resolved(path) if path else "",
         inputs=inputs,
         outputs=outputs,
         cache_key=parts.key,
@@ -520,6 +521,8 @@ class Request:
     stage: StageContext | None = None
     run_id: str | None = None
     run_version: int = 0
+    #: the run already prepared from these fields (a pipeline's root, prepared to check it): not prepared again
+    prepared: PreparedRun | None = None
 
 
 #: what a submission can fail with that is the submitted run's, not the submitter's (it ends the run)
@@ -561,7 +564,7 @@ def stage_many(app: App, requests: Sequence[Request]) -> Staged:
     for i, req in enumerate(requests):
         as_user = app if req.user == app.user else dataclasses.replace(app, user=req.user)
         try:
-            run = prepare(
+            run = req.prepared or prepare(
                 as_user, req.recipe, req.recipe_path, stage=req.stage, executor=req.executor, run_id=req.run_id
             )
         except DatabaseUnavailable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,16 @@ def test_the_kernel_answers_an_existing_path_without_walking_it(tree: Path, monk
     assert walked == []
     assert fast.realpath(tree / "missing") == missing
     assert walked == [str(tree / "missing")]
+
+
+def _resolve_outcome(resolve: Callable[[str], str], path: str) -> str:
+    try:
+        return resolve(path)
+    except (OSError, RuntimeError) as exc:  # a link loop: RuntimeError before Python 3.13, OSError since
+        return type(exc).__name__
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resolved_answers_what_path_resolve_answers(tree: Path, case: str) -> None:
+    path = f"{tree}/{case}" if case else str(tree)
+    assert _resolve_outcome(fast.resolved, path) == _resolve_outcome(lambda p: str(Path(p).resolve()), path)

@@ -34,6 +34,8 @@ def render(text: str, values: Mapping[str, str]) -> str:
 
     Raises UnresolvedTokens listing every token that has no value.
     """
+    if "{" not in text:
+        return text  # no token (most words of a command): no regex pass
     missing = [t for t in tokens_in(text) if t not in values]
     if missing:
         raise UnresolvedTokens(missing)

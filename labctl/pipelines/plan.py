@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,10 @@ from labctl.files.pipeline import PipelinePlan, PlannedStage
 from labctl.files.recipe import param_exists
 from labctl.ids import new_id, new_run_id
 from labctl.packing import refuse_if_never_fits
-from labctl.pipelines.advance import QUERIES, PipelineRow, advance, request_of, with_index
+from labctl.pipelines.advance import QUERIES, PipelineRow, advance, request_of
 from labctl.secrets import split_secrets
 from labctl.submit import Request, StageContext, apply_overrides, prepare, record_staged, resolve_inputs, stage_many
+from projections.engine import without_gc
 from projections.runs import SUCCESS_STATES, TERMINAL_STATES
 
 
@@ -34,17 +36,24 @@ class PipelineSubmitted(msgspec.Struct, kw_only=True):
     sweep_id: str | None = None
 
 
-def _check_static_inputs(app: App, stage: PlannedStage, executor: str) -> None:
-    """Inputs that don't depend on parents (artifacts, externals) must resolve now."""
+def _check_static_inputs(
+    app: App, stage: PlannedStage, first: RunPending, pipeline: PipelineRow, run_ids_of: dict[str, list[str]]
+) -> Request | None:
+    """Inputs that don't depend on parents (artifacts, externals) must resolve now. A stage with no other
+    inputs has its first run (``first``) prepared as the first wave submits it: rendered and resolved, so it
+    raises on any user mistake; that request, carrying the prepared run, is returned for the first wave."""
     if stage.parents or any(isinstance(i, StageInput | FromInput) for i in stage.recipe.inputs.values()):
         only_static = msgspec.structs.replace(
             stage.recipe,
             inputs={r: i for r, i in stage.recipe.inputs.items() if not isinstance(i, StageInput | FromInput)},
         )
         resolve_inputs(app.db.conn, only_static, stage.recipe_path, app.user, StageContext())
-        return
-    recipe = with_index(stage.recipe, stage.recipe.sweep.start) if stage.recipe.sweep else stage.recipe
-    prepare(app, recipe, stage.recipe_path, executor=executor)  # renders and resolves: raises on any user mistake
+        return None
+    request = request_of(app.db.conn, first, pipeline, run_ids_of, version=1)
+    run = prepare(
+        app, request.recipe, request.recipe_path, stage=request.stage, executor=request.executor, run_id=first.run_id
+    )
+    return dataclasses.replace(request, prepared=run)
 
 
 def _named(stage: PlannedStage) -> str:
@@ -155,51 +164,49 @@ def create_pipelines(
     executor = executor or app.executor
     if executor not in {"local", "slurm"}:
         raise InputError(f"--executor {executor!r}: expected local or slurm")
-    planned = [_plan(app, plan, executor, sweep_of, no_cache) for plan in plans]
-    if not planned:
-        return []
-    # The first waves are prepared and their run dirs written (each ending in an fsync) before the
-    # transaction, not while it holds the log's append lock.
-    staged = stage_many(app, [r for p in planned for r in p.requests])
-    first = planned[0].submitted.pipeline_id
-    key = f"pipeline-{first}" if len(planned) == 1 else f"pipelines-{first}-{len(planned)}"
+    # Thousands of runs' objects, none in a cycle: the cyclic collector would rescan them over and over.
+    with without_gc():
+        planned = [_plan(app, plan, executor, sweep_of, no_cache) for plan in plans]
+        if not planned:
+            return []
+        # The first waves are prepared and their run dirs written (each ending in an fsync) before the
+        # transaction, not while it holds the log's append lock.
+        staged = stage_many(app, [r for p in planned for r in p.requests])
+        first = planned[0].submitted.pipeline_id
+        key = f"pipeline-{first}" if len(planned) == 1 else f"pipelines-{first}-{len(planned)}"
 
-    def record_and_start(conn: psycopg.Connection[Any]) -> None:
-        # The pipelines, their runs and the submissions of their first waves in one append (one projection
-        # pass): one commit, and never a pipeline recorded without its first wave. A pipeline whose first
-        # wave has a run that ended (a cache hit) or could not be submitted is advanced in the same
-        # transaction. A failure records none of it.
-        results = record_staged(app, staged, extra=[e for p in planned for e in p.events], key=key)
-        at = 0
-        for p in planned:
-            mine, at = results[at : at + len(p.requests)], at + len(p.requests)
-            if p.waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in mine):
-                advance(app, p.submitted.pipeline_id)
+        def record_and_start(conn: psycopg.Connection[Any]) -> None:
+            # The pipelines, their runs and the submissions of their first waves in one append (one projection
+            # pass): one commit, and never a pipeline recorded without its first wave. A pipeline whose first
+            # wave has a run that ended (a cache hit) or could not be submitted is advanced in the same
+            # transaction. A failure records none of it.
+            results = record_staged(app, staged, extra=[e for p in planned for e in p.events], key=key)
+            at = 0
+            for p in planned:
+                mine, at = results[at : at + len(p.requests)], at + len(p.requests)
+                if p.waiting or any(isinstance(r, Exception) or r.status in TERMINAL_STATES for r in mine):
+                    advance(app, p.submitted.pipeline_id)
 
-    try:
-        app.db.run(record_and_start)
-    except DatabaseUnavailable:
-        raise  # the commit may have happened unanswered: the run dirs may be needed
-    except BaseException:
-        staged.discard()
-        raise
-    return [p.submitted for p in planned]
+        try:
+            app.db.run(record_and_start)
+        except DatabaseUnavailable:
+            raise  # the commit may have happened unanswered: the run dirs may be needed
+        except BaseException:
+            staged.discard()
+            raise
+        return [p.submitted for p in planned]
 
 
 def _plan(app: App, plan: PipelinePlan, executor: str, sweep_of: str | None, no_cache: bool) -> _Planned:
     from_run = _pin(app.db.conn, plan)
     if from_run is not None:
         _check_pinned_roles(app.db.conn, plan, from_run)
-    for stage in plan.stages:
-        _refuse_literal_secrets(stage)
-        if executor == "local":  # before anything is recorded: the agent would keep it waiting forever
-            refuse_if_never_fits(app.config.local, stage.recipe.resources, _named(stage))
-        _check_static_inputs(app, stage, executor)
     pipeline_id = new_id("pipeline")
     specs: list[StageSpec] = []
     batch: list[NewEvent] = []
     runs: dict[str, list[str]] = {}
     sweep_ids: dict[str, str] = {}
+    first_of: dict[str, RunPending] = {}  # stage -> its first run
     for stage in plan.stages:
         sweep = stage.recipe.sweep
         count = sweep.end - sweep.start + 1 if sweep else 1
@@ -209,7 +216,20 @@ def _plan(app: App, plan: PipelinePlan, executor: str, sweep_of: str | None, no_
             sweep_ids[stage.name] = sweep_id
         runs[stage.name] = run_ids
         specs.append(StageSpec(name=stage.name, run_ids=run_ids, parents=stage.parents, sweep_id=sweep_id))
-        batch += _pending_runs(app, pipeline_id, stage, run_ids, sweep_id, executor, no_cache)
+        pendings = _pending_runs(app, pipeline_id, stage, run_ids, sweep_id, executor, no_cache)
+        first = pendings[0].event
+        assert isinstance(first, RunPending)
+        first_of[stage.name] = first
+        batch += pendings
+    pipeline = PipelineRow(pipeline_id, "running", from_run, app.user)
+    checked: dict[str, Request] = {}  # run id -> a root's first run, prepared by its check
+    for stage in plan.stages:
+        _refuse_literal_secrets(stage)
+        if executor == "local":  # before anything is recorded: the agent would keep it waiting forever
+            refuse_if_never_fits(app.config.local, stage.recipe.resources, _named(stage))
+        request = _check_static_inputs(app, stage, first_of[stage.name], pipeline, runs)
+        if request is not None:
+            checked[first_of[stage.name].run_id] = request
     created = PipelineCreated(
         pipeline_id=pipeline_id, name=plan.name, user=app.user, stages=specs, file_path=plan.path, from_run=from_run
     )
@@ -238,13 +258,15 @@ def _plan(app: App, plan: PipelinePlan, executor: str, sweep_of: str | None, no_
                 )
             )
 
-    pipeline = PipelineRow(pipeline_id, "running", from_run, app.user)
     roots = {stage.name for stage in plan.stages if not stage.parents}
     requests: list[Request] = []
     for pending_event in batch:
         pending = pending_event.event
         assert isinstance(pending, RunPending)
         if pending.stage_name not in roots:
+            continue
+        if pending.run_id in checked:
+            requests.append(checked[pending.run_id])
             continue
         try:
             requests.append(request_of(app.db.conn, pending, pipeline, runs, version=1))
