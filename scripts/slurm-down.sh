@@ -5,6 +5,9 @@
 #   slurm-down.sh --all      also stop MariaDB and munged
 # scripts/slurm-up.sh starts whatever is stopped again. State and job records are kept.
 set -euo pipefail
+# The daemons and their tools live in sbin, which a reduced environment (env -i, cron, a non-login
+# shell) may leave off PATH: without it slurmdbd was never started again after an accounting outage.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 DIR="${LABCTL_SLURM_DIR:-/var/lib/labctl-slurm}"
 

@@ -9,6 +9,9 @@
 #   LABCTL_SLURM_CPUS  CPUs to advertise for the node (default: the real count)
 #   LABCTL_SLURM_WAIT  seconds to wait for each daemon / the node (default 60)
 set -euo pipefail
+# The daemons and their tools live in sbin, which a reduced environment (env -i, cron, a non-login
+# shell) may leave off PATH: without it slurmdbd was never started again after an accounting outage.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 DIR="${LABCTL_SLURM_DIR:-/var/lib/labctl-slurm}"
 WAIT="${LABCTL_SLURM_WAIT:-60}"
