@@ -143,6 +143,12 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def system_tool(name: str) -> str:
+    """``name`` where PATH has it, else in ``/usr/sbin`` or ``/sbin``, which cron and other reduced environments
+    leave off root's PATH (``useradd`` lives there)."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])) or name
+
+
 def _service_account() -> pwd.struct_passwd | None:
     """The account the server runs as when we are root (Postgres refuses root); None otherwise."""
     if os.geteuid() != 0:
@@ -151,7 +157,7 @@ def _service_account() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SERVICE_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            [system_tool("useradd"), "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
             check=True,
             capture_output=True,
         )

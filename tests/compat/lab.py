@@ -89,7 +89,9 @@ class Lab:
         (self.repo / "uv.lock").write_text("# lock\n")
         subprocess.run(["git", "init", "-q", str(self.repo)], check=True)
         subprocess.run(["git", "-C", str(self.repo), "add", "."], check=True)
-        subprocess.run(["git", "-C", str(self.repo), "commit", "-qm", "scripts"], check=True)
+        # its own identity: a machine (CI's root, a fresh HOME) may have none configured
+        who = ["-c", "user.name=lab", "-c", "user.email=lab@example.org"]
+        subprocess.run(["git", "-C", str(self.repo), *who, "commit", "-qm", "scripts"], check=True)
         self.policies.mkdir(parents=True, exist_ok=True)
         self.bin.mkdir(parents=True, exist_ok=True)
         (self.bin / "uv").write_text('#!/bin/bash\n[ "$1" = run ] && shift\nexec "$@"\n')

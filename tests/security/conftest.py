@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from labctl.db import as_role, ensure_login_role
+from labctl.embedded import system_tool
 
 
 def _can_run_as_another_user() -> str | None:
@@ -41,7 +42,8 @@ def os_user() -> Callable[[str], pwd.struct_passwd]:
         try:
             return pwd.getpwnam(name)
         except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
+            useradd = [system_tool("useradd"), "--no-create-home", "--shell", "/bin/sh", name]
+            subprocess.run(useradd, check=True, capture_output=True)
             return pwd.getpwnam(name)
 
     return make
