@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,9 @@ class Lab:
         self.bin.mkdir(parents=True, exist_ok=True)
         (self.bin / "uv").write_text('#!/bin/bash\n[ "$1" = run ] && shift\nexec "$@"\n')
         (self.bin / "uv").chmod(0o755)
+        # the original's examples run `python`: the tests' own interpreter, whatever PATH has (Debian has none)
+        (self.bin / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (self.bin / "python").chmod(0o755)
         shared = self.root / "shared"
         lines = [
             'name = "compat"',
